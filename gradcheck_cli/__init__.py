@@ -1,0 +1,63 @@
+"""gradcheck: tells you whether gradients are right.
+
+    import gradcheck_cli
+    report = gradcheck_cli.check_expression("sigmoid(w*x+b)", at={"w": 2.0, "b": 1.0, "x": 6.7},
+                                            wrt=["w", "b"], loss="bce", target=0.0)
+    report.passed, report.to_dict()
+
+Heavy modules (torch, sympy) load on first use, so importing this package is cheap.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["check_expression", "check_op", "assert_expression", "assert_op", "Report", "CheckResult",
+           "GradientResult", "Diagnostic", "UserInputError", "__version__"]
+
+
+def check_expression(expr, at=None, **options):
+    """Gradients of `expr` by autograd, symbolic and finite differences, compared (a Report)."""
+    from gradcheck_cli.checker import check_expression as run
+
+    return run(expr, at, **options)
+
+
+def check_op(fn, *tensors, **options):
+    """The custom-op gate: `fn`'s backward (and forward) against references (a Report)."""
+    from gradcheck_cli.ops import check_op as run
+
+    return run(fn, *tensors, **options)
+
+
+def assert_expression(expr, at=None, **options):
+    """Like check_expression, but raise AssertionError with the rendered table on failure."""
+    report = check_expression(expr, at, **options)
+    _assert(report)
+    return report
+
+
+def assert_op(fn, *tensors, **options):
+    """Like check_op, but raise AssertionError with the rendered table on failure."""
+    report = check_op(fn, *tensors, **options)
+    _assert(report)
+    return report
+
+
+def _assert(report) -> None:
+    if not report.passed:
+        from gradcheck_cli.render.table import render_text
+
+        raise AssertionError("gradient check failed\n" + render_text(report))
+
+
+def __getattr__(name):
+    if name in ("Report", "CheckResult", "GradientResult", "Diagnostic"):
+        from gradcheck_cli import report
+
+        return getattr(report, name)
+    if name == "UserInputError":
+        from gradcheck_cli.errors import UserInputError
+
+        return UserInputError
+    raise AttributeError(name)

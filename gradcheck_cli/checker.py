@@ -1,0 +1,472 @@
+"""`check_expression`: an expression's gradients by autograd, symbolic and finite
+differences, compared.  Parse -> values -> engines -> compare -> CheckResult."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+
+from gradcheck_cli import compare as cmp
+from gradcheck_cli.budget import OutOfTime, time_budget
+from gradcheck_cli.errors import UserInputError
+from gradcheck_cli.expr import ir, parse, shapes as shape_inference
+from gradcheck_cli.expr.functions import CONSTANTS, FUNCTIONS, KINK_CONVENTIONS
+from gradcheck_cli.report import CheckResult, Diagnostic, GradientResult, Report
+from gradcheck_cli.values import Value, parse_value, parse_values, redraw
+
+LOSSES = ("none", "bce", "bce_logits", "mse")
+TARGET = "target"
+SYMBOLIC_BUDGET_S = 60.0
+MAX_HESSIAN_SIZE = 400
+MAX_POINT_TRIES = 10
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything `gradcheck check` can be told, validated."""
+
+    dtype: str = "float64"
+    fd: str = "auto"
+    eps: float | None = None
+    atol: float | None = None
+    rtol: float | None = None
+    points: int = 0
+    seed: int = 0
+    order: int = 1
+    formula: bool = False
+    device: str = "cpu"
+    symbolic_budget: float | None = SYMBOLIC_BUDGET_S
+
+    def validate(self) -> "Options":
+        from gradcheck_cli.engines.finite_diff import SCHEMES
+
+        if self.dtype not in cmp.DTYPES:
+            raise UserInputError(f"--dtype must be one of {', '.join(cmp.DTYPES)}, got {self.dtype!r}")
+        if self.fd not in SCHEMES:
+            raise UserInputError(f"--fd must be one of {', '.join(SCHEMES)}, got {self.fd!r}")
+        for flag, v in (("--eps", self.eps), ("--atol", self.atol), ("--rtol", self.rtol)):
+            if v is not None and not (math.isfinite(v) and v >= 0):
+                raise UserInputError(f"{flag} must be a finite number >= 0, got {v!r}")
+        if self.eps is not None and self.eps <= 0:
+            raise UserInputError("--eps must be > 0")
+        if self.order not in (1, 2):
+            raise UserInputError(f"--order must be 1 or 2, got {self.order!r}")
+        if self.points < 0 or self.points > 10_000:
+            raise UserInputError(f"--points must be between 0 and 10000, got {self.points}")
+        if self.device not in ("cpu", "cuda"):
+            raise UserInputError(f"--device must be cpu or cuda, got {self.device!r}")
+        return self
+
+
+@dataclass
+class Prepared:
+    """A parsed expression with its values: everything that does not change between points."""
+
+    source: str
+    name: str
+    root: ir.Node
+    values: dict  # name -> Value
+    wrt: list
+    loss: str
+    target: Value | None
+    node_shapes: dict
+    var_shapes: dict
+    calls: set
+    model: Any = None  # the SymPy model, built once
+    symbolic_error: str | None = None
+
+
+def _items(at: Any) -> list[tuple[str, Any]]:
+    if at is None:
+        return []
+    if isinstance(at, dict):
+        return list(at.items())
+    return list(at)
+
+
+def prepare(expr: str, at: Any = None, *, wrt: Iterable[str] | None = None, loss: str = "none",
+            target: Any = None, seed: int = 0, name: str | None = None) -> Prepared:
+    """Parse the expression, read the values and settle what to differentiate."""
+    if loss not in LOSSES:
+        raise UserInputError(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    user_root = parse(expr)
+    items = [(k, _external(v)) for k, v in _items(at)]
+    for k, _ in items:
+        if k in CONSTANTS:
+            raise UserInputError(f"{k!r} is a constant and cannot be given a value")
+        if k in FUNCTIONS:
+            raise UserInputError(f"{k!r} is a function name and cannot be given a value")
+    values = parse_values(items, seed)
+    root, target_value = user_root, None
+    if loss != "none":
+        if target is None:
+            raise UserInputError(f"--loss {loss} needs --target VALUE")
+        if TARGET in ir.names_in(user_root) or TARGET in values:
+            raise UserInputError(f"the name {TARGET!r} is taken by the loss target; rename the variable")
+        target_value = parse_value(TARGET, _external(target), np.random.default_rng([seed, 1]))
+        values = {**values, TARGET: target_value}
+        root = ir.Call(loss, (user_root, ir.Name(TARGET, 0)), 0)
+    elif target is not None:
+        raise UserInputError("--target needs --loss (bce, bce_logits or mse)")
+    names = ir.names_in(root)
+    if not names:
+        raise UserInputError("the expression has no variables: there is nothing to differentiate")
+    missing = [n for n in names if n not in values]
+    if missing:
+        raise UserInputError("no value for " + ", ".join(repr(m) for m in missing) +
+                             f" (give {'it' if len(missing) == 1 else 'them'} with --at NAME=VALUE)")
+    unused = [n for n in values if n not in names]
+    if unused:
+        raise UserInputError("value given for " + ", ".join(repr(u) for u in unused) +
+                             f", which the expression {expr!r} does not use")
+    default = [n for n in names if n != TARGET]
+    chosen = list(default if wrt is None else wrt)
+    if not chosen:
+        raise UserInputError("--wrt names no variable")
+    for w in chosen:
+        if w not in names:
+            raise UserInputError(f"--wrt {w!r}: the expression has no variable {w!r} "
+                                 f"(its variables: {', '.join(names)})")
+    if len(set(chosen)) != len(chosen):
+        raise UserInputError("--wrt names a variable twice")
+    var_shapes = {n: tuple(values[n].array.shape) for n in names}
+    node_shapes = shape_inference.infer(root, var_shapes, expr)
+    return Prepared(expr, name or expr, root, {n: values[n] for n in names}, chosen, loss, target_value,
+                    node_shapes, var_shapes, ir.calls_in(root))
+
+
+def _external(v: Any) -> Any:
+    """Accept numpy arrays and torch tensors from Python callers, as lists."""
+    if hasattr(v, "detach") and hasattr(v, "tolist"):
+        return v.detach().cpu().double().tolist()
+    if isinstance(v, np.ndarray):
+        return v.astype(np.float64).tolist()
+    if isinstance(v, np.generic):
+        return float(v)
+    return v
+
+
+def _rounded(arrays: dict, dtype: str) -> dict:
+    """The point as the dtype represents it: what autograd actually sees."""
+    if dtype == "float64":
+        return arrays
+    import torch
+
+    from gradcheck_cli.engines.autograd import torch_dtype
+
+    td = torch_dtype(torch, dtype)
+    return {k: torch.tensor(v, dtype=td).double().numpy() for k, v in arrays.items()}
+
+
+def _symbolic_model(prep: Prepared, budget: float | None):
+    if prep.model is None and prep.symbolic_error is None:
+        from gradcheck_cli.engines import symbolic
+
+        try:
+            with time_budget(budget):
+                prep.model = symbolic.build(prep.root, prep.node_shapes, prep.var_shapes)
+        except OutOfTime:
+            prep.symbolic_error = f"SymPy did not finish building the expression within {budget:g} s"
+        except (RecursionError, ValueError, TypeError, AttributeError, ZeroDivisionError) as exc:
+            prep.symbolic_error = f"SymPy could not represent the expression ({type(exc).__name__}: {exc})"
+    return prep.model
+
+
+def check_at(prep: Prepared, arrays: dict, opts: Options) -> CheckResult:
+    """All three methods at one point, compared."""
+    from gradcheck_cli.engines import autograd, finite_diff, symbolic
+
+    started = time.perf_counter()
+    diags: list[Diagnostic] = []
+    ref_arrays = _rounded(arrays, opts.dtype)
+    out_shape = prep.node_shapes[id(prep.root)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        auto = autograd.run(prep.root, arrays, prep.wrt, opts.dtype, device=opts.device, order=opts.order)
+        sym_value = sym_value_ref = None
+        sym_grads: dict = {}
+        formulas: dict = {}
+        model = _symbolic_model(prep, opts.symbolic_budget)
+        symbolic_error = prep.symbolic_error
+        if model is not None:
+            try:
+                with time_budget(opts.symbolic_budget):
+                    exact = symbolic.Evaluator(model, arrays)
+                    sym_value = exact.value()
+                    at_ref = exact if ref_arrays is arrays else symbolic.Evaluator(model, ref_arrays)
+                    sym_value_ref = at_ref.value()
+                    sym_grads = at_ref.gradients(prep.wrt)
+                    if opts.formula:
+                        formulas = symbolic.formulas(model, prep.wrt)
+            except OutOfTime:
+                symbolic_error = f"SymPy did not finish within {opts.symbolic_budget:g} s"
+            except (RecursionError, ValueError, TypeError, ZeroDivisionError, OverflowError) as exc:
+                symbolic_error = f"SymPy could not differentiate the expression ({type(exc).__name__}: {exc})"
+            if symbolic_error:
+                sym_value = sym_value_ref = None
+                sym_grads = {}
+        if symbolic_error:
+            diags.append(Diagnostic("symbolic_unavailable", symbolic_error + "; symbolic is null, the verdict "
+                                    "rests on finite differences"))
+        scheme, why = finite_diff.resolve_scheme(opts.fd, prep.root)
+        if why:
+            diags.append(Diagnostic("fd_fallback", why))
+        max_numel = max(math.prod(s) for s in prep.node_shapes.values())
+        fd_results = {w: finite_diff.jacobian(prep.root, ref_arrays, w, out_shape, scheme=scheme, eps=opts.eps,
+                                              max_numel=max_numel, seed=opts.seed) for w in prep.wrt}
+    for warning in caught:
+        diags.append(Diagnostic("warning", f"{warning.category.__name__}: {warning.message}"))
+    tol = cmp.tolerance(opts.dtype, opts.atol, opts.rtol)
+    gradients, failed_kinks = [], []
+    for w in prep.wrt:
+        g, extra = _gradient(prep, w, auto.gradients[w], sym_grads.get(w), fd_results[w], out_shape, tol,
+                             formulas.get(w))
+        gradients.append(g)
+        diags.extend(extra)
+    diags.extend(_kink_diagnostics(prep, fd_results, auto.gradients, out_shape))
+    diags.extend(_sampling_diagnostics(prep, fd_results))
+    diags.extend(_value_diagnostics(prep, auto.value, sym_value, arrays, opts))
+    for w in auto.unused:
+        diags.append(Diagnostic("no_dependence", f"autograd's graph does not reach {w!r} "
+                                "(unused, or only inside detach()): its gradient is 0", w))
+    extra = {"expression": ir.to_source(prep.root) if prep.loss != "none" else prep.source,
+             "fd_scheme": scheme, "torch_version": _torch_version(), "conventions": KINK_CONVENTIONS}
+    if prep.loss != "none":
+        extra["loss"] = prep.loss
+        extra["target"] = prep.target.array
+    if opts.order == 2:
+        extra["hessian"], hess_ok, hess_diags = _hessian(prep, arrays, ref_arrays, auto, tol, opts, scheme)
+        diags.extend(hess_diags)
+    else:
+        hess_ok = True
+    extra["duration_s"] = round(time.perf_counter() - started, 4)
+    value_finite = bool(np.all(np.isfinite(auto.value)))  # a gradient of an undefined value means nothing
+    passed = all(g.passed for g in gradients) and hess_ok and value_finite
+    value = {"torch": auto.value, "symbolic": sym_value}
+    if ref_arrays is not arrays and sym_value_ref is not None:
+        value["symbolic_at_dtype_point"] = sym_value_ref
+    point = {k: arrays[k] for k in prep.values if k != TARGET}
+    return CheckResult(prep.name, "expression", passed, opts.dtype, point, value, tuple(gradients),
+                       tuple(_dedupe(diags)), extra)
+
+
+def _dedupe(diags: list[Diagnostic]) -> list[Diagnostic]:
+    seen, out = set(), []
+    for d in diags:
+        key = (d.code, d.message, d.wrt)
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def _gradient(prep, w, auto, sym, fd, out_shape, tol, formula) -> tuple[GradientResult, list]:
+    in_shape = prep.var_shapes[w]
+    shape = tuple(out_shape) + tuple(in_shape)
+    fd_jac = fd.jacobian.reshape(shape)
+    fd_err = fd.error.reshape(shape)
+    lo = hi = None
+    if fd.kink_mask is not None and fd.kink_mask.any() and fd.forward_slope is not None:
+        f_sl, b_sl = fd.forward_slope.reshape(shape), fd.backward_slope.reshape(shape)
+        mask = fd.kink_mask.reshape(shape)
+        lo = np.where(mask, np.minimum(f_sl, b_sl), np.nan)
+        hi = np.where(mask, np.maximum(f_sl, b_sl), np.nan)
+    result = cmp.compare(w, auto, sym, fd_jac, fd_err, tol, kink_lo=lo, kink_hi=hi,
+                         stop_gradient="detach" in prep.calls, has_where="where" in prep.calls)
+    computed = None if fd.sampled is None else ~np.isnan(fd_jac)
+    g = GradientResult(
+        wrt=w, shape=shape, input_shape=tuple(in_shape), output_shape=tuple(out_shape), autograd=auto,
+        symbolic=sym, finite_difference=fd_jac, fd_error_estimate=fd_err, fd_computed=computed,
+        max_abs_error=cmp._max(result.abs_err), max_rel_error=cmp._max(result.rel_err),
+        reference=result.reference, worst_index=result.worst, passed=result.passed,
+        tolerance={"atol": tol["atol"], "rtol": tol["rtol"], "fd_safety": cmp.FD_SAFETY},
+        errors=result.errors, formula=formula, failed_elements=int((~result.ok).sum()))
+    return g, result.diagnostics
+
+
+def _kink_diagnostics(prep, fd_results, auto_grads, out_shape) -> list[Diagnostic]:
+    out = []
+    for w, fd in fd_results.items():
+        if not fd.kinks or fd.kink_mask is None or not fd.kink_mask.any():
+            continue
+        funcs = ", ".join(f"{f} (column {c})" for f, c in fd.kinks)
+        detail = ""
+        if fd.forward_slope is not None:
+            shape = tuple(out_shape) + tuple(prep.var_shapes[w])
+            mask = fd.kink_mask.reshape(shape)
+            idx = tuple(int(i) for i in np.argwhere(mask)[0])
+            left = fd.backward_slope.reshape(shape)[idx]
+            right = fd.forward_slope.reshape(shape)[idx]
+            at = f"[{', '.join(map(str, idx))}]" if idx else ""
+            detail = (f"; one-sided slopes of d/d{w}{at}: left {left:.6g}, right {right:.6g}, "
+                      f"autograd {auto_grads[w][idx]:.6g}")
+        out.append(Diagnostic("non_differentiable", (
+            f"{funcs}: a kink at or within a finite-difference step of this point{detail}. Any value between the "
+            f"one-sided slopes is a valid (sub)gradient, so this is reported, not failed; {KINK_CONVENTIONS}"), w))
+    return out
+
+
+def _sampling_diagnostics(prep, fd_results) -> list[Diagnostic]:
+    out = []
+    for w, fd in fd_results.items():
+        if fd.sampled is not None:
+            n = math.prod(prep.var_shapes[w])
+            out.append(Diagnostic("fd_sampled", (
+                f"finite differences were computed for {fd.sampled.size} of {n} elements of {w!r} "
+                "(a seeded sample, to bound the cost); the others are null and compared with symbolic only"), w))
+    return out
+
+
+def _value_diagnostics(prep, torch_value, sym_value, arrays, opts) -> list[Diagnostic]:
+    out = []
+    if not np.all(np.isfinite(torch_value)):
+        out.append(Diagnostic("nonfinite", f"the forward value in {opts.dtype} is not finite "
+                                           f"({cmp._fmt(torch_value[~np.isfinite(torch_value)])})"))
+    if sym_value is None or not np.all(np.isfinite(sym_value)) or not np.all(np.isfinite(torch_value)):
+        return out
+    with np.errstate(all="ignore"):
+        rel = np.abs(torch_value - sym_value) / np.maximum(np.abs(sym_value), 1e-300)
+    worst = float(np.max(rel)) if rel.size else 0.0
+    limit = cmp.TOLERANCES[opts.dtype]["value_rtol"]
+    if worst <= limit:
+        return out
+    idx = np.unravel_index(int(np.argmax(rel)), rel.shape)
+    eps = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}[opts.dtype]
+    message = (f"the {opts.dtype} forward value {float(torch_value[idx]):.6g} differs from the exact "
+               f"{float(sym_value[idx]):.9g} by {worst:.2%} ({worst / eps:,.0f}x {opts.dtype}'s epsilon)")
+    out.append(Diagnostic("precision_loss", message + _likely_cause(prep, arrays, opts.dtype)))
+    return out
+
+
+def _likely_cause(prep: Prepared, arrays: dict, dtype: str) -> str:
+    """Name the classic cause: bce's log(1-p) with p close to 1 (or log p with p close to 0)."""
+    for node in ir.preorder(prep.root):
+        if isinstance(node, ir.Call) and node.func == "bce":
+            p = _float64_value(node.args[0], arrays)
+            if p is None:
+                break
+            q = float(np.max(np.minimum(p, 1 - p)))
+            inner = node.args[0]
+            logit = ir.to_source(inner.args[0]) if isinstance(inner, ir.Call) and inner.func == "sigmoid" else \
+                f"logit({ir.to_source(inner)})"
+            target = prep.target.text if prep.target is not None else ir.to_source(node.args[1])
+            return (f". Likely cause: cancellation in log(1-p): p = {float(np.max(p)):.9g} here, so 1-p = {q:.3g} "
+                    f"keeps only a few significant digits in {dtype}. The stable form is "
+                    f"bce_logits({logit}, {target}), which never forms 1-p (--loss bce_logits on the logit)")
+    return ". Likely cause: rounding in the low-precision forward pass amplified by cancellation"
+
+
+def _float64_value(node: ir.Node, arrays: dict):
+    import torch
+
+    from gradcheck_cli.engines.torch_eval import evaluate
+
+    try:
+        inputs = {k: torch.tensor(v, dtype=torch.float64) for k, v in arrays.items()}
+        return evaluate(node, inputs, torch, dtype=torch.float64).numpy()
+    except Exception:  # a best-effort explanation; the check itself already ran
+        return None
+
+
+def _hessian(prep, arrays, ref_arrays, auto, tol, opts, scheme):
+    """Hessian by double backward, exact SymPy (small problems) and finite differences of
+    the exact gradient, rows and columns in wrt order."""
+    from gradcheck_cli.engines import finite_diff, symbolic
+
+    diags = []
+    n = sum(math.prod(prep.var_shapes[w]) for w in prep.wrt)
+    if prep.node_shapes[id(prep.root)] != () or auto.hessian is None:
+        diags.append(Diagnostic("hessian_unavailable", "--order 2 needs a scalar result (wrap it in sum(...))"))
+        return None, True, diags
+    if n > MAX_HESSIAN_SIZE:
+        diags.append(Diagnostic("hessian_unavailable", f"the Hessian would be {n}x{n}; the limit is "
+                                f"{MAX_HESSIAN_SIZE} variables' elements"))
+        return None, True, diags
+    sym_h = None
+    try:
+        with time_budget(opts.symbolic_budget):
+            sym_h = symbolic.hessian(prep.root, prep.var_shapes, ref_arrays, prep.wrt)
+    except (OutOfTime, RecursionError, ValueError, TypeError) as exc:
+        diags.append(Diagnostic("symbolic_unavailable", f"symbolic Hessian unavailable ({type(exc).__name__})"))
+    fd_h = _fd_hessian(prep, ref_arrays, opts)
+    result = cmp.compare("hessian", auto.hessian, sym_h, fd_h, np.abs(fd_h) * 1e-6 + 1e-8, tol)
+    diags.extend(result.diagnostics)
+    return {"autograd": auto.hessian, "symbolic": sym_h, "finite_difference": fd_h, "passed": result.passed,
+            "max_abs_error": cmp._max(result.abs_err), "wrt": prep.wrt}, result.passed, diags
+
+
+def _fd_hessian(prep, ref_arrays, opts) -> np.ndarray:
+    """Central differences of the float64 autograd gradient (the first derivatives are
+    themselves checked above), symmetrized."""
+    from gradcheck_cli.engines import autograd
+
+    sizes = [math.prod(prep.var_shapes[w]) for w in prep.wrt]
+    n = sum(sizes)
+    hess = np.zeros((n, n))
+    col = 0
+    for w, size in zip(prep.wrt, sizes):
+        base = np.asarray(ref_arrays[w], dtype=np.float64)
+        for j in range(size):
+            h = (np.finfo(float).eps ** (1 / 3)) * max(1.0, abs(base.reshape(-1)[j]))
+            grads = []
+            for sign in (1, -1):
+                moved = base.copy().reshape(-1)
+                moved[j] += sign * h
+                point = {**ref_arrays, w: moved.reshape(base.shape)}
+                g = autograd.run(prep.root, point, prep.wrt, "float64").gradients
+                grads.append(np.concatenate([g[v].reshape(-1) for v in prep.wrt]))
+            hess[:, col] = (grads[0] - grads[1]) / (2 * h)
+            col += 1
+    return (hess + hess.T) / 2
+
+
+def _severity(check: CheckResult) -> tuple:
+    """Order points by how bad they are: failures first, then the largest error ratio."""
+    worst = max((g.max_rel_error if math.isfinite(g.max_rel_error) else math.inf for g in check.gradients),
+                default=0.0)
+    return (not check.passed, worst)
+
+
+def check_expression(expr: str, at: Any = None, *, wrt: Iterable[str] | None = None, loss: str = "none",
+                     target: Any = None, dtype: str = "float64", fd: str = "auto", eps: float | None = None,
+                     atol: float | None = None, rtol: float | None = None, points: int = 0, seed: int = 0,
+                     order: int = 1, formula: bool = False, name: str | None = None, device: str = "cpu",
+                     progress=None, symbolic_budget: float | None = SYMBOLIC_BUDGET_S) -> Report:
+    """Check an expression's gradients three ways; returns a Report (never raises on a
+    wrong gradient; raises UserInputError on input that cannot be used)."""
+    opts = Options(dtype, fd, eps, atol, rtol, points, seed, order, formula, device, symbolic_budget).validate()
+    prep = prepare(expr, at, wrt=wrt, loss=loss, target=target, seed=seed, name=name)
+    return Report((run_prepared(prep, opts, progress),))
+
+
+def run_prepared(prep: Prepared, opts: Options, progress=None) -> CheckResult:
+    """The given point, then --points random ones; the worst is reported."""
+    arrays = {k: v.array for k, v in prep.values.items()}
+    worst = check_at(prep, arrays, opts)
+    if opts.points:
+        rng = np.random.default_rng([opts.seed, 2])
+        for i in range(opts.points):
+            result = None
+            for _ in range(MAX_POINT_TRIES):  # a random point on a kink says nothing: draw again
+                drawn = {k: (v.array if k == TARGET else redraw(v, rng)) for k, v in prep.values.items()}
+                result = check_at(prep, drawn, opts)
+                if "non_differentiable" not in result.codes():
+                    break
+            if _severity(result) > _severity(worst):
+                worst = result
+            if progress:
+                progress(i + 1, opts.points)
+        worst = CheckResult(worst.name, worst.kind, worst.passed, worst.dtype, worst.point, worst.value,
+                            worst.gradients, worst.diagnostics, {**worst.extra, "points_checked": opts.points + 1})
+    return worst

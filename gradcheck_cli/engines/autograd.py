@@ -1,0 +1,106 @@
+"""Gradients, Jacobians and Hessians by torch autograd, in the requested dtype."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradcheck_cli.engines.torch_eval import evaluate
+from gradcheck_cli.expr import ir
+
+MAX_JACOBIAN_ENTRIES = 20_000_000
+
+
+@dataclass(frozen=True)
+class AutogradResult:
+    value: np.ndarray  # forward value in dtype, as float64
+    gradients: dict  # name -> float64 array of shape out_shape + in_shape
+    hessian: np.ndarray | None  # (n, n) over the flattened wrt variables, or None
+    unused: tuple  # wrt names the output does not depend on through autograd
+
+
+def torch_dtype(torch, name: str):
+    return {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
+            "bfloat16": torch.bfloat16}[name]
+
+
+def run(root: ir.Node, arrays: dict, wrt: list[str], dtype: str, *, device: str = "cpu",
+        order: int = 1) -> AutogradResult:
+    """Forward in `dtype`, then backward for every name in `wrt` (double backward for order 2)."""
+    import torch
+
+    tdtype = torch_dtype(torch, dtype)
+    leaves = {name: torch.tensor(arr, dtype=tdtype, device=device, requires_grad=name in wrt)
+              for name, arr in arrays.items()}
+    out = evaluate(root, leaves, torch, dtype=tdtype, device=device)
+    value = out.detach().to(device="cpu", dtype=torch.float64).numpy()
+    inputs = [leaves[w] for w in wrt]
+    if out.ndim == 0:
+        grads = _grad(torch, out, inputs, create_graph=order == 2)
+        gradients = {w: _np(torch, g) for w, g in zip(wrt, grads)}
+        hessian = _hessian(torch, grads, inputs) if order == 2 else None
+    else:
+        gradients = _jacobian(torch, out, inputs, wrt)
+        hessian = None
+    unused = tuple(w for w, x in zip(wrt, inputs) if not _reaches(out, x))
+    return AutogradResult(value, gradients, hessian, unused)
+
+
+def _np(torch, t):
+    return t.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
+
+
+def _grad(torch, out, inputs, create_graph=False):
+    """d out / d inputs; an input the graph does not reach gets zeros (as torch's own
+    `materialize_grads` would): that is the right derivative of a constant."""
+    if not out.requires_grad:
+        return [torch.zeros_like(x) for x in inputs]
+    grads = torch.autograd.grad(out, inputs, allow_unused=True, retain_graph=True, create_graph=create_graph)
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+
+
+def _reaches(out, leaf) -> bool:
+    """Whether autograd's graph of `out` contains `leaf` (False for detached or unused inputs)."""
+    if not out.requires_grad:
+        return False
+    stack, seen = [out.grad_fn], set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if getattr(fn, "variable", None) is leaf:
+            return True
+        stack.extend(f for f, _ in fn.next_functions)
+    return False
+
+
+def _jacobian(torch, out, inputs, wrt) -> dict:
+    n_out = out.numel()
+    flat = out.reshape(-1)
+    for x, w in zip(inputs, wrt):
+        if n_out * x.numel() > MAX_JACOBIAN_ENTRIES:
+            from gradcheck_cli.errors import UserInputError
+            raise UserInputError(f"the Jacobian of this {list(out.shape)} result w.r.t. {w!r} would have "
+                                 f"{n_out * x.numel():,} entries (limit {MAX_JACOBIAN_ENTRIES:,}); "
+                                 "reduce it to a scalar, e.g. sum(...), or use `gradcheck op --mode fast`")
+    rows = {w: np.empty((n_out,) + tuple(x.shape)) for w, x in zip(wrt, inputs)}
+    for i in range(n_out):
+        grads = _grad(torch, flat[i], inputs)
+        for w, g in zip(wrt, grads):
+            rows[w][i] = _np(torch, g)
+    return {w: rows[w].reshape(tuple(out.shape) + tuple(x.shape)) for w, x in zip(wrt, inputs)}
+
+
+def _hessian(torch, grads, inputs) -> np.ndarray:
+    """Rows of the Hessian by double backward, over the flattened inputs in wrt order."""
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    n = flat.numel()
+    hess = np.zeros((n, n))
+    for i in range(n):
+        if not flat.requires_grad:
+            break
+        row = _grad(torch, flat[i], inputs)
+        hess[i] = np.concatenate([_np(torch, r).reshape(-1) for r in row])
+    return hess

@@ -1,0 +1,352 @@
+"""Exact derivatives with SymPy, evaluated in float64 with numpy.
+
+The expression becomes a SymPy expression per element: variables are symbols that
+stand for "the element of x at this position", and every reduction over a tensor
+(sum, mean, prod, logsumexp, norm, dot, the losses) becomes a scalar symbol r_k with
+its summand.  SymPy differentiates each summand once; numpy evaluates the formulas
+over all elements at once; reverse accumulation through the reductions chains them.
+So the SymPy work does not grow with the number of elements.
+
+Small problems can also be expanded element by element (`expand_scalar`), which is
+what Hessians use.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import sympy as sp
+
+from gradcheck_cli.engines import sympy_functions as fns
+from gradcheck_cli.expr import ir
+from gradcheck_cli.expr.functions import FUNCTIONS
+
+_MODULES = [fns.NUMPY_FUNCTIONS, "numpy"]
+
+
+@dataclass
+class Reduction:
+    symbol: sp.Symbol
+    summand: sp.Expr
+    reducer: str  # 'sum' | 'mean' | 'prod' | 'logsumexp'
+    shape: tuple  # broadcast shape of the summand
+
+
+@dataclass
+class Model:
+    """The expression as a per-element SymPy expression plus its reductions (inner first)."""
+
+    top: sp.Expr
+    top_shape: tuple
+    variables: dict  # name -> Symbol
+    shapes: dict  # name -> shape
+    reductions: list = field(default_factory=list)
+    _compiled: dict = field(default_factory=dict)
+    _derivatives: dict = field(default_factory=dict)
+
+    @property
+    def symbols(self) -> list:
+        return list(self.variables.values()) + [r.symbol for r in self.reductions]
+
+    def derivative(self, expr: sp.Expr, sym: sp.Symbol) -> sp.Expr:
+        """d expr / d sym, computed once per pair."""
+        key = (expr, sym)
+        if key not in self._derivatives:
+            self._derivatives[key] = sp.diff(expr, sym)
+        return self._derivatives[key]
+
+    def compile(self, expr: sp.Expr):
+        """lambdify once per formula; evaluating it is vectorized over every element."""
+        key = sp.srepr(expr) if len(self._compiled) < 10_000 else None
+        fn = self._compiled.get(key) if key else None
+        if fn is None:
+            fn = sp.lambdify(self.symbols, expr, modules=_MODULES, cse=True)
+            if key:
+                self._compiled[key] = fn
+        return fn
+
+
+def literal(node: ir.Num) -> sp.Expr:
+    """An exact number for a literal: 6.7 is 67/10, not the nearest double."""
+    if node.value.is_integer() and abs(node.value) < 1e15:
+        return sp.Integer(int(node.value))
+    if len(node.text) <= 24 and 1e-30 < abs(node.value) < 1e30:
+        return sp.Rational(node.text.lower())
+    return sp.Float(node.value)
+
+
+def build(root: ir.Node, node_shapes: dict, var_shapes: dict) -> Model:
+    """Translate the IR into a Model (no SymPy differentiation happens here)."""
+    variables = {name: sp.Symbol(name, real=True) for name in var_shapes}
+    reductions: list[Reduction] = []
+    out: dict[int, sp.Expr] = {}
+    for node in ir.postorder(root):
+        if isinstance(node, ir.Num):
+            e = literal(node)
+        elif isinstance(node, ir.Const):
+            e = sp.pi if node.name == "pi" else sp.E
+        elif isinstance(node, ir.Name):
+            e = variables[node.name]
+        elif isinstance(node, ir.Unary):
+            e = -out[id(node.operand)]
+        elif isinstance(node, ir.Binary):
+            a, b = out[id(node.left)], out[id(node.right)]
+            e = {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b, "/": lambda: a / b,
+                 "**": lambda: a**b}[node.op]()
+        elif isinstance(node, ir.Compare):
+            a, b = out[id(node.left)], out[id(node.right)]
+            e = {"<": sp.Lt, "<=": sp.Le, ">": sp.Gt, ">=": sp.Ge}[node.op](a, b)
+        else:
+            spec = FUNCTIONS[node.func]
+            args = [out[id(a)] for a in node.args]
+            e = spec.sympy(sp, fns, *args)
+            if spec.kind == "reduction":
+                shape = ()
+                for a in node.args:
+                    shape = _broadcast_shape(shape, node_shapes[id(a)])
+                if shape == ():  # a reduction over one element is its summand
+                    r = e
+                else:
+                    r = sp.Symbol(f"{ir.to_source(node)}" if spec.post is None else
+                                  f"sum({ir.to_source(node.args[0])}**2)", real=True)
+                    reductions.append(Reduction(r, e, spec.reducer, shape))
+                e = spec.post(sp, r) if spec.post else r
+        out[id(node)] = e
+    return Model(out[id(root)], node_shapes[id(root)], variables, dict(var_shapes), reductions)
+
+
+def _broadcast_shape(a: tuple, b: tuple) -> tuple:
+    return tuple(np.broadcast_shapes(a, b))
+
+
+class Evaluator:
+    """Numbers for a Model at one point: values, gradients, Jacobians, all in float64."""
+
+    def __init__(self, model: Model, arrays: dict):
+        self.model = model
+        self.args = [np.asarray(arrays[name], dtype=np.float64) for name in model.variables]
+        n_vars = len(self.args)
+        self.args += [np.asarray(np.nan)] * len(model.reductions)
+        with np.errstate(all="ignore"):
+            for k, red in enumerate(model.reductions):  # inner reductions come first
+                summand = self._eval(red.summand, red.shape)
+                self.args[n_vars + k] = np.asarray(_reduce(red.reducer, summand))
+        self._summands: dict[int, np.ndarray] = {}
+
+    def _eval(self, expr: sp.Expr, shape: tuple) -> np.ndarray:
+        with np.errstate(all="ignore"):
+            value = self.model.compile(expr)(*self.args)
+        return np.broadcast_to(np.asarray(value, dtype=np.float64), shape)
+
+    def value(self) -> np.ndarray:
+        return np.array(self._eval(self.model.top, self.model.top_shape))
+
+    def _summand(self, k: int) -> np.ndarray:
+        if k not in self._summands:
+            red = self.model.reductions[k]
+            self._summands[k] = self._eval(red.summand, red.shape)
+        return self._summands[k]
+
+    def _weights(self, k: int) -> np.ndarray:
+        """d r_k / d summand, per element."""
+        red = self.model.reductions[k]
+        summand = self._summand(k)
+        r = self.args[len(self.model.variables) + k]
+        with np.errstate(all="ignore"):
+            if red.reducer == "sum":
+                return np.ones(red.shape)
+            if red.reducer == "mean":
+                return np.full(red.shape, 1.0 / max(1, summand.size))
+            if red.reducer == "logsumexp":
+                return np.exp(summand - r)
+            return _exclusive_products(summand)
+
+    def backprop(self, seeds: dict, wrt: list[str]) -> dict:
+        """Gradients of sum_k seeds[k] * r_k w.r.t. the variables in `wrt`."""
+        model = self.model
+        adjoint = np.zeros(len(model.reductions))
+        for k, s in seeds.items():
+            adjoint[k] += s
+        grads = {w: np.zeros(model.shapes[w]) for w in wrt}
+        red_index = {red.symbol: k for k, red in enumerate(model.reductions)}
+        for k in range(len(model.reductions) - 1, -1, -1):
+            if adjoint[k] == 0:
+                continue
+            red = model.reductions[k]
+            weighted = adjoint[k] * self._weights(k)
+            for sym in red.summand.free_symbols:
+                if sym in red_index or sym.name in grads:
+                    local = self._eval(model.derivative(red.summand, sym), red.shape)
+                    with np.errstate(all="ignore"):
+                        contribution = weighted * local
+                    if sym in red_index:
+                        adjoint[red_index[sym]] += np.sum(contribution)
+                    else:
+                        grads[sym.name] += _sum_to_shape(contribution, model.shapes[sym.name])
+        return grads
+
+    def gradients(self, wrt: list[str]) -> dict:
+        """Gradient (scalar result) or Jacobian (tensor result) for each name in `wrt`,
+        shaped out_shape + in_shape like the autograd engine's."""
+        model = self.model
+        red_index = {red.symbol: k for k, red in enumerate(model.reductions)}
+        top_syms = model.top.free_symbols
+        out_shape = model.top_shape
+        n_out = math.prod(out_shape)
+        jac = {w: np.zeros((n_out, math.prod(model.shapes[w]))) for w in wrt}
+        for w in wrt:
+            sym = model.variables[w]
+            if sym in top_syms:  # direct dependence: output element o sees one element of w
+                local = self._eval(model.derivative(model.top, sym), out_shape).reshape(-1)
+                idx = np.broadcast_to(np.arange(math.prod(model.shapes[w])).reshape(model.shapes[w]),
+                                      out_shape).reshape(-1)
+                np.add.at(jac[w], (np.arange(n_out), idx), local)
+        for sym in top_syms:
+            if sym not in red_index:
+                continue
+            coeff = self._eval(model.derivative(model.top, sym), out_shape).reshape(-1)
+            through = self.backprop({red_index[sym]: 1.0}, wrt)
+            for w in wrt:
+                with np.errstate(all="ignore"):
+                    jac[w] += np.outer(coeff, through[w].reshape(-1))
+        return {w: jac[w].reshape(out_shape + tuple(model.shapes[w])) for w in wrt}
+
+
+def formulas(model: Model, wrt: list[str]) -> dict:
+    """Readable derivative formulas: d(result)/d(name), per element.  Reductions appear
+    under their own source text (`mean(x)`); an adjoint through an inner reduction
+    appears as sum(...) over its elements."""
+    red_index = {red.symbol: k for k, red in enumerate(model.reductions)}
+    adjoint: list[sp.Expr] = [sp.S.Zero] * len(model.reductions)
+    for sym in model.top.free_symbols:
+        if sym in red_index:
+            adjoint[red_index[sym]] += sp.diff(model.top, sym)
+    grads = {w: sp.diff(model.top, model.variables[w]) for w in wrt}
+    total = sp.Function("sum")
+    for k in range(len(model.reductions) - 1, -1, -1):
+        red = model.reductions[k]
+        if adjoint[k] == 0:
+            continue
+        n = math.prod(red.shape)
+        weight = {"sum": sp.S.One, "mean": sp.Rational(1, n), "logsumexp": sp.exp(red.summand - red.symbol),
+                  "prod": red.symbol / red.summand}[red.reducer]
+        for sym in red.summand.free_symbols:
+            local = adjoint[k] * weight * sp.diff(red.summand, sym)
+            if sym in red_index:
+                adjoint[red_index[sym]] += total(local)
+            elif sym.name in grads:
+                grads[sym.name] += local
+    return {w: str(g) for w, g in grads.items()}
+
+
+def _reduce(reducer: str, summand: np.ndarray) -> float:
+    if reducer == "sum":
+        return float(np.sum(summand))
+    if reducer == "mean":
+        return float(np.mean(summand))
+    if reducer == "prod":
+        return float(np.prod(summand))
+    m = float(np.max(summand))
+    if not math.isfinite(m):
+        return m
+    return m + math.log(float(np.sum(np.exp(summand - m))))
+
+
+def _exclusive_products(x: np.ndarray) -> np.ndarray:
+    """For each element, the product of all the others (exact with zeros present)."""
+    flat = np.asarray(x, dtype=np.float64).reshape(-1)
+    before = np.concatenate(([1.0], np.cumprod(flat[:-1])))
+    after = np.concatenate((np.cumprod(flat[::-1][:-1])[::-1], [1.0]))
+    return (before * after).reshape(x.shape)
+
+
+def _sum_to_shape(x: np.ndarray, shape: tuple) -> np.ndarray:
+    """Undo broadcasting: sum over the dimensions that broadcasting added or stretched."""
+    x = np.asarray(x)
+    lead = x.ndim - len(shape)
+    if lead:
+        x = x.sum(axis=tuple(range(lead)))
+    stretched = tuple(i for i, d in enumerate(shape) if d == 1 and x.shape[i] != 1)
+    if stretched:
+        x = x.sum(axis=stretched, keepdims=True)
+    return np.broadcast_to(x, shape).copy()
+
+
+# ---- element-by-element expansion (small problems: Hessians) -----------------------------
+
+MAX_EXPANDED_ELEMENTS = 64
+
+
+def expand_scalar(root: ir.Node, var_shapes: dict) -> tuple[sp.Expr, dict]:
+    """The whole expression as one SymPy scalar in per-element symbols x_0, x_1, ...
+    (only for scalar results and few elements).  Returns (expr, {name: [symbols]})."""
+    elements = {name: np.array([sp.Symbol(f"{name}_{i}" if shape else name, real=True)
+                                for i in range(math.prod(shape))], dtype=object).reshape(shape)
+                for name, shape in var_shapes.items()}
+    out: dict[int, np.ndarray] = {}
+    vec = {}
+    for node in ir.postorder(root):
+        if isinstance(node, ir.Num):
+            e = np.array(literal(node), dtype=object)
+        elif isinstance(node, ir.Const):
+            e = np.array(sp.pi if node.name == "pi" else sp.E, dtype=object)
+        elif isinstance(node, ir.Name):
+            e = elements[node.name]
+        elif isinstance(node, ir.Unary):
+            e = -out[id(node.operand)]
+        elif isinstance(node, ir.Binary):
+            a, b = out[id(node.left)], out[id(node.right)]
+            e = {"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide, "**": np.power}[node.op](a, b)
+        elif isinstance(node, ir.Compare):
+            fn = {"<": sp.Lt, "<=": sp.Le, ">": sp.Gt, ">=": sp.Ge}[node.op]
+            e = _vectorize(vec, fn)(out[id(node.left)], out[id(node.right)])
+        else:
+            spec = FUNCTIONS[node.func]
+            args = [out[id(a)] for a in node.args]
+            summand = _vectorize(vec, lambda *xs, s=spec: s.sympy(sp, fns, *xs))(*args)
+            if spec.kind == "reduction":
+                items = list(np.asarray(summand, dtype=object).reshape(-1))
+                if spec.reducer == "sum":
+                    r = sp.Add(*items)
+                elif spec.reducer == "mean":
+                    r = sp.Add(*items) / len(items)
+                elif spec.reducer == "prod":
+                    r = sp.Mul(*items)
+                else:
+                    r = sp.log(sp.Add(*[sp.exp(i) for i in items]))
+                e = np.array(spec.post(sp, r) if spec.post else r, dtype=object)
+            else:
+                e = summand
+        out[id(node)] = np.asarray(e, dtype=object)
+    result = out[id(root)]
+    return result.reshape(()).item() if result.size == 1 else result, \
+        {name: list(arr.reshape(-1)) for name, arr in elements.items()}
+
+
+def _vectorize(cache: dict, fn):
+    key = id(fn)
+    if key not in cache:
+        cache[key] = np.vectorize(fn, otypes=[object])
+    return cache[key]
+
+
+def hessian(root: ir.Node, var_shapes: dict, arrays: dict, wrt: list[str]) -> np.ndarray | None:
+    """The exact Hessian over the flattened `wrt` variables, or None when there are too many elements."""
+    total = sum(math.prod(var_shapes[w]) for w in wrt)
+    if sum(math.prod(s) for s in var_shapes.values()) > MAX_EXPANDED_ELEMENTS or total == 0:
+        return None
+    expr, elems = expand_scalar(root, var_shapes)
+    flat_wrt = [s for w in wrt for s in elems[w]]
+    all_syms = [s for name in var_shapes for s in elems[name]]
+    values = np.concatenate([np.asarray(arrays[name], dtype=np.float64).reshape(-1) for name in var_shapes])
+    first = [sp.diff(expr, s) for s in flat_wrt]
+    hess = np.zeros((total, total))
+    for i, g in enumerate(first):
+        for j in range(i, total):
+            h = sp.diff(g, flat_wrt[j])
+            fn = sp.lambdify(all_syms, h, modules=_MODULES)
+            with np.errstate(all="ignore"):
+                hess[i, j] = hess[j, i] = float(np.asarray(fn(*values), dtype=np.float64))
+    return hess

@@ -1,0 +1,174 @@
+"""ONE table of every function the expression language knows.
+
+Each row says, in one place: how many arguments, the torch form autograd and finite
+differences evaluate, the SymPy form the symbolic engine differentiates, where the
+function has kinks, and whether it is real-analytic (so complex-step differences apply).
+The local derivative is written next to each row, as micrograd writes it next to each op.
+
+Nothing here imports torch or sympy at import time: `gradcheck --help` must stay instant.
+Builders receive the modules they need when they are called.
+
+Kink conventions.  Where a function has no derivative (relu at 0, clamp at its bounds,
+minimum(a, a)), torch picks a value: relu'(0) = 0, abs'(0) = 0, clamp passes 1 at its
+bounds, minimum/maximum split 1/2 each.  The SymPy forms below are written as Piecewise
+with the same strict inequalities so the symbolic column uses torch's conventions too,
+while central finite differences give the two-sided average.  `KINK_CONVENTIONS` says so
+in every report that meets a kink.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+CONSTANTS = ("pi", "e")
+
+BCE_EPS = 1e-7  # the seed notebook's clamp: p' = clamp(p, 1e-7, 1 - 1e-7)
+
+KINK_CONVENTIONS = (
+    "autograd and symbolic use torch's conventions at kinks (relu'(0)=0, abs'(0)=0, clamp passes 1 "
+    "at its bounds, minimum/maximum split 1/2, where follows the branch taken); finite differences "
+    "see the two-sided average"
+)
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """One row of the table."""
+
+    name: str
+    arity: int
+    kind: str  # 'elementwise' | 'reduction' | 'select' | 'stop'
+    signature: str
+    derivative: str  # the local derivative, for people (and --help)
+    torch: Callable  # elementwise/select/stop: (torch, *tensors); reduction: (torch, ctx, *tensors)
+    sympy: Callable  # (sp, fns, *exprs) -> per-element SymPy expression (reductions: the summand)
+    reducer: Optional[str] = None  # reductions: 'sum' | 'mean' | 'prod' | 'logsumexp'
+    post: Optional[Callable] = None  # reductions: (sp, r) applied to the reduced value (norm: sqrt)
+    kinks: Optional[Callable] = None  # (torch, *tensors) -> signed offsets, zero exactly at a kink
+    kink_text: str = ""
+    analytic: bool = True  # complex-step differences give the derivative
+    complex_torch: Optional[Callable] = None  # complex-safe form when torch's own lacks complex support
+    domain: str = ""  # where the function is real, for messages about nan
+
+
+def _bce_elem_torch(torch, p, y):
+    """The seed notebook's loss, elementwise: -(y log p' + (1-y) log(1-p')), p' clamped."""
+    pc = torch.clamp(p, BCE_EPS, 1 - BCE_EPS)
+    return -(y * torch.log(pc) + (1 - y) * torch.log(1 - pc))
+
+
+def _bce_elem_sympy(sp, fns, p, y):
+    eps = sp.Rational(1, 10**7)
+    pc = sp.Piecewise((eps, p < eps), (1 - eps, p > 1 - eps), (p, True))
+    return -(y * sp.log(pc) + (1 - y) * sp.log(1 - pc))
+
+
+def _bce_logits_elem_torch(torch, z, y):
+    z, y = torch.broadcast_tensors(z, y)
+    return torch.nn.functional.binary_cross_entropy_with_logits(z, y, reduction="none")
+
+
+def _row(name, arity, kind, signature, derivative, torch, sympy, **kw) -> FunctionSpec:
+    return FunctionSpec(name, arity, kind, signature, derivative, torch, sympy, **kw)
+
+
+_ROWS = [
+    # ---- elementwise, one argument -------------------------------------------------------
+    _row("abs", 1, "elementwise", "abs(x)", "sign(x); torch takes 0 at x = 0",
+         lambda t, x: t.abs(x), lambda sp, f, x: sp.Abs(x),
+         kinks=lambda t, x: (x,), kink_text="abs has a kink at 0", analytic=False),
+    _row("sqrt", 1, "elementwise", "sqrt(x)", "1 / (2 sqrt(x))",
+         lambda t, x: t.sqrt(x), lambda sp, f, x: sp.sqrt(x), domain="x >= 0"),
+    _row("exp", 1, "elementwise", "exp(x)", "exp(x)",
+         lambda t, x: t.exp(x), lambda sp, f, x: sp.exp(x)),
+    _row("log", 1, "elementwise", "log(x)", "1 / x",
+         lambda t, x: t.log(x), lambda sp, f, x: sp.log(x), domain="x > 0"),
+    _row("log1p", 1, "elementwise", "log1p(x)", "1 / (1 + x)",
+         lambda t, x: t.log1p(x), lambda sp, f, x: f.log1p(x), domain="x > -1"),
+    _row("expm1", 1, "elementwise", "expm1(x)", "exp(x)",
+         lambda t, x: t.expm1(x), lambda sp, f, x: f.expm1(x)),
+    _row("sin", 1, "elementwise", "sin(x)", "cos(x)",
+         lambda t, x: t.sin(x), lambda sp, f, x: sp.sin(x)),
+    _row("cos", 1, "elementwise", "cos(x)", "-sin(x)",
+         lambda t, x: t.cos(x), lambda sp, f, x: sp.cos(x)),
+    _row("tan", 1, "elementwise", "tan(x)", "1 + tan(x)^2",
+         lambda t, x: t.tan(x), lambda sp, f, x: sp.tan(x)),
+    _row("asin", 1, "elementwise", "asin(x)", "1 / sqrt(1 - x^2)",
+         lambda t, x: t.asin(x), lambda sp, f, x: sp.asin(x), domain="-1 <= x <= 1"),
+    _row("acos", 1, "elementwise", "acos(x)", "-1 / sqrt(1 - x^2)",
+         lambda t, x: t.acos(x), lambda sp, f, x: sp.acos(x), domain="-1 <= x <= 1"),
+    _row("atan", 1, "elementwise", "atan(x)", "1 / (1 + x^2)",
+         lambda t, x: t.atan(x), lambda sp, f, x: sp.atan(x)),
+    _row("sinh", 1, "elementwise", "sinh(x)", "cosh(x)",
+         lambda t, x: t.sinh(x), lambda sp, f, x: sp.sinh(x)),
+    _row("cosh", 1, "elementwise", "cosh(x)", "sinh(x)",
+         lambda t, x: t.cosh(x), lambda sp, f, x: sp.cosh(x)),
+    _row("tanh", 1, "elementwise", "tanh(x)", "1 - tanh(x)^2",
+         lambda t, x: t.tanh(x), lambda sp, f, x: sp.tanh(x)),
+    _row("sigmoid", 1, "elementwise", "sigmoid(x)", "sigmoid(x) (1 - sigmoid(x))",
+         lambda t, x: t.sigmoid(x), lambda sp, f, x: f.sigmoid(x)),
+    _row("softplus", 1, "elementwise", "softplus(x)", "sigmoid(x); torch returns x itself above x = 20",
+         lambda t, x: t.nn.functional.softplus(x), lambda sp, f, x: f.softplus(x),
+         complex_torch=lambda t, x: t.log1p(t.exp(x))),
+    _row("relu", 1, "elementwise", "relu(x)", "1 for x > 0, else 0 (torch: 0 at x = 0)",
+         lambda t, x: t.relu(x), lambda sp, f, x: sp.Piecewise((x, x > 0), (0, True)),
+         kinks=lambda t, x: (x,), kink_text="relu has a kink at 0", analytic=False),
+    _row("erf", 1, "elementwise", "erf(x)", "2/sqrt(pi) exp(-x^2)",
+         lambda t, x: t.special.erf(x), lambda sp, f, x: sp.erf(x),
+         analytic=False),  # analytic, but torch has no complex erf
+    # ---- elementwise, several arguments --------------------------------------------------
+    _row("atan2", 2, "elementwise", "atan2(y, x)", "d/dy = x/(x^2+y^2), d/dx = -y/(x^2+y^2)",
+         lambda t, y, x: t.atan2(y, x), lambda sp, f, y, x: sp.atan2(y, x),
+         analytic=False),  # analytic off the origin, but torch has no complex atan2
+    _row("minimum", 2, "elementwise", "minimum(a, b)", "1 to the smaller argument; torch splits 1/2 at a = b",
+         lambda t, a, b: t.minimum(a, b),
+         lambda sp, f, a, b: sp.Piecewise((a, a < b), (b, a > b), ((a + b) / 2, True)),
+         kinks=lambda t, a, b: (a - b,), kink_text="minimum has a kink where a = b", analytic=False),
+    _row("maximum", 2, "elementwise", "maximum(a, b)", "1 to the larger argument; torch splits 1/2 at a = b",
+         lambda t, a, b: t.maximum(a, b),
+         lambda sp, f, a, b: sp.Piecewise((a, a > b), (b, a < b), ((a + b) / 2, True)),
+         kinks=lambda t, a, b: (a - b,), kink_text="maximum has a kink where a = b", analytic=False),
+    _row("clamp", 3, "elementwise", "clamp(x, lo, hi)",
+         "1 for lo <= x <= hi (torch passes 1 at the bounds), else 0; the bound taken gets 1",
+         lambda t, x, lo, hi: t.clamp(x, lo, hi),
+         lambda sp, f, x, lo, hi: sp.Piecewise((lo, x < lo), (hi, x > hi), (x, True)),
+         kinks=lambda t, x, lo, hi: (x - lo, x - hi), kink_text="clamp has kinks at lo and hi",
+         analytic=False),
+    # ---- selection and stop-gradient -------------------------------------------------------
+    _row("where", 3, "select", "where(cond, a, b)", "a's derivative where cond holds, else b's",
+         lambda t, cond, a, b: t.where(cond, a, b),
+         lambda sp, f, cond, a, b: sp.Piecewise((a, cond), (b, True)),
+         kink_text="where switches branches where its comparison's sides are equal", analytic=False),
+    _row("detach", 1, "stop", "detach(e)", "0: e is treated as a constant",
+         lambda t, x: x.detach(), lambda sp, f, x: f.detach(x)),
+    # ---- reductions to a scalar ------------------------------------------------------------
+    _row("sum", 1, "reduction", "sum(x)", "1 for every element",
+         lambda t, ctx, x: ctx.sum(x), lambda sp, f, x: x, reducer="sum"),
+    _row("mean", 1, "reduction", "mean(x)", "1/N for every element",
+         lambda t, ctx, x: ctx.mean(x), lambda sp, f, x: x, reducer="mean"),
+    _row("prod", 1, "reduction", "prod(x)", "the product of the other elements",
+         lambda t, ctx, x: ctx.prod(x), lambda sp, f, x: x, reducer="prod"),
+    _row("norm", 1, "reduction", "norm(x)", "x / norm(x) (the 2-norm)",
+         lambda t, ctx, x: ctx.norm(x), lambda sp, f, x: x**2, reducer="sum",
+         post=lambda sp, r: sp.sqrt(r), analytic=False),
+    _row("logsumexp", 1, "reduction", "logsumexp(x)", "softmax(x)",
+         lambda t, ctx, x: ctx.logsumexp(x), lambda sp, f, x: x, reducer="logsumexp",
+         analytic=False),  # analytic, but torch's logsumexp subtracts a max, which complex lacks
+    _row("dot", 2, "reduction", "dot(a, b)", "d/da = b, d/db = a",
+         lambda t, ctx, a, b: ctx.dot(a, b), lambda sp, f, a, b: a * b, reducer="sum"),
+    # ---- losses (mean over elements) -------------------------------------------------------
+    _row("bce", 2, "reduction", "bce(p, y)",
+         "(p' - y) / (p' (1 - p')) / N inside the clamp, 0 outside (p' = clamp(p, 1e-7, 1-1e-7))",
+         lambda t, ctx, p, y: ctx.mean(_bce_elem_torch(t, p, y)), _bce_elem_sympy, reducer="mean",
+         kinks=lambda t, p, y: (p - BCE_EPS, p - (1 - BCE_EPS)),
+         kink_text="bce clamps p to [1e-7, 1-1e-7] and has kinks there", analytic=False),
+    _row("bce_logits", 2, "reduction", "bce_logits(z, y)", "(sigmoid(z) - y) / N",
+         lambda t, ctx, z, y: ctx.mean(_bce_logits_elem_torch(t, z, y)),
+         lambda sp, f, z, y: sp.Max(z, 0) - z * y + f.log1p(sp.exp(-sp.Abs(z))), reducer="mean",
+         complex_torch=lambda t, ctx, z, y: ctx.mean((1 - y) * z + t.log1p(t.exp(-z)))),
+    _row("mse", 2, "reduction", "mse(a, b)", "d/da = 2 (a - b) / N",
+         lambda t, ctx, a, b: ctx.mean((a - b) ** 2), lambda sp, f, a, b: (a - b) ** 2, reducer="mean"),
+]
+
+FUNCTIONS: dict[str, FunctionSpec] = {row.name: row for row in _ROWS}

@@ -1,0 +1,332 @@
+"""The project's own grammar: a tokenizer and a precedence-climbing parser.
+
+User text never reaches Python's `eval`, `ast` or SymPy's `sympify`: it is read here,
+character by character, into the IR of `ir.py`.  The grammar (lowest binding first):
+
+    expr    := arith [('<' | '<=' | '>' | '>=') arith]      comparisons only inside where()
+    arith   := term (('+' | '-') term)*
+    term    := unary (('*' | '/') unary)*
+    unary   := ('-' | '+')* power                            -x**2 is -(x**2), as in Python
+    power   := primary ['**' unary]                          right-associative
+    primary := NUMBER | NAME | NAME '(' expr (',' expr)* ')' | '(' expr ')'
+
+Every limit is checked before Python's own stack or memory could run out, and each
+has a message of its own.
+"""
+
+from __future__ import annotations
+
+import difflib
+import keyword
+import math
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from gradcheck_cli.errors import ParseError
+from gradcheck_cli.expr import ir
+from gradcheck_cli.expr.functions import CONSTANTS, FUNCTIONS
+
+MAX_LENGTH = 10_000  # characters
+MAX_NESTING = 100  # parentheses, calls and exponents inside each other
+MAX_TREE_DEPTH = 300  # operations applied on top of each other (a+b+c+... counts one per '+')
+MAX_NODES = 5_000
+MAX_CONSTANT_MAGNITUDE = 1e300  # a constant power above this is rejected, not computed
+
+_NUMBER = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_OPERATORS = ("**", "<=", ">=", "<", ">", "+", "-", "*", "/", "(", ")", ",")
+_HINTS = {
+    "^": "'^' is not a power operator here: use ** for powers (x**2)",
+    "[": "subscripts and list literals are not part of expressions: give tensors with --at NAME=[...]",
+    "]": "subscripts and list literals are not part of expressions: give tensors with --at NAME=[...]",
+    ".": "attribute access is not part of the expression language",
+    "=": "assignment and '==' are not part of the expression language (comparisons: < <= > >= inside where)",
+    "!": "'!=' is not part of the expression language (comparisons: < <= > >= inside where)",
+    ":": "':' (slices, lambdas, walrus) is not part of the expression language",
+    "'": "strings are not part of the expression language",
+    '"': "strings are not part of the expression language",
+    "%": "'%' is not supported; the operators are + - * / **",
+    "@": "'@' is not supported; use dot(a, b) for a dot product",
+    "{": "braces are not part of the expression language",
+    "}": "braces are not part of the expression language",
+    ";": "one expression only; ';' is not part of the language",
+    "&": "bitwise operators are not part of the expression language",
+    "|": "bitwise operators are not part of the expression language",
+    "~": "bitwise operators are not part of the expression language",
+    "#": "comments are not part of the expression language",
+    "\\": "backslashes are not part of the expression language",
+    "`": "backticks are not part of the expression language",
+    "$": "'$' is not part of the expression language",
+    "?": "'?' is not part of the expression language",
+}
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str  # 'num', 'name', 'op', 'end'
+    text: str
+    pos: int
+
+
+def _describe_char(ch: str) -> str:
+    name = unicodedata.name(ch, "control character" if unicodedata.category(ch).startswith("C") else "unnamed")
+    return f"U+{ord(ch):04X} {name}"
+
+
+def tokenize(source: str) -> list[Token]:
+    """Split `source` into tokens; reject anything outside printable ASCII with its position."""
+    tokens: list[Token] = []
+    i, n = 0, len(source)
+    while i < n:
+        ch = source[i]
+        if not (" " <= ch <= "~"):
+            raise ParseError(
+                f"character {_describe_char(ch)} at column {i + 1} is not allowed: "
+                "expressions are printable ASCII only", source=source, column=i + 1)
+        if ch == " ":
+            i += 1
+            continue
+        m = _NUMBER.match(source, i)
+        if m:
+            tokens.append(Token("num", m.group(), i))
+            i = m.end()
+            if i < n and (source[i].isalpha() or source[i] == "_"):
+                raise ParseError(f"unexpected '{source[i]}' right after the number at column {i + 1}"
+                                 " (write multiplication as 2*x)", source=source, column=i + 1)
+            continue
+        m = _NAME.match(source, i)
+        if m:
+            tokens.append(Token("name", m.group(), i))
+            i = m.end()
+            continue
+        op = next((o for o in _OPERATORS if source.startswith(o, i)), None)
+        if op is None:
+            hint = _HINTS.get(ch, f"'{ch}' is not part of the expression language")
+            raise ParseError(f"{hint} (column {i + 1})", source=source, column=i + 1)
+        tokens.append(Token("op", op, i))
+        i += len(op)
+    tokens.append(Token("end", "", n))
+    return tokens
+
+
+class _Parser:
+    def __init__(self, source: str, tokens: list[Token]):
+        self.source = source
+        self.tokens = tokens
+        self.i = 0
+        self.nesting = 0
+        self.nodes = 0
+        self.depth: dict[int, int] = {}  # id(node) -> height of its subtree
+
+    # -- helpers -------------------------------------------------------------
+    def error(self, message: str, pos: int) -> ParseError:
+        return ParseError(f"{message} at column {pos + 1}", source=self.source, column=pos + 1)
+
+    @property
+    def tok(self) -> Token:
+        return self.tokens[self.i]
+
+    def take(self) -> Token:
+        tok = self.tokens[self.i]
+        self.i += 1
+        return tok
+
+    def at_op(self, *ops: str) -> bool:
+        return self.tok.kind == "op" and self.tok.text in ops
+
+    def expect(self, op: str, opened_at: int | None = None) -> Token:
+        if self.at_op(op):
+            return self.take()
+        found = "the end of the expression" if self.tok.kind == "end" else f"'{self.tok.text}'"
+        extra = f" to close the '(' at column {opened_at + 1}" if opened_at is not None else ""
+        raise self.error(f"expected '{op}'{extra}, found {found}", self.tok.pos)
+
+    def make(self, node: ir.Node) -> ir.Node:
+        """Count the node and its height, enforcing the size limits."""
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise self.error(f"expression too large (more than {MAX_NODES} operations and operands)", node.pos)
+        height = 1 + max((self.depth[id(c)] for c in ir.children(node)), default=0)
+        if height > MAX_TREE_DEPTH:
+            raise self.error(f"expression too deep (more than {MAX_TREE_DEPTH} operations applied on top "
+                             "of each other); split long sums with sum(...) over a tensor", node.pos)
+        self.depth[id(node)] = height
+        return node
+
+    def enter(self, pos: int) -> None:
+        self.nesting += 1
+        if self.nesting > MAX_NESTING:
+            raise self.error(f"expression nests too deeply (more than {MAX_NESTING} levels)", pos)
+
+    # -- grammar -------------------------------------------------------------
+    def parse(self) -> ir.Node:
+        if self.tok.kind == "end":
+            raise ParseError("empty expression", source=self.source, column=1)
+        node = self.expr()
+        if self.tok.kind != "end":
+            tok = self.tok
+            if tok.kind == "op" and tok.text == ")":
+                raise self.error("unmatched ')'", tok.pos)
+            if tok.kind == "op" and tok.text in ("<", "<=", ">", ">="):
+                raise self.error("comparisons cannot be chained", tok.pos)
+            raise self.error(f"unexpected '{tok.text}' (missing operator?)", tok.pos)
+        return node
+
+    def expr(self) -> ir.Node:
+        left = self.arith()
+        if self.at_op("<", "<=", ">", ">="):
+            op = self.take()
+            right = self.arith()
+            return self.make(ir.Compare(op.text, left, right, op.pos))
+        return left
+
+    def arith(self) -> ir.Node:
+        node = self.term()
+        while self.at_op("+", "-"):
+            op = self.take()
+            node = self.make(ir.Binary(op.text, node, self.term(), op.pos))
+        return node
+
+    def term(self) -> ir.Node:
+        node = self.unary()
+        while self.at_op("*", "/"):
+            op = self.take()
+            node = self.make(ir.Binary(op.text, node, self.unary(), op.pos))
+        return node
+
+    def unary(self) -> ir.Node:
+        signs: list[Token] = []
+        while self.at_op("-", "+"):
+            signs.append(self.take())
+        node = self.power()
+        # A run of signs folds to its parity: '--x' is x, '-+-x' is x.  The value and every
+        # derivative are the same; only the IR stays shallow.
+        if sum(1 for s in signs if s.text == "-") % 2:
+            node = self.make(ir.Unary("-", node, signs[0].pos))
+        return node
+
+    def power(self) -> ir.Node:
+        base = self.primary()
+        if self.at_op("**"):
+            op = self.take()
+            self.enter(op.pos)
+            exponent = self.unary()
+            self.nesting -= 1
+            node = self.make(ir.Binary("**", base, exponent, op.pos))
+            self.check_constant_power(node)
+            return node
+        return base
+
+    def primary(self) -> ir.Node:
+        tok = self.tok
+        if tok.kind == "num":
+            self.take()
+            value = float(tok.text)
+            if math.isinf(value):
+                raise self.error(f"number {tok.text} overflows float64", tok.pos)
+            return self.make(ir.Num(value, tok.text, tok.pos))
+        if tok.kind == "name":
+            self.take()
+            return self.name_or_call(tok)
+        if self.at_op("("):
+            self.take()
+            self.enter(tok.pos)
+            node = self.expr()
+            self.expect(")", opened_at=tok.pos)
+            self.nesting -= 1
+            return node
+        if tok.kind == "end":
+            raise self.error("unexpected end of expression", tok.pos)
+        raise self.error(f"unexpected '{tok.text}'", tok.pos)
+
+    def name_or_call(self, tok: Token) -> ir.Node:
+        name = tok.text
+        if keyword.iskeyword(name) or name in ("print", "exec", "eval", "open", "import"):
+            raise self.error(f"'{name}' is a Python keyword or builtin, not part of the expression language",
+                             tok.pos)
+        if name.startswith("__"):
+            raise self.error(f"names may not start with '__' ('{name}')", tok.pos)
+        if not self.at_op("("):
+            if name in CONSTANTS:
+                return self.make(ir.Const(name, tok.pos))
+            if name in FUNCTIONS:
+                raise self.error(f"'{name}' is a function: call it as {name}(...)", tok.pos)
+            return self.make(ir.Name(name, tok.pos))
+        if name not in FUNCTIONS:
+            close = difflib.get_close_matches(name, list(FUNCTIONS), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            what = "a constant, not a function" if name in CONSTANTS else "unknown function"
+            raise self.error(f"{what} '{name}'{hint}", tok.pos)
+        open_tok = self.take()
+        self.enter(open_tok.pos)
+        args: list[ir.Node] = []
+        if not self.at_op(")"):
+            args.append(self.expr())
+            while self.at_op(","):
+                self.take()
+                args.append(self.expr())
+        self.expect(")", opened_at=open_tok.pos)
+        self.nesting -= 1
+        spec = FUNCTIONS[name]
+        if len(args) != spec.arity:
+            raise self.error(f"{name}() takes {spec.arity} argument{'s' if spec.arity != 1 else ''} "
+                             f"({spec.signature}), got {len(args)}", tok.pos)
+        for k, arg in enumerate(args):
+            is_cmp = isinstance(arg, ir.Compare)
+            if name == "where" and k == 0 and not is_cmp:
+                raise self.error("the first argument of where() must be a comparison (a < b, <=, >, >=)",
+                                 getattr(arg, "pos", tok.pos))
+            if is_cmp and not (name == "where" and k == 0):
+                raise self.error("a comparison is only allowed as the first argument of where()", arg.pos)
+        return self.make(ir.Call(name, tuple(args), tok.pos))
+
+    def check_constant_power(self, node: ir.Binary) -> None:
+        """Reject a power of constants whose size cannot be represented, before anyone computes it."""
+        base, exponent = _constant_value(node.left), _constant_value(node.right)
+        if base is None or exponent is None:
+            return
+        try:
+            value = math.pow(base, exponent)
+        except (OverflowError, ValueError, ZeroDivisionError):
+            value = math.inf
+        if not math.isfinite(value) or abs(value) > MAX_CONSTANT_MAGNITUDE:
+            raise self.error(f"constant power {ir.to_source(node)} is too large to compute "
+                             f"(limit {MAX_CONSTANT_MAGNITUDE:g})", node.pos)
+
+
+def _constant_value(node: ir.Node) -> float | None:
+    """The float value of a subtree without names or calls, or None if it has any.
+
+    Only constant powers are evaluated (to bound them); a non-finite intermediate
+    returns inf so the caller rejects it.
+    """
+    values: dict[int, float] = {}
+    for n in ir.postorder(node):
+        if isinstance(n, ir.Num):
+            values[id(n)] = n.value
+        elif isinstance(n, ir.Const):
+            values[id(n)] = math.pi if n.name == "pi" else math.e
+        elif isinstance(n, ir.Unary):
+            values[id(n)] = -values[id(n.operand)]
+        elif isinstance(n, ir.Binary):
+            a, b = values[id(n.left)], values[id(n.right)]
+            try:
+                values[id(n)] = {"+": a + b, "-": a - b, "*": a * b}.get(n.op) if n.op in "+-*" else (
+                    a / b if n.op == "/" else math.pow(a, b))
+            except (OverflowError, ValueError, ZeroDivisionError):
+                values[id(n)] = math.inf
+        else:
+            return None
+    return values[id(node)]
+
+
+def parse(source: str) -> ir.Node:
+    """Parse expression text into IR; raise ParseError with the column on any problem."""
+    if not isinstance(source, str):
+        raise ParseError(f"an expression must be text, not {type(source).__name__}")
+    if len(source) > MAX_LENGTH:
+        raise ParseError(f"expression too long ({len(source)} characters; the limit is {MAX_LENGTH})")
+    if not source.strip(" "):
+        raise ParseError("empty expression")
+    return _Parser(source, tokenize(source)).parse()

@@ -1,0 +1,1 @@
+"""One renderer per output format; each reads a Report and writes text."""

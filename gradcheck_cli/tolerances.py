@@ -1,0 +1,21 @@
+"""Tolerances as data, keyed by dtype (pure data: the CLI's --help reads it without numpy).
+
+atol/rtol: how far autograd in that dtype may be from the float64 references,
+elementwise: |a - r| <= atol + rtol·|r| (against finite differences, plus 3x their
+error estimate).  value_rtol: how far the forward value may drift from the exact one
+before `precision_loss` is reported.
+"""
+
+TOLERANCES = {
+    "float64": {"atol": 1e-9, "rtol": 1e-7, "value_rtol": 1e-10},
+    "float32": {"atol": 1e-5, "rtol": 1e-4, "value_rtol": 1e-4},
+    "float16": {"atol": 1e-3, "rtol": 1e-2, "value_rtol": 1e-2},
+    "bfloat16": {"atol": 1e-2, "rtol": 5e-2, "value_rtol": 5e-2},
+}
+DTYPES = tuple(TOLERANCES)
+FD_SAFETY = 3.0  # multiples of the finite-difference error estimate allowed on top
+
+
+def describe() -> str:
+    """One line per dtype, for --help."""
+    return "; ".join(f"{d}: atol {t['atol']:g}, rtol {t['rtol']:g}" for d, t in TOLERANCES.items())

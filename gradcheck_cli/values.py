@@ -1,0 +1,220 @@
+"""The value language of `--at NAME=VALUE` and of spec files' `at` tables.
+
+A value is a number (`2`, `-1.5e-3`), a nested list (`[[1,2],[3,4]]`), or a generator
+call: `randn(d, ...)`, `rand(d, ...)`, `zeros(d, ...)`, `ones(d, ...)`,
+`linspace(a, b, n)`; `randn()` is a random scalar.  Generators draw from a private
+generator seeded by `--seed`, in the order the values are given, so the same command
+gives the same numbers.  Read by a small parser of its own: no eval.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gradcheck_cli.errors import UserInputError
+
+DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB of float64 per value; GRADCHECK_MAX_BYTES overrides
+GENERATORS = ("randn", "rand", "zeros", "ones", "linspace")
+_TOKEN = re.compile(r"\s*(?:(?P<num>[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?inf|nan)|(?P<name>[A-Za-z_]\w*)"
+                    r"|(?P<punct>[\[\](),]))")
+
+
+@dataclass(frozen=True)
+class Value:
+    """One named input: its float64 array and how the user wrote it."""
+
+    name: str
+    array: np.ndarray  # float64, the exact numbers used
+    text: str  # the user's spelling, for messages and reports
+    generated: bool  # drawn by a generator (so --points may redraw it)
+    generator: str = ""  # 'randn', 'rand', ... when generated
+
+
+def max_bytes() -> int:
+    """The memory bound for one value; the environment may raise or lower it."""
+    raw = os.environ.get("GRADCHECK_MAX_BYTES")
+    if raw is None:
+        return DEFAULT_MAX_BYTES
+    try:
+        return int(float(raw))
+    except ValueError:
+        raise UserInputError(f"GRADCHECK_MAX_BYTES must be a number of bytes, got {raw!r}") from None
+
+
+def split_assignment(item: str) -> tuple[str, str]:
+    """Split 'NAME=VALUE' (the form of --at and --kw)."""
+    if "=" not in item:
+        raise UserInputError(f"expected NAME=VALUE, got {item!r}")
+    name, _, text = item.partition("=")
+    name, text = name.strip(), text.strip()
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name.startswith("__"):
+        raise UserInputError(f"{name!r} is not a valid name (in {item!r})")
+    if not text:
+        raise UserInputError(f"no value after '=' for {name!r}")
+    return name, text
+
+
+def _tokens(text: str) -> list[tuple[str, str]]:
+    out, i = [], 0
+    text = text.strip()
+    while i < len(text):
+        m = _TOKEN.match(text, i)
+        if not m or m.end() == i:
+            raise UserInputError(f"cannot read value {text!r}: unexpected {text[i:].strip()[:20]!r}")
+        kind = m.lastgroup
+        out.append((kind, m.group(kind)))
+        i = m.end()
+        while i < len(text) and text[i].isspace():
+            i += 1
+    return out
+
+
+class _ValueParser:
+    def __init__(self, name: str, text: str):
+        self.name, self.text = name, text
+        self.toks = _tokens(text)
+        self.i = 0
+
+    def fail(self, why: str) -> UserInputError:
+        return UserInputError(f"cannot read the value of {self.name!r} ({self.text!r}): {why}")
+
+    def peek(self) -> tuple[str, str] | None:
+        return self.toks[self.i] if self.i < len(self.toks) else None
+
+    def take(self, kind: str | None = None, text: str | None = None) -> str:
+        tok = self.peek()
+        if tok is None or (kind and tok[0] != kind) or (text and tok[1] != text):
+            want = text or kind
+            raise self.fail(f"expected {want!r}, found {tok[1] if tok else 'the end'!r}")
+        self.i += 1
+        return tok[1]
+
+    def number(self) -> float:
+        value = float(self.take("num"))
+        if math.isinf(value) and "inf" not in self.toks[self.i - 1][1]:
+            raise self.fail("a number overflows float64")
+        return value
+
+    def nested(self, depth: int = 0) -> Any:
+        if depth > 32:
+            raise self.fail("lists nest more than 32 levels")
+        tok = self.peek()
+        if tok and tok[1] == "[":
+            self.take(text="[")
+            items = []
+            while self.peek() and self.peek()[1] != "]":
+                items.append(self.nested(depth + 1))
+                if self.peek() and self.peek()[1] == ",":
+                    self.take(text=",")
+                elif self.peek() and self.peek()[1] != "]":
+                    raise self.fail(f"expected ',' or ']', found {self.peek()[1]!r}")
+            self.take(text="]")
+            return items
+        return self.number()
+
+    def done(self) -> None:
+        if self.peek() is not None:
+            raise self.fail(f"unexpected {self.peek()[1]!r} after the value")
+
+
+def _check_size(name: str, shape: tuple[int, ...]) -> None:
+    count = math.prod(shape)
+    limit = max_bytes()
+    if count * 8 > limit:
+        raise UserInputError(f"value {name!r} of shape {tuple(shape)} needs {count * 8 / 2**30:.3g} GiB "
+                             f"(limit {limit / 2**30:.3g} GiB; set GRADCHECK_MAX_BYTES to change it)")
+
+
+def _dims(p: _ValueParser, args: list[float], generator: str) -> tuple[int, ...]:
+    dims = []
+    for a in args:
+        if not float(a).is_integer() or a < 0:
+            raise p.fail(f"{generator}() sizes must be whole numbers >= 0, got {a:g}")
+        dims.append(int(a))
+    if len(dims) > 8:
+        raise p.fail(f"{generator}() takes at most 8 dimensions")
+    return tuple(dims)
+
+
+def _generate(p: _ValueParser, generator: str, args: list[float], rng: np.random.Generator) -> np.ndarray:
+    if generator == "linspace":
+        if len(args) != 3:
+            raise p.fail("linspace(a, b, n) takes three numbers")
+        a, b, n = args
+        (count,) = _dims(p, [n], generator)
+        _check_size(p.name, (count,))
+        return np.linspace(a, b, count, dtype=np.float64)
+    shape = _dims(p, args, generator)
+    _check_size(p.name, shape)
+    if generator == "randn":
+        return rng.standard_normal(shape)
+    if generator == "rand":
+        return rng.random(shape)
+    return (np.zeros if generator == "zeros" else np.ones)(shape, dtype=np.float64)
+
+
+def parse_value(name: str, raw: Any, rng: np.random.Generator) -> Value:
+    """Read one value given as text (CLI) or as a TOML number, list or string."""
+    if isinstance(raw, bool):
+        raise UserInputError(f"value of {name!r} must be a number, a list or a generator, not a boolean")
+    if isinstance(raw, (int, float)):
+        return Value(name, np.asarray(float(raw), dtype=np.float64), repr(raw), False)
+    if isinstance(raw, list):
+        raw = repr(raw)
+    if not isinstance(raw, str):
+        raise UserInputError(f"value of {name!r} must be a number, a list or a generator string")
+    text = raw.strip()
+    p = _ValueParser(name, text)
+    tok = p.peek()
+    if tok is None:
+        raise p.fail("empty value")
+    if tok[0] == "name":
+        generator = p.take("name")
+        if generator not in GENERATORS:
+            raise p.fail(f"unknown generator {generator!r} (known: {', '.join(GENERATORS)})")
+        p.take(text="(")
+        args: list[float] = []
+        while p.peek() and p.peek()[1] != ")":
+            args.append(p.number())
+            if p.peek() and p.peek()[1] == ",":
+                p.take(text=",")
+        p.take(text=")")
+        p.done()
+        return Value(name, _generate(p, generator, args, rng), text, True, generator)
+    data = p.nested()
+    p.done()
+    try:
+        array = np.asarray(data, dtype=np.float64)
+    except ValueError:
+        raise p.fail("the nested lists are ragged (rows of different lengths)") from None
+    if array.size == 0:
+        raise p.fail("an empty list has nothing to differentiate")
+    _check_size(name, array.shape)
+    return Value(name, array, text, False)
+
+
+def parse_values(items: list[tuple[str, Any]], seed: int) -> dict[str, Value]:
+    """Read every (name, raw) pair in order, drawing generators from one seeded stream."""
+    rng = np.random.default_rng(seed)
+    values: dict[str, Value] = {}
+    for name, raw in items:
+        if name in values:
+            raise UserInputError(f"{name!r} is given twice")
+        values[name] = parse_value(name, raw, rng)
+    return values
+
+
+def redraw(value: Value, rng: np.random.Generator) -> np.ndarray:
+    """A new random point of the same shape, for --points: generators redraw themselves,
+    fixed values are perturbed around the given ones (so a domain like x > 0 is kept)."""
+    shape = value.array.shape
+    if value.generated and value.generator in ("randn", "rand"):
+        return rng.standard_normal(shape) if value.generator == "randn" else rng.random(shape)
+    base = value.array
+    return base + rng.standard_normal(shape) * np.maximum(0.5, 0.25 * np.abs(base))

@@ -136,7 +136,8 @@ def prepare(expr: str, at: Any = None, *, wrt: Iterable[str] | None = None, loss
         raise UserInputError("--wrt names a variable twice")
     var_shapes = {n: tuple(values[n].array.shape) for n in names}
     node_shapes = shape_inference.infer(root, var_shapes, expr)
-    return Prepared(expr, name or expr, root, {n: values[n] for n in names}, chosen, loss, target_value,
+    ordered = {n: v for n, v in values.items() if n in names}  # the user's order, for the report
+    return Prepared(expr, name or expr, root, ordered, chosen, loss, target_value,
                     node_shapes, var_shapes, ir.calls_in(root))
 
 
@@ -231,6 +232,7 @@ def check_at(prep: Prepared, arrays: dict, opts: Options) -> CheckResult:
     diags.extend(_kink_diagnostics(prep, fd_results, auto.gradients, out_shape))
     diags.extend(_sampling_diagnostics(prep, fd_results))
     diags.extend(_value_diagnostics(prep, auto.value, sym_value, arrays, opts))
+    diags.extend(_rounding_diagnostics(arrays, ref_arrays, opts.dtype))
     for w in auto.unused:
         diags.append(Diagnostic("no_dependence", f"autograd's graph does not reach {w!r} "
                                 "(unused, or only inside detach()): its gradient is 0", w))
@@ -349,6 +351,26 @@ def _value_diagnostics(prep, torch_value, sym_value, arrays, opts) -> list[Diagn
     return out
 
 
+def _rounding_diagnostics(arrays: dict, ref_arrays: dict, dtype: str) -> list[Diagnostic]:
+    """Say where the dtype moved the point: references are evaluated where autograd was."""
+    if ref_arrays is arrays:
+        return []
+    moved = []
+    for name, original in arrays.items():
+        rounded = ref_arrays[name]
+        if name == TARGET or np.array_equal(original, rounded):
+            continue
+        i = int(np.argmax(np.abs(np.asarray(original) - rounded)))
+        moved.append(f"{name}={np.asarray(original).reshape(-1)[i]:.10g} as "
+                     f"{np.asarray(rounded).reshape(-1)[i]:.10g}")
+    if not moved:
+        return []
+    return [Diagnostic("input_rounded", f"{dtype} represents {', '.join(moved[:4])}"
+                       f"{' ...' if len(moved) > 4 else ''}; symbolic and finite differences are evaluated at "
+                       "that point, so they judge the backward pass, not the rounding of the inputs "
+                       "(value.symbolic is the exact value at the point as given)")]
+
+
 def _likely_cause(prep: Prepared, arrays: dict, dtype: str) -> str:
     """Name the classic cause: bce's log(1-p) with p close to 1 (or log p with p close to 0)."""
     for node in ir.preorder(prep.root):
@@ -402,8 +424,10 @@ def _hessian(prep, arrays, ref_arrays, auto, tol, opts, scheme):
     fd_h = _fd_hessian(prep, ref_arrays, opts)
     result = cmp.compare("hessian", auto.hessian, sym_h, fd_h, np.abs(fd_h) * 1e-6 + 1e-8, tol)
     diags.extend(result.diagnostics)
+    labels = [w if prep.var_shapes[w] == () else f"{w}[{', '.join(map(str, idx))}]"
+              for w in prep.wrt for idx in np.ndindex(*prep.var_shapes[w])]
     return {"autograd": auto.hessian, "symbolic": sym_h, "finite_difference": fd_h, "passed": result.passed,
-            "max_abs_error": cmp._max(result.abs_err), "wrt": prep.wrt}, result.passed, diags
+            "max_abs_error": cmp._max(result.abs_err), "wrt": prep.wrt, "labels": labels}, result.passed, diags
 
 
 def _fd_hessian(prep, ref_arrays, opts) -> np.ndarray:

@@ -71,8 +71,9 @@ def _fail(err: UserInputError) -> "typer.Exit":
     return typer.Exit(2)
 
 
-def _emit(report, as_json: bool, junit: Optional[Path]) -> None:
-    """Write the report (table or JSON) to stdout and JUnit to a file; exit with its code."""
+def _emit(report, as_json: bool, junit: Optional[Path], summary: bool = False) -> None:
+    """Write the report (table or JSON) to stdout and JUnit to a file; exit with its code.
+    `summary`: one row per check plus the failed checks' tables (for `run`)."""
     if junit is not None:
         from gradcheck_cli.render import junit as junit_render
 
@@ -81,6 +82,10 @@ def _emit(report, as_json: bool, junit: Optional[Path]) -> None:
         from gradcheck_cli.render import json_out
 
         sys.stdout.write(json_out.render(report) + "\n")
+    elif summary:
+        from gradcheck_cli.render import summary as summary_render
+
+        summary_render.render(report)
     else:
         from gradcheck_cli.render import table
 
@@ -208,7 +213,7 @@ def run(
                            progress=_progress("running checks", True))
     except UserInputError as err:
         raise _fail(err) from None
-    _emit(report, as_json, junit)
+    _emit(report, as_json, junit, summary=True)
 
 
 @app.command()

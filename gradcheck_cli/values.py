@@ -164,7 +164,9 @@ def parse_value(name: str, raw: Any, rng: np.random.Generator) -> Value:
     if isinstance(raw, bool):
         raise UserInputError(f"value of {name!r} must be a number, a list or a generator, not a boolean")
     if isinstance(raw, (int, float)):
-        return Value(name, np.asarray(float(raw), dtype=np.float64), repr(raw), False)
+        number = float(raw)
+        text = str(int(number)) if number.is_integer() and abs(number) < 1e16 else repr(number)
+        return Value(name, np.asarray(number, dtype=np.float64), text, False)
     if isinstance(raw, list):
         raw = repr(raw)
     if not isinstance(raw, str):

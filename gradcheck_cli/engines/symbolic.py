@@ -24,6 +24,7 @@ from gradcheck_cli.expr import ir
 from gradcheck_cli.expr.functions import FUNCTIONS
 
 _MODULES = [fns.NUMPY_FUNCTIONS, "numpy"]
+MAX_EXACT_ELEMENTS = 1000  # forward values are computed exactly (mpmath) up to this many elements
 
 
 @dataclass
@@ -141,7 +142,29 @@ class Evaluator:
         return np.broadcast_to(np.asarray(value, dtype=np.float64), shape)
 
     def value(self) -> np.ndarray:
+        """The forward value: exact (mpmath, 40 digits, rounded once to float64) for small
+        problems without reductions, else the float64 evaluation of the exact formula."""
+        exact = self._exact_value()
+        if exact is not None:
+            return exact
         return np.array(self._eval(self.model.top, self.model.top_shape))
+
+    def _exact_value(self) -> np.ndarray | None:
+        model = self.model
+        n_vars = len(model.variables)
+        if model.reductions or sum(a.size for a in self.args[:n_vars]) > MAX_EXACT_ELEMENTS:
+            return None
+        import mpmath
+
+        try:
+            fn = sp.lambdify(list(model.variables.values()), model.top,
+                             modules=[fns.MPMATH_FUNCTIONS, "mpmath"])
+            with mpmath.workdps(40):
+                one = lambda *xs: float(fn(*[mpmath.mpf(float(x)) for x in xs]))  # noqa: E731
+                value = np.vectorize(one, otypes=[np.float64])(*self.args[:n_vars])
+        except (TypeError, ValueError, ZeroDivisionError, OverflowError, NameError, AttributeError):
+            return None  # e.g. log of a negative number: mpmath goes complex; float64 says nan
+        return np.array(np.broadcast_to(value, model.top_shape))
 
     def _summand(self, k: int) -> np.ndarray:
         if k not in self._summands:

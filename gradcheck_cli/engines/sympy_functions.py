@@ -49,3 +49,16 @@ def _np_erf(x):
 
 NUMPY_FUNCTIONS = {"sigmoid": _np_sigmoid, "softplus": _np_softplus, "detach": lambda x: x,
                    "erf": _np_erf}
+
+
+def _mp():
+    import mpmath
+
+    return mpmath
+
+
+MPMATH_FUNCTIONS = {
+    "sigmoid": lambda x: 1 / (1 + _mp().exp(-x)),
+    "softplus": lambda x: _mp().log1p(_mp().exp(x)),
+    "detach": lambda x: x,
+}

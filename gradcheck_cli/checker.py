@@ -22,6 +22,10 @@ from gradcheck_cli.values import Value, parse_value, parse_values, redraw
 LOSSES = ("none", "bce", "bce_logits", "mse")
 TARGET = "target"
 SYMBOLIC_BUDGET_S = 60.0
+# What SymPy (and its printers: lambdify cannot print zoo, x/0) may raise on an expression
+# it cannot handle: the symbolic column becomes null with a diagnostic, never a traceback.
+SYMPY_FAILURES = (RecursionError, ValueError, TypeError, AttributeError, KeyError, NameError, ArithmeticError,
+                  NotImplementedError)
 MAX_HESSIAN_SIZE = 400
 MAX_POINT_TRIES = 10
 
@@ -173,7 +177,7 @@ def _symbolic_model(prep: Prepared, budget: float | None):
                 prep.model = symbolic.build(prep.root, prep.node_shapes, prep.var_shapes)
         except OutOfTime:
             prep.symbolic_error = f"SymPy did not finish building the expression within {budget:g} s"
-        except (RecursionError, ValueError, TypeError, AttributeError, ZeroDivisionError) as exc:
+        except SYMPY_FAILURES as exc:
             prep.symbolic_error = f"SymPy could not represent the expression ({type(exc).__name__}: {exc})"
     return prep.model
 
@@ -206,7 +210,7 @@ def check_at(prep: Prepared, arrays: dict, opts: Options) -> CheckResult:
                         formulas = symbolic.formulas(model, prep.wrt)
             except OutOfTime:
                 symbolic_error = f"SymPy did not finish within {opts.symbolic_budget:g} s"
-            except (RecursionError, ValueError, TypeError, ZeroDivisionError, OverflowError) as exc:
+            except SYMPY_FAILURES as exc:
                 symbolic_error = f"SymPy could not differentiate the expression ({type(exc).__name__}: {exc})"
             if symbolic_error:
                 sym_value = sym_value_ref = None
@@ -419,7 +423,7 @@ def _hessian(prep, arrays, ref_arrays, auto, tol, opts, scheme):
     try:
         with time_budget(opts.symbolic_budget):
             sym_h = symbolic.hessian(prep.root, prep.var_shapes, ref_arrays, prep.wrt)
-    except (OutOfTime, RecursionError, ValueError, TypeError) as exc:
+    except (OutOfTime, *SYMPY_FAILURES) as exc:
         diags.append(Diagnostic("symbolic_unavailable", f"symbolic Hessian unavailable ({type(exc).__name__})"))
     fd_h = _fd_hessian(prep, ref_arrays, opts)
     result = cmp.compare("hessian", auto.hessian, sym_h, fd_h, np.abs(fd_h) * 1e-6 + 1e-8, tol)

@@ -71,6 +71,31 @@ def _fail(err: UserInputError) -> "typer.Exit":
     return typer.Exit(2)
 
 
+def write_stdout(text: str) -> None:
+    """Write all of `text` to stdout, or raise BrokenPipeError.
+
+    Under PYTHONUNBUFFERED=1 (or `python -u`, common in CI images) sys.stdout sits on the
+    raw file, whose write() may be partial (the reader went away, a signal arrived), and
+    TextIOWrapper drops the rest silently: a truncated JSON report and exit 0.  Writing the
+    bytes in a loop finishes a partial write, and a closed pipe raises on the next one.
+    """
+    sys.stdout.flush()
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:  # a stdout replaced by a text-only object: it has no partial writes to undo
+        sys.stdout.write(text)
+        return
+    data = memoryview(text.encode(sys.stdout.encoding or "utf-8", errors=sys.stdout.errors or "strict"))
+    while data:
+        written = buffer.write(data)
+        if written is None:  # a non-blocking stdout that is full: wait for the reader
+            import time
+
+            time.sleep(0.001)
+            continue
+        data = data[written:]
+    buffer.flush()
+
+
 def _emit(report, as_json: bool, junit: Optional[Path], summary: bool = False) -> None:
     """Write the report (table or JSON) to stdout and JUnit to a file; exit with its code.
     `summary`: one row per check plus the failed checks' tables (for `run`)."""
@@ -81,7 +106,7 @@ def _emit(report, as_json: bool, junit: Optional[Path], summary: bool = False) -
     if as_json:
         from gradcheck_cli.render import json_out
 
-        sys.stdout.write(json_out.render(report) + "\n")
+        write_stdout(json_out.render(report) + "\n")
     elif summary:
         from gradcheck_cli.render import summary as summary_render
 
@@ -245,7 +270,7 @@ def schema() -> None:
     """Print the JSON Schema of the report."""
     from importlib import resources
 
-    sys.stdout.write(resources.files("gradcheck_cli").joinpath("schema/report.schema.json").read_text("utf-8"))
+    write_stdout(resources.files("gradcheck_cli").joinpath("schema/report.schema.json").read_text("utf-8"))
 
 
 def main() -> None:

@@ -26,6 +26,10 @@ class UserInputError(Exception):
         shown = self.source if len(self.source) <= 200 else self.source[: 200] + "..."
         if self.column > len(shown) + 1:
             return self.message
+        # Echo only printable ASCII: a control character (ESC), a bidi override (U+202E) or
+        # a double-width lookalike in the source line would rewrite or reorder the user's
+        # terminal and misplace the caret.  One '?' per character keeps the caret's column.
+        shown = "".join(ch if " " <= ch <= "~" else "?" for ch in shown)
         return f"{self.message}\n  {shown}\n  {' ' * (self.column - 1)}^"
 
 

@@ -49,15 +49,31 @@ class GradcheckHelper:
         """Fail the test with the rendered table unless every gradient agrees."""
         import gradcheck_cli
 
-        __tracebackhide__ = True  # pytest shows the caller's line, not ours
-        return gradcheck_cli.assert_expression(expr, at, **self._merged(options))
+        __tracebackhide__ = True  # pytest shows the test's line, not this helper's
+        report = gradcheck_cli.check_expression(expr, at, **self._merged(options))
+        _assert_passed(report)
+        return report
 
     def assert_op(self, fn, *tensors, **options: Any):
         """Fail the test with the rendered table unless the op's backward is right."""
         import gradcheck_cli
 
         __tracebackhide__ = True
-        return gradcheck_cli.assert_op(fn, *tensors, **self._merged(options))
+        report = gradcheck_cli.check_op(fn, *tensors, **self._merged(options))
+        _assert_passed(report)
+        return report
+
+
+def _assert_passed(report) -> None:
+    """Raise the API's AssertionError (the rendered table) from here, so the traceback
+    pytest prints ends at the test's own line."""
+    __tracebackhide__ = True
+    from gradcheck_cli import _assert
+
+    try:
+        _assert(report)
+    except AssertionError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 @pytest.fixture

@@ -61,7 +61,10 @@ class CheckSpec:
     @property
     def where(self) -> str:
         """How messages point at this check: file, name and position."""
-        return f"{self.file}: check {self.name!r} (#{self.index})"
+        # A check without a name is named by its expression, which may be 10,000 characters
+        # (or a hostile 100,000): messages quote at most 80 of them.
+        name = self.name if len(self.name) <= 80 else self.name[:77] + "..."
+        return f"{self.file}: check {name!r} (#{self.index})"
 
 
 # ---------------------------------------------------------------------------------------
@@ -130,10 +133,11 @@ def _unknown(key: str, known: Iterable[str]) -> str:
     return f"unknown key {key!r}{hint}; known keys: {', '.join(known)}"
 
 
-def load_file(path: Path, cli_defaults: dict | None = None) -> list[CheckSpec]:
-    """Every [[check]] of one spec file, validated, with defaults filled in."""
+def load_file(path: Path, cli_defaults: dict | None = None, doc: dict | None = None) -> list[CheckSpec]:
+    """Every [[check]] of one spec file, validated, with defaults filled in (`doc`: the
+    file already parsed)."""
     shown = path.as_posix()
-    doc = read_toml(path)
+    doc = read_toml(path) if doc is None else doc
     for key in doc:
         if key not in TOP_LEVEL_KEYS:
             raise SpecError(f"{shown}: top level: {_unknown(key, TOP_LEVEL_KEYS)}")
@@ -196,11 +200,12 @@ def load(paths: Iterable[str], cli_defaults: dict | None = None) -> tuple[list[C
     specs: list[CheckSpec] = []
     files, skipped = [], []
     for path, explicit in discover(paths):
-        if not explicit and not is_spec_document(read_toml(path)):
+        doc = read_toml(path)
+        if not explicit and not is_spec_document(doc):
             skipped.append(path.as_posix())
             continue
         files.append(path.as_posix())
-        specs.extend(load_file(path, cli_defaults))
+        specs.extend(load_file(path, cli_defaults, doc))
     if not specs:
         raise SpecError("no checks found: the TOML files under " + ", ".join(map(str, paths)) +
                         " have no [[check]] tables")
@@ -389,17 +394,20 @@ def select_shard(specs: list[CheckSpec], shard: str | None) -> list[CheckSpec]:
 
 class Runner:
     """Runs checks in this process, caching what checks can share: the parsed and
-    shape-checked expression with its SymPy model (keyed by expression, loss and input
-    shapes, which together fix the model)."""
+    shape-checked expression of each check (from the up-front validation) and the SymPy
+    model of each (expression, loss, input shapes), which together fix the model."""
 
     def __init__(self):
         self._models: dict = {}
+        self._prepared: dict = {}
 
     def prepare(self, spec: CheckSpec):
         """Validate and prepare an expression check (parse, values, shapes) without
-        running it; UserInputError names the check."""
+        running it; UserInputError names the check.  The result is kept for run()."""
         from gradcheck_cli.checker import Options, prepare
 
+        if (spec.file, spec.index) in self._prepared:
+            return self._prepared[spec.file, spec.index]
         o = spec.options
         try:
             opts = Options(dtype=o["dtype"], fd=o["fd"], eps=o["eps"], atol=o["atol"], rtol=o["rtol"],
@@ -409,9 +417,7 @@ class Runner:
         except UserInputError as err:
             raise _in_check(err, spec) from None
         key = (prep.source, prep.loss, tuple(sorted(prep.var_shapes.items())))
-        cached = self._models.get(key)
-        if cached is not None:
-            prep.model, prep.symbolic_error = cached
+        self._prepared[spec.file, spec.index] = (prep, opts, key)
         return prep, opts, key
 
     def run(self, spec: CheckSpec):
@@ -427,13 +433,26 @@ class Runner:
         from gradcheck_cli.checker import run_prepared
 
         prep, opts, key = self.prepare(spec)
+        self._prepared.pop((spec.file, spec.index), None)
+        if prep.model is None and prep.symbolic_error is None and key in self._models:
+            prep.model, prep.symbolic_error = self._models[key]
         try:
             result = run_prepared(prep, opts)
         except UserInputError as err:
             raise _in_check(err, spec) from None
         if prep.model is not None or prep.symbolic_error is not None:
-            self._models[key] = (prep.model, prep.symbolic_error)
+            self._models.setdefault(key, (prep.model, prep.symbolic_error))
         return result
+
+    def preflight_op(self, spec: CheckSpec) -> None:
+        """Import an op check's target (FILE.py relative to the spec file, or a module),
+        so that a missing or broken op stops the run before any check runs."""
+        from gradcheck_cli.ops_loading import load_target
+
+        try:
+            load_target(spec.source, spec.options["base_dir"])
+        except UserInputError as err:
+            raise _in_check(err, spec) from None
 
     def _run_op(self, spec: CheckSpec):
         from gradcheck_cli.ops import check_op_target
@@ -441,7 +460,7 @@ class Runner:
         o = spec.options
         try:
             report = check_op_target(
-                spec.source, list(o.get("at", {}).items()), list(o.get("kw", {}).items()), wrt=o.get("wrt"),
+                spec.source, list(o.get("at", {}).items()), _kw_items(o.get("kw", {})), wrt=o.get("wrt"),
                 reference=o.get("reference"), mode=o["mode"], dtype=o["dtype"], fd=o["fd"], eps=o["eps"],
                 atol=o["atol"], rtol=o["rtol"], points=o["points"], seed=o["seed"], order=o["order"],
                 device=o["device"], base_dir=o["base_dir"], name=spec.name)
@@ -449,6 +468,13 @@ class Runner:
             raise _in_check(err, spec) from None
         (result,) = report.checks
         return result
+
+
+def _kw_items(kw: dict) -> list:
+    """Spec `kw` entries for the op.  A TOML string is a string: it is quoted so that
+    `kw = { mode = "1" }` passes "1", not the number 1 (unquoted text is read the way
+    --kw reads it)."""
+    return [(k, f'"{v}"' if isinstance(v, str) else v) for k, v in kw.items()]
 
 
 def _in_check(err: UserInputError, spec: CheckSpec) -> UserInputError:
@@ -481,9 +507,11 @@ def run_specs(specs: list[CheckSpec], *, jobs: int = 1, fail_fast: bool = False,
     if jobs < 1:
         raise UserInputError(f"--jobs must be >= 1, got {jobs}")
     runner = runner or Runner()
-    for spec in specs:  # every expression's input errors before any check runs
+    for spec in specs:  # input errors (expressions, op imports) before any check runs
         if spec.kind == "expression":
             runner.prepare(spec)
+        else:
+            runner.preflight_op(spec)
     if jobs == 1 or len(specs) <= 1:
         return _run_serial(specs, runner, fail_fast, progress)
     return _run_parallel(specs, min(jobs, len(specs)), fail_fast, progress)
@@ -540,9 +568,16 @@ def run_paths(paths: list[str], defaults: dict, *, shard: str | None = None, job
         parse_shard(shard)  # a bad --shard is reported before any file is read
     if jobs < 1:
         raise UserInputError(f"--jobs must be >= 1, got {jobs}")
-    specs, files = load(paths, {k: v for k, v in defaults.items() if v is not None})
-    selected = select_shard(specs, shard)
-    results, stopped = run_specs(selected, jobs=jobs, fail_fast=fail_fast, progress=progress)
+    try:
+        specs, files = load(paths, {k: v for k, v in defaults.items() if v is not None})
+        selected = select_shard(specs, shard)
+        if progress:
+            progress(0, len(selected))  # the bar shows the total from the start (and ends if it is 0)
+        results, stopped = run_specs(selected, jobs=jobs, fail_fast=fail_fast, progress=progress)
+    except UserInputError:
+        if progress:
+            progress(0, 0)  # end the bar before the error message is printed
+        raise
     meta = {"command": "run", **files, "checks_total": len(specs), "checks_selected": len(selected),
             "checks_run": len(results)}
     if shard is not None:

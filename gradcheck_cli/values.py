@@ -90,8 +90,9 @@ class _ValueParser:
     def take(self, kind: str | None = None, text: str | None = None) -> str:
         tok = self.peek()
         if tok is None or (kind and tok[0] != kind) or (text and tok[1] != text):
-            want = text or kind
-            raise self.fail(f"expected {want!r}, found {tok[1] if tok else 'the end'!r}")
+            want = repr(text) if text else {"num": "a number", "name": "a generator name"}.get(kind, kind)
+            found = repr(tok[1]) if tok else "the end"
+            raise self.fail(f"expected {want}, found {found}")
         self.i += 1
         return tok[1]
 
@@ -126,9 +127,16 @@ class _ValueParser:
 def _check_size(name: str, shape: tuple[int, ...]) -> None:
     count = math.prod(shape)
     limit = max_bytes()
-    if count * 8 > limit:
-        raise UserInputError(f"value {name!r} of shape {tuple(shape)} needs {count * 8 / 2**30:.3g} GiB "
+    # Each dimension is bounded on its own too: a zero elsewhere makes the product 0, and
+    # numpy raises its own ValueError for randn(0, 1e300) instead of allocating nothing.
+    biggest = max(shape, default=1)
+    if count * 8 > limit or biggest * 8 > limit:
+        shown = f"of shape {tuple(shape)}" if biggest < 10**12 else f"with a dimension of {float(biggest):.3g}"
+        raise UserInputError(f"value {name!r} {shown} needs {max(count, biggest) * 8 / 2**30:.3g} GiB "
                              f"(limit {limit / 2**30:.3g} GiB; set GRADCHECK_MAX_BYTES to change it)")
+    if count == 0:
+        raise UserInputError(f"value {name!r} of shape {tuple(shape)} has no elements: "
+                             "there is nothing to differentiate")
 
 
 def _dims(p: _ValueParser, args: list[float], generator: str) -> tuple[int, ...]:
@@ -186,6 +194,8 @@ def parse_value(name: str, raw: Any, rng: np.random.Generator) -> Value:
             args.append(p.number())
             if p.peek() and p.peek()[1] == ",":
                 p.take(text=",")
+            elif p.peek() and p.peek()[1] != ")":  # randn(2 3) is a typo, not randn(2, 3)
+                raise p.fail(f"expected ',' or ')', found {p.peek()[1]!r}")
         p.take(text=")")
         p.done()
         return Value(name, _generate(p, generator, args, rng), text, True, generator)

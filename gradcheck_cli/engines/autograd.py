@@ -64,6 +64,8 @@ def _reaches(out, leaf) -> bool:
     """Whether autograd's graph of `out` contains `leaf` (False for detached or unused inputs)."""
     if not out.requires_grad:
         return False
+    if out.grad_fn is None:  # the result is a leaf itself (`x`, or sum(x) of a scalar)
+        return out is leaf
     stack, seen = [out.grad_fn], set()
     while stack:
         fn = stack.pop()

@@ -7,11 +7,34 @@ a handful of rows give the whole Jacobian.  Otherwise each element gets its own
 rows; when that would cost too much, a seeded sample of elements is differenced
 (and the report says so).
 
-Schemes (h is the step; every estimate carries an error estimate):
-  central     (f(x+h) - f(x-h)) / 2h, h = cbrt(eps)·max(1,|x|); error from the 2h estimate
-  forward     (f(x+h) - f(x)) / h,   h = sqrt(eps)·max(1,|x|)
-  richardson  central at h, 2h, 4h extrapolated twice (error O(h^6)), h = 1e-3·max(1,|x|)
-  complex     Im f(x + ih) / h, h = 1e-20·max(1,|x|): no cancellation, for analytic expressions
+Schemes (H is the relative step, h = H * scale the step an element is moved by):
+  central     (f(x+h) - f(x-h)) / 2h,                       H = cbrt(eps) = 6.1e-6
+  forward     (f(x+h) - f(x)) / h,                          H = sqrt(eps) = 1.5e-8
+  richardson  central at h, 2h, 4h extrapolated twice (error O(h^6)),  H = 1e-3
+  complex     Im f(x + ih) / h: no cancellation, for analytic expressions, H = 1e-20
+
+Step choice.  With `--eps H` every element is stepped by exactly h = H * max(1, |x|).
+Without it, the right scale depends on the function as much as on x: log(x) at
+x = 1e4 wants steps proportional to x, sin(x) there wants absolute ones.  So each
+element is differenced at the scales |x|^0, |x|^(1/2) and |x|^1 (when |x| is far
+from 1; max(1, |x|) otherwise), and each Jacobian entry keeps the candidate with the
+smallest likely error among those whose stencil did not cross a kink and whose
+truncation estimate is small against the estimate (outside that regime an error
+estimate means nothing).  The complex step keeps h = 1e-20 * max(1, |x|), plus
+h = 1e-8 |x| for |x| below 1e-12, where 1e-20 would step across the function's scale.
+
+Error estimates bound truncation plus rounding:
+  truncation  the gap to a less accurate estimate from the same stencil (central: the
+              2h difference, richardson: the first extrapolation, forward and complex:
+              the step 2h);
+  rounding    the noise the function's values carry near x (cancellation inside the
+              expression included): the spread of nine closely and unevenly spaced
+              values around a cubic fit (the curvature left over is far below rounding),
+              times NOISE_SAFETY and how much the scheme amplifies noise; never less
+              than a few ulps of the values seen.  Complex steps measure the spread of
+              Im f(x + k*delta + ih)/h.
+Measured against mpmath on smooth float64 functions (tests/test_finite_diff.py) the
+estimate bounds the true error and is typically 20-150x above it.
 """
 
 from __future__ import annotations
@@ -28,10 +51,33 @@ from gradcheck_cli.expr.functions import FUNCTIONS
 EPS = float(np.finfo(np.float64).eps)
 SCHEMES = ("auto", "central", "forward", "richardson", "complex")
 DEFAULT_STEPS = {"central": EPS ** (1 / 3), "forward": EPS**0.5, "richardson": 1e-3, "complex": 1e-20}
-_DELTAS = {"central": (1, -1, 2, -2), "forward": (1, 2), "richardson": (1, -1, 2, -2, 4, -4), "complex": (1j,)}
+# multiples of h each real scheme evaluates (the complex step's rows are built in _plan)
+STENCILS = {"central": (1, -1, 2, -2), "forward": (1, 2), "richardson": (1, -1, 2, -2, 4, -4)}
+# The noise probe: values at x + k*delta (complex: each + ih).  Unevenly spaced on purpose:
+# at even spacing the rounding errors of an intermediate like 1 + x**2 can advance by a
+# near-constant fraction of an ulp per point and look smooth, hiding the noise.
+PROBE_POINTS = (-3.83, -2.71, -1.93, -0.87, 0.0, 0.61, 1.47, 2.39, 3.67)
+SCALE_POWERS = (0.0, 0.5, 1.0)  # candidate scales |x|**p, when |x| is far from 1
+MIN_SCALE = 1e-4  # smallest scale for elements near 0 (h = H * 1e-4)
+TINY_X = 1e-12  # below this |x| the complex step also tries h = 1e-8 |x|
+PROBE = 1e-5  # the noise probe's spacing, relative to min(1, |x|) (at least MIN_SCALE)
 BUDGET = 30_000_000  # element evaluations for one variable before sampling
 CHUNK = 4_000_000  # element evaluations per torch call
 MIN_SAMPLE = 16
+NOISE_SAFETY = 8.0  # nine values give a noisy measure of noise: bound it generously
+FOURTH_NORM = math.sqrt(70.0)  # |(1, -4, 6, -4, 1)|: the fourth difference of unit noise
+
+
+def _residual_projector(points: tuple, degree: int = 3) -> np.ndarray:
+    """The matrix taking values at `points` to their residuals from the least-squares
+    polynomial of `degree`: what is left is noise (plus curvature far below it)."""
+    k = np.asarray(points, dtype=np.float64)
+    v = np.vander(k, degree + 1)
+    return np.eye(k.size) - v @ np.linalg.pinv(v)
+
+
+_PROBE_RESIDUAL = _residual_projector(PROBE_POINTS)
+_PROBE_FIT = np.linalg.pinv(np.vander(np.asarray(PROBE_POINTS), 4))  # rows: coefficients of k^3 .. k^0
 
 
 @dataclass
@@ -43,10 +89,11 @@ class FDResult:
     error: np.ndarray  # (n_out, n_in) error estimate
     forward_slope: np.ndarray | None  # one-sided slopes, for kinks (None for complex)
     backward_slope: np.ndarray | None
-    steps: np.ndarray  # h per input element
+    steps: np.ndarray  # h per input element (the one its largest derivative used)
     sampled: np.ndarray | None  # flat indices differenced, when not all were
     kinks: list = field(default_factory=list)  # (function, column) whose kink the stencil crossed
     kink_mask: np.ndarray | None = None  # (n_out, n_in) entries whose stencil crossed a kink
+    entry_steps: np.ndarray | None = None  # (n_out, n_in) h each entry used; NaN where not computed
 
 
 def non_analytic_calls(root: ir.Node) -> list[str]:
@@ -66,15 +113,122 @@ def resolve_scheme(requested: str, root: ir.Node) -> tuple[str, str | None]:
     return requested, None
 
 
+def _representable(x: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """h rounded so that x + h - x == h exactly (the difference quotient divides by the
+    step actually taken); a step that vanishes in x + h keeps its nominal value."""
+    taken = (x + h) - x
+    return np.where(taken > 0, taken, h)
+
+
 def step_sizes(scheme: str, x: np.ndarray, eps: float | None) -> np.ndarray:
     """h per element: `eps` (or the scheme's default) times max(1, |x|), made exactly
-    representable so x + h - x == h."""
+    representable so x + h - x == h.  This is the whole rule under --eps."""
     rel = DEFAULT_STEPS[scheme] if eps is None else eps
     h = rel * np.maximum(1.0, np.abs(x))
-    if scheme != "complex":
-        h = (x + h) - x
-        h = np.where(h > 0, h, rel * np.maximum(1.0, np.abs(x)))
-    return h
+    return h if scheme == "complex" else _representable(x, h)
+
+
+def candidate_scales(x: np.ndarray) -> list[np.ndarray]:
+    """Scales the default step is tried at, per element: max(1, |x|) alone when every
+    |x| is within a factor 3 of 1, else |x|**p for p in SCALE_POWERS (at least MIN_SCALE)."""
+    ax = np.abs(np.asarray(x, dtype=np.float64))
+    if ax.size == 0 or np.all((ax >= 10**-0.5) & (ax <= 10**0.5)):
+        return [np.maximum(1.0, ax)]
+    with np.errstate(all="ignore"):
+        return [np.maximum(MIN_SCALE, np.where(np.isfinite(ax), ax, 1.0) ** p) for p in SCALE_POWERS]
+
+
+def candidate_steps(scheme: str, x: np.ndarray, eps: float | None) -> np.ndarray:
+    """(n_candidates, n) steps to try: the single rule under `eps`, else the default
+    relative step at each candidate scale."""
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    if eps is not None:
+        return step_sizes(scheme, x, eps)[None]
+    if scheme == "complex":
+        # 1e-20 * max(1, |x|) is far below any scale the function has, unless x itself is
+        # tinier still (log at 1e-300): then a step of 1e-8 |x|, as long as it stays normal
+        default = step_sizes(scheme, x, None)
+        ax = np.abs(x)
+        if not np.any((ax > 0) & (ax < TINY_X)):
+            return default[None]
+        return np.stack([default, np.where((ax > 0) & (ax < TINY_X), np.maximum(1e-8 * ax, 1e-310), default)])
+    rel = DEFAULT_STEPS[scheme]
+    fallback = step_sizes(scheme, x, None)
+    out = []
+    for s in candidate_scales(x):
+        nominal = rel * s
+        taken = (x + nominal) - x
+        # a step that x + h rounds away (or distorts: h below a few ulps of x) measures
+        # nothing; that candidate becomes the max(1, |x|) one, which always fits
+        out.append(np.where((taken >= 0.5 * nominal) & (taken <= 2 * nominal), taken, fallback))
+    return np.stack(out)
+
+
+@dataclass
+class _Plan:
+    """The rows a scheme evaluates: each row moves every element by pert[row, element]."""
+
+    scheme: str
+    steps: np.ndarray  # (n_cand, n_in)
+    pert: np.ndarray  # (n_rows, n_in), complex for the complex step
+    index: dict  # (candidate or "probe", multiple) -> row
+    row_cand: np.ndarray  # (n_rows,) candidate of each row, -1 for probe rows
+    probe_dev: np.ndarray  # (n_probe, n_in) how far rounding moved each probe point, in units of delta
+
+    @property
+    def n_rows(self) -> int:
+        return self.pert.shape[0]
+
+
+def _plan(scheme: str, x: np.ndarray, eps: float | None) -> _Plan:
+    """Every row to evaluate for the flat elements x: each candidate's stencil, then the noise probe."""
+    steps = candidate_steps(scheme, x, eps)
+    rows, index, owner = [], {}, []
+    # the noise probe: values at x + k*delta, closely enough spaced that what a cubic
+    # does not fit is rounding noise, not the function's curvature.  x + k*delta rounds;
+    # the offsets actually taken are kept, and the fit corrects for the difference
+    ax = np.abs(x)
+    if scheme == "complex":  # no real step to keep up with: probe at the scale of x itself
+        delta = np.maximum(PROBE * np.where(ax > 0, np.minimum(1.0, ax), MIN_SCALE), np.finfo(np.float64).tiny)
+    else:
+        delta = PROBE * np.maximum(MIN_SCALE, np.minimum(1.0, ax))
+    offsets = np.stack([(x + k * delta) - x for k in PROBE_POINTS])
+    dev = (offsets - np.multiply.outer(PROBE_POINTS, delta)) / delta
+    if scheme == "complex":
+        for c, h in enumerate(steps):
+            for k, off in zip(PROBE_POINTS, offsets):
+                index[(c, k)] = len(rows)
+                rows.append(off + 1j * h)
+                owner.append(c)
+            index[(c, "2h")] = len(rows)  # truncation, which only a long step makes visible
+            rows.append(2j * h)
+            owner.append(c)
+        return _Plan(scheme, steps, np.array(rows, dtype=np.complex128), index, np.array(owner), dev)
+    for c, h in enumerate(steps):
+        for k in STENCILS[scheme]:
+            index[(c, k)] = len(rows)
+            rows.append(k * h)
+            owner.append(c)
+    for k, off in zip(PROBE_POINTS, offsets):
+        if k:
+            index[("probe", k)] = len(rows)
+            rows.append(off)
+            owner.append(-1)
+    return _Plan(scheme, steps, np.array(rows, dtype=np.float64), index, np.array(owner), dev)
+
+
+def _noise(v: dict, dev: np.ndarray) -> np.ndarray:
+    """Rounding noise of values v[k] at x + (k + dev[k])*delta (k in PROBE_POINTS): the
+    standard deviation of their residuals from a cubic fit in k.  The tiny deviations
+    `dev` (the rounding of x + k*delta) are taken out first, through the fitted slope."""
+    shape = np.broadcast_shapes(*(np.shape(v[k]) for k in PROBE_POINTS))
+    stack = np.stack([np.broadcast_to(v[k], shape) for k in PROBE_POINTS])
+    slope = np.tensordot(_PROBE_FIT[-2], stack, axes=(0, 0))  # d value / dk at k = 0
+    stack = stack - slope[None] * dev
+    resid = np.tensordot(_PROBE_RESIDUAL, stack, axes=(1, 0))
+    scale = np.max(np.abs(resid), axis=0)  # values near 1e300 would overflow their squares
+    safe = np.where(scale > 0, scale, 1.0)
+    return scale * np.sqrt(np.sum(np.square(resid / safe), axis=0) / (len(PROBE_POINTS) - 4))
 
 
 def elementwise_only(root: ir.Node) -> set[str]:
@@ -157,103 +311,206 @@ def jacobian(root: ir.Node, arrays: dict, name: str, out_shape: tuple, *, scheme
     x = np.asarray(arrays[name], dtype=np.float64)
     flat = x.reshape(-1)
     n_in = flat.size
-    h = step_sizes(scheme, flat, eps)
-    deltas = _DELTAS[scheme]
+    plan = _plan(scheme, flat, eps)
     if name in elementwise_only(root):
-        values, crossed, hits = _together(batch, name, x, h, deltas)
         columns = np.broadcast_to(np.arange(n_in).reshape(x.shape), _pad_shape(x.shape, out_shape)).reshape(-1)
+        picked, hits = _together(batch, name, x, plan, columns)
         computed = None
     else:
-        per_row = len(deltas) * batch.max_numel
+        per_row = plan.n_rows * batch.max_numel
         limit = max(MIN_SAMPLE, BUDGET // per_row)
         computed = None
         if n_in > limit:
             computed = np.sort(np.random.default_rng(seed).choice(n_in, size=limit, replace=False))
-        values, crossed, hits = _one_by_one(batch, name, x, h, deltas, computed)
+        picked, hits = _one_by_one(batch, name, x, plan, computed)
         columns = None
-    h_rows = h[columns] if columns is not None else (h if computed is None else h[computed])
-    est, err, fwd, bwd = _combine(scheme, values, batch.f0[0], h_rows, deltas)
     undefined = ~np.isfinite(batch.real_f0[0])  # (n_out,): outside the real domain
     if undefined.any():
-        est = np.where(undefined[None, :] if est.ndim == 2 else undefined, np.nan, est)
-    return _assemble(scheme, est, err, fwd, bwd, crossed, hits, h, computed, columns, batch.n_out, n_in)
+        picked["est"] = np.where(undefined, np.nan, picked["est"])
+    return _assemble(scheme, picked, hits, computed, columns, batch.n_out, n_in)
+
+
+def derivative_at_steps(root: ir.Node, arrays: dict, name: str, element: int, output: int, out_shape: tuple, *,
+                        scheme: str, steps: np.ndarray) -> np.ndarray:
+    """d(output element) / d(input element) of `name` by `scheme` at each absolute step in
+    `steps`, taken exactly as given (no step choice, no error estimate): the raw material
+    of a step-size curve.  Each step is rounded to one x + h represents; a step that
+    vanishes there (x + h == x) gives NaN."""
+    use_complex = scheme == "complex"
+    max_numel = max([int(np.asarray(a).size) for a in arrays.values()] + [math.prod(out_shape)])
+    batch = _Batch(root, arrays, out_shape, max_numel, use_complex)
+    x = np.asarray(arrays[name], dtype=np.float64)
+    flat = x.reshape(-1)
+    x0 = float(flat[element])
+    steps = np.asarray(steps, dtype=np.float64).reshape(-1)
+    h = steps if use_complex else (x0 + steps) - x0
+    mults = (1,) if scheme in ("complex", "forward") else STENCILS[scheme]
+    pert = (np.multiply.outer(h, mults) * (1j if use_complex else 1)).reshape(-1)
+    dtype = np.complex128 if use_complex else np.float64
+    out = np.empty(pert.size, dtype=dtype)
+    per_chunk = max(1, CHUNK // batch.max_numel)
+    for start in range(0, pert.size, per_chunk):
+        part = pert[start:start + per_chunk]
+        rows = np.repeat(flat[None].astype(dtype), part.size, axis=0)
+        rows[:, element] += part
+        values, _ = batch.run({name: rows.reshape((part.size,) + x.shape)})
+        out[start:start + part.size] = values[:, output]
+    f0 = batch.f0[0, output].real
+    v = out.reshape(h.size, len(mults))
+    with np.errstate(all="ignore"):
+        if use_complex:
+            est = v[:, 0].imag / h
+        elif scheme == "forward":
+            est = (v[:, 0].real - f0) / h
+        else:
+            d = {m: v[:, k].real for k, m in enumerate(mults)}
+            d1, d2 = (d[1] - d[-1]) / (2 * h), (d[2] - d[-2]) / (4 * h)
+            if scheme == "central":
+                est = d1
+            else:  # richardson, as jacobian() extrapolates it
+                d4 = (d[4] - d[-4]) / (8 * h)
+                est = (64 * d1 - 20 * d2 + d4) / 45
+    return np.where(h > 0, est, np.nan)
 
 
 def _pad_shape(in_shape: tuple, out_shape: tuple) -> tuple:
     return tuple(out_shape) if len(out_shape) >= len(in_shape) else tuple(in_shape)
 
 
-def _together(batch: _Batch, name, x, h, deltas):
-    """Perturb every element at once: one row per delta."""
-    rows = np.stack([x + d * h.reshape(x.shape) for d in deltas]).astype(
-        np.complex128 if batch.use_complex else np.float64)
+def _cand_crossed(plan: _Plan, row_flags: np.ndarray | None, lead: tuple) -> np.ndarray:
+    """(n_cand, *lead) whether any row of each candidate crossed a kink; row_flags is
+    (*lead, n_rows) or None.  Probe rows are shorter than every candidate's own rows."""
+    n_cand = plan.steps.shape[0]
+    if row_flags is None:
+        return np.zeros((n_cand,) + lead, dtype=bool)
+    return np.stack([row_flags[..., plan.row_cand == c].any(axis=-1) for c in range(n_cand)])
+
+
+def _together(batch: _Batch, name, x, plan: _Plan, columns):
+    """Perturb every element at once: one batch row per plan row."""
+    pert = plan.pert.reshape((plan.n_rows,) + x.shape)
+    rows = (x[None] + pert).astype(np.complex128 if batch.use_complex else np.float64)
     out, kinks = batch.run({name: rows})
-    crossed, hits = (None, []) if batch.use_complex else batch.crossed(kinks, rows.shape[0])
-    # values[d][o]: the output at delta d; columns map o to its input element
-    any_crossed = None if crossed is None else np.full(batch.n_out, bool(crossed.any()))
-    return out, any_crossed, hits
+    flags, hits = (None, []) if batch.use_complex else batch.crossed(kinks, rows.shape[0])
+    # any crossing marks every output, as one row moves every element
+    crossed = _cand_crossed(plan, flags, ())[:, None, None]
+    steps = plan.steps[:, columns][:, None, :]  # (n_cand, 1, n_out): output o moves with element columns[o]
+    dev = plan.probe_dev[:, columns][:, None, :]
+    picked = _pick(*_combine(plan, out[None], batch.f0[0], steps, dev), np.broadcast_to(crossed, steps.shape),
+                   steps)
+    return {k: (None if v is None else v[0]) for k, v in picked.items()}, hits
 
 
-def _one_by_one(batch: _Batch, name, x, h, deltas, computed):
-    """One row per (element, delta); returns values[j, d, o] and a crossed flag per element."""
+def _one_by_one(batch: _Batch, name, x, plan: _Plan, computed):
+    """One batch row per (element, plan row); returns the picked estimates per (element, output)."""
     flat = x.reshape(-1)
     idx = np.arange(flat.size) if computed is None else computed
     dtype = np.complex128 if batch.use_complex else np.float64
-    nd = len(deltas)
+    nd = plan.n_rows
     per_chunk = max(1, CHUNK // (nd * batch.max_numel))
-    out = np.empty((idx.size, nd, batch.n_out), dtype=dtype)
-    crossed = np.zeros(idx.size, dtype=bool)
+    parts: list[dict] = []
     hits: list = []
-    d_arr = np.asarray(deltas)
     for start in range(0, idx.size, per_chunk):
         chunk = idx[start:start + per_chunk]
         rows = np.repeat(flat[None].astype(dtype), chunk.size * nd, axis=0)
         which = np.repeat(chunk, nd)
-        rows[np.arange(rows.shape[0]), which] += np.tile(d_arr, chunk.size) * h[which]
+        rows[np.arange(rows.shape[0]), which] += plan.pert[:, chunk].T.reshape(-1)
         values, kinks = batch.run({name: rows.reshape((rows.shape[0],) + x.shape)})
-        out[start:start + chunk.size] = values.reshape(chunk.size, nd, batch.n_out)
+        flags = None
         if not batch.use_complex:
             rc, rh = batch.crossed(kinks, rows.shape[0])
-            if rc is not None:
-                crossed[start:start + chunk.size] = rc.reshape(chunk.size, nd).any(axis=1)
+            flags = None if rc is None else rc.reshape(chunk.size, nd)
             hits.extend(hh for hh in rh if hh not in hits)
-    return out, crossed, hits
+        steps = plan.steps[:, chunk][:, :, None]  # (n_cand, chunk, 1)
+        crossed = _cand_crossed(plan, flags, (chunk.size,))[:, :, None]
+        combined = _combine(plan, values.reshape(chunk.size, nd, batch.n_out), batch.f0[0], steps,
+                            plan.probe_dev[:, chunk][:, :, None])
+        shape = (plan.steps.shape[0], chunk.size, batch.n_out)
+        parts.append(_pick(*combined, np.broadcast_to(crossed, shape), np.broadcast_to(steps, shape)))
+    picked = {k: (None if parts[0][k] is None else np.concatenate([p[k] for p in parts])) for k in parts[0]}
+    return picked, hits
 
 
-def _combine(scheme, values, f0, h, deltas):
-    """Estimates, error estimates and one-sided slopes from the stencil values.
-    `values` is (nd, n_out) (together) or (n, nd, n_out) (one by one); h matches the first axis."""
-    together = values.ndim == 2
-    v = values[None] if together else values  # (m, nd, n_out)
-    hh = (h[None, :] if together else h[:, None])  # broadcast against (m, n_out)
-    f = {d: v[:, k, :] for k, d in enumerate(deltas)}
-    scale = np.max(np.abs(v.real), axis=1) + np.abs(f0.real)[None]
-    rounding = 4 * EPS * scale / hh
+def _combine(plan: _Plan, values: np.ndarray, f0: np.ndarray, steps: np.ndarray, dev: np.ndarray):
+    """Per candidate (n_cand, m, n_out): estimate, error estimate, one-sided slopes, and
+    the score candidates compete on.  `values` is (m, n_rows, n_out); `steps` broadcasts
+    against (n_cand, m, n_out), `dev` (the probe's rounding) against (n_probe, m, n_out)."""
+    scheme = plan.scheme
     with np.errstate(all="ignore"):
         if scheme == "complex":
-            est = f[1j].imag / hh
-            err = 4 * EPS * np.abs(est) + 1e-300
-            return _shape(together, est, err, None, None)
-        if scheme == "forward":
-            d1, d2 = (f[1] - f0) / hh, (f[2] - f0) / (2 * hh)
-            return _shape(together, d1, np.abs(d1 - d2) + rounding, d1, None)
-        d1, d2 = (f[1] - f[-1]) / (2 * hh), (f[2] - f[-2]) / (4 * hh)
-        fwd, bwd = (f[1] - f0) / hh, (f0 - f[-1]) / hh
-        if scheme == "central":
-            return _shape(together, d1, np.abs(d1 - d2) / 3 + rounding, fwd, bwd)
-        d4 = (f[4] - f[-4]) / (8 * hh)
-        r1, r2 = (4 * d1 - d2) / 3, (4 * d2 - d4) / 3
-        rr = (16 * r1 - r2) / 15
-        return _shape(together, rr, np.abs(rr - r1) + rounding, fwd, bwd)
+            ests, errs, truncs = [], [], []
+            for c in range(plan.steps.shape[0]):
+                g = {k: values[:, plan.index[(c, k)], :].imag / steps[c] for k in PROBE_POINTS}
+                g2 = values[:, plan.index[(c, "2h")], :].imag / (2 * steps[c])
+                trunc = np.abs(g2 - g[0]) / 3  # Im f(x + ih)/h = f' - h^2 f^(3)/6 + ...
+                ests.append(g[0])
+                truncs.append(trunc)
+                errs.append(trunc + NOISE_SAFETY * _noise(g, dev) + 4 * EPS * np.abs(g[0]) + 1e-300)
+            return np.stack(ests), np.stack(errs), None, None, np.stack(errs), np.stack(truncs)
+        f0 = f0[None].real
+        probe = _noise({k: (values[:, plan.index[("probe", k)], :] if k else f0) for k in PROBE_POINTS}, dev)
+        out = {"est": [], "err": [], "fwd": [], "bwd": [], "score": [], "trunc": []}
+        for c in range(plan.steps.shape[0]):
+            f = {k: values[:, plan.index[(c, k)], :] for k in STENCILS[scheme]}
+            h = steps[c]
+            stack = np.stack([f[k] for k in STENCILS[scheme]])
+            # a few ulps of every value seen: the least rounding any difference carries
+            floor = 4 * EPS * (np.max(np.abs(stack), axis=0) + np.abs(f0)) / h
+            noise = probe
+            if scheme == "forward":
+                d1, d2 = (f[1] - f0) / h, (f[2] - f0) / (2 * h)
+                est, trunc, gain, fwd, bwd = d1, np.abs(d2 - d1), math.sqrt(2), d1, None
+            else:
+                d1, d2 = (f[1] - f[-1]) / (2 * h), (f[2] - f[-2]) / (4 * h)
+                fwd, bwd = (f[1] - f0) / h, (f0 - f[-1]) / h
+                if scheme == "central":
+                    own = np.abs(f[2] - 4 * f[1] + 6 * f0 - 4 * f[-1] + f[-2]) / FOURTH_NORM
+                    est, trunc, gain, noise = d1, np.abs(d2 - d1) / 3, math.sqrt(0.5), np.maximum(probe, own)
+                else:  # richardson: (4 d1 - d2)/3 and (4 d2 - d4)/3 cancel h^2, their blend h^4
+                    d4 = (f[4] - f[-4]) / (8 * h)
+                    r1 = (4 * d1 - d2) / 3
+                    est = (64 * d1 - 20 * d2 + d4) / 45
+                    trunc, gain = np.abs(est - r1), 1.02  # gain: the root sum of squares of f's weights, times h
+            rounding = gain * noise / h
+            err = trunc + NOISE_SAFETY * rounding + floor + 2 * EPS * np.abs(est)
+            # candidates compete on their likely error, not on the safety margin: a margin
+            # on the noise alone would push the choice towards long steps
+            score = trunc + rounding + floor / 4
+            for key, val in (("est", est), ("err", err), ("fwd", fwd), ("bwd", bwd), ("score", score),
+                             ("trunc", trunc)):
+                out[key].append(val)
+        return tuple(None if out[k][0] is None else np.stack(out[k])
+                     for k in ("est", "err", "fwd", "bwd", "score", "trunc"))
 
 
-def _shape(together, *arrays):
-    return tuple(None if a is None else (a[0] if together else a) for a in arrays)
+def _pick(est, err, fwd, bwd, score, trunc, crossed, steps) -> dict:
+    """Per entry, the candidate with the smallest likely error among those whose stencil
+    did not cross a kink and whose truncation estimate is small against the estimate
+    itself (one that is not, like a complex step of 1e-20 at x = 1e-300, is outside the
+    regime where its error estimate means anything).  Failing that, the smallest likely
+    error among the uncrossed; failing that too, the shortest step."""
+    shape = est.shape
+    steps = np.broadcast_to(steps, shape)
+    score = np.where(np.isfinite(err) & np.isfinite(score), score, np.inf)
+    score = np.where(np.broadcast_to(crossed, shape), np.inf, score)
+    with np.errstate(invalid="ignore"):
+        suspect = ~(trunc <= 1e-3 * np.abs(est))
+    trusted = np.where(suspect, np.inf, score)
+    choice = np.where(np.isfinite(np.min(trusted, axis=0)), np.argmin(trusted, axis=0), np.argmin(score, axis=0))
+    choice = np.where(np.isfinite(np.min(score, axis=0)), choice, np.argmin(steps, axis=0))[None]
+
+    def take(a):
+        return None if a is None else np.take_along_axis(np.broadcast_to(a, shape), choice, 0)[0]
+
+    return {"est": take(est), "err": take(err), "fwd": take(fwd), "bwd": take(bwd),
+            "crossed": take(crossed), "step": take(steps)}
 
 
-def _assemble(scheme, est, err, fwd, bwd, crossed, hits, h, computed, columns, n_out, n_in) -> FDResult:
+def _assemble(scheme, picked, hits, computed, columns, n_out, n_in) -> FDResult:
+    est, err, fwd, bwd = picked["est"], picked["err"], picked["fwd"], picked["bwd"]
     jac = np.full((n_out, n_in), np.nan)
     error = np.full((n_out, n_in), np.nan)
+    used = np.full((n_out, n_in), np.nan)
     f_sl = None if fwd is None else np.full((n_out, n_in), np.nan)
     b_sl = None if bwd is None else np.full((n_out, n_in), np.nan)
     mask = np.zeros((n_out, n_in), dtype=bool)
@@ -261,20 +518,27 @@ def _assemble(scheme, est, err, fwd, bwd, crossed, hits, h, computed, columns, n
         jac[:] = 0.0
         error[:] = 0.0
         rows = np.arange(n_out)
-        jac[rows, columns], error[rows, columns] = est, err
+        jac[rows, columns], error[rows, columns], used[rows, columns] = est, err, picked["step"]
         for full, part in ((f_sl, fwd), (b_sl, bwd)):
             if full is not None:
                 full[:] = 0.0
                 full[rows, columns] = part
-        if crossed is not None:
-            mask[rows, columns] = crossed
+        mask[rows, columns] = picked["crossed"]
     else:  # one by one: est[j, o] for the j-th differenced element
         cols = np.arange(n_in) if computed is None else computed
-        jac[:, cols], error[:, cols] = est.T, err.T
+        jac[:, cols], error[:, cols], used[:, cols] = est.T, err.T, picked["step"].T
         if f_sl is not None:
             f_sl[:, cols] = fwd.T
         if b_sl is not None:
             b_sl[:, cols] = bwd.T
-        if crossed is not None:
-            mask[:, cols] = crossed[None, :]
-    return FDResult(scheme, jac, error, f_sl, b_sl, h, computed, hits, mask)
+        mask[:, cols] = picked["crossed"].T
+    return FDResult(scheme, jac, error, f_sl, b_sl, _element_steps(jac, used), computed, hits, mask, used)
+
+
+def _element_steps(jac: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """Per input element, the step of its largest computed derivative (NaN if none)."""
+    if jac.size == 0:
+        return np.full(jac.shape[1], np.nan)
+    mag = np.where(np.isnan(used), -1.0, np.nan_to_num(np.abs(jac), nan=0.0, posinf=1e308))
+    rows = np.argmax(mag, axis=0)
+    return used[rows, np.arange(jac.shape[1])]

@@ -63,10 +63,69 @@ class Model:
         key = sp.srepr(expr) if len(self._compiled) < 10_000 else None
         fn = self._compiled.get(key) if key else None
         if fn is None:
-            fn = sp.lambdify(self.symbols, expr, modules=_MODULES, cse=True)
+            fn = sp.lambdify(self.symbols, numpy_safe(expr), modules=_MODULES, cse=True)
             if key:
                 self._compiled[key] = fn
         return fn
+
+
+# Exact numbers are kept exact while they are small.  Past these sizes they become 30-digit
+# Floats: numpy cannot take integers beyond int64, and SymPy computing (2*x)**(99**50) or
+# sqrt(2)**(99**50) exactly would hang (it distributes the power and builds 2**(huge)).
+_EXACT_EXPONENT_LIMIT = 1024
+_EXACT_BITS_LIMIT = 4096
+_FLOAT_DIGITS = 30
+
+
+def power(a: sp.Expr, b: sp.Expr) -> sp.Expr:
+    """a**b as SymPy builds it, without exact arithmetic on huge numbers, and nan (as torch
+    gives) for a constant power that is not a real number, like (-8)**(1/3)."""
+    if b.is_number and _magnitude(b) > _EXACT_EXPONENT_LIMIT:
+        b = sp.Float(b.evalf(_FLOAT_DIGITS), _FLOAT_DIGITS)
+    if a.is_number and math.isinf(_magnitude(a)):  # beyond float64: no exact power of it is useful
+        a = sp.Float(a.evalf(_FLOAT_DIGITS), _FLOAT_DIGITS)
+    e = a**b
+    if b.is_number:
+        e = _float_huge_rationals(e)
+    if e.is_number and (e.has(sp.zoo, sp.nan) or e.is_extended_real is False):
+        return sp.nan
+    return e
+
+
+def _real_constant(e: sp.Expr) -> sp.Expr:
+    """A constant that is not a real number (sqrt(-1), log(-1), asin(2)) is nan, as torch
+    computes it, so the whole expression stays real for numpy."""
+    if isinstance(e, sp.Expr) and e.is_number and e.is_extended_real is False and not e.has(sp.zoo):
+        return sp.nan  # (complex infinity, 1/0, stays: x*zoo keeps x, and numpy_safe makes it nan)
+    return e
+
+
+def _magnitude(v: sp.Expr) -> float:
+    """|v| as a float for a SymPy number (inf when it does not fit, nan when not real)."""
+    try:
+        return abs(float(v))
+    except (TypeError, ValueError):
+        return math.nan
+    except OverflowError:
+        return math.inf
+
+
+def _float_huge_rationals(e: sp.Expr) -> sp.Expr:
+    """Replace integers and fractions with more than _EXACT_BITS_LIMIT bits by Floats."""
+    big = {r: sp.Float(r, _FLOAT_DIGITS) for r in e.atoms(sp.Rational)
+           if max(abs(r.p), abs(r.q)).bit_length() > _EXACT_BITS_LIMIT}
+    return e.xreplace(big) if big else e
+
+
+def numpy_safe(expr: sp.Expr) -> sp.Expr:
+    """The expression as numpy can evaluate it: integers beyond 2**53 as Floats (numpy has no
+    big integers), complex infinity as nan (torch's 1/0 is inf or nan by sign; either way the
+    check reports a non-finite number)."""
+    swap = {r: sp.Float(r, _FLOAT_DIGITS) for r in expr.atoms(sp.Rational)
+            if max(abs(r.p), abs(r.q)).bit_length() > 53}
+    if expr.has(sp.zoo):
+        swap[sp.zoo] = sp.nan
+    return expr.xreplace(swap) if swap else expr
 
 
 def literal(node: ir.Num) -> sp.Expr:
@@ -95,7 +154,7 @@ def build(root: ir.Node, node_shapes: dict, var_shapes: dict) -> Model:
         elif isinstance(node, ir.Binary):
             a, b = out[id(node.left)], out[id(node.right)]
             e = {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b, "/": lambda: a / b,
-                 "**": lambda: a**b}[node.op]()
+                 "**": lambda: power(a, b)}[node.op]()
         elif isinstance(node, ir.Compare):
             a, b = out[id(node.left)], out[id(node.right)]
             e = {"<": sp.Lt, "<=": sp.Le, ">": sp.Gt, ">=": sp.Ge}[node.op](a, b)
@@ -114,6 +173,8 @@ def build(root: ir.Node, node_shapes: dict, var_shapes: dict) -> Model:
                                   f"sum({ir.to_source(node.args[0])}**2)", real=True)
                     reductions.append(Reduction(r, e, spec.reducer, shape))
                 e = spec.post(sp, r) if spec.post else r
+        if isinstance(node, (ir.Binary, ir.Call)):
+            e = _real_constant(e)
         out[id(node)] = e
     return Model(out[id(root)], node_shapes[id(root)], variables, dict(var_shapes), reductions)
 
@@ -157,12 +218,12 @@ class Evaluator:
         import mpmath
 
         try:
-            fn = sp.lambdify(list(model.variables.values()), model.top,
+            fn = sp.lambdify(list(model.variables.values()), numpy_safe(model.top),
                              modules=[fns.MPMATH_FUNCTIONS, "mpmath"])
-            with mpmath.workdps(40):
+            with mpmath.workdps(40), np.errstate(all="ignore"):  # nan is an answer here, not a warning
                 one = lambda *xs: float(fn(*[mpmath.mpf(float(x)) for x in xs]))  # noqa: E731
                 value = np.vectorize(one, otypes=[np.float64])(*self.args[:n_vars])
-        except (TypeError, ValueError, ZeroDivisionError, OverflowError, NameError, AttributeError):
+        except (TypeError, ValueError, ZeroDivisionError, OverflowError, NameError, AttributeError, KeyError):
             return None  # e.g. log of a negative number: mpmath goes complex; float64 says nan
         return np.array(np.broadcast_to(value, model.top_shape))
 
@@ -321,7 +382,8 @@ def expand_scalar(root: ir.Node, var_shapes: dict) -> tuple[sp.Expr, dict]:
             e = -out[id(node.operand)]
         elif isinstance(node, ir.Binary):
             a, b = out[id(node.left)], out[id(node.right)]
-            e = {"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide, "**": np.power}[node.op](a, b)
+            e = {"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide,
+                 "**": _vectorize(vec, power)}[node.op](a, b)
         elif isinstance(node, ir.Compare):
             fn = {"<": sp.Lt, "<=": sp.Le, ">": sp.Gt, ">=": sp.Ge}[node.op]
             e = _vectorize(vec, fn)(out[id(node.left)], out[id(node.right)])
@@ -369,7 +431,7 @@ def hessian(root: ir.Node, var_shapes: dict, arrays: dict, wrt: list[str]) -> np
     for i, g in enumerate(first):
         for j in range(i, total):
             h = sp.diff(g, flat_wrt[j])
-            fn = sp.lambdify(all_syms, h, modules=_MODULES)
+            fn = sp.lambdify(all_syms, numpy_safe(h), modules=_MODULES)
             with np.errstate(all="ignore"):
                 hess[i, j] = hess[j, i] = float(np.asarray(fn(*values), dtype=np.float64))
     return hess

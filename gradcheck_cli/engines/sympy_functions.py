@@ -9,7 +9,14 @@ from sympy.codegen.cfunctions import expm1, log1p  # noqa: F401  (re-exported fo
 
 
 class sigmoid(sp.Function):
-    """1 / (1 + exp(-x)); d/dx = sigmoid(x) (1 - sigmoid(x))."""
+    """1 / (1 + exp(-x)); d/dx = sigmoid(x) (1 - sigmoid(x)).
+
+    Written as torch's backward computes it.  sigmoid(x) sigmoid(-x) is the same number and
+    keeps relative accuracy for x above ~37 (where 1 - sigmoid(x) rounds to 0, an absolute
+    error below 1e-16), but inside -log(1 - sigmoid(z)) (bce with target 0, the seed example)
+    it loses 10 digits: there the rounding of 1 - sigmoid(z) in the numerator cancels the
+    same rounding in the denominator only when both are formed the same way.
+    """
 
     def fdiff(self, argindex=1):
         s = sigmoid(self.args[0])
@@ -21,6 +28,16 @@ class softplus(sp.Function):
 
     def fdiff(self, argindex=1):
         return sigmoid(self.args[0])
+
+
+class norm_sqrt(sp.Function):
+    """sqrt(r) for r = a sum of squares (the 2-norm), with torch's convention at r = 0:
+    d/dr = 1 / (2 sqrt(r)) for r > 0, and 0 at r = 0 (so norm's gradient at the zero vector
+    is 0, a valid subgradient, where the plain formula x / norm(x) gives 0/0)."""
+
+    def fdiff(self, argindex=1):
+        r = self.args[0]
+        return sp.Piecewise((1 / (2 * sp.sqrt(r)), r > 0), (0, True))
 
 
 class detach(sp.Function):
@@ -48,7 +65,7 @@ def _np_erf(x):
 
 
 NUMPY_FUNCTIONS = {"sigmoid": _np_sigmoid, "softplus": _np_softplus, "detach": lambda x: x,
-                   "erf": _np_erf}
+                   "erf": _np_erf, "norm_sqrt": np.sqrt}
 
 
 def _mp():
@@ -61,4 +78,5 @@ MPMATH_FUNCTIONS = {
     "sigmoid": lambda x: 1 / (1 + _mp().exp(-x)),
     "softplus": lambda x: _mp().log1p(_mp().exp(x)),
     "detach": lambda x: x,
+    "norm_sqrt": lambda x: _mp().sqrt(x),
 }

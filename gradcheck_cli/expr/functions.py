@@ -69,6 +69,21 @@ def _bce_logits_elem_torch(torch, z, y):
     return torch.nn.functional.binary_cross_entropy_with_logits(z, y, reduction="none")
 
 
+def _norm_post_sympy(sp, r):
+    """sqrt of the sum of squares, with torch's convention at 0: the gradient there is 0, not nan."""
+    from gradcheck_cli.engines.sympy_functions import norm_sqrt
+
+    return norm_sqrt(r)
+
+
+def _norm_kink(torch, x):
+    """The norm's kink is the zero vector: the offset is the largest |element| of each batch row
+    (kinks are recorded on finite differences' batches, whose first dimension is the row)."""
+    if x.ndim == 0:
+        return (x.abs(),)
+    return (x.abs().reshape(x.shape[0], -1).amax(dim=1),)
+
+
 def _row(name, arity, kind, signature, derivative, torch, sympy, **kw) -> FunctionSpec:
     return FunctionSpec(name, arity, kind, signature, derivative, torch, sympy, **kw)
 
@@ -132,7 +147,9 @@ _ROWS = [
     _row("clamp", 3, "elementwise", "clamp(x, lo, hi)",
          "1 for lo <= x <= hi (torch passes 1 at the bounds), else 0; the bound taken gets 1",
          lambda t, x, lo, hi: t.clamp(x, lo, hi),
-         lambda sp, f, x, lo, hi: sp.Piecewise((lo, x < lo), (hi, x > hi), (x, True)),
+         # torch computes min(max(x, lo), hi): with lo > hi the result is hi everywhere, and
+         # hi gets the gradient (clamp_backward_min_max), so that case is tested first.
+         lambda sp, f, x, lo, hi: sp.Piecewise((hi, (x > hi) | (hi < lo)), (lo, x < lo), (x, True)),
          kinks=lambda t, x, lo, hi: (x - lo, x - hi), kink_text="clamp has kinks at lo and hi",
          analytic=False),
     # ---- selection and stop-gradient -------------------------------------------------------
@@ -149,9 +166,10 @@ _ROWS = [
          lambda t, ctx, x: ctx.mean(x), lambda sp, f, x: x, reducer="mean"),
     _row("prod", 1, "reduction", "prod(x)", "the product of the other elements",
          lambda t, ctx, x: ctx.prod(x), lambda sp, f, x: x, reducer="prod"),
-    _row("norm", 1, "reduction", "norm(x)", "x / norm(x) (the 2-norm)",
+    _row("norm", 1, "reduction", "norm(x)", "x / norm(x) (the 2-norm); torch takes 0 at x = 0",
          lambda t, ctx, x: ctx.norm(x), lambda sp, f, x: x**2, reducer="sum",
-         post=lambda sp, r: sp.sqrt(r), analytic=False),
+         post=_norm_post_sympy, kinks=_norm_kink, kink_text="norm has a kink where every element is 0",
+         analytic=False),
     _row("logsumexp", 1, "reduction", "logsumexp(x)", "softmax(x)",
          lambda t, ctx, x: ctx.logsumexp(x), lambda sp, f, x: x, reducer="logsumexp",
          analytic=False),  # analytic, but torch's logsumexp subtracts a max, which complex lacks

@@ -33,6 +33,9 @@ MAX_TREE_DEPTH = 300  # operations applied on top of each other (a+b+c+... count
 MAX_NODES = 5_000
 MAX_CONSTANT_MAGNITUDE = 1e300  # a constant power above this is rejected, not computed
 
+# Tabs and line breaks separate tokens like spaces do (a long expression in a spec file may
+# span lines); every other character outside printable ASCII is rejected with its position.
+_WHITESPACE = " \t\n\r"
 _NUMBER = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _OPERATORS = ("**", "<=", ">=", "<", ">", "+", "-", "*", "/", "(", ")", ",")
@@ -80,18 +83,20 @@ def tokenize(source: str) -> list[Token]:
     i, n = 0, len(source)
     while i < n:
         ch = source[i]
+        if ch in _WHITESPACE:
+            i += 1
+            continue
         if not (" " <= ch <= "~"):
             raise ParseError(
                 f"character {_describe_char(ch)} at column {i + 1} is not allowed: "
                 "expressions are printable ASCII only", source=source, column=i + 1)
-        if ch == " ":
-            i += 1
-            continue
         m = _NUMBER.match(source, i)
         if m:
             tokens.append(Token("num", m.group(), i))
             i = m.end()
-            if i < n and (source[i].isalpha() or source[i] == "_"):
+            # ASCII letters only: any other character is reported (by name, not echoed)
+            # by the printable-ASCII check at the top of the loop.
+            if i < n and source[i].isascii() and (source[i].isalpha() or source[i] == "_"):
                 raise ParseError(f"unexpected '{source[i]}' right after the number at column {i + 1}"
                                  " (write multiplication as 2*x)", source=source, column=i + 1)
             continue
@@ -256,8 +261,9 @@ class _Parser:
         if name not in FUNCTIONS:
             close = difflib.get_close_matches(name, list(FUNCTIONS), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            what = "a constant, not a function" if name in CONSTANTS else "unknown function"
-            raise self.error(f"{what} '{name}'{hint}", tok.pos)
+            if name in CONSTANTS:
+                raise self.error(f"'{name}' is a constant, not a function", tok.pos)
+            raise self.error(f"unknown function '{name}'{hint}", tok.pos)
         open_tok = self.take()
         self.enter(open_tok.pos)
         args: list[ir.Node] = []
@@ -286,12 +292,18 @@ class _Parser:
         base, exponent = _constant_value(node.left), _constant_value(node.right)
         if base is None or exponent is None:
             return
+        text = ir.to_source(node)
+        if base == 0 and exponent < 0:
+            raise self.error(f"constant power {text} divides by zero", node.pos)
+        if base < 0 and math.isfinite(exponent) and not float(exponent).is_integer():
+            raise self.error(f"constant power {text} is not a real number (a negative base needs a whole "
+                             "exponent)", node.pos)
         try:
             value = math.pow(base, exponent)
         except (OverflowError, ValueError, ZeroDivisionError):
             value = math.inf
         if not math.isfinite(value) or abs(value) > MAX_CONSTANT_MAGNITUDE:
-            raise self.error(f"constant power {ir.to_source(node)} is too large to compute "
+            raise self.error(f"constant power {text} is too large to compute "
                              f"(limit {MAX_CONSTANT_MAGNITUDE:g})", node.pos)
 
 
@@ -327,6 +339,20 @@ def parse(source: str) -> ir.Node:
         raise ParseError(f"an expression must be text, not {type(source).__name__}")
     if len(source) > MAX_LENGTH:
         raise ParseError(f"expression too long ({len(source)} characters; the limit is {MAX_LENGTH})")
-    if not source.strip(" "):
+    if not source.strip(_WHITESPACE):
         raise ParseError("empty expression")
-    return _Parser(source, tokenize(source)).parse()
+    root = _Parser(source, tokenize(source)).parse()
+    _check_comparisons(root, source)
+    return root
+
+
+def _check_comparisons(root: ir.Node, source: str) -> None:
+    """A comparison is a condition, not a number: it may only be where()'s first argument
+    (possibly in parentheses, which leave no node).  Calls check their own arguments while
+    parsing; this catches the rest: the whole expression, or an operand like (x < 1) + 2."""
+    allowed = {id(n.args[0]) for n in ir.preorder(root) if isinstance(n, ir.Call) and n.func == "where"}
+    for node in ir.preorder(root):
+        if isinstance(node, ir.Compare) and id(node) not in allowed:
+            raise ParseError(f"a comparison ('{node.op}') is only allowed as the first argument of "
+                             f"where(a {node.op} b, if_true, if_false); found one at column {node.pos + 1}",
+                             source=source, column=node.pos + 1)

@@ -1,46 +1,79 @@
-"""JUnit XML: one testcase per check, failures carrying the rendered table."""
+"""JUnit XML: one testcase per check, failures carrying the rendered table.
+
+The shape CI systems read (Jenkins, GitLab, GitHub test-report actions): a
+<testsuites> root holding one <testsuite>; each <testcase> has a name, a classname
+(`gradcheck.expression` / `gradcheck.op`), a time and, for `gradcheck run`, the spec
+`file` it came from.  A failed check carries <failure message=... type=...> whose text
+is the same table `gradcheck check` prints, so the CI page shows the wrong element with
+every method's numbers.  Passing checks with diagnostics keep them in <system-out>.
+"""
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from gradcheck_cli.errors import UserInputError
 
+# Characters XML 1.0 cannot hold at all (ElementTree would write them and produce a file
+# no parser reads back).
+_INVALID_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _clean(text: str) -> str:
+    return _INVALID_XML.sub("\ufffd", text)
+
 
 def render(report, suite_name: str = "gradcheck") -> str:
-    from gradcheck_cli.render.table import render_text, render_check_text
+    """The report as a JUnit XML document (a string)."""
+    from gradcheck_cli.render.table import render_check_text
 
     failures = sum(1 for c in report.checks if not c.passed)
     total_time = sum(float(c.extra.get("duration_s", 0.0)) for c in report.checks)
     suite = ET.Element("testsuite", name=suite_name, tests=str(len(report.checks)), failures=str(failures),
                        errors="0", skipped="0", time=f"{total_time:.4f}")
     for check in report.checks:
-        case = ET.SubElement(suite, "testcase", classname=f"gradcheck.{check.kind}", name=check.name,
-                             time=f"{float(check.extra.get('duration_s', 0.0)):.4f}")
+        attrs = {"classname": f"gradcheck.{check.kind}", "name": _clean(check.name),
+                 "time": f"{float(check.extra.get('duration_s', 0.0)):.4f}"}
+        if check.extra.get("spec_file"):
+            attrs["file"] = _clean(str(check.extra["spec_file"]))
+        case = ET.SubElement(suite, "testcase", attrs)
         if not check.passed:
-            failure = ET.SubElement(case, "failure", message=_summary(check), type="GradientMismatch")
-            failure.text = render_check_text(check)
+            failure = ET.SubElement(case, "failure", message=_clean(_summary(check)), type=_failure_type(check))
+            failure.text = _clean(render_check_text(check))
         elif check.diagnostics:
             out = ET.SubElement(case, "system-out")
-            out.text = "\n".join(f"{d.code}: {d.message}" for d in check.diagnostics)
-    root = ET.Element("testsuites", name=suite_name, tests=str(len(report.checks)), failures=str(failures))
+            out.text = _clean("\n".join(f"{d.code}: {d.message}" for d in check.diagnostics))
+    root = ET.Element("testsuites", name=suite_name, tests=str(len(report.checks)), failures=str(failures),
+                      errors="0", time=f"{total_time:.4f}")
     root.append(suite)
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _failure_type(check) -> str:
+    """GradientMismatch when a gradient is out of tolerance; else the first diagnostic
+    code that explains the failure (an op that raised, a non-finite value, ...)."""
+    if any(not g.passed for g in check.gradients):
+        return "GradientMismatch"
+    codes = [d.code for d in check.diagnostics]
+    return codes[0] if codes else "CheckFailed"
 
 
 def _summary(check) -> str:
     bad = [g for g in check.gradients if not g.passed]
     if bad:
         g = bad[0]
-        return (f"d/d{g.wrt}: max abs error {g.max_abs_error:.3g}, max rel error {g.max_rel_error:.3g} "
+        at = f"[{', '.join(map(str, g.worst_index))}]" if g.worst_index else ""
+        return (f"d/d{g.wrt}{at}: max abs error {g.max_abs_error:.3g}, max rel error {g.max_rel_error:.3g} "
                 f"({g.failed_elements} element(s) out of tolerance)")
     codes = sorted({d.code for d in check.diagnostics})
     return "failed: " + ", ".join(codes) if codes else "failed"
 
 
 def write(report, path: str | Path) -> None:
+    """Write the JUnit XML file; an unwritable path is a user error (exit 2)."""
     try:
         Path(path).write_text(render(report), encoding="utf-8")
     except OSError as exc:

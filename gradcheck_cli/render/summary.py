@@ -27,18 +27,17 @@ def worst_gradient(check):
     return max(check.gradients, key=key, default=None)
 
 
-def summary_row(check) -> tuple[str, str, str, str, str, str]:
-    """(name, kind, dtype, worst error, verdict, notes) for one check, as plain text."""
+def summary_row(check) -> tuple[str, str, str, str, str, str, str, str]:
+    """(name, kind, dtype, worst rel err, its abs err, which gradient, verdict, notes)
+    for one check, as plain text."""
     g = worst_gradient(check)
-    if g is None:
-        worst = "—"
-    else:
-        worst = f"{fmt_err(g.max_rel_error)} rel, {fmt_err(g.max_abs_error)} abs (d/d{g.wrt})"
+    rel, abs_, wrt = ("—", "—", "—") if g is None else (fmt_err(g.max_rel_error), fmt_err(g.max_abs_error),
+                                                       f"d/d{g.wrt}")
     codes = sorted(check.codes() - QUIET_CODES)
     notes = ", ".join(codes)
     if check.extra.get("points_checked"):
-        notes = (f"worst of {check.extra['points_checked']} points" + (f"; {notes}" if notes else ""))
-    return check.name, check.kind, check.dtype, worst, "PASS" if check.passed else "FAIL", notes
+        notes = f"worst of {check.extra['points_checked']} points" + (f"; {notes}" if notes else "")
+    return check.name, check.kind, check.dtype, rel, abs_, wrt, "PASS" if check.passed else "FAIL", notes
 
 
 def summary_table(report):
@@ -47,13 +46,14 @@ def summary_table(report):
     from rich.text import Text
 
     table = Table(show_header=True, header_style="bold", pad_edge=False)
-    for col, justify in (("check", "left"), ("kind", "left"), ("dtype", "left"), ("worst error", "right"),
-                         ("verdict", "left"), ("notes", "left")):
-        table.add_column(col, justify=justify, overflow="fold")
+    for col, justify, wrap in (("check", "left", False), ("kind", "left", False), ("dtype", "left", False),
+                               ("worst rel err", "right", False), ("abs err", "right", False),
+                               ("of", "left", False), ("verdict", "left", False), ("notes", "left", True)):
+        table.add_column(col, justify=justify, no_wrap=not wrap, overflow="fold")
     for check in report.checks:
-        name, kind, dtype, worst, verdict, notes = summary_row(check)
+        *cells, verdict, notes = summary_row(check)
         style = _STYLE["ok"] if check.passed else _STYLE["fail"]
-        table.add_row(name, kind, dtype, worst, Text(verdict, style=style), Text(notes, style=_STYLE["diag"]))
+        table.add_row(*cells, Text(verdict, style=style), Text(notes, style=_STYLE["diag"]))
     return table
 
 

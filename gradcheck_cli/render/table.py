@@ -79,10 +79,12 @@ def _rows_for(g):
     """(label, index) rows to show for one gradient: every element when few, else the worst."""
     shape = tuple(g.shape)
     count = int(np.prod(shape)) if shape else 1
+    # a result may name its own entries (op Jacobians: "out[1] / x[1]")
+    label = getattr(g, "label_for", None) or (lambda i: _index_label(g.wrt, i))
     if count <= MAX_ROWS_PER_VARIABLE:
-        return [(_index_label(g.wrt, idx), idx) for idx in np.ndindex(*shape)] if shape else [(g.wrt, ())]
+        return [(label(idx), idx) for idx in np.ndindex(*shape)] if shape else [(label(()), ())]
     idx = tuple(g.worst_index or (0,) * len(shape))
-    return [(_index_label(g.wrt, idx) + " (worst)", idx)]
+    return [(label(idx) + " (worst)", idx)]
 
 
 def _fd_cell(g, idx) -> str:

@@ -1,0 +1,531 @@
+"""`gradcheck op`: the CI gate for custom ops -- their backward (and forward) against
+references.
+
+    report = check_op_target("samples/ops/swish.py:Swish", [("x", "randn(4, 5)")], [],
+                             reference="x*sigmoid(x)")
+    report = check_op(Swish.apply, torch.randn(4, 5, dtype=torch.float64))
+
+At each point the op is run forward in --dtype (inputs from --at, in order), and then:
+
+* its Jacobian (every output w.r.t. every differentiable input) from backward calls is
+  compared with finite differences of the op itself in float64 (re-run in float64; in its
+  own dtype only when it cannot run in float64) and, with --reference, with the exact
+  derivatives of the expression -- every entry in full mode (ops_jacobian.py explains
+  how sparsity keeps that cheap), random projections plus sampled rows in fast mode;
+* the forward against --reference, elementwise;
+* grad_output variety, determinism, input mutation (ops_checks.py);
+* --order 2: double backward against finite differences of the backward.
+
+An op that raises is a failed check with the op's message (exit 1); an op that cannot be
+found or imported is the user's input error (exit 2).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+from gradcheck_cli.errors import UserInputError
+from gradcheck_cli.ops_compare import OP_TOLERANCES, OutputLayout, op_tolerance
+from gradcheck_cli.report import CheckResult, Diagnostic, Report
+from gradcheck_cli.values import Value, parse_values, redraw
+
+MODES = ("auto", "full", "fast")
+AUTO_FULL_ENTRIES = 4_194_304  # Jacobian entries (outputs x inputs) up to which auto means full
+FULL_LIMIT = 16_777_216  # --mode full refuses beyond this
+MAX_POINT_TRIES = 10
+VALUE_RTOL = {"float64": 1e-10, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
+
+
+@dataclass(frozen=True)
+class OpOptions:
+    """Everything `gradcheck op` can be told, validated."""
+
+    dtype: str = "float64"
+    fd: str = "auto"
+    eps: float | None = None
+    atol: float | None = None
+    rtol: float | None = None
+    points: int = 0
+    seed: int = 0
+    order: int = 1
+    mode: str = "auto"
+    device: str = "cpu"
+
+    def validate(self) -> "OpOptions":
+        from gradcheck_cli.ops_jacobian import OP_SCHEMES
+
+        if self.dtype not in OP_TOLERANCES:
+            raise UserInputError(f"--dtype must be one of {', '.join(OP_TOLERANCES)}, got {self.dtype!r}")
+        if self.fd not in OP_SCHEMES:
+            raise UserInputError(f"--fd must be one of {', '.join(OP_SCHEMES)}, got {self.fd!r}")
+        for flag, v in (("--eps", self.eps), ("--atol", self.atol), ("--rtol", self.rtol)):
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise UserInputError(f"{flag} must be a finite number >= 0, got {v!r}")
+        if self.eps is not None and self.eps <= 0:
+            raise UserInputError("--eps must be > 0")
+        if self.order not in (1, 2):
+            raise UserInputError(f"--order must be 1 or 2, got {self.order!r}")
+        if not (0 <= self.points <= 10_000):
+            raise UserInputError(f"--points must be between 0 and 10000, got {self.points}")
+        if self.mode not in MODES:
+            raise UserInputError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise UserInputError(f"--device must be cpu or cuda, got {self.device!r}")
+        if self.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise UserInputError("--device cuda: no CUDA device is available to torch here")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        return {"auto": "central", "complex": "richardson"}.get(self.fd, self.fd)
+
+
+@dataclass
+class PreparedOp:
+    """An op with its inputs: everything that does not change between points."""
+
+    spec: Any  # ops_runner.OpSpec
+    values: dict  # name -> Value
+    reference: Any  # ops_reference.Reference | None
+    name: str
+
+
+# ---- entry points ------------------------------------------------------------------------
+
+def check_op_target(target: str, at: list, kw: list, *, wrt: Iterable[str] | None = None,
+                    reference: str | None = None, mode: str = "auto", dtype: str = "float64", fd: str = "auto",
+                    eps: float | None = None, atol: float | None = None, rtol: float | None = None,
+                    points: int = 0, seed: int = 0, order: int = 1, device: str = "cpu",
+                    base_dir: str | None = None, name: str | None = None) -> Report:
+    """`gradcheck op TARGET`: load FILE.py:ATTR or module:ATTR, read --at (positional inputs,
+    in order) and --kw (keyword arguments, passed as is), and check the op.  Raises
+    UserInputError for input that cannot be used (exit 2); a wrong op is a failed Report."""
+    from gradcheck_cli.ops_loading import load_target, parse_kw
+    from gradcheck_cli.ops_runner import OpSpec
+
+    opts = OpOptions(dtype, fd, eps, atol, rtol, points, seed, order, mode, device).validate()
+    at = list(at or [])
+    if not at:
+        raise UserInputError("gradcheck op needs the op's inputs: give them in order with --at NAME=VALUE")
+    values = parse_values(at, seed)
+    kwargs = {}
+    for k, v in (kw or []):
+        if k in kwargs:
+            raise UserInputError(f"--kw {k!r} is given twice")
+        if k in values:
+            raise UserInputError(f"{k!r} is given both as --at (an input) and --kw (a keyword argument)")
+        kwargs[k] = parse_kw(k, v)
+    names = tuple(values)
+    chosen = _choose_wrt(names, wrt)
+    fn, label = load_target(target, base_dir)
+    spec = OpSpec(fn, label, names, kwargs, names, chosen)
+    ref = _reference(reference, values)
+    prep = PreparedOp(spec, values, ref, name or target)
+    return Report((run_points(prep, opts),))
+
+
+def check_op(fn, *tensors, reference: str | None = None, order: int = 1, names: Iterable[str] | None = None,
+             wrt: Iterable[str] | None = None, kwargs: dict | None = None, dtype: str | None = None,
+             device: str | None = None, mode: str = "auto", fd: str = "auto", eps: float | None = None,
+             atol: float | None = None, rtol: float | None = None, points: int = 0, seed: int = 0,
+             name: str | None = None) -> Report:
+    """Check `fn` (a callable or a torch.autograd.Function subclass) at the given inputs.
+
+    Floating-point tensors among the positional arguments are the op's inputs, named
+    x0, x1, ... (or `names`).  The differentiated ones are `wrt` when given, else those
+    with requires_grad=True when any has it, else every floating tensor.  Other
+    arguments (ints, integer tensors, ...) and `kwargs` are passed as is.  The op runs
+    in `dtype` (default: the inputs' dtype) on `device` (default: the inputs' device);
+    references are always float64.  Returns a Report; never raises on a wrong op."""
+    import torch
+
+    from gradcheck_cli.ops_loading import as_callable
+    from gradcheck_cli.ops_runner import Fixed, OpSpec
+
+    label = name or getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+    call_fn = as_callable(fn, label)
+    given = list(names) if names is not None else None
+    slots, values, marked, first = [], {}, [], None
+    for arg in tensors:
+        if isinstance(arg, torch.Tensor) and arg.is_floating_point():
+            k = len(values)
+            nm = given[k] if given is not None and k < len(given) else f"x{k}"
+            if nm in values:
+                raise UserInputError(f"input name {nm!r} is used twice")
+            arr = arg.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
+            values[nm] = Value(nm, arr, f"tensor{list(arr.shape)}", False)
+            slots.append(nm)
+            if arg.requires_grad:
+                marked.append(nm)
+            if first is None:
+                first = arg
+        else:
+            slots.append(Fixed(arg))
+    if not values:
+        raise UserInputError("check_op needs at least one floating-point tensor input")
+    if given is not None and len(given) != len(values):
+        raise UserInputError(f"names= gives {len(given)} name(s) for {len(values)} floating tensor input(s)")
+    dtype = dtype or _dtype_name(first.dtype)
+    device = device or first.device.type
+    opts = OpOptions(dtype, fd, eps, atol, rtol, points, seed, order, mode, device).validate()
+    chosen = _choose_wrt(tuple(values), wrt if wrt is not None else (marked or None))
+    spec = OpSpec(call_fn, label, tuple(slots), dict(kwargs or {}), tuple(values), chosen)
+    ref = _reference(reference, values)
+    return Report((run_points(PreparedOp(spec, values, ref, label), opts),))
+
+
+def _dtype_name(td) -> str:
+    import torch
+
+    names = {torch.float64: "float64", torch.float32: "float32", torch.float16: "float16",
+             torch.bfloat16: "bfloat16"}
+    if td not in names:
+        raise UserInputError(f"inputs of dtype {td} are not supported (float64, float32, float16, bfloat16)")
+    return names[td]
+
+
+def _choose_wrt(names: tuple, wrt) -> tuple:
+    chosen = tuple(names if wrt is None else wrt)
+    if not chosen:
+        raise UserInputError("--wrt names no input")
+    for w in chosen:
+        if w not in names:
+            raise UserInputError(f"--wrt {w!r}: the op has no input {w!r} (its inputs: {', '.join(names)})")
+    if len(set(chosen)) != len(chosen):
+        raise UserInputError("--wrt names an input twice")
+    return tuple(n for n in names if n in chosen)
+
+
+def _reference(text: str | None, values: dict):
+    if text is None:
+        return None
+    from gradcheck_cli.ops_reference import parse_reference
+
+    return parse_reference(text, {k: tuple(v.array.shape) for k, v in values.items()})
+
+
+# ---- points ------------------------------------------------------------------------------
+
+def _severity(check: CheckResult) -> tuple:
+    worst = max((g.max_rel_error if math.isfinite(g.max_rel_error) else math.inf for g in check.gradients),
+                default=0.0)
+    return (not check.passed, worst)
+
+
+def run_points(prep: PreparedOp, opts: OpOptions) -> CheckResult:
+    """The given point, then --points random ones; the worst is reported."""
+    arrays = {k: v.array for k, v in prep.values.items()}
+    worst = check_point(prep, arrays, opts)
+    if opts.points:
+        rng = np.random.default_rng([opts.seed, 2])
+        for _ in range(opts.points):
+            result = None
+            for _ in range(MAX_POINT_TRIES):  # a random point on a kink says nothing: draw again
+                drawn = {k: redraw(v, rng) for k, v in prep.values.items()}
+                result = check_point(prep, drawn, opts)
+                if "non_differentiable" not in result.codes():
+                    break
+            if _severity(result) > _severity(worst):
+                worst = result
+        worst = CheckResult(worst.name, worst.kind, worst.passed, worst.dtype, worst.point, worst.value,
+                            worst.gradients, worst.diagnostics, {**worst.extra, "points_checked": opts.points + 1})
+    return worst
+
+
+# ---- one point ---------------------------------------------------------------------------
+
+@dataclass
+class Point:
+    """What one point's checks share."""
+
+    prep: PreparedOp
+    opts: OpOptions
+    arrays: dict  # the point, float64
+    ref_arrays: dict  # the point as the dtype represents it, float64
+    tol: dict
+    rng: np.random.Generator
+    diags: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+    failed: bool = False
+
+    def fail(self, code: str, message: str, wrt: str | None = None) -> None:
+        self.failed = True
+        self.diags.append(Diagnostic(code, message, wrt))
+
+    def note(self, code: str, message: str, wrt: str | None = None) -> None:
+        self.diags.append(Diagnostic(code, message, wrt))
+
+
+def _rounded(arrays: dict, dtype: str) -> dict:
+    if dtype == "float64":
+        return dict(arrays)
+    import torch
+
+    from gradcheck_cli.ops_runner import torch_dtype
+
+    return {k: torch.tensor(v, dtype=torch_dtype(dtype)).to(torch.float64).numpy() for k, v in arrays.items()}
+
+
+def check_point(prep: PreparedOp, arrays: dict, opts: OpOptions) -> CheckResult:
+    """Every check of the op at one point."""
+    from gradcheck_cli import ops_checks
+    from gradcheck_cli.ops_runner import BadOutput, OpRaised, call, flat_numpy, make_tensors
+
+    started = time.perf_counter()
+    spec = prep.spec
+    pt = Point(prep, opts, arrays, _rounded(arrays, opts.dtype), op_tolerance(opts.dtype, opts.atol, opts.rtol),
+               np.random.default_rng([opts.seed, 3]))
+    pt.extra.update({"op": spec.label, "mode": opts.mode, "torch_version": _torch_version(),
+                     "kwargs": {k: _plain(v) for k, v in spec.kwargs.items()}, "wrt": list(spec.wrt)})
+    value: dict = {}
+    gradients: tuple = ()
+    with warnings.catch_warnings(record=True) as caught, np.errstate(all="ignore"):
+        warnings.simplefilter("always")
+        tensors = make_tensors(spec, arrays, opts.dtype, opts.device)
+        before = ops_checks.snapshot(tensors)
+        fixed_before = _fixed_snapshot(spec)
+        try:
+            outs = call(spec, tensors)
+        except OpRaised as exc:
+            _op_raised(pt, exc)
+            outs = None
+        except BadOutput as exc:
+            pt.fail("bad_output", str(exc))
+            outs = None
+        if outs is not None:
+            layout = _layout(outs)
+            value["torch"] = _report_values(flat_numpy(outs), layout)
+            _check_mutation(pt, tensors, before, fixed_before, "forward")
+            _output_metadata(pt, outs, opts)
+            if not np.all(np.isfinite(flat_numpy(outs))):
+                v = flat_numpy(outs)
+                pt.fail("nonfinite", f"the forward output in {opts.dtype} is not finite at "
+                                     f"{layout.label(int(np.flatnonzero(~np.isfinite(v))[0]))} "
+                                     f"({v[~np.isfinite(v)][0]:.6g}); the gradient of an undefined value means "
+                                     "nothing (pick another point)")
+            else:
+                gradients = _check_gradients(pt, tensors, outs, layout, value)
+                _check_mutation(pt, tensors, before, fixed_before, "backward")
+    for w in caught:
+        if not _ours(w.filename):  # the op's warnings, not numpy's about our own arithmetic
+            pt.note("warning", f"{w.category.__name__}: {w.message}")
+    pt.extra["duration_s"] = round(time.perf_counter() - started, 4)
+    passed = not pt.failed and all(g.passed for g in gradients)
+    point = {k: np.asarray(v) for k, v in arrays.items()}
+    return CheckResult(prep.name, "op", passed, opts.dtype, point, value, tuple(gradients), tuple(_dedupe(pt.diags)),
+                       pt.extra)
+
+
+def _ours(filename: str) -> bool:
+    import os
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    numpy_dir = os.path.dirname(os.path.abspath(np.__file__))
+    path = os.path.abspath(filename or "")
+    return path.startswith(here + os.sep) or path.startswith(numpy_dir + os.sep)
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def _plain(v):
+    return v if isinstance(v, (int, float, str, bool, list)) or v is None else repr(v)
+
+
+def _dedupe(diags: list) -> list:
+    seen, out = set(), []
+    for d in diags:
+        key = (d.code, d.message, d.wrt)
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out
+
+
+def _layout(outs: list) -> OutputLayout:
+    shapes = tuple(tuple(o.shape) for o in outs)
+    offsets = tuple(int(x) for x in np.cumsum([0] + [math.prod(s) for s in shapes])[:-1])
+    return OutputLayout(shapes, offsets)
+
+
+def _report_values(flat: np.ndarray, layout: OutputLayout) -> np.ndarray:
+    return np.asarray(flat).reshape(layout.report_shape)
+
+
+def _op_raised(pt: Point, exc) -> None:
+    text = str(exc.exc)
+    if "leaf Variable that requires grad is being used in an in-place operation" in text:
+        pt.fail("input_mutated", f"the op modifies its input in place ({exc.message}); ops must not mutate "
+                                 "their inputs")
+    elif "returned an invalid gradient" in text:
+        pt.fail("wrong_shape" if "shape" in text else "wrong_gradient_metadata",
+                f"the backward returned a gradient of the wrong shape, dtype or device: {exc.message}")
+    else:
+        pt.fail("op_error", f"the op raised in {exc.phase}: {exc.message}")
+
+
+def _fixed_snapshot(spec) -> dict:
+    import torch
+
+    from gradcheck_cli.ops_runner import Fixed
+
+    return {i: s.value.detach().clone() for i, s in enumerate(spec.slots)
+            if isinstance(s, Fixed) and isinstance(s.value, torch.Tensor)}
+
+
+def _check_mutation(pt: Point, tensors: dict, before: dict, fixed_before: dict, phase: str) -> None:
+    import torch
+
+    from gradcheck_cli import ops_checks
+
+    names = ops_checks.mutated(tensors, before)
+    for i, snap in fixed_before.items():
+        now = pt.prep.spec.slots[i].value
+        if now.shape != snap.shape or not torch.equal(now.detach(), snap):
+            names.append(f"argument {i}")
+    for nm in names:
+        if any(d.code == "input_mutated" and d.wrt == nm for d in pt.diags):
+            continue
+        pt.fail("input_mutated", f"the caller's input {nm!r} was changed in place during the {phase}: ops must "
+                                 "not modify their inputs (clone first)", nm)
+
+
+def _output_metadata(pt: Point, outs: list, opts: OpOptions) -> None:
+    from gradcheck_cli.ops_runner import torch_dtype
+
+    td = torch_dtype(opts.dtype)
+    for k, o in enumerate(outs):
+        if o.dtype != td:
+            pt.note("output_dtype", f"output {k} is {str(o.dtype).replace('torch.', '')} although the op ran on "
+                                    f"{opts.dtype} inputs")
+        if o.device.type != opts.device:
+            pt.note("output_device", f"output {k} is on {o.device} although the inputs are on {opts.device}")
+
+
+def _check_gradients(pt: Point, tensors: dict, outs: list, layout: OutputLayout, value: dict) -> tuple:
+    """References (float64 re-run, --reference), then the Jacobian in the chosen mode, then
+    grad_output variety and determinism, then double backward."""
+    from gradcheck_cli import ops_fast, ops_full
+
+    spec, opts = pt.prep.spec, pt.opts
+    f64 = _float64_outputs(pt, layout)
+    if f64 is not None:
+        value["float64"] = _report_values(f64, layout)
+        _precision_note(pt, value["torch"], f64)
+    sym = _reference_checks(pt, outs, layout, value, f64)
+    m = layout.m
+    n_total = sum(math.prod(np.shape(pt.arrays[w])) for w in spec.wrt)
+    mode = opts.mode
+    if mode == "auto":
+        mode = "full" if m * n_total <= AUTO_FULL_ENTRIES else "fast"
+    if mode == "full" and m * n_total > FULL_LIMIT:
+        raise UserInputError(f"--mode full: the Jacobian has {m * n_total:,} entries (limit {FULL_LIMIT:,}); "
+                             "use --mode fast (random projections and sampled rows)")
+    pt.extra["mode"] = mode
+    pt.extra["outputs"] = layout.to_dict()
+    runner = ops_full.run_full if mode == "full" else ops_fast.run_fast
+    return runner(pt, tensors, outs, layout, f64, sym)
+
+
+def _float64_outputs(pt: Point, layout: OutputLayout) -> np.ndarray | None:
+    """The op re-run in float64 at the dtype's point: the finite differences' reference.
+    None when the op cannot run in float64 (then they use the op's own dtype)."""
+    from gradcheck_cli.ops_runner import BadOutput, OpRaised, call, flat_numpy, make_tensors
+
+    if pt.opts.dtype == "float64":
+        pt.extra["fd_dtype"] = "float64"
+        tensors = make_tensors(pt.prep.spec, pt.ref_arrays, "float64", pt.opts.device, grad=False)
+        import torch
+
+        with torch.no_grad():
+            try:
+                outs = call(pt.prep.spec, tensors)
+            except (OpRaised, BadOutput):
+                return None
+        return flat_numpy(outs)
+    import torch
+
+    try:
+        tensors = make_tensors(pt.prep.spec, pt.ref_arrays, "float64", pt.opts.device, grad=False)
+        with torch.no_grad():
+            outs = call(pt.prep.spec, tensors)
+        if [tuple(o.shape) for o in outs] != list(layout.shapes):
+            raise BadOutput("different output shapes in float64")
+    except (OpRaised, BadOutput) as exc:
+        why = exc.message if isinstance(exc, OpRaised) else str(exc)
+        pt.note("reference_low_precision", (
+            f"the op cannot run in float64 ({why}); finite differences use {pt.opts.dtype} with wider steps and "
+            "their error estimate" + (", and --reference's exact derivatives decide" if pt.prep.reference else
+                                      "; give --reference for an exact check")))
+        pt.extra["fd_dtype"] = pt.opts.dtype
+        return None
+    pt.extra["fd_dtype"] = "float64"
+    return flat_numpy(outs)
+
+
+def _precision_note(pt: Point, low: np.ndarray, f64: np.ndarray) -> None:
+    if pt.opts.dtype == "float64":
+        return
+    low = np.asarray(low).reshape(-1)
+    with np.errstate(all="ignore"):
+        rel = np.abs(low - f64) / np.maximum(np.abs(f64), 1e-300)
+    rel = np.where(np.isfinite(rel), rel, 0.0)
+    worst = float(rel.max()) if rel.size else 0.0
+    if worst > VALUE_RTOL[pt.opts.dtype]:
+        k = int(np.argmax(rel))
+        pt.note("precision_loss", f"the {pt.opts.dtype} forward {low[k]:.6g} differs from the float64 re-run "
+                                  f"{f64[k]:.9g} by {worst:.2%}")
+
+
+def _reference_checks(pt: Point, outs: list, layout: OutputLayout, value: dict, f64) -> dict | None:
+    """--reference: the forward elementwise, and the exact Jacobians (None without one)."""
+    from gradcheck_cli.ops_reference import forward_verdict
+
+    ref = pt.prep.reference
+    if ref is None:
+        pt.note("symbolic_unavailable", "no --reference: symbolic is null and the verdict rests on finite "
+                                        "differences of the op")
+        return None
+    expected = ref.values(pt.ref_arrays)
+    if expected is None:
+        pt.note("symbolic_unavailable", f"{ref.error}; symbolic is null")
+        return None
+    got = [np.asarray(o.detach().to("cpu").double().numpy()) for o in outs]
+    ok, message, errors = forward_verdict(got, expected, pt.opts.dtype, VALUE_RTOL[pt.opts.dtype])
+    if ok and f64 is not None and pt.opts.dtype != "float64":  # the float64 re-run, at float64's tolerance
+        got64 = [f64[o:o + math.prod(s)].reshape(s) for o, s in zip(layout.offsets, layout.shapes)]
+        ok, message, errors = forward_verdict(got64, expected, "float64 re-run", VALUE_RTOL["float64"])
+    pt.extra["forward"] = {"reference": ref.text, "passed": ok, **errors}
+    if len(expected) == len(outs):
+        try:
+            value["reference"] = _report_values(np.concatenate(
+                [np.broadcast_to(e, o.shape).reshape(-1) for e, o in zip(expected, outs)]), layout)
+        except ValueError:
+            pass
+    if not ok:
+        pt.fail("forward_mismatch", message)
+        shapes_fit = len(expected) == len(outs) and all(
+            np.shape(e) in ((), tuple(o.shape)) for e, o in zip(expected, outs))
+        if not shapes_fit:
+            return None
+    return _symbolic(pt, layout)
+
+
+def _symbolic(pt: Point, layout: OutputLayout) -> dict | None:
+    ref = pt.prep.reference
+    jac = ref.jacobians(pt.ref_arrays, list(pt.prep.spec.wrt), list(layout.shapes))
+    if jac is None:
+        pt.note("symbolic_unavailable", f"{ref.error}; symbolic is null")
+    return jac

@@ -1,0 +1,452 @@
+"""Checks on the backward beyond the Jacobian: grad_output variety, determinism, input
+mutation, and double backward (--order 2).
+
+grad_output variety exists because a backward can be right on the one-hot rows of the
+Jacobian and still be wrong in training: it may add a term that does not scale with
+grad_output (zero must give zero), ignore grad_output (two different ones give the same
+answer), be non-linear in it (a random dense one disagrees with the Jacobian), or read
+grad_output's memory as if it were contiguous (a transposed or strided view gives a
+different answer than the same values laid out contiguously: the blind spot of
+torch.autograd.gradcheck, pytorch #194719).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gradcheck_cli.ops_compare import FD_SAFETY, input_label
+from gradcheck_cli.ops_jacobian import EPS, step_sizes
+from gradcheck_cli.ops_runner import OpRaised, call, flat_numpy, make_tensors, vjp
+from gradcheck_cli.report import Diagnostic
+
+MAX_ORDER2_ELEMENTS = 160  # flattened inputs for a full double-backward matrix; more are sampled
+ORDER2_SAMPLE = 48
+
+
+@dataclass
+class ReferenceJacobian:
+    """One input's reference Jacobian as entries, with the allowed error per entry and a
+    floor for every entry not listed (exactly 0 in the reference)."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    values: np.ndarray
+    allowed: np.ndarray
+    floor_row: np.ndarray  # (m,)
+    floor_col: np.ndarray  # (n,)
+    n: int
+    noise: np.ndarray | None = None  # (m,) rounding of one output value (finite differences)
+    steps: np.ndarray | None = None  # (n,) finite-difference steps
+
+    def vjp(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Expected v^T J and the allowed error of each element."""
+        expected = np.bincount(self.cols, weights=v[self.rows] * self.values, minlength=self.n)
+        av = np.abs(v)
+        allowed = (np.bincount(self.cols, weights=av[self.rows] * self.allowed, minlength=self.n)
+                   + float(av @ self.floor_row) + float(av.sum()) * self.floor_col)
+        if self.noise is not None:
+            allowed = allowed + FD_SAFETY * float(av @ self.noise) / self.steps
+        return expected, allowed
+
+
+@dataclass
+class VJPOutcome:
+    passed: bool = True
+    diagnostics: list = field(default_factory=list)
+    determinism: dict = field(default_factory=dict)
+    calls: int = 0
+
+
+def _grads(outs, inputs, vec_list, phase="backward"):
+    from gradcheck_cli.ops_runner import grads_numpy
+
+    return grads_numpy(vjp(outs, inputs, vec_list, phase=phase), inputs)
+
+
+def _as_tensors(v: np.ndarray, outs: list) -> list:
+    from gradcheck_cli.ops_runner import unflatten
+
+    return unflatten(v, outs)
+
+
+def noncontiguous_layouts(t) -> list:
+    """(name, view) pairs: the same values as `t` in a transposed and in a strided layout."""
+    import torch
+
+    out = []
+    shape = tuple(t.shape)
+    if t.ndim >= 2 and shape[-1] > 1 and shape[-2] > 1:
+        buf = torch.empty(shape[:-2] + (shape[-1], shape[-2]), dtype=t.dtype, device=t.device)
+        view = buf.transpose(-1, -2)
+        view.copy_(t)
+        out.append(("transposed", view))
+    dims = [d for d, s in enumerate(shape) if s > 1]
+    if dims:
+        d = dims[-1]
+        big = list(shape)
+        big[d] *= 2
+        buf = torch.zeros(big, dtype=t.dtype, device=t.device)
+        view = buf[(slice(None),) * d + (slice(None, None, 2),)]
+        view.copy_(t)
+        out.append(("strided", view))
+    return [(name, v) for name, v in out if not v.is_contiguous()]
+
+
+def vjp_checks(outs: list, inputs: list, wrt: list, expect, jac_ok: dict, m: int, tol: dict,
+               rng: np.random.Generator, fresh, layout) -> VJPOutcome:
+    """grad_output variety and determinism on the forward graph `outs` -> `inputs`.
+
+    `expect(w, v, g)` gives the reference v^T J for input w (None when there is no full
+    reference, as in fast mode) and the allowed error per element, g being autograd's
+    answer.  `fresh()` runs a new forward and returns (outs, inputs)."""
+    res = VJPOutcome()
+    sizes = [x.numel() for x in inputs]
+
+    def split(g_list):
+        return {w: (np.zeros(n) if g is None else g) for w, g, n in zip(wrt, g_list, sizes)}
+
+    def fail(code, message, w=None):
+        res.passed = False
+        res.diagnostics.append(Diagnostic(code, message, w))
+
+    def run(v, phase="backward"):
+        res.calls += 1
+        return split(_grads(outs, inputs, _as_tensors(v, outs), phase))
+
+    def label(w, j):
+        return input_label(w, tuple(inputs[wrt.index(w)].shape), j)
+
+    try:
+        zero = run(np.zeros(m))
+        v1 = rng.standard_normal(m)
+        v2 = rng.standard_normal(m)
+        g1, g2 = run(v1), run(v2)
+        for w in wrt:
+            # 0 * inf is nan: where the gradient itself is not finite, nonfinite already says so
+            g = np.where(np.isfinite(g1[w]), zero[w], 0.0)
+            if np.any(~(np.abs(g) <= tol["atol"])):
+                j = int(np.argmax(np.where(np.isnan(g), np.inf, np.abs(g))))
+                fail("zero_grad_output", (
+                    f"with grad_output = 0 the backward returns {g[j]:.6g} for d/d{label(w, j)} (it must be "
+                    "exactly 0: the gradient has a term that does not scale with grad_output)"), w)
+        for w in wrt:
+            e1, a1 = expect(w, v1, g1[w])
+            e2, _ = expect(w, v2, g2[w])
+            fin = np.isfinite(g1[w]) & np.isfinite(g2[w])  # non-finite entries are reported as nonfinite
+            differ = True if e1 is None else bool(np.any((np.abs(e1 - e2) > a1) & fin))
+            if np.array_equal(g1[w][fin], g2[w][fin]) and differ and np.any(g1[w][fin] != 0):
+                fail("grad_output_ignored", (
+                    f"d/d{w}: two different random grad_outputs give the same gradient: the backward ignores "
+                    "grad_output (it returns the local derivative without multiplying by it)"), w)
+            elif e1 is not None and jac_ok.get(w, False):
+                bad = ~(np.abs(g1[w] - e1) <= a1) & fin
+                if bad.any():
+                    j = int(np.flatnonzero(bad)[0])
+                    fail("vjp_mismatch", (
+                        f"d/d{w}: with a random dense grad_output the backward gives {g1[w][j]:.10g} at "
+                        f"{label(w, j)} where the Jacobian gives {e1[j]:.10g}, although its one-hot rows agree: "
+                        "the backward is not linear in grad_output"), w)
+        _one_hot(res, run, expect, wrt, jac_ok, m, rng, label, fail)
+    except OpRaised as exc:
+        fail("op_error", f"the op raised in {exc.phase}: {exc.message}")
+        return res
+    _noncontiguous(res, outs, inputs, wrt, v1, g1, expect, split, fail, label)
+    _determinism(res, outs, inputs, wrt, v1, g1, expect, split, fail, fresh, label)
+    return res
+
+
+def _one_hot(res, run, expect, wrt, jac_ok, m, rng, label, fail) -> None:
+    for o in rng.choice(m, size=min(2, m), replace=False):
+        v = np.zeros(m)
+        v[o] = 1.0
+        g = run(v)
+        for w in wrt:
+            e, a = expect(w, v, g[w])
+            if e is None or not jac_ok.get(w, False):
+                continue
+            bad = ~(np.abs(g[w] - e) <= a)
+            if bad.any():
+                j = int(np.flatnonzero(bad)[0])
+                fail("one_hot_mismatch", (
+                    f"a one-hot grad_output at output {int(o)} gives {g[w][j]:.10g} for {label(w, j)}, the "
+                    f"Jacobian {e[j]:.10g}: the backward misroutes grad_output"), w)
+
+
+def _noncontiguous(res, outs, inputs, wrt, v1, g1, expect, split, fail, label) -> None:
+    contiguous = _as_tensors(v1, outs)
+    for kind in ("transposed", "strided"):
+        variants, changed = [], False
+        for t in contiguous:
+            layouts = dict(noncontiguous_layouts(t))
+            if kind in layouts:
+                variants.append(layouts[kind])
+                changed = True
+            else:
+                variants.append(t)
+        if not changed:
+            continue
+        res.calls += 1
+        try:
+            from gradcheck_cli.ops_runner import grads_numpy
+
+            g = split(grads_numpy(vjp(outs, inputs, variants, phase=f"backward ({kind} grad_output)"), inputs))
+        except OpRaised as exc:
+            fail("noncontiguous_grad_output", (
+                f"the backward raises when grad_output is a {kind} (non-contiguous) view, although it runs on the "
+                f"same values laid out contiguously: {exc.message}"))
+            continue
+        for w in wrt:
+            _, allowed = expect(w, v1, g1[w])
+            diff = np.abs(g[w] - g1[w])
+            bad = ~(diff <= allowed) & np.isfinite(g1[w])
+            if bad.any():
+                j = int(np.argmax(np.where(bad, np.nan_to_num(diff, nan=np.inf), -1)))
+                fail("noncontiguous_grad_output", (
+                    f"d/d{w}: a {kind} (non-contiguous) grad_output gives {g[w][j]:.10g} at "
+                    f"{label(w, j)} where the same values laid out "
+                    f"contiguously give {g1[w][j]:.10g}: the backward reads grad_output's memory as if it were "
+                    "contiguous (e.g. .view(-1), as_strided or raw pointers); call .contiguous() first"), w)
+
+
+def _determinism(res, outs, inputs, wrt, v1, g1, expect, split, fail, fresh, label) -> None:
+    from gradcheck_cli.ops_runner import grads_numpy
+
+    spreads = {}
+    try:
+        again = split(grads_numpy(vjp(outs, inputs, _as_tensors(v1, outs)), inputs))
+        new_outs, new_inputs = fresh()
+        res.calls += 2
+        forward_diff = _spread(flat_numpy(outs), flat_numpy(new_outs))
+        third = split(grads_numpy(vjp(new_outs, new_inputs, _as_tensors(v1, new_outs)), new_inputs))
+    except OpRaised as exc:
+        fail("op_error", f"the op raised when run again on the same inputs ({exc.phase}): {exc.message}")
+        return
+    scale = float(np.max(np.abs(flat_numpy(outs)))) if outs else 0.0
+    if forward_diff > 64 * 2.0**-23 * max(scale, 1e-30) and forward_diff > 0:
+        fail("nondeterministic", f"the forward gives different outputs on identical inputs (spread {forward_diff:.3g})")
+    for w in wrt:
+        _, allowed = expect(w, v1, g1[w])
+        diff = np.maximum(np.abs(again[w] - g1[w]), np.abs(third[w] - g1[w]))
+        diff = np.where(np.isfinite(g1[w]), diff, 0.0)  # non-finite entries: reported as nonfinite
+        spread = float(np.nanmax(diff)) if diff.size else 0.0
+        if np.any(np.isnan(diff)):
+            spread = float("nan")
+        spreads[w] = spread
+        bad = ~(diff <= allowed)
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            fail("nondeterministic", (
+                f"d/d{w}: the backward gives different results on the same inputs and grad_output (spread "
+                f"{spread:.3g}, at {label(w, j)}: {g1[w][j]:.10g}, "
+                f"{again[w][j]:.10g}, {third[w][j]:.10g})"), w)
+        elif spread > 0:
+            res.diagnostics.append(Diagnostic("nondeterministic_within_tolerance", (
+                f"d/d{w}: repeated backward runs differ by up to {spread:.3g} (within tolerance: rounding from "
+                "a non-deterministic reduction order, e.g. atomic adds)"), w))
+    res.determinism = {"runs": 3, "max_spread": spreads, "forward_spread": forward_diff}
+
+
+def _spread(a: np.ndarray, b: np.ndarray) -> float:
+    if a.shape != b.shape:
+        return float("inf")
+    with np.errstate(invalid="ignore"):
+        d = np.abs(a - b)
+    d = np.where(np.isnan(a) & np.isnan(b), 0.0, d)
+    return float(np.nanmax(d)) if d.size else 0.0
+
+
+# ---- rounding noise of a low-precision backward ----------------------------------------------
+
+ROUNDING_TRIALS = 3
+
+
+def rounding_noise(spec, arrays: dict, dtype: str, device: str, m: int, rng: np.random.Generator) -> dict | None:
+    """How much the backward's answer moves when its inputs move by an ulp or two, per
+    input element: in float32 and below a correct backward can lose digits to
+    cancellation (1e6·tanh(x) computes 1 - tanh² near 1), and only the op shows how many.
+    A smooth derivative barely changes over an ulp, so the spread is the backward's own
+    rounding; it widens the tolerance where, and only where, it is large.  None in float64."""
+    if dtype == "float64":
+        return None
+    import torch
+
+    from gradcheck_cli.ops_runner import grads_numpy, torch_dtype
+
+    wrt = list(spec.wrt)
+    v = rng.choice(np.array([-1.0, 1.0]), m)
+    td = torch_dtype(dtype)
+
+    def grads_at(point: dict) -> dict:
+        tensors = make_tensors(spec, point, dtype, device)
+        outs = call(spec, tensors, "forward (rounding probe)")
+        got = grads_numpy(vjp(outs, [tensors[w] for w in wrt], _as_tensors(v, outs),
+                              phase="backward (rounding probe)"), [tensors[w] for w in wrt])
+        return {w: (np.zeros(tensors[w].numel()) if g is None else g) for w, g in zip(wrt, got)}
+
+    base = grads_at(arrays)
+    noise = {w: np.zeros_like(g) for w, g in base.items()}
+    for _ in range(ROUNDING_TRIALS):
+        moved = dict(arrays)
+        for w in wrt:
+            t = torch.tensor(np.asarray(arrays[w], dtype=np.float64), dtype=td)
+            step = torch.tensor(rng.choice(np.array([-2.0, 2.0]), t.shape), dtype=td) * EPS[dtype]
+            moved[w] = (t * (1 + step)).to(torch.float64).numpy()
+        got = grads_at(moved)
+        for w in wrt:
+            with np.errstate(invalid="ignore"):
+                noise[w] = np.maximum(noise[w], np.nan_to_num(np.abs(got[w] - base[w]), nan=0.0, posinf=0.0))
+    return noise
+
+
+# ---- mutation --------------------------------------------------------------------------------
+
+def snapshot(tensors: dict) -> dict:
+    return {k: t.detach().clone() for k, t in tensors.items()}
+
+
+def mutated(tensors: dict, before: dict) -> list[str]:
+    """Names whose values (or shapes) changed since the snapshot."""
+    import torch
+
+    out = []
+    for k, t in tensors.items():
+        b = before[k]
+        now = t.detach()
+        if now.shape != b.shape or not torch.equal(torch.nan_to_num(now, nan=0.5), torch.nan_to_num(b, nan=0.5)) \
+                or not torch.equal(torch.isnan(now), torch.isnan(b)):
+            out.append(k)
+    return out
+
+
+# ---- double backward -------------------------------------------------------------------------
+
+@dataclass
+class Order2Outcome:
+    passed: bool
+    diagnostics: list
+    hessian: dict | None
+
+
+def double_backward(spec, arrays: dict, ref_arrays: dict, dtype: str, device: str, v: np.ndarray,
+                    tol: dict, eps: float | None, rng: np.random.Generator, f64_ok: bool,
+                    jac_u: tuple | None) -> Order2Outcome:
+    """d/dx (v^T J(x)) by double backward in `dtype` against central differences of the
+    float64 backward (step halving for the error estimate); and d/dv <u, v^T J> = J u.
+    `jac_u` is (u_per_input dict, expected J u, allowed) from the first-order reference."""
+    import torch
+
+    wrt = list(spec.wrt)
+    diags: list[Diagnostic] = []
+    sizes = [int(np.prod(np.shape(arrays[w]))) for w in wrt]
+    n = sum(sizes)
+    labels = [input_label(w, tuple(np.shape(arrays[w])), j) for w, s in zip(wrt, sizes) for j in range(s)]
+    sample = np.arange(n) if n <= MAX_ORDER2_ELEMENTS else np.sort(rng.choice(n, ORDER2_SAMPLE, replace=False))
+    try:
+        tensors = make_tensors(spec, arrays, dtype, device)
+        outs = call(spec, tensors)
+        inputs = [tensors[w] for w in wrt]
+        vt = [t.requires_grad_(True) for t in _as_tensors(v, outs)]
+        grads = vjp(outs, inputs, vt, create_graph=True, phase="backward (create_graph)")
+        flat = torch.cat([(torch.zeros_like(x) if g is None else g).reshape(-1) for g, x in zip(grads, inputs)])
+        rows = np.zeros((sample.size, n))
+        reached = False  # whether autograd's graph of the backward reaches the inputs at all
+        for r, i in enumerate(sample):
+            if not flat.requires_grad:
+                break
+            second = torch.autograd.grad(flat[int(i)], inputs, retain_graph=True, allow_unused=True)
+            reached = reached or any(g is not None for g in second)
+            rows[r] = np.concatenate([np.zeros(s) if g is None else
+                                      g.detach().reshape(-1).to("cpu", torch.float64).numpy()
+                                      for g, s in zip(second, sizes)])
+        wrt_v = None
+        if jac_u is not None and flat.requires_grad:
+            u = torch.as_tensor(np.concatenate([jac_u[0][w] for w in wrt]), dtype=flat.dtype, device=flat.device)
+            gv = torch.autograd.grad((flat * u).sum(), vt, retain_graph=True, allow_unused=True)
+            wrt_v = np.concatenate([np.zeros(o.numel()) if g is None else
+                                    g.detach().reshape(-1).to("cpu", torch.float64).numpy() for g, o in zip(gv, outs)])
+    except OpRaised as exc:
+        return Order2Outcome(False, [Diagnostic("double_backward_error", f"double backward raised: {exc.message}")],
+                             None)
+    except Exception as exc:  # torch's own refusal (e.g. @once_differentiable) is the op's failure
+        from gradcheck_cli.ops_runner import describe_exception
+
+        return Order2Outcome(False, [Diagnostic("double_backward_error", (
+            f"the backward cannot be differentiated: {describe_exception(exc)}"))], None)
+    ad_block = rows[:, sample]
+    fd_block, fd_err = _fd_of_backward(spec, ref_arrays if f64_ok else arrays, "float64" if f64_ok else dtype,
+                                       device, v, wrt, sizes, sample, eps)
+    if fd_block is None:
+        return Order2Outcome(False, [Diagnostic("double_backward_error", fd_err)], None)
+    scale = np.maximum(np.max(np.abs(fd_block), axis=1, keepdims=True), np.max(np.abs(fd_block), axis=0, keepdims=True))
+    allowed = tol["atol"] + tol["rtol"] * np.abs(fd_block) + tol["scale"] * scale + FD_SAFETY * fd_err
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(ad_block - fd_block) <= allowed)
+    passed = not bad.any()
+    if not passed:
+        i, j = (int(k) for k in np.argwhere(bad)[0])
+        hint = (" (a common cause: a tensor computed in forward and saved with save_for_backward is a constant "
+                "to double backward, since forward runs without autograd; recompute it from the inputs inside "
+                "backward)") if reached else \
+            (" (the backward's result does not require grad w.r.t. the inputs: it is computed outside autograd, "
+             "e.g. @once_differentiable, .detach(), .data or no_grad)")
+        diags.append(Diagnostic("double_backward_mismatch", (
+            f"d/d{labels[sample[j]]} of (v^T J)[{labels[sample[i]]}]: double backward {ad_block[i, j]:.10g} vs "
+            f"finite differences of the backward {fd_block[i, j]:.10g} (allowed {allowed[i, j]:.3g}); "
+            f"{int(bad.sum())} of {bad.size} entries out of tolerance{hint}")))
+    if wrt_v is not None and jac_u is not None:
+        expected, allowed_v = jac_u[1], jac_u[2]
+        bad_v = ~(np.abs(wrt_v - expected) <= allowed_v)
+        if bad_v.any():
+            passed = False
+            k = int(np.flatnonzero(bad_v)[0])
+            diags.append(Diagnostic("double_backward_mismatch", (
+                f"the derivative of the backward w.r.t. grad_output is wrong at output element {k}: "
+                f"{wrt_v[k]:.10g}, expected J u = {expected[k]:.10g}")))
+    if n > MAX_ORDER2_ELEMENTS:
+        diags.append(Diagnostic("order2_sampled", f"double backward checked on {sample.size} of {n} input "
+                                                  "elements (a seeded sample)"))
+    hessian = {"autograd": ad_block, "finite_difference": fd_block, "symbolic": None, "passed": passed,
+               "labels": [labels[i] for i in sample], "wrt": wrt, "of": "sum(v * out), v a random grad_output",
+               "max_abs_error": float(np.nanmax(np.abs(ad_block - fd_block))) if ad_block.size else 0.0}
+    return Order2Outcome(passed, diags, hessian)
+
+
+def _fd_of_backward(spec, arrays, dtype, device, v, wrt, sizes, sample, eps):
+    """Columns `sample` of d(v^T J)/dx by central differences of the backward, with step halving."""
+    import torch
+
+    base = np.concatenate([np.asarray(arrays[w], dtype=np.float64).reshape(-1) for w in wrt])
+    bounds = np.cumsum([0] + sizes)
+    eps_dtype = EPS[dtype]
+    h = step_sizes(base, "central", eps, eps_dtype)
+    n = base.size
+
+    def backward_at(point: np.ndarray) -> np.ndarray:
+        moved = dict(arrays)
+        for k, w in enumerate(wrt):
+            moved[w] = point[bounds[k]:bounds[k + 1]].reshape(np.shape(arrays[w]))
+        tensors = make_tensors(spec, moved, dtype, device)
+        outs = call(spec, tensors, "forward (finite differences of the backward)")
+        grads = vjp(outs, [tensors[w] for w in wrt], _as_tensors(v, outs), phase="backward (finite differences)")
+        return np.concatenate([np.zeros(s) if g is None else g.detach().reshape(-1).to("cpu", torch.float64).numpy()
+                               for g, s in zip(grads, sizes)])
+
+    cols, errs = np.zeros((sample.size, sample.size)), np.zeros((sample.size, sample.size))
+    try:
+        g0 = backward_at(base)
+        for c, j in enumerate(sample):
+            vals = {}
+            for d in (1, -1, 2, -2):
+                p = base.copy()
+                p[j] += d * h[j]
+                vals[d] = backward_at(p)[sample]
+            d1 = (vals[1] - vals[-1]) / (2 * h[j])
+            d2 = (vals[2] - vals[-2]) / (4 * h[j])
+            noise = 4 * eps_dtype * (np.abs(g0[sample]) + np.abs(vals[1])) / h[j]
+            cols[:, c] = d1
+            errs[:, c] = np.abs(d1 - d2) / 3 + noise
+    except OpRaised as exc:
+        return None, f"the op raised while differencing its backward: {exc.message}"
+    return cols, errs

@@ -1,0 +1,393 @@
+"""Tolerances, verdicts and bug classes for op Jacobians.
+
+An autograd entry a passes against a reference r (finite differences in float64, or the
+exact derivative of --reference) when
+
+    |a - r| <= atol + rtol·|r| + scale·S + 3·fd_error
+
+where S is the largest reference magnitude in the entry's output row or input column
+(the size of the numbers the backward works with, so rounding in low precision is not
+mistaken for a bug where an entry is small next to its neighbours), and fd_error is the
+finite-difference error estimate (step halving plus rounding; 0 against the exact
+derivative).  In float64 the floor is far below a 2e-5 relative bug and far above
+finite-difference noise (~1e-10).  --atol replaces atol and drops the scale term;
+--rtol replaces rtol.
+
+When a gradient fails, the failure is localized (output element, input element, both
+values) and, where the numbers show a pattern, named: scale_error, wrong_sign,
+broadcast_reduction (mean instead of sum over a broadcast dimension),
+swapped_gradients; every failure also carries gradient_mismatch with the worst entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gradcheck_cli.report import Diagnostic, GradientResult, _number, jsonable
+
+OP_TOLERANCES = {
+    "float64": {"atol": 1e-12, "rtol": 1e-7, "scale": 1e-10},
+    "float32": {"atol": 1e-6, "rtol": 1e-4, "scale": 1e-5},
+    "float16": {"atol": 1e-3, "rtol": 1e-2, "scale": 1e-2},
+    "bfloat16": {"atol": 1e-2, "rtol": 5e-2, "scale": 5e-2},
+}
+FD_SAFETY = 3.0
+JSON_DENSE_LIMIT = 262_144  # Jacobian entries written as nested lists; larger ones as an entry list
+JSON_MAX_ENTRIES = 100_000
+
+
+def op_tolerance(dtype: str, atol: float | None = None, rtol: float | None = None) -> dict:
+    """The dtype's defaults with the user's overrides (--atol drops the scale term)."""
+    tol = dict(OP_TOLERANCES[dtype])
+    if atol is not None:
+        tol["atol"] = float(atol)
+        tol["scale"] = 0.0
+    if rtol is not None:
+        tol["rtol"] = float(rtol)
+    tol["fd_safety"] = FD_SAFETY
+    return tol
+
+
+def describe_tolerances() -> str:
+    return "; ".join(f"{d}: atol {t['atol']:g}, rtol {t['rtol']:g}, scale {t['scale']:g}"
+                     for d, t in OP_TOLERANCES.items())
+
+
+# ---- labels -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """How the op's outputs map to the Jacobian's rows (outputs concatenated, flat)."""
+
+    shapes: tuple  # per output
+    offsets: tuple
+
+    @property
+    def m(self) -> int:
+        return int(self.offsets[-1] + int(np.prod(self.shapes[-1]))) if self.shapes else 0
+
+    @property
+    def report_shape(self) -> tuple:
+        """One output: its shape.  Several of one shape: (k,) + shape.  Else flat."""
+        if len(self.shapes) == 1:
+            return tuple(self.shapes[0])
+        if len(set(self.shapes)) == 1:
+            return (len(self.shapes),) + tuple(self.shapes[0])
+        return (self.m,)
+
+    def label(self, flat: int) -> str:
+        k = int(np.searchsorted(self.offsets, flat, side="right") - 1)
+        name = "out" if len(self.shapes) == 1 else f"out{k}"
+        shape = self.shapes[k]
+        if not shape:
+            return name
+        idx = np.unravel_index(int(flat - self.offsets[k]), shape)
+        return f"{name}[{', '.join(str(int(i)) for i in idx)}]"
+
+    def to_dict(self) -> list:
+        return [{"index": k, "shape": list(s), "offset": int(o)} for k, (s, o) in
+                enumerate(zip(self.shapes, self.offsets))]
+
+
+def input_label(name: str, shape: tuple, flat: int) -> str:
+    if not shape:
+        return name
+    idx = np.unravel_index(int(flat), shape)
+    return f"{name}[{', '.join(str(int(i)) for i in idx)}]"
+
+
+@dataclass(frozen=True, eq=False)
+class OpGradientResult(GradientResult):
+    """One input's Jacobian (all outputs) with labels that say which output and input
+    element each entry is.  Sampled (fast mode): arrays hold the sampled entries only,
+    listed in `entries` as (output flat index, input flat index)."""
+
+    layout: OutputLayout | None = None
+    entries: np.ndarray | None = None  # (k, 2) for sampled results
+    details: dict = field(default_factory=dict)
+
+    def flat_pair(self, idx: tuple) -> tuple[int, int]:
+        if self.entries is not None:
+            o, j = self.entries[int(idx[0])]
+            return int(o), int(j)
+        n_out = len(self.shape) - len(self.input_shape)
+        out_idx, in_idx = idx[:n_out], idx[n_out:]
+        o = int(np.ravel_multi_index(out_idx, self.shape[:n_out])) if n_out else 0
+        j = int(np.ravel_multi_index(in_idx, self.input_shape)) if self.input_shape else 0
+        return o, j
+
+    def label_for(self, idx: tuple) -> str:
+        """'out[1, 2] / x[1, 2]': the derivative of that output element w.r.t. that input element."""
+        o, j = self.flat_pair(tuple(idx))
+        out = self.layout.label(o) if self.layout is not None else str(o)
+        return f"{out} / {input_label(self.wrt, self.input_shape, j)}"
+
+    def to_dict(self) -> dict:
+        if self.entries is None and int(np.prod(self.shape)) <= JSON_DENSE_LIMIT:
+            out = super().to_dict()
+            out.update(jsonable(self.details))
+            return out
+        return self._entry_dict()
+
+    def _worst_entry(self, pairs) -> list | None:
+        """The worst entry as [output flat index, input flat index]."""
+        if self.worst_index is None:
+            return None
+        if self.entries is not None:
+            o, j = self.entries[int(self.worst_index[0])]
+            return [int(o), int(j)]
+        o, j = self.flat_pair(tuple(self.worst_index))
+        return [o, j]
+
+    def _worst_position(self, pairs) -> list | None:
+        """Where the worst entry sits in the entry arrays."""
+        worst = self._worst_entry(pairs)
+        if worst is None:
+            return None
+        hit = np.flatnonzero((np.asarray(pairs)[:, 0] == worst[0]) & (np.asarray(pairs)[:, 1] == worst[1]))
+        return [int(hit[0])] if hit.size else None
+
+    def _entry_dict(self) -> dict:
+        """Large or sampled Jacobians: the entries (nonzero in either method, or sampled)."""
+        if self.entries is not None:
+            pairs = self.entries
+            auto = np.asarray(self.autograd).reshape(-1)
+            fd = None if self.finite_difference is None else np.asarray(self.finite_difference).reshape(-1)
+            sym = None if self.symbolic is None else np.asarray(self.symbolic).reshape(-1)
+            err = None if self.fd_error_estimate is None else np.asarray(self.fd_error_estimate).reshape(-1)
+        else:
+            m = int(np.prod(self.shape[:len(self.shape) - len(self.input_shape)]))
+            a2 = np.asarray(self.autograd).reshape(m, -1)
+            f2 = None if self.finite_difference is None else np.asarray(self.finite_difference).reshape(m, -1)
+            s2 = None if self.symbolic is None else np.asarray(self.symbolic).reshape(m, -1)
+            nz = a2 != 0
+            for other in (f2, s2):
+                if other is not None:
+                    nz |= other != 0
+            rows, cols = np.nonzero(nz)
+            pairs = np.stack([rows, cols], axis=1)[:JSON_MAX_ENTRIES]
+            auto = a2[pairs[:, 0], pairs[:, 1]]
+            fd = None if f2 is None else f2[pairs[:, 0], pairs[:, 1]]
+            sym = None if s2 is None else s2[pairs[:, 0], pairs[:, 1]]
+            e2 = None if self.fd_error_estimate is None else np.asarray(self.fd_error_estimate).reshape(m, -1)
+            err = None if e2 is None else e2[pairs[:, 0], pairs[:, 1]]
+        # the arrays are lists of entries: `shape` is their length, and the Jacobian's own
+        # shape is given separately (so `shape` still describes the arrays, as everywhere)
+        out = {
+            "wrt": self.wrt,
+            "shape": [int(len(pairs))],
+            "format": "entries",
+            "entries": [[int(o), int(j)] for o, j in pairs],
+            "autograd": jsonable(np.asarray(auto)),
+            "symbolic": jsonable(None if sym is None else np.asarray(sym)),
+            "finite_difference": jsonable(None if fd is None else np.asarray(fd)),
+            "max_abs_error": _number(self.max_abs_error),
+            "max_rel_error": _number(self.max_rel_error),
+            "passed": self.passed,
+            "reference": self.reference,
+            "worst_index": self._worst_position(pairs),
+            "worst_entry": self._worst_entry(pairs),
+            "fd_error_estimate": jsonable(None if err is None else np.asarray(err)),
+            "tolerance": jsonable(self.tolerance),
+            "errors": jsonable(self.errors),
+            "failed_elements": self.failed_elements,
+            "jacobian_shape": list(self.output_shape) + list(self.input_shape),
+            "jacobian_output_shape": list(self.output_shape),
+            "jacobian_input_shape": list(self.input_shape),
+        }
+        if len(pairs) >= JSON_MAX_ENTRIES and self.entries is None:
+            out["entries_truncated"] = True
+        out.update(jsonable(self.details))
+        return out
+
+
+# ---- comparing ----------------------------------------------------------------------------
+
+@dataclass
+class Verdict:
+    """Outcome per Jacobian entry (entries listed by output row and input column; every
+    entry not listed is 0 in autograd and in every reference)."""
+
+    passed: bool
+    rows: np.ndarray
+    cols: np.ndarray
+    ok: np.ndarray
+    ratio: np.ndarray  # error / allowed, worst over references (> 1 fails)
+    allowed: np.ndarray  # against the primary reference
+    abs_err: np.ndarray
+    rel_err: np.ndarray
+    errors: dict
+    kink: np.ndarray
+    primary: str
+    reference_disagreement: int = 0
+
+    def worst(self) -> int | None:
+        """Index (into the entry arrays) of the worst entry."""
+        if self.ratio.size == 0:
+            return None
+        return int(np.argmax(np.where(np.isnan(self.ratio), np.inf, self.ratio)))
+
+
+def entry_scales(rows: np.ndarray, cols: np.ndarray, ref: np.ndarray, m: int, n: int) -> np.ndarray:
+    """S per entry: the largest |reference| in its output row or input column."""
+    mag = np.where(np.isfinite(ref), np.abs(ref), 0.0)
+    row, col = np.zeros(m), np.zeros(n)
+    np.maximum.at(row, rows, mag)
+    np.maximum.at(col, cols, mag)
+    return np.maximum(row[rows], col[cols])
+
+
+def allowed_error(ref: np.ndarray, scale: np.ndarray, fd_err: np.ndarray | None, tol: dict) -> np.ndarray:
+    out = tol["atol"] + tol["rtol"] * np.abs(ref) + tol["scale"] * scale
+    if fd_err is not None:
+        out = out + FD_SAFETY * np.nan_to_num(fd_err, nan=0.0, posinf=np.inf)
+    return out
+
+
+def _errs(a: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    with np.errstate(all="ignore"):
+        abs_e = np.abs(a - r)
+        same = (a == r) | (np.isnan(a) & np.isnan(r))
+        abs_e = np.where(same, 0.0, abs_e)
+        rel_e = np.where(same, 0.0, abs_e / np.abs(r))
+    return abs_e, rel_e
+
+
+def _max(x: np.ndarray) -> float:
+    if x.size == 0:
+        return 0.0
+    return float(np.nanmax(x)) if not np.all(np.isnan(x)) else float("nan")
+
+
+def judge(rows: np.ndarray, cols: np.ndarray, m: int, n: int, auto: np.ndarray, fd: np.ndarray | None,
+          fd_err: np.ndarray | None, sym: np.ndarray | None, tol: dict, kink_lo: np.ndarray | None = None,
+          kink_hi: np.ndarray | None = None, extra: np.ndarray | None = None) -> Verdict:
+    """Verdict on autograd's entries against finite differences and/or the exact
+    derivative (both must agree when both are there).  Kink entries pass when autograd
+    lies between the one-sided slopes.  `extra` is added to the allowed error (the
+    measured rounding noise of a low-precision backward)."""
+    ref_for_scale = sym if sym is not None else fd
+    scale = entry_scales(rows, cols, ref_for_scale, m, n)
+    finite = np.isfinite(auto)
+    ok = finite.copy()
+    ratio = np.where(finite, 0.0, np.inf)
+    kink = np.zeros(auto.shape, dtype=bool) if kink_lo is None else ~np.isnan(kink_lo)
+    errors, goods = {}, {}
+    allowed_primary = np.full(auto.shape, np.inf)
+    for name, ref, err in (("finite_difference", fd, fd_err), ("symbolic", sym, None)):
+        if ref is None:
+            continue
+        allowed = allowed_error(ref, scale, err, tol)
+        if extra is not None:
+            allowed = allowed + extra
+        abs_e, rel_e = _errs(auto, ref)
+        with np.errstate(all="ignore"):
+            good = abs_e <= allowed
+            if kink.any():
+                good |= kink & (auto >= kink_lo - allowed) & (auto <= kink_hi + allowed)
+            r = np.where(good, np.minimum(abs_e / allowed, 1.0), abs_e / allowed)
+        ratio = np.maximum(ratio, np.where(np.isnan(r), np.inf, r))
+        ok &= good
+        errors[name] = {"max_abs_error": _max(abs_e), "max_rel_error": _max(rel_e)}
+        goods[name] = good
+        allowed_primary = allowed
+    disagreement = int(np.sum(goods["finite_difference"] != goods["symbolic"])) if len(goods) == 2 else 0
+    primary = "symbolic" if sym is not None else ("finite_difference" if fd is not None else "none")
+    ref = sym if sym is not None else fd
+    abs_e, rel_e = _errs(auto, ref) if ref is not None else (np.zeros(auto.shape), np.zeros(auto.shape))
+    return Verdict(bool(ok.all()), rows, cols, ok, ratio, allowed_primary, abs_e, rel_e, errors, kink, primary,
+                   disagreement)
+
+
+# ---- naming the bug ----------------------------------------------------------------------
+
+def classify(wrt: str, auto: np.ndarray, ref: np.ndarray, allowed: np.ndarray, cols: np.ndarray, x: np.ndarray,
+             broadcast_factor: float | None) -> list[Diagnostic]:
+    """Name the pattern of a failed Jacobian: a constant factor (scale_error, wrong_sign,
+    broadcast_reduction), or a sign flipped on part of the entries (wrong_sign)."""
+    a, r, tol = auto.reshape(-1), ref.reshape(-1), allowed.reshape(-1)
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(r))):
+        return []
+    significant = np.abs(r) > 2 * tol  # entries clearly nonzero at this precision
+    if not significant.any():
+        return []
+    k = float(np.median(a[significant] / r[significant]))
+    with np.errstate(all="ignore"):
+        fits = np.abs(a - k * r) <= tol * max(1.0, abs(k)) + 1e-9 * np.abs(r)
+    if fits.all() and k != 0 and abs(k - 1) * np.abs(r[significant]).max() > tol[significant].max():
+        return [_factor_diagnostic(wrt, k, broadcast_factor)]
+    flipped = significant & (np.abs(a + r) <= tol)
+    right = np.abs(a - r) <= tol
+    if flipped.any() and np.all(flipped | right):
+        return [Diagnostic("wrong_sign", _sign_message(wrt, flipped, right, cols, x), wrt)]
+    return []
+
+
+def _factor_diagnostic(wrt: str, k: float, broadcast_factor: float | None) -> Diagnostic:
+    if abs(k + 1) < 1e-6:
+        return Diagnostic("wrong_sign", f"d/d{wrt}: autograd has the opposite sign of the reference on every "
+                                        "entry", wrt)
+    if broadcast_factor and broadcast_factor > 1 and abs(k * broadcast_factor - 1) < 1e-6:
+        return Diagnostic("broadcast_reduction", (
+            f"d/d{wrt}: autograd is 1/{broadcast_factor:g} of the reference on every entry: {wrt!r} is broadcast "
+            f"over {broadcast_factor:g} output elements per element, and the backward averages (mean) over the "
+            "broadcast dimension(s) where it must sum"), wrt)
+    if broadcast_factor and broadcast_factor > 1 and abs(k / broadcast_factor - 1) < 1e-6:
+        return Diagnostic("broadcast_reduction", (
+            f"d/d{wrt}: autograd is {broadcast_factor:g}x the reference on every entry: the backward sums over "
+            f"the {broadcast_factor:g} broadcast copies once too often"), wrt)
+    rel = k - 1
+    subtle = " (a subtle scale error: torch's default rtol=1e-3 would let it through)" if abs(rel) < 1e-3 else ""
+    return Diagnostic("scale_error", (
+        f"d/d{wrt}: autograd is {k:.9g}x the reference on every entry (off by {rel:+.3g} relative){subtle}"), wrt)
+
+
+def _sign_message(wrt, flipped, right, cols, x) -> str:
+    n_in = x.size
+    xf = x.reshape(-1)
+    region = ""
+    if n_in:
+        fx, rx = xf[cols[flipped]], xf[cols[right & ~flipped]]
+        for text, test in ((f"{wrt} < 0", lambda v: v < 0), (f"{wrt} > 0", lambda v: v > 0),
+                           (f"|{wrt}| > 1", lambda v: np.abs(v) > 1), (f"|{wrt}| < 1", lambda v: np.abs(v) < 1)):
+            if np.all(test(fx)) and not np.any(test(rx)):
+                region = f", exactly where {text}"
+                break
+    return (f"d/d{wrt}: autograd has the opposite sign of the reference on {int(flipped.sum())} of "
+            f"{int((flipped | right).sum())} entries{region}; the others agree")
+
+
+def swapped(names: list, autos: dict, refs: dict, allowed: dict) -> list[Diagnostic]:
+    """Two inputs of one shape whose gradients match each other's references."""
+    out = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if autos[a].shape != autos[b].shape:
+                continue
+            with np.errstate(all="ignore"):
+                ab = np.all(np.abs(autos[a] - refs[b]) <= allowed[b])
+                ba = np.all(np.abs(autos[b] - refs[a]) <= allowed[a])
+                same = np.all(np.abs(refs[a] - refs[b]) <= allowed[a])
+            if ab and ba and not same:
+                out.append(Diagnostic("swapped_gradients", (
+                    f"the gradients of {a!r} and {b!r} are swapped: autograd's d/d{a} matches the reference "
+                    f"d/d{b} and the other way round"), a))
+    return out
+
+
+def worst_entries(verdict: Verdict, auto: np.ndarray, ref: np.ndarray, layout: OutputLayout, wrt: str,
+                  in_shape: tuple, against: str, limit: int = 3) -> str:
+    """'out[1] / x[1]: autograd 0.5 vs finite differences 0.7 (allowed 1e-9); ...' for the worst entries."""
+    bad = np.flatnonzero(~verdict.ok)
+    if bad.size == 0:
+        return ""
+    order = bad[np.argsort(-np.nan_to_num(verdict.ratio[bad], nan=np.inf, posinf=np.inf), kind="stable")][:limit]
+    parts = []
+    for e in order:
+        a, r = auto[e], ref[e]
+        parts.append(f"{layout.label(int(verdict.rows[e]))} / {input_label(wrt, in_shape, int(verdict.cols[e]))}: "
+                     f"autograd {a:.10g} vs {against} {r:.10g} (abs err {abs(a - r):.3g}, "
+                     f"allowed {verdict.allowed[e]:.3g})")
+    return "; ".join(parts)

@@ -1,0 +1,171 @@
+"""Finding the op: `FILE.py:ATTR` or `package.module:ATTR` (ATTR may be dotted), and
+reading `--kw NAME=VALUE` keyword arguments.
+
+Every problem here is the user's input (exit 2) and carries the module's own message.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import os
+import re
+import sys
+from typing import Any, Callable
+
+from gradcheck_cli.errors import UserInputError
+
+_LOADED: dict[str, tuple[float, Any]] = {}  # absolute path -> (mtime, module)
+_INT = re.compile(r"[+-]?\d+")
+_FLOAT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?inf|nan")
+_BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+
+
+def split_target(target: str) -> tuple[str, str]:
+    """'ops/swish.py:Swish' -> ('ops/swish.py', 'Swish')."""
+    where, sep, attr = target.strip().rpartition(":")
+    if not sep or not where or not attr:
+        raise UserInputError(f"op target {target!r}: expected FILE.py:ATTR or package.module:ATTR "
+                             "(e.g. ops/swish.py:Swish or torch.nn.functional:softmax)")
+    if not all(part.isidentifier() for part in attr.split(".")):
+        raise UserInputError(f"op target {target!r}: {attr!r} is not an attribute name")
+    return where, attr
+
+
+def is_file_target(where: str) -> bool:
+    return where.endswith(".py") or "/" in where or "\\" in where
+
+
+def load_target(target: str, base_dir: str | None = None) -> tuple[Callable, str]:
+    """The callable a target names, and a label for reports.  A torch.autograd.Function
+    subclass is returned as its .apply."""
+    where, attr = split_target(target)
+    if is_file_target(where):
+        module = _import_file(where, base_dir)
+    else:
+        module = _import_module(where)
+    obj = module
+    walked = []
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            owner = where + ("." + ".".join(walked) if walked else "")
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, names, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise UserInputError(f"op target {target!r}: {owner} has no attribute {part!r}{hint}")
+        obj = getattr(obj, part)
+        walked.append(part)
+    return as_callable(obj, target), target
+
+
+def as_callable(obj: Any, label: str) -> Callable:
+    """A Function subclass through .apply; any other callable as is."""
+    import torch
+
+    if isinstance(obj, type):
+        if issubclass(obj, torch.autograd.Function):
+            return obj.apply
+        if issubclass(obj, torch.nn.Module):
+            raise UserInputError(f"op target {label!r} is an nn.Module class; point at an instance, a function, "
+                                 "or a torch.autograd.Function subclass")
+        raise UserInputError(f"op target {label!r} is a class that is not a torch.autograd.Function; point at a "
+                             "function, a Function subclass, or a callable instance")
+    if not callable(obj):
+        raise UserInputError(f"op target {label!r} is a {type(obj).__name__}, not callable")
+    return obj
+
+
+def _import_module(name: str):
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        raise UserInputError(f"cannot import module {name!r}: {exc}") from None
+    except BaseException as exc:  # the module's own failure, reported in its words
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise UserInputError(f"importing module {name!r} raised {type(exc).__name__}: {exc}") from None
+
+
+def _import_file(where: str, base_dir: str | None):
+    path = where if os.path.isabs(where) else os.path.join(base_dir or os.getcwd(), where)
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise UserInputError(f"op file {where!r} not found (looked for {path})")
+    mtime = os.path.getmtime(path)
+    cached = _LOADED.get(path)
+    if cached and cached[0] == mtime:
+        return cached[1]
+    name = "gradcheck_op_" + hashlib.sha1(path.encode()).hexdigest()[:12]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise UserInputError(f"op file {where!r} cannot be loaded as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    folder = os.path.dirname(path)
+    sys.modules[name] = module
+    sys.path.insert(0, folder)  # so the file can import its siblings
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        sys.modules.pop(name, None)
+        raise UserInputError(f"cannot import {where!r}: SyntaxError: {exc.msg} (line {exc.lineno})") from None
+    except BaseException as exc:
+        sys.modules.pop(name, None)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise UserInputError(f"importing {where!r} raised {type(exc).__name__}: {exc}") from None
+    finally:
+        try:
+            sys.path.remove(folder)
+        except ValueError:
+            pass
+    _LOADED[path] = (mtime, module)
+    return module
+
+
+def parse_kw(name: str, text: Any) -> Any:
+    """A keyword argument's value: a number (int when written as one), true/false, none,
+    a quoted or bare string, or a list of numbers.  Spec files may give TOML values."""
+    if not isinstance(text, str):
+        if isinstance(text, (bool, int, float)) or text is None:
+            return text
+        if isinstance(text, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in text):
+            return list(text)
+        raise UserInputError(f"--kw {name}: a value must be a number, true/false, a string or a list of numbers")
+    t = text.strip()
+    low = t.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    if len(t) >= 2 and t[0] in "'\"" and t[-1] == t[0]:
+        return t[1:-1]
+    if _INT.fullmatch(t):
+        return int(t)
+    if _FLOAT.fullmatch(t):
+        return float(t)
+    if t.startswith("["):
+        return _number_list(name, t)
+    if _BARE.fullmatch(t):
+        return t
+    raise UserInputError(f"--kw {name}={text!r}: expected a number, true/false, a quoted or bare string, or a "
+                         "list of numbers like [0, 1]")
+
+
+def _number_list(name: str, t: str) -> list:
+    if not t.endswith("]"):
+        raise UserInputError(f"--kw {name}={t!r}: a list must end with ']'")
+    inner = t[1:-1].strip()
+    if not inner:
+        return []
+    items = []
+    for part in inner.split(","):
+        p = part.strip()
+        if _INT.fullmatch(p):
+            items.append(int(p))
+        elif _FLOAT.fullmatch(p):
+            items.append(float(p))
+        else:
+            raise UserInputError(f"--kw {name}={t!r}: {p!r} is not a number (lists hold numbers only)")
+    return items

@@ -1,0 +1,423 @@
+"""Calling the op under test: building its inputs, reading its outputs, batching
+forward calls for finite differences, and backward (vector-Jacobian) calls.
+
+Everything that touches the user's code goes through here, so every exception the op
+raises is caught in one place and turned into `OpRaised` (a failed check, exit 1) with
+the op's own message and the line of the user's file it came from.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+CHUNK_ELEMENTS = 4_000_000  # input + output elements per batched forward call
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class OpRaised(Exception):
+    """The op raised while we called it.  `phase` says when ('forward', 'backward', ...)."""
+
+    def __init__(self, phase: str, exc: BaseException):
+        super().__init__(f"{phase}: {exc}")
+        self.phase = phase
+        self.exc = exc
+        self.message = describe_exception(exc)
+
+
+class BadOutput(Exception):
+    """The op returned something that is not a floating tensor or a tuple of them."""
+
+
+def describe_exception(exc: BaseException) -> str:
+    """'ValueError: the message (at swish.py:14, in backward)': the op's own words and the
+    innermost line of user code (not torch's, not ours) it was raised from."""
+    text = f"{type(exc).__name__}: {exc}".strip()
+    if len(text) > 600:
+        text = text[:600] + " ..."
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
+    torch_dir = _torch_dir()
+    user = [f for f in frames if not _inside(f.filename, _PACKAGE_DIR) and not _inside(f.filename, torch_dir)]
+    if user:
+        f = user[-1]
+        text += f" (at {os.path.basename(f.filename)}:{f.lineno}, in {f.name})"
+    return text
+
+
+def _torch_dir() -> str:
+    import torch
+
+    return os.path.dirname(os.path.abspath(torch.__file__))
+
+
+def _inside(path: str, folder: str) -> bool:
+    try:
+        return os.path.commonpath([os.path.abspath(path), folder]) == folder
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """A positional argument passed to the op as is (not an input we vary)."""
+
+    value: Any
+
+
+@dataclass
+class OpSpec:
+    """What to call and how: the callable, its positional slots, keyword arguments, and
+    which inputs are differentiated."""
+
+    fn: Callable
+    label: str
+    slots: tuple  # per positional argument: an input name (str) or Fixed(value)
+    kwargs: dict
+    names: tuple  # floating inputs, in positional order
+    wrt: tuple
+    fixed_tensors: dict = field(default_factory=dict)  # slot index -> pristine copy of a Fixed tensor
+
+    def arguments(self, tensors: dict) -> list:
+        return [tensors[s] if isinstance(s, str) else s.value for s in self.slots]
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
+            "bfloat16": torch.bfloat16}[name]
+
+
+def make_tensors(spec: OpSpec, arrays: dict, dtype: str, device: str, grad: bool = True) -> dict:
+    """Fresh tensors for one call: leaves requiring grad for the wrt inputs."""
+    import torch
+
+    td = torch_dtype(dtype)
+    return {name: torch.tensor(arrays[name], dtype=td, device=device,
+                               requires_grad=grad and name in spec.wrt) for name in spec.names}
+
+
+def _floating_outputs(raw) -> list:
+    """The op's differentiable outputs: a tensor, or the floating tensors of a tuple/list."""
+    import torch
+
+    items = list(raw) if isinstance(raw, (tuple, list)) else [raw]
+    if not items or not any(isinstance(t, torch.Tensor) for t in items):
+        raise BadOutput(f"the op returned {type(raw).__name__}; expected a tensor or a tuple of tensors")
+    outs = [t for t in items if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())]
+    if not outs:
+        raise BadOutput("the op returned no floating-point tensor: there is nothing to differentiate")
+    complex_out = [t for t in outs if t.is_complex()]
+    if complex_out:
+        raise BadOutput("the op returned a complex tensor; gradcheck op checks real-valued ops")
+    return outs
+
+
+def call(spec: OpSpec, tensors: dict, phase: str = "forward") -> list:
+    """Call the op; its floating outputs as a list.  Exceptions become OpRaised."""
+    try:
+        raw = spec.fn(*spec.arguments(tensors), **spec.kwargs)
+    except Exception as exc:  # the op's own failure is a verdict, not a crash
+        raise OpRaised(phase, exc) from exc
+    return _floating_outputs(raw)
+
+
+def flat_numpy(outputs: list) -> np.ndarray:
+    """Outputs concatenated into one float64 vector (the Jacobian's row space)."""
+    import torch
+
+    if not outputs:
+        return np.zeros(0)
+    return torch.cat([o.detach().reshape(-1).to(device="cpu", dtype=torch.float64) for o in outputs]).numpy()
+
+
+def vjp(outputs: list, inputs: list, grad_outputs: list, *, create_graph: bool = False, phase: str = "backward"):
+    """torch.autograd.grad with the op's exceptions turned into OpRaised; None kept for
+    an input the backward gave no gradient.  Outputs outside autograd's graph (detached,
+    or integer-valued masks returned as floats) carry no gradient: they are left out, and
+    when none is left every gradient is None (finite differences then show whether that
+    is right)."""
+    import torch
+
+    keep = [k for k, o in enumerate(outputs) if o.requires_grad]
+    if not keep:
+        return tuple(None for _ in inputs)
+    try:
+        return torch.autograd.grad([outputs[k] for k in keep], inputs, grad_outputs=[grad_outputs[k] for k in keep],
+                                   retain_graph=True, create_graph=create_graph, allow_unused=True)
+    except Exception as exc:
+        raise OpRaised(phase, exc) from exc
+
+
+def unflatten(vec, outputs: list):
+    """Split a flat float64 vector (numpy or torch) into tensors shaped and typed like `outputs`."""
+    import torch
+
+    t = torch.as_tensor(vec)
+    out, start = [], 0
+    for o in outputs:
+        n = o.numel()
+        out.append(t[start:start + n].reshape(o.shape).to(device=o.device, dtype=o.dtype).contiguous())
+        start += n
+    return out
+
+
+def grads_numpy(grads, tensors: list) -> list:
+    """Gradients as flat float64 numpy vectors; None stays None."""
+    import torch
+
+    return [None if g is None else g.detach().reshape(-1).to(device="cpu", dtype=torch.float64).numpy().copy()
+            for g in grads]
+
+
+class VJPMany:
+    """Vector-Jacobian products for many grad_outputs at once: one batched backward
+    (is_grads_batched) when the op's backward supports it and agrees with a plain call,
+    else a loop of plain calls."""
+
+    def __init__(self, outputs: list, inputs: list, allow_batched: bool = True):
+        self.outputs, self.inputs = outputs, inputs
+        self.batched = allow_batched
+        self.checked = False
+        self.calls = 0
+        self.none: set = set()  # inputs the backward returned None for
+
+    def __call__(self, vectors: np.ndarray) -> np.ndarray:
+        """vectors: (k, m) float64 -> (k, N) float64 gradients, inputs concatenated
+        (NaN-free; None gradients are zeros, reported separately)."""
+        import torch
+
+        k = vectors.shape[0]
+        sizes = [x.numel() for x in self.inputs]
+        result = np.zeros((k, sum(sizes)))
+        start = 0
+        if self.batched and k > 1:
+            start = self._try_batched(vectors, result)
+        for i in range(start, k):
+            grads = vjp(self.outputs, self.inputs, unflatten(vectors[i], self.outputs))
+            self.calls += 1
+            self._note_none(grads)
+            result[i] = _concat(grads, sizes)
+        del torch
+        return result
+
+    def _note_none(self, grads) -> None:
+        self.none.update(k for k, g in enumerate(grads) if g is None)
+
+    def _try_batched(self, vectors: np.ndarray, result: np.ndarray) -> int:
+        import torch
+
+        sizes = [x.numel() for x in self.inputs]
+        if not self.checked:  # one plain call to compare the batched path with
+            plain = vjp(self.outputs, self.inputs, unflatten(vectors[0], self.outputs))
+            self.calls += 1
+            self._note_none(plain)
+            result[0] = _concat(plain, sizes)
+        rows_per_call = max(1, CHUNK_ELEMENTS // max(1, sum(sizes) + vectors.shape[1]))
+        done = 1 if not self.checked else 0
+        try:
+            while done < vectors.shape[0]:
+                stop = min(vectors.shape[0], done + rows_per_call)
+                lo = done if self.checked else 0
+                block = vectors[lo:stop]
+                gos = []
+                start = 0
+                for o in self.outputs:
+                    n = o.numel()
+                    gos.append(torch.as_tensor(block[:, start:start + n]).reshape((block.shape[0],) + tuple(o.shape))
+                               .to(device=o.device, dtype=o.dtype).contiguous())
+                    start += n
+                keep = [k for k, o in enumerate(self.outputs) if o.requires_grad]
+                if not keep:
+                    raise ValueError("no output requires grad")  # plain calls say so, per input
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    grads = torch.autograd.grad([self.outputs[k] for k in keep], self.inputs,
+                                                grad_outputs=[gos[k] for k in keep], retain_graph=True,
+                                                allow_unused=True, is_grads_batched=True)
+                self.calls += 1
+                self._note_none(grads)
+                got = np.zeros((block.shape[0], sum(sizes)))
+                col = 0
+                for g, n in zip(grads, sizes):
+                    if g is not None:
+                        got[:, col:col + n] = g.detach().reshape(block.shape[0], -1).to("cpu", torch.float64).numpy()
+                    col += n
+                if not self.checked:
+                    if not _agree(got[0], result[0]):
+                        self.batched = False
+                        return 1
+                    self.checked = True
+                    got = got[1:]
+                result[done:stop] = got
+                done = stop
+        except Exception:  # the backward does not run under vmap: plain calls do the rest
+            self.batched = False
+        return done
+
+
+def _agree(a: np.ndarray, b: np.ndarray) -> bool:
+    scale = max(float(np.max(np.abs(b))) if b.size else 0.0, 1e-300)
+    with np.errstate(all="ignore"):
+        return bool(np.all(np.abs(a - b) <= 1e-12 * scale) or np.array_equal(a, b, equal_nan=True))
+
+
+def _concat(grads, sizes) -> np.ndarray:
+    import torch
+
+    parts = []
+    for g, n in zip(grads, sizes):
+        parts.append(np.zeros(n) if g is None else
+                     g.detach().reshape(-1).to(device="cpu", dtype=torch.float64).numpy())
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+class BatchedForward:
+    """f(rows) for many values of one input (the others fixed): the op's outputs, flat,
+    in float64, one row per point.  Tries, in order, torch.func.vmap, the op's own
+    broadcasting over a leading batch dimension, and a plain loop; a batched form is used
+    only when it reproduces plain calls on probe points."""
+
+    def __init__(self, spec: OpSpec, arrays: dict, name: str, dtype: str, device: str, out_shapes: list,
+                 rng: np.random.Generator):
+        import torch
+
+        self.spec, self.name, self.dtype, self.device = spec, name, dtype, device
+        self.td = torch_dtype(dtype)
+        self.out_shapes = [tuple(s) for s in out_shapes]
+        self.m = sum(math.prod(s) for s in self.out_shapes)
+        self.base = {k: torch.tensor(v, dtype=self.td, device=device) for k, v in arrays.items()}
+        self.shape = tuple(np.shape(arrays[name]))
+        self.n_in = math.prod(self.shape)
+        self.rank = max([t.ndim for t in self.base.values()] + [0])
+        self.calls = 0
+        self.mode = "loop"
+        self.noise = np.zeros(self.m)  # per output: how far batched rows may differ from plain calls
+        self._choose(np.asarray(arrays[name], dtype=np.float64), rng)
+
+    # -- the three ways to evaluate rows ---------------------------------------------------
+    def _inputs(self) -> dict:
+        """The fixed inputs, fresh for every call: an op that writes into its inputs must
+        not change the next call's point."""
+        return {k: v.clone() for k, v in self.base.items() if k != self.name}
+
+    def _plain(self, row: np.ndarray) -> np.ndarray:
+        import torch
+
+        tensors = self._inputs()
+        tensors[self.name] = torch.tensor(row.reshape(self.shape), dtype=self.td, device=self.device)
+        with torch.no_grad():
+            outs = call(self.spec, tensors, "forward (finite differences)")
+        self.calls += 1
+        self._check_shapes(outs)
+        return flat_numpy(outs)
+
+    def _vmap(self, rows: np.ndarray) -> np.ndarray:
+        import torch
+
+        def one(xb):
+            tensors = dict(fixed)
+            tensors[self.name] = xb
+            outs = _floating_outputs(self.spec.fn(*self.spec.arguments(tensors), **self.spec.kwargs))
+            return tuple(outs)
+
+        fixed = self._inputs()
+        x = torch.tensor(rows.reshape((rows.shape[0],) + self.shape), dtype=self.td, device=self.device)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            outs = torch.func.vmap(one)(x)
+        self.calls += 1
+        return self._collect(list(outs), rows.shape[0])
+
+    def _native(self, rows: np.ndarray) -> np.ndarray:
+        import torch
+
+        b = rows.shape[0]
+        padded = (b,) + (1,) * (self.rank - len(self.shape)) + self.shape
+        tensors = self._inputs()
+        tensors[self.name] = torch.tensor(rows.reshape(padded), dtype=self.td, device=self.device)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            outs = _floating_outputs(self.spec.fn(*self.spec.arguments(tensors), **self.spec.kwargs))
+        self.calls += 1
+        return self._collect(outs, b)
+
+    def _collect(self, outs: list, b: int) -> np.ndarray:
+        import torch
+
+        if len(outs) != len(self.out_shapes):
+            raise ValueError("batched call changed the number of outputs")
+        parts = []
+        for o, s in zip(outs, self.out_shapes):
+            if tuple(o.shape) != (b,) + s:
+                raise ValueError("batched call changed an output's shape")
+            parts.append(o.detach().reshape(b, -1).to(device="cpu", dtype=torch.float64))
+        return torch.cat(parts, dim=1).numpy()
+
+    def _check_shapes(self, outs: list) -> None:
+        shapes = [tuple(o.shape) for o in outs]
+        if shapes != self.out_shapes:
+            raise OpRaised("forward (finite differences)", ValueError(
+                f"the op's output shapes changed from {self.out_shapes} to {shapes} when only the values of "
+                f"{self.name!r} changed"))
+
+    def _choose(self, x: np.ndarray, rng: np.random.Generator) -> None:
+        """Probe points around x; keep the first batched form that reproduces plain calls."""
+        if self.n_in == 0:
+            return
+        scale = np.maximum(1.0, np.abs(x.reshape(-1)))
+        probes = np.stack([x.reshape(-1)] + [x.reshape(-1) + 1e-3 * scale * rng.standard_normal(self.n_in)
+                                             for _ in range(3)])
+        probes = self._representable(probes)
+        expected = np.stack([self._plain(p) for p in probes])
+        for mode, fn in (("vmap", self._vmap), ("native", self._native)):
+            try:
+                got = fn(probes)
+            except Exception:  # this batched form does not apply to the op: try the next
+                continue
+            if _same_rows(got, expected, self.dtype):
+                self.mode = mode
+                with np.errstate(all="ignore"):
+                    self.noise = np.nan_to_num(np.max(np.abs(got - expected), axis=0), nan=0.0)
+                return
+
+    def _representable(self, rows: np.ndarray) -> np.ndarray:
+        """Round rows to the dtype the op runs in (identity for float64)."""
+        if self.dtype == "float64":
+            return rows
+        import torch
+
+        return torch.tensor(rows, dtype=self.td).to(torch.float64).numpy()
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        """rows: (B, n_in) float64 points -> (B, m) float64 outputs."""
+        if self.mode == "loop":
+            return np.stack([self._plain(r) for r in rows]) if len(rows) else np.zeros((0, self.m))
+        per_call = max(1, CHUNK_ELEMENTS // max(1, self.n_in + self.m))
+        out = np.empty((rows.shape[0], self.m))
+        for start in range(0, rows.shape[0], per_call):
+            block = rows[start:start + per_call]
+            try:
+                out[start:start + len(block)] = self._vmap(block) if self.mode == "vmap" else self._native(block)
+            except Exception:  # a batch size the probe did not see broke it: fall back for good
+                self.mode = "loop"
+                out[start:] = self(rows[start:])
+                return out
+        return out
+
+
+def _same_rows(got: np.ndarray, expected: np.ndarray, dtype: str) -> bool:
+    if got.shape != expected.shape:
+        return False
+    eps = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}[dtype]
+    scale = np.maximum(np.abs(expected), np.max(np.abs(expected), axis=1, keepdims=True) * 1e-3)
+    with np.errstate(all="ignore"):
+        close = np.abs(got - expected) <= 64 * eps * scale
+    close |= (got == expected) | (np.isnan(got) & np.isnan(expected))
+    return bool(np.all(close))

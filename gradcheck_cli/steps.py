@@ -1,0 +1,327 @@
+"""`gradcheck steps`: finite-difference error against step size, the V-shaped curve.
+
+For each variable, one Jacobian entry is differenced at relative steps H from 1e-16 to
+1 (four per decade), exactly as `--eps H` would step it (h = H * max(1, |x|)), and
+compared with the exact derivative (SymPy, evaluated in float64).  Long steps show
+truncation error (slope 2 for central, 1 for forward, 6 for richardson on a log-log
+chart); short ones show rounding error growing as 1/h.  The best step is where the two
+meet; the step `check` would choose at this point is marked beside it.
+
+Which entry: the result's derivative with respect to the variable's element where it
+is largest in magnitude (for a scalar result and a scalar variable, simply d/dx).
+The largest entry is the one a wrong step distorts most in absolute terms, and it is
+never an exact zero that would make every step look perfect.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from gradcheck_cli.errors import UserInputError
+from gradcheck_cli.report import jsonable
+
+STEP_SCHEMES = ("central", "forward", "richardson", "complex")
+DECADES = (-16, 0)  # log10 of the smallest and largest relative step
+PER_DECADE = 4
+MAX_JACOBIAN = 1_000_000  # exact Jacobian entries computed to find the largest one
+SYMBOLIC_BUDGET_S = 60.0
+TABLE_STEPS = (1e-14, 1e-12, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2, 1.0)
+MARKS = "*o+x#@%&"
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One variable's error-against-step curve."""
+
+    wrt: str
+    element: tuple  # index of the differenced element of the variable (() for a scalar)
+    output: tuple  # index of the result element (() for a scalar result)
+    x: float  # the element's value
+    exact: float  # the exact derivative (or the reference's, see StepsResult.reference)
+    relative_steps: np.ndarray  # H
+    steps: np.ndarray  # h = H * max(1, |x|), as x + h represents it (NaN where it vanished)
+    finite_difference: np.ndarray
+    error: np.ndarray  # |finite_difference - exact|
+    default_step: float  # h that `check` chooses here for this scheme
+    default_fd: float
+    default_error_estimate: float
+
+    @property
+    def label(self) -> str:
+        """d(result)/d(name[element]), as the chart's legend says it."""
+        out = f"[{', '.join(map(str, self.output))}]" if self.output else ""
+        elem = f"[{', '.join(map(str, self.element))}]" if self.element else ""
+        return f"d result{out} / d {self.wrt}{elem}"
+
+    @property
+    def best(self) -> int | None:
+        """Index of the best step (None when no step gave a number): the smallest error
+        after a running median over half a decade each side, so that a step where the
+        rounding happened to cancel exactly does not pass for the best one."""
+        finite = np.isfinite(self.error)
+        if not finite.any():
+            return None
+        half = max(1, PER_DECADE // 2)
+        smooth = np.full(self.error.shape, np.inf)
+        for i in np.flatnonzero(finite):
+            window = self.error[max(0, i - half): i + half + 1]
+            smooth[i] = np.median(window[np.isfinite(window)])
+        return int(np.argmin(smooth))
+
+    @property
+    def default_relative(self) -> float:
+        return self.default_step / max(1.0, abs(self.x))
+
+    @property
+    def default_error(self) -> float:
+        return abs(self.default_fd - self.exact)
+
+    def to_dict(self) -> dict:
+        best = self.best
+        return {
+            "wrt": self.wrt, "element": list(self.element), "output": list(self.output), "x": jsonable(self.x),
+            "exact_derivative": jsonable(self.exact),
+            "points": [{"step": jsonable(float(H)), "h": jsonable(float(h)), "finite_difference": jsonable(float(f)),
+                        "error": jsonable(float(e))}
+                       for H, h, f, e in zip(self.relative_steps, self.steps, self.finite_difference, self.error)],
+            "best": None if best is None else {
+                "step": float(self.relative_steps[best]), "h": jsonable(float(self.steps[best])),
+                "error": jsonable(float(self.error[best]))},
+            "default": {"step": jsonable(self.default_relative), "h": jsonable(self.default_step),
+                        "finite_difference": jsonable(self.default_fd), "error": jsonable(self.default_error),
+                        "error_estimate": jsonable(self.default_error_estimate)},
+        }
+
+
+@dataclass(frozen=True)
+class StepsResult:
+    """Every variable's curve, and what produced them."""
+
+    expression: str
+    scheme: str
+    point: dict  # name -> array
+    reference: str  # "symbolic", or the finite-difference scheme used when SymPy could not
+    curves: tuple
+    notes: tuple = ()
+
+    def to_dict(self) -> dict:
+        """The JSON document of `gradcheck steps --json` (strict JSON: non-finite numbers as strings)."""
+        return {"command": "steps", "expression": self.expression, "fd_scheme": self.scheme,
+                "step_rule": "h = step * max(1, |x|), as --eps",
+                "reference": self.reference, "point": {k: jsonable(np.asarray(v)) for k, v in self.point.items()},
+                "curves": [c.to_dict() for c in self.curves], "notes": list(self.notes)}
+
+
+def relative_grid() -> np.ndarray:
+    """The relative steps H of every curve: PER_DECADE per decade over DECADES."""
+    lo, hi = DECADES
+    return 10.0 ** np.linspace(lo, hi, (hi - lo) * PER_DECADE + 1)
+
+
+def step_curves(expr: str, at: Any = None, *, wrt: Iterable[str] | None = None, loss: str = "none",
+                target: Any = None, fd: str = "central", seed: int = 0) -> StepsResult:
+    """Finite-difference error against step size for each variable (see the module doc).
+    Raises UserInputError on input that cannot be used, as `check` does."""
+    from gradcheck_cli.checker import TARGET, prepare
+    from gradcheck_cli.engines import finite_diff
+
+    if fd not in STEP_SCHEMES:
+        raise UserInputError(f"--fd for steps must be one of {', '.join(STEP_SCHEMES)} (one scheme per chart), "
+                             f"got {fd!r}")
+    prep = prepare(expr, at, wrt=wrt, loss=loss, target=target, seed=seed)
+    if fd == "complex":
+        blockers = finite_diff.non_analytic_calls(prep.root)
+        if blockers:
+            raise UserInputError(f"--fd complex needs a real-analytic expression, and {', '.join(blockers)} is not; "
+                                 "use central, forward or richardson")
+    arrays = {k: v.array for k, v in prep.values.items()}
+    out_shape = tuple(prep.node_shapes[id(prep.root)])
+    exact, reference, notes = _exact_jacobians(prep, arrays, out_shape)
+    grid = relative_grid()
+    max_numel = max(math.prod(s) for s in prep.node_shapes.values())
+    curves = []
+    for w in prep.wrt:
+        jac = np.asarray(exact[w], dtype=np.float64).reshape(math.prod(out_shape), -1)
+        o, j = _largest_entry(jac, w)
+        x = np.asarray(arrays[w], dtype=np.float64)
+        x0 = float(x.reshape(-1)[j])
+        h = grid * max(1.0, abs(x0))
+        fd_values = finite_diff.derivative_at_steps(prep.root, arrays, w, j, o, out_shape, scheme=fd, steps=h)
+        taken = h if fd == "complex" else (x0 + h) - x0
+        taken = np.where(taken > 0, taken, np.nan)
+        with np.errstate(all="ignore"):
+            error = np.abs(fd_values - jac[o, j])
+        chosen = finite_diff.jacobian(prep.root, arrays, w, out_shape, scheme=fd, max_numel=max_numel, seed=seed)
+        curves.append(Curve(
+            w, _unravel(j, x.shape), _unravel(o, out_shape), x0, float(jac[o, j]), grid, taken, fd_values, error,
+            float(chosen.entry_steps[o, j]), float(chosen.jacobian[o, j]), float(chosen.error[o, j])))
+    expression = expr if loss == "none" else f"{loss}({expr}, {TARGET})"
+    point = {k: arrays[k] for k in prep.values if k != TARGET}
+    return StepsResult(expression, fd, point, reference, tuple(curves), tuple(notes))
+
+
+def _unravel(flat: int, shape: tuple) -> tuple:
+    return tuple(int(i) for i in np.unravel_index(flat, shape)) if shape else ()
+
+
+def _largest_entry(jac: np.ndarray, name: str) -> tuple[int, int]:
+    """(output, element) of the largest finite |derivative|."""
+    mag = np.where(np.isfinite(jac), np.abs(jac), -1.0)
+    if mag.size == 0 or mag.max() < 0:
+        raise UserInputError(f"the derivative with respect to {name!r} is not finite at this point, so no step "
+                             "can be right; choose a point where the expression is differentiable")
+    o, j = np.unravel_index(int(np.argmax(mag)), jac.shape)
+    return int(o), int(j)
+
+
+def _exact_jacobians(prep, arrays: dict, out_shape: tuple) -> tuple[dict, str, list]:
+    """The exact Jacobians (SymPy, evaluated in float64); when SymPy cannot, the most
+    accurate finite differences, said so in a note."""
+    from gradcheck_cli.budget import OutOfTime, time_budget
+    from gradcheck_cli.engines import finite_diff, symbolic
+
+    n_out = math.prod(out_shape)
+    for w in prep.wrt:
+        if n_out * math.prod(prep.var_shapes[w]) > MAX_JACOBIAN:
+            raise UserInputError(f"the Jacobian of the result with respect to {w!r} has more than {MAX_JACOBIAN:,} "
+                                 "entries; chart a smaller value or reduce the result with sum(...)")
+    try:
+        with time_budget(SYMBOLIC_BUDGET_S):
+            model = symbolic.build(prep.root, prep.node_shapes, prep.var_shapes)
+            return symbolic.Evaluator(model, arrays).gradients(prep.wrt), "symbolic", []
+    except (OutOfTime, RecursionError, ValueError, TypeError, AttributeError, ZeroDivisionError,
+            OverflowError) as exc:
+        why = "it ran out of time" if isinstance(exc, OutOfTime) else f"{type(exc).__name__}: {exc}"
+    scheme, _ = finite_diff.resolve_scheme("auto", prep.root)
+    max_numel = max(math.prod(s) for s in prep.node_shapes.values())
+    jacs = {w: finite_diff.jacobian(prep.root, arrays, w, out_shape, scheme=scheme, max_numel=max_numel).jacobian
+            for w in prep.wrt}
+    note = (f"SymPy could not differentiate the expression ({why}); errors are measured against {scheme} "
+            "finite differences instead, so the curve's floor is that reference's own error")
+    return jacs, scheme, [note]
+
+
+# ---- rendering ------------------------------------------------------------------------------------
+
+def render_steps(result: StepsResult, *, as_json: bool, plot: Path | None) -> None:
+    """Write the plot file (if asked) first, so a bad path fails before any output; then
+    the JSON document or the terminal chart and table on stdout."""
+    if plot is not None:
+        from gradcheck_cli.render.plot import write_plot
+
+        write_plot(result, Path(plot))
+    if as_json:
+        import json
+
+        sys.stdout.write(json.dumps(result.to_dict(), allow_nan=False, indent=2) + "\n")
+    else:
+        sys.stdout.write("\n".join(text_report(result)) + "\n")
+        if plot is not None:
+            sys.stdout.write(f"wrote {plot}\n")
+    sys.stdout.flush()
+
+
+def _fmt(v: float, digits: int = 2) -> str:
+    if v is None or not math.isfinite(v):
+        return "nan" if v is None or math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if v == 0:
+        return "0"
+    return f"{v:.{digits}e}"
+
+
+def text_report(result: StepsResult, width: int = 65, height: int = 16) -> list[str]:
+    """The chart, the legend, a table of a few steps per curve, and the best steps."""
+    lines = [f"finite-difference error against step: {result.scheme} differences of {result.expression}",
+             f"reference: {'exact (SymPy, evaluated in float64)' if result.reference == 'symbolic' else result.reference}"]
+    lines += [""] + text_chart(result.curves, width, height) + [""]
+    for mark, c in zip(_marks(len(result.curves)), result.curves):
+        lines += _curve_table(mark, c, result.scheme)
+    lines += [f"note: {n}" for n in result.notes]
+    lines.append("step = H as --eps takes it: an element x moves by h = H * max(1, |x|)")
+    return lines
+
+
+def _marks(n: int) -> list[str]:
+    return [MARKS[i % len(MARKS)] for i in range(n)]
+
+
+def text_chart(curves, width: int = 65, height: int = 16) -> list[str]:
+    """A log-log chart in plain characters: error (rows) against relative step (columns).
+    Zero errors sit on the bottom row; steps that gave no number are left out."""
+    lo, hi = DECADES
+    logs = [np.log10(c.error[np.isfinite(c.error) & (c.error > 0)]) for c in curves]
+    finite = np.concatenate(logs) if logs else np.array([])
+    y_lo = math.floor(finite.min()) if finite.size else -16
+    y_hi = math.ceil(finite.max()) if finite.size else 0
+    y_hi = max(y_hi, y_lo + 1)
+    grid = [[" "] * width for _ in range(height)]
+    markers = []
+    for mark, c in zip(_marks(len(curves)), curves):
+        for H, e in zip(c.relative_steps, c.error):
+            if not np.isfinite(e):
+                continue
+            col = round((math.log10(H) - lo) / (hi - lo) * (width - 1))
+            ly = math.log10(e) if e > 0 else y_lo
+            row = round((y_hi - ly) / (y_hi - y_lo) * (height - 1))
+            grid[min(max(row, 0), height - 1)][col] = mark
+        row = [" "] * width
+        for label, H in (("d", c.default_relative), ("b", None if c.best is None else c.relative_steps[c.best])):
+            if H is not None and np.isfinite(H) and H > 0:
+                col = round((math.log10(H) - lo) / (hi - lo) * (width - 1))
+                if 0 <= col < width:
+                    row[col] = label if row[col] == " " else "B"
+        markers.append((mark, "".join(row).rstrip()))
+    label_w = 7
+    labels: dict[int, str] = {}  # row -> the decade it is closest to, every `every` decades
+    every = max(1, math.ceil((y_hi - y_lo) / ((height + 1) // 2)))
+    for d in range(y_hi, y_lo - 1, -1):
+        if (y_hi - d) % every == 0:
+            labels.setdefault(round((y_hi - d) / (y_hi - y_lo) * (height - 1)), f"1e{d:+03d}")
+    out = ["|error|".rjust(label_w)]
+    for r, cells in enumerate(grid):
+        out.append(f"{labels.get(r, ''):>{label_w}} |{''.join(cells).rstrip()}")
+    out.append(" " * label_w + " +" + "-" * width)
+    axis = [" "] * (width + 6)
+    for d in range(lo, hi + 1, 4):
+        col = round((d - lo) / (hi - lo) * (width - 1))
+        text = f"1e{d:+03d}"
+        start = min(max(col - len(text) // 2, 0), width + 6 - len(text))
+        axis[start:start + len(text)] = list(text)
+    out.append(" " * (label_w + 2) + "".join(axis).rstrip() + "   step")
+    for mark, row in markers:
+        out.append(f"{mark:>{label_w}}  {row}")
+    out.append(" " * (label_w + 2) + "d: the step check chooses here   b: the best step   B: both")
+    if any(np.any(c.error == 0) for c in curves):
+        out.append(" " * (label_w + 2) + "(points on the bottom row: error exactly 0, rounding that happened to cancel)")
+    return out
+
+
+def _curve_table(mark: str, c: Curve, scheme: str) -> list[str]:
+    head = f"{mark} {c.label} at {c.wrt}{_index(c.element)} = {c.x:.10g}: exact {c.exact:.15g}"
+    rows = [("step", "h", "finite difference", "|error|", "relative")]
+    picks = [int(np.argmin(np.abs(np.log10(c.relative_steps) - math.log10(H)))) for H in TABLE_STEPS]
+    best = c.best
+    if best is not None and best not in picks:
+        picks.append(best)
+    for i in sorted(set(picks)):
+        rel = c.error[i] / abs(c.exact) if c.exact != 0 else float("nan")
+        tag = "  <- best" if i == best else ""
+        rows.append((f"{c.relative_steps[i]:.2e}", _fmt(c.steps[i]), _fmt(c.finite_difference[i], 15),
+                     _fmt(c.error[i]), _fmt(rel) + tag))
+    widths = [max(len(r[k]) for r in rows) for k in range(4)]
+    table = [head] + ["  " + "  ".join(r[k].rjust(widths[k]) for k in range(4)) + "  " + r[4] for r in rows]
+    if best is not None:
+        table.append(f"  best step {c.relative_steps[best]:.2e} (h = {_fmt(c.steps[best])}): error {_fmt(c.error[best])}")
+    table.append(f"  check's {scheme} step here {_fmt(c.default_relative)} (h = {_fmt(c.default_step)}): error "
+                 f"{_fmt(c.default_error)}, estimated {_fmt(c.default_error_estimate)}")
+    return table + [""]
+
+
+def _index(idx: tuple) -> str:
+    return f"[{', '.join(map(str, idx))}]" if idx else ""

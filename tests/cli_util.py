@@ -1,0 +1,59 @@
+"""Run the installed `gradcheck` console script in a subprocess, as a user or CI job does.
+
+A subprocess is the only honest way to see what a user sees: the real entry point
+(`gradcheck_cli.cli:main`), real pipes (not terminals), and whatever the interpreter
+prints on its way out (a traceback, a BrokenPipeError during the final flush).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def gradcheck_command() -> list[str]:
+    """The console script next to this interpreter, else `python -m gradcheck_cli`."""
+    script = shutil.which("gradcheck", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-m", "gradcheck_cli"]
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+    elapsed: float
+
+
+def clean_env(**extra: str) -> dict:
+    """The environment minus anything that changes output style, plus `extra`."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NO_COLOR", "FORCE_COLOR", "PY_COLORS", "CLICOLOR_FORCE", "TERM", "COLUMNS")}
+    env["PYTHONIOENCODING"] = "utf-8"
+    env.update(extra)
+    return env
+
+
+def run_gradcheck(args: list[str], *, cwd: Path | str | None = None, env: dict | None = None,
+                  timeout: float = 120) -> Result:
+    """Run `gradcheck ARGS` with stdout and stderr captured through pipes."""
+    started = time.perf_counter()
+    proc = subprocess.run(gradcheck_command() + list(args), cwd=cwd, env=env or clean_env(),
+                          capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    elapsed = time.perf_counter() - started
+    return Result(proc.returncode, proc.stdout.decode("utf-8", errors="replace"),
+                  proc.stderr.decode("utf-8", errors="replace"), elapsed)
+
+
+def unsafe_characters(text: str) -> list[str]:
+    """Characters that must never reach a terminal from user input: control characters
+    other than newline (ESC starts escape codes, CR overwrites the line) and format
+    characters (bidi overrides such as U+202E reorder what the reader sees)."""
+    return [f"U+{ord(c):04X}" for c in text
+            if c != "\n" and unicodedata.category(c) in ("Cc", "Cf")]

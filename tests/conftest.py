@@ -1,0 +1,64 @@
+"""Shared fixtures: the CLI through typer's CliRunner, and a strict JSON reader."""
+
+from __future__ import annotations
+
+import json
+from typing import NamedTuple
+
+import pytest
+
+
+class CliResult(NamedTuple):
+    """What a CLI run left behind: unpacks as (exit_code, stdout, stderr)."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_cli():
+    """Run `gradcheck ARGS...` in-process; returns (exit_code, stdout, stderr).
+
+    stdout and stderr are captured separately (this typer's CliRunner keeps them apart).
+    An exception other than SystemExit escaping the command is exactly what a user would
+    see as a traceback, so it is re-raised here and fails the test.
+    """
+    from typer.testing import CliRunner
+
+    from gradcheck_cli.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str, env: dict | None = None) -> CliResult:
+        result = runner.invoke(app, list(args), env=env, catch_exceptions=True)
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return CliResult(result.exit_code, result.stdout, result.stderr)
+
+    return invoke
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"non-standard JSON constant {name} (NaN/Infinity are not JSON)")
+
+
+def strict_loads(text: str):
+    """json.loads that refuses NaN, Infinity and -Infinity, as RFC 8259 does."""
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+@pytest.fixture
+def strict_json():
+    """The strict JSON reader, as a fixture."""
+    return strict_loads
+
+
+SEED_ARGS = ("check", "sigmoid(w*x+b)", "--loss", "bce", "--target", "0", "--at", "w=2", "--at", "b=1",
+             "--at", "x=6.7", "--wrt", "w,b")
+
+
+@pytest.fixture
+def seed_args():
+    """The seed notebook's example as CLI arguments (add --dtype and --json as needed)."""
+    return list(SEED_ARGS)

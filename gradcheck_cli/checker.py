@@ -21,7 +21,7 @@ from gradcheck_cli.values import Value, parse_value, parse_values, redraw
 
 LOSSES = ("none", "bce", "bce_logits", "mse")
 TARGET = "target"
-SYMBOLIC_BUDGET_S = 60.0
+SYMBOLIC_BUDGET_S = 20.0  # seconds of SymPy work before the symbolic column gives up
 # What SymPy (and its printers: lambdify cannot print zoo, x/0) may raise on an expression
 # it cannot handle: the symbolic column becomes null with a diagnostic, never a traceback.
 SYMPY_FAILURES = (RecursionError, ValueError, TypeError, AttributeError, KeyError, NameError, ArithmeticError,
@@ -425,6 +425,9 @@ def _hessian(prep, arrays, ref_arrays, auto, tol, opts, scheme):
             sym_h = symbolic.hessian(prep.root, prep.var_shapes, ref_arrays, prep.wrt)
     except (OutOfTime, *SYMPY_FAILURES) as exc:
         diags.append(Diagnostic("symbolic_unavailable", f"symbolic Hessian unavailable ({type(exc).__name__})"))
+    if sym_h is None and not diags:
+        diags.append(Diagnostic("symbolic_unavailable", "the symbolic Hessian expands every element and is "
+                                f"limited to {symbolic.MAX_EXPANDED_ELEMENTS} elements in all; symbolic is null"))
     fd_h = _fd_hessian(prep, ref_arrays, opts)
     result = cmp.compare("hessian", auto.hessian, sym_h, fd_h, np.abs(fd_h) * 1e-6 + 1e-8, tol)
     diags.extend(result.diagnostics)

@@ -29,9 +29,9 @@ app = typer.Typer(
 
 FD_HELP = ("finite-difference scheme: auto (complex step where the expression is real-analytic, else "
            "richardson), central, forward, richardson, complex")
-EPS_HELP = ("finite-difference step, RELATIVE: each element x is stepped by H*max(1,|x|) (so H is absolute "
-            "for |x| <= 1). Default per scheme: central cbrt(eps)=6.1e-6, forward sqrt(eps)=1.5e-8, "
-            "richardson 1e-3, complex 1e-20")
+EPS_HELP = ("finite-difference step, RELATIVE: with --eps H each element x is stepped by exactly H*max(1,|x|) "
+            "(so H is absolute for |x| <= 1). Default: chosen per point among H*|x|^p (p = 0, 1/2, 1) with "
+            "H = cbrt(eps)=6.1e-6 central, sqrt(eps)=1.5e-8 forward, 1e-3 richardson, 1e-20 complex")
 TOL_HELP = ("elementwise: |autograd - reference| <= atol + rtol*|reference| (+3x the finite-difference error "
             f"estimate against finite differences). Defaults: {describe_tolerances()}")
 
@@ -140,7 +140,7 @@ def _progress(label: str, enabled: bool):
 
 @app.command()
 def check(
-    expr: str = typer.Argument(..., help="the expression, e.g. \"sigmoid(w*x+b)\""),
+    expr: str = typer.Argument(..., metavar="EXPR", help="the expression, e.g. \"sigmoid(w*x+b)\""),
     at: Optional[List[str]] = _at_option(),
     wrt: Optional[str] = _common_options()["wrt"],
     loss: str = typer.Option("none", "--loss", help="none, bce, bce_logits, mse: check loss(EXPR, target)"),
@@ -173,7 +173,7 @@ def check(
 
 @app.command()
 def op(
-    target: str = typer.Argument(..., help="FILE.py:ATTR or package.module:ATTR (a torch.autograd.Function "
+    target: str = typer.Argument(..., metavar="TARGET", help="FILE.py:ATTR or package.module:ATTR (a torch.autograd.Function "
                                            "subclass is called through .apply)"),
     at: Optional[List[str]] = _at_option(),
     kw: Optional[List[str]] = typer.Option(None, "--kw", metavar="NAME=VALUE",
@@ -210,7 +210,7 @@ def op(
 
 @app.command()
 def run(
-    paths: List[Path] = typer.Argument(..., help="spec files, or folders searched for *.toml"),
+    paths: List[Path] = typer.Argument(..., metavar="PATH", help="spec files, or folders searched for *.toml"),
     shard: Optional[str] = typer.Option(None, "--shard", metavar="K/N", help="run the K-th of N disjoint, "
                                         "stable slices (by check name); together they cover every check"),
     jobs: int = typer.Option(1, "--jobs", help="worker processes"),
@@ -243,12 +243,12 @@ def run(
 
 @app.command()
 def steps(
-    expr: str = typer.Argument(..., help="the expression"),
+    expr: str = typer.Argument(..., metavar="EXPR", help="the expression"),
     at: Optional[List[str]] = _at_option(),
     wrt: Optional[str] = _common_options()["wrt"],
     loss: str = typer.Option("none", "--loss", help="none, bce, bce_logits, mse"),
     target: Optional[str] = typer.Option(None, "--target", help="the loss target"),
-    fd: str = typer.Option("central", "--fd", help="central, forward or richardson"),
+    fd: str = typer.Option("central", "--fd", help="central, forward, richardson or complex"),
     seed: int = typer.Option(0, "--seed", help="seed of the value generators"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="write the chart to FILE (.svg, or .png with "
                                                              "matplotlib installed)"),

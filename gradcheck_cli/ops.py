@@ -420,8 +420,8 @@ def _check_gradients(pt: Point, tensors: dict, outs: list, layout: OutputLayout,
     from gradcheck_cli import ops_fast, ops_full
 
     spec, opts = pt.prep.spec, pt.opts
-    f64 = _float64_outputs(pt, layout)
-    if f64 is not None:
+    f64 = _float64_outputs(pt, layout, outs)
+    if f64 is not None and opts.dtype != "float64":
         value["float64"] = _report_values(f64, layout)
         _precision_note(pt, value["torch"], f64)
     sym = _reference_checks(pt, outs, layout, value, f64)
@@ -439,40 +439,32 @@ def _check_gradients(pt: Point, tensors: dict, outs: list, layout: OutputLayout,
     return runner(pt, tensors, outs, layout, f64, sym)
 
 
-def _float64_outputs(pt: Point, layout: OutputLayout) -> np.ndarray | None:
-    """The op re-run in float64 at the dtype's point: the finite differences' reference.
-    None when the op cannot run in float64 (then they use the op's own dtype)."""
-    from gradcheck_cli.ops_runner import BadOutput, OpRaised, call, flat_numpy, make_tensors
-
-    if pt.opts.dtype == "float64":
-        pt.extra["fd_dtype"] = "float64"
-        tensors = make_tensors(pt.prep.spec, pt.ref_arrays, "float64", pt.opts.device, grad=False)
-        import torch
-
-        with torch.no_grad():
-            try:
-                outs = call(pt.prep.spec, tensors)
-            except (OpRaised, BadOutput):
-                return None
-        return flat_numpy(outs)
+def _float64_outputs(pt: Point, layout: OutputLayout, outs: list) -> np.ndarray | None:
+    """The op re-run in float64 at the dtype's point: the finite differences' reference
+    (in float64 that is the forward already run).  None when the op cannot run in
+    float64; finite differences then use the op's own dtype."""
     import torch
 
+    from gradcheck_cli.ops_runner import BadOutput, OpRaised, call, flat_numpy, make_tensors
+
+    pt.extra["fd_dtype"] = "float64"
+    if pt.opts.dtype == "float64":
+        return flat_numpy(outs)
     try:
         tensors = make_tensors(pt.prep.spec, pt.ref_arrays, "float64", pt.opts.device, grad=False)
         with torch.no_grad():
-            outs = call(pt.prep.spec, tensors)
-        if [tuple(o.shape) for o in outs] != list(layout.shapes):
-            raise BadOutput("different output shapes in float64")
+            outs64 = call(pt.prep.spec, tensors)
+        if [tuple(o.shape) for o in outs64] != list(layout.shapes):
+            raise BadOutput(f"its output shapes differ in float64: {[list(o.shape) for o in outs64]}")
     except (OpRaised, BadOutput) as exc:
         why = exc.message if isinstance(exc, OpRaised) else str(exc)
         pt.note("reference_low_precision", (
             f"the op cannot run in float64 ({why}); finite differences use {pt.opts.dtype} with wider steps and "
-            "their error estimate" + (", and --reference's exact derivatives decide" if pt.prep.reference else
+            "their error estimate" + (", next to --reference's exact derivatives" if pt.prep.reference else
                                       "; give --reference for an exact check")))
         pt.extra["fd_dtype"] = pt.opts.dtype
         return None
-    pt.extra["fd_dtype"] = "float64"
-    return flat_numpy(outs)
+    return flat_numpy(outs64)
 
 
 def _precision_note(pt: Point, low: np.ndarray, f64: np.ndarray) -> None:

@@ -257,49 +257,6 @@ def _spread(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.nanmax(d)) if d.size else 0.0
 
 
-# ---- rounding noise of a low-precision backward ----------------------------------------------
-
-ROUNDING_TRIALS = 3
-
-
-def rounding_noise(spec, arrays: dict, dtype: str, device: str, m: int, rng: np.random.Generator) -> dict | None:
-    """How much the backward's answer moves when its inputs move by an ulp or two, per
-    input element: in float32 and below a correct backward can lose digits to
-    cancellation (1e6·tanh(x) computes 1 - tanh² near 1), and only the op shows how many.
-    A smooth derivative barely changes over an ulp, so the spread is the backward's own
-    rounding; it widens the tolerance where, and only where, it is large.  None in float64."""
-    if dtype == "float64":
-        return None
-    import torch
-
-    from gradcheck_cli.ops_runner import grads_numpy, torch_dtype
-
-    wrt = list(spec.wrt)
-    v = rng.choice(np.array([-1.0, 1.0]), m)
-    td = torch_dtype(dtype)
-
-    def grads_at(point: dict) -> dict:
-        tensors = make_tensors(spec, point, dtype, device)
-        outs = call(spec, tensors, "forward (rounding probe)")
-        got = grads_numpy(vjp(outs, [tensors[w] for w in wrt], _as_tensors(v, outs),
-                              phase="backward (rounding probe)"), [tensors[w] for w in wrt])
-        return {w: (np.zeros(tensors[w].numel()) if g is None else g) for w, g in zip(wrt, got)}
-
-    base = grads_at(arrays)
-    noise = {w: np.zeros_like(g) for w, g in base.items()}
-    for _ in range(ROUNDING_TRIALS):
-        moved = dict(arrays)
-        for w in wrt:
-            t = torch.tensor(np.asarray(arrays[w], dtype=np.float64), dtype=td)
-            step = torch.tensor(rng.choice(np.array([-2.0, 2.0]), t.shape), dtype=td) * EPS[dtype]
-            moved[w] = (t * (1 + step)).to(torch.float64).numpy()
-        got = grads_at(moved)
-        for w in wrt:
-            with np.errstate(invalid="ignore"):
-                noise[w] = np.maximum(noise[w], np.nan_to_num(np.abs(got[w] - base[w]), nan=0.0, posinf=0.0))
-    return noise
-
-
 # ---- mutation --------------------------------------------------------------------------------
 
 def snapshot(tensors: dict) -> dict:

@@ -3,15 +3,17 @@
 An autograd entry a passes against a reference r (finite differences in float64, or the
 exact derivative of --reference) when
 
-    |a - r| <= atol + rtol·|r| + scale·S + 3·fd_error
+    |a - r| <= atol + rtol·|r| + scale·S + output·|f| + 3·fd_error
 
 where S is the largest reference magnitude in the entry's output row or input column
 (the size of the numbers the backward works with, so rounding in low precision is not
-mistaken for a bug where an entry is small next to its neighbours), and fd_error is the
-finite-difference error estimate (step halving plus rounding; 0 against the exact
-derivative).  In float64 the floor is far below a 2e-5 relative bug and far above
-finite-difference noise (~1e-10).  --atol replaces atol and drops the scale term;
---rtol replaces rtol.
+mistaken for a bug where an entry is small next to its neighbours), |f| is the output
+element's magnitude (backward formulas reuse saved outputs: 1e6·tanh(x) near
+saturation computes 1 - tanh², which float32 knows to 1e6·eps absolute only), `output`
+is 4 epsilons of the dtype, and fd_error is the finite-difference error estimate (step
+halving plus rounding; 0 against the exact derivative).  In float64 the floor is far
+below a 2e-5 relative bug and far above finite-difference noise (~1e-10).  --atol
+replaces atol and drops the scale and output terms; --rtol replaces rtol.
 
 When a gradient fails, the failure is localized (output element, input element, both
 values) and, where the numbers show a pattern, named: scale_error, wrong_sign,
@@ -27,11 +29,11 @@ import numpy as np
 
 from gradcheck_cli.report import Diagnostic, GradientResult, _number, jsonable
 
-OP_TOLERANCES = {
-    "float64": {"atol": 1e-12, "rtol": 1e-7, "scale": 1e-10},
-    "float32": {"atol": 1e-6, "rtol": 1e-4, "scale": 1e-5},
-    "float16": {"atol": 1e-3, "rtol": 1e-2, "scale": 1e-2},
-    "bfloat16": {"atol": 1e-2, "rtol": 5e-2, "scale": 5e-2},
+OP_TOLERANCES = {  # output: 4 x the dtype's epsilon
+    "float64": {"atol": 1e-12, "rtol": 1e-7, "scale": 1e-10, "output": 4 * 2.0**-52},
+    "float32": {"atol": 1e-6, "rtol": 1e-4, "scale": 1e-5, "output": 4 * 2.0**-23},
+    "float16": {"atol": 1e-3, "rtol": 1e-2, "scale": 1e-2, "output": 4 * 2.0**-10},
+    "bfloat16": {"atol": 1e-2, "rtol": 5e-2, "scale": 5e-2, "output": 4 * 2.0**-7},
 }
 FD_SAFETY = 3.0
 JSON_DENSE_LIMIT = 262_144  # Jacobian entries written as nested lists; larger ones as an entry list
@@ -44,6 +46,7 @@ def op_tolerance(dtype: str, atol: float | None = None, rtol: float | None = Non
     if atol is not None:
         tol["atol"] = float(atol)
         tol["scale"] = 0.0
+        tol["output"] = 0.0
     if rtol is not None:
         tol["rtol"] = float(rtol)
     tol["fd_safety"] = FD_SAFETY
@@ -51,7 +54,8 @@ def op_tolerance(dtype: str, atol: float | None = None, rtol: float | None = Non
 
 
 def describe_tolerances() -> str:
-    return "; ".join(f"{d}: atol {t['atol']:g}, rtol {t['rtol']:g}, scale {t['scale']:g}"
+    """One line per dtype, for help texts."""
+    return "; ".join(f"{d}: atol {t['atol']:g}, rtol {t['rtol']:g}, scale {t['scale']:g}, output {t['output']:.3g}"
                      for d, t in OP_TOLERANCES.items())
 
 

@@ -99,8 +99,10 @@ def _one_input(pt, w, layout, batch, f0, G, V, U, rows, exact, off, n, sym, eps_
     if sym is not None:
         refs.append(("symbolic", np.einsum("km,km->k", V, U @ sym.T), np.zeros(PROJECTIONS)))
     proj_ok = np.isfinite(s_ad)
+    rounding = tol["output"] * (np.abs(V) @ np.abs(f0)) * np.max(np.abs(U), axis=1)  # see ops_compare
     for label, s_ref, err in refs:
-        allowed = tol["atol"] + tol["rtol"] * np.abs(s_ref) + tol["scale"] * terms + oc.FD_SAFETY * err
+        allowed = (tol["atol"] + tol["rtol"] * np.abs(s_ref) + tol["scale"] * terms + rounding
+                   + oc.FD_SAFETY * err)
         with np.errstate(invalid="ignore"):
             good = np.abs(s_ad - s_ref) <= allowed
         if not good.all():
@@ -126,7 +128,7 @@ def _one_input(pt, w, layout, batch, f0, G, V, U, rows, exact, off, n, sym, eps_
     rr, cc = np.meshgrid(rows, cols, indexing="ij")
     sym_vals = None if sym is None else sym[rr, cc].reshape(-1)
     v = oc.judge(rr.reshape(-1), cc.reshape(-1), layout.m, n, auto.reshape(-1), fd_vals.reshape(-1),
-                 fd_err.reshape(-1), sym_vals, tol)
+                 fd_err.reshape(-1), sym_vals, tol, extra=tol["output"] * np.abs(f0[rr.reshape(-1)]))
     rest_ok = _remainder(pt, w, layout, batch, x, cols, rows, block, f0, eps_dtype)
     passed = bool(proj_ok.all()) and v.passed and rest_ok
     if not v.passed:

@@ -126,8 +126,19 @@ def _moved(out: np.ndarray, f0: np.ndarray, threshold: np.ndarray) -> np.ndarray
         return ~(np.abs(out - f0[None]) <= threshold[None])
 
 
-def bit_pattern(batch: BatchedForward, x: np.ndarray, plus: np.ndarray, f0: np.ndarray,
-                threshold: np.ndarray) -> tuple | None:
+def _rows_per_call(batch: BatchedForward) -> int:
+    """Rows per batched call, leaving room for the unperturbed row each call carries."""
+    return max(1, CHUNK_ELEMENTS // max(1, batch.n_in + batch.m) - 1)
+
+
+def _with_base(batch: BatchedForward, x: np.ndarray, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Evaluate `block` together with the unperturbed point, so differences are taken
+    between values computed the same way (the same batch, the same kernel)."""
+    out = batch(np.concatenate([x[None], block]))
+    return out[1:], out[0]
+
+
+def bit_pattern(batch: BatchedForward, x: np.ndarray, plus: np.ndarray, threshold: np.ndarray) -> tuple | None:
     """Nonzeros in 2·log2(n) rows when every output depends on at most one element (an
     elementwise, broadcasting or permuting op): row pair b perturbs the elements whose
     index has bit b set, and those whose index has it clear; exactly one of the pair
@@ -141,7 +152,8 @@ def bit_pattern(batch: BatchedForward, x: np.ndarray, plus: np.ndarray, f0: np.n
         mask = ((index >> b) & 1).astype(bool)
         rows.append(np.where(mask, x + plus, x))
         rows.append(np.where(mask, x, x + plus))
-    moved = _moved(batch(np.stack(rows)), f0, threshold)
+    out, base = _with_base(batch, x, np.stack(rows))
+    moved = _moved(out, base, threshold)
     on, off = moved[0::2], moved[1::2]
     if np.any(on & off):
         return None
@@ -153,25 +165,27 @@ def bit_pattern(batch: BatchedForward, x: np.ndarray, plus: np.ndarray, f0: np.n
     jj = (on[:, oo].astype(np.int64) << np.arange(bits)[:, None]).sum(axis=0)
     if np.any(jj >= n):
         return None
-    return jj, oo, 2 * bits
+    return jj, oo, 2 * bits + 1
 
 
-def column_pattern(batch: BatchedForward, x: np.ndarray, plus: np.ndarray, f0: np.ndarray,
-                   threshold: np.ndarray) -> tuple:
+def column_pattern(batch: BatchedForward, x: np.ndarray, plus: np.ndarray, threshold: np.ndarray) -> tuple:
     """Nonzeros by one row per element: the outputs that move when element j moves."""
-    n, m = x.size, batch.m
+    n = x.size
     jj, oo = [], []
-    per = max(1, CHUNK_ELEMENTS // max(1, n + m))
+    per = _rows_per_call(batch)
+    calls = 0
     for start in range(0, n, per):
         cols = np.arange(start, min(n, start + per))
         block = np.repeat(x[None], cols.size, axis=0)
         block[np.arange(cols.size), cols] += plus[cols]
-        r, o = np.nonzero(_moved(batch(block), f0, threshold))
+        out, base = _with_base(batch, x, block)
+        calls += 1
+        r, o = np.nonzero(_moved(out, base, threshold))
         jj.append(cols[r])
         oo.append(o)
     jj = np.concatenate(jj) if jj else np.zeros(0, dtype=np.int64)
     oo = np.concatenate(oo) if oo else np.zeros(0, dtype=np.int64)
-    return jj, oo, n
+    return jj, oo, n + calls
 
 
 def fd_entries(batch: BatchedForward, x: np.ndarray, f0: np.ndarray, scheme: str, eps: float | None,
@@ -186,12 +200,12 @@ def fd_entries(batch: BatchedForward, x: np.ndarray, f0: np.ndarray, scheme: str
     # 1. pattern: which outputs move when element j moves
     threshold = 4 * batch.noise
     plus = disp[deltas.index(1)]
-    found = bit_pattern(batch, x, plus, f0, threshold) if try_bits and n > 2 else None
+    found = bit_pattern(batch, x, plus, threshold) if try_bits and n > 2 else None
     pattern = "bits"
     rows_evaluated = 0
     if found is None:
-        rows_evaluated = 0 if not (try_bits and n > 2) else 2 * max(1, int(math.ceil(math.log2(n))))
-        found = column_pattern(batch, x, plus, f0, threshold)
+        rows_evaluated = 0 if not (try_bits and n > 2) else 2 * max(1, int(math.ceil(math.log2(n)))) + 1
+        found = column_pattern(batch, x, plus, threshold)
         pattern = "columns"
     jj, oo, used = found
     rows_evaluated += used
@@ -203,8 +217,9 @@ def fd_entries(batch: BatchedForward, x: np.ndarray, f0: np.ndarray, scheme: str
     jj, oo = jj[order], oo[order]
     entry_color = colors[jj]
     values = np.empty((jj.size, len(deltas)))
+    base_values = np.empty(jj.size)  # f at the point, from the same call as the entry's stencil
     nd = len(deltas)
-    groups_per_call = max(1, CHUNK_ELEMENTS // max(1, nd * (n + m)))
+    groups_per_call = max(1, _rows_per_call(batch) // nd)
     members = np.argsort(colors, kind="stable")
     member_bounds = np.searchsorted(colors[members], np.arange(n_groups + 1))
     entry_bounds = np.searchsorted(entry_color, np.arange(n_groups + 1))
@@ -217,11 +232,13 @@ def fd_entries(batch: BatchedForward, x: np.ndarray, f0: np.ndarray, scheme: str
             cols = members[member_bounds[g]:member_bounds[g + 1]]
             for k in range(nd):
                 block[(g - g0) * nd + k, cols] += disp[k, cols]
-        out = batch(block).reshape(g1 - g0, nd, m)
-        rows_evaluated += block.shape[0]
+        out, base = _with_base(batch, x, block)
+        out = out.reshape(g1 - g0, nd, m)
+        rows_evaluated += block.shape[0] + 1
         sl = slice(entry_bounds[g0], entry_bounds[g1])
         values[sl] = out[(entry_color[sl] - g0)[:, None], np.arange(nd)[None, :], oo[sl][:, None]]
-    est, err, kink, lo, hi = combine(scheme, deltas, values, f0[oo], disp[:, jj], noise[oo])
+        base_values[sl] = base[oo[sl]]
+    est, err, kink, lo, hi = combine(scheme, deltas, values, base_values, disp[:, jj], noise[oo])
     return FDEntries(batch.name, n, m, oo, jj, est, err, kink, lo, hi, h, f0, noise, n_groups, rows_evaluated,
                      batch.mode, scheme, pattern)
 

@@ -177,85 +177,81 @@ def grads_numpy(grads, tensors: list) -> list:
 
 
 class VJPMany:
-    """Vector-Jacobian products for many grad_outputs at once: one batched backward
-    (is_grads_batched) when the op's backward supports it and agrees with a plain call,
-    else a loop of plain calls."""
+    """Vector-Jacobian products for many grad_outputs at once: batched backward calls
+    (is_grads_batched, i.e. vmap over the backward) when the op's backward runs that way
+    and agrees with a plain call, else a loop of plain calls."""
 
     def __init__(self, outputs: list, inputs: list, allow_batched: bool = True):
         self.outputs, self.inputs = outputs, inputs
+        self.sizes = [x.numel() for x in inputs]
         self.batched = allow_batched
-        self.checked = False
+        self.checked = False  # a batched result has been compared with a plain one
         self.calls = 0
         self.none: set = set()  # inputs the backward returned None for
 
     def __call__(self, vectors: np.ndarray) -> np.ndarray:
         """vectors: (k, m) float64 -> (k, N) float64 gradients, inputs concatenated
-        (NaN-free; None gradients are zeros, reported separately)."""
-        import torch
-
-        k = vectors.shape[0]
-        sizes = [x.numel() for x in self.inputs]
-        result = np.zeros((k, sum(sizes)))
-        start = 0
-        if self.batched and k > 1:
-            start = self._try_batched(vectors, result)
-        for i in range(start, k):
-            grads = vjp(self.outputs, self.inputs, unflatten(vectors[i], self.outputs))
-            self.calls += 1
-            self._note_none(grads)
-            result[i] = _concat(grads, sizes)
-        del torch
+        (None gradients are zeros here; `none` records them)."""
+        result = np.zeros((vectors.shape[0], sum(self.sizes)))
+        done = self._try_batched(vectors, result) if self.batched and vectors.shape[0] > 1 else 0
+        for i in range(done, vectors.shape[0]):
+            result[i] = self._plain(vectors[i])
         return result
 
-    def _note_none(self, grads) -> None:
+    def _plain(self, v: np.ndarray) -> np.ndarray:
+        grads = vjp(self.outputs, self.inputs, unflatten(v, self.outputs))
+        self.calls += 1
         self.none.update(k for k, g in enumerate(grads) if g is None)
+        return _concat(grads, self.sizes)
 
-    def _try_batched(self, vectors: np.ndarray, result: np.ndarray) -> int:
+    def _batched(self, block: np.ndarray) -> np.ndarray:
         import torch
 
-        sizes = [x.numel() for x in self.inputs]
-        if not self.checked:  # one plain call to compare the batched path with
-            plain = vjp(self.outputs, self.inputs, unflatten(vectors[0], self.outputs))
-            self.calls += 1
-            self._note_none(plain)
-            result[0] = _concat(plain, sizes)
-        rows_per_call = max(1, CHUNK_ELEMENTS // max(1, sum(sizes) + vectors.shape[1]))
-        done = 1 if not self.checked else 0
+        keep = [k for k, o in enumerate(self.outputs) if o.requires_grad]
+        if not keep:
+            raise ValueError("no output requires grad")  # plain calls report it per input
+        gos, start = [], 0
+        for o in self.outputs:
+            n = o.numel()
+            gos.append(torch.as_tensor(block[:, start:start + n]).reshape((block.shape[0],) + tuple(o.shape))
+                       .to(device=o.device, dtype=o.dtype).contiguous())
+            start += n
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            grads = torch.autograd.grad([self.outputs[k] for k in keep], self.inputs,
+                                        grad_outputs=[gos[k] for k in keep], retain_graph=True,
+                                        allow_unused=True, is_grads_batched=True)
+        self.calls += 1
+        self.none.update(k for k, g in enumerate(grads) if g is None)
+        got = np.zeros((block.shape[0], sum(self.sizes)))
+        col = 0
+        for g, n in zip(grads, self.sizes):
+            if g is not None:
+                got[:, col:col + n] = g.detach().reshape(block.shape[0], -1).to("cpu", torch.float64).numpy()
+            col += n
+        return got
+
+    def _try_batched(self, vectors: np.ndarray, result: np.ndarray) -> int:
+        """Fill rows of `result` with batched calls; return how many are done (plain calls
+        do the rest).  The first batched block includes a row also computed plainly."""
+        k = vectors.shape[0]
+        per_call = max(1, CHUNK_ELEMENTS // max(1, sum(self.sizes) + vectors.shape[1]))
+        done = 0
+        if not self.checked:
+            result[0] = self._plain(vectors[0])
+            done = 1
         try:
-            while done < vectors.shape[0]:
-                stop = min(vectors.shape[0], done + rows_per_call)
-                lo = done if self.checked else 0
-                block = vectors[lo:stop]
-                gos = []
-                start = 0
-                for o in self.outputs:
-                    n = o.numel()
-                    gos.append(torch.as_tensor(block[:, start:start + n]).reshape((block.shape[0],) + tuple(o.shape))
-                               .to(device=o.device, dtype=o.dtype).contiguous())
-                    start += n
-                keep = [k for k, o in enumerate(self.outputs) if o.requires_grad]
-                if not keep:
-                    raise ValueError("no output requires grad")  # plain calls say so, per input
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    grads = torch.autograd.grad([self.outputs[k] for k in keep], self.inputs,
-                                                grad_outputs=[gos[k] for k in keep], retain_graph=True,
-                                                allow_unused=True, is_grads_batched=True)
-                self.calls += 1
-                self._note_none(grads)
-                got = np.zeros((block.shape[0], sum(sizes)))
-                col = 0
-                for g, n in zip(grads, sizes):
-                    if g is not None:
-                        got[:, col:col + n] = g.detach().reshape(block.shape[0], -1).to("cpu", torch.float64).numpy()
-                    col += n
-                if not self.checked:
+            while done < k:
+                stop = min(k, done + per_call)
+                if self.checked:
+                    result[done:stop] = self._batched(vectors[done:stop])
+                else:
+                    got = self._batched(vectors[:stop])
                     if not _agree(got[0], result[0]):
                         self.batched = False
-                        return 1
+                        return done
                     self.checked = True
-                    got = got[1:]
-                result[done:stop] = got
+                    result[1:stop] = got[1:]
                 done = stop
         except Exception:  # the backward does not run under vmap: plain calls do the rest
             self.batched = False

@@ -533,6 +533,7 @@ def _run_parallel(specs, jobs, fail_fast, progress) -> tuple[list, bool]:
     # 'spawn', not fork: a forked torch (its thread pools, OpenMP state) can deadlock.
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     ctx = multiprocessing.get_context("spawn")
@@ -544,7 +545,14 @@ def _run_parallel(specs, jobs, fail_fast, progress) -> tuple[list, bool]:
             # Collected in suite order, so the report (and where --fail-fast stops) is the
             # same as with --jobs 1.
             for i, future in enumerate(futures):
-                result = future.result()
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    # a worker died (an op crashed the interpreter, or ran out of memory):
+                    # there is no report to give, only where it happened
+                    raise UserInputError(f"{specs[i].where}: a worker process died while running this check "
+                                         "(or one running beside it); run with --jobs 1 to see which "
+                                         "check crashes") from None
                 results.append(result)
                 if progress:
                     progress(i + 1, len(specs))

@@ -157,13 +157,33 @@ def step_curves(expr: str, at: Any = None, *, wrt: Iterable[str] | None = None, 
         taken = np.where(taken > 0, taken, np.nan)
         with np.errstate(all="ignore"):
             error = np.abs(fd_values - jac[o, j])
-        chosen = finite_diff.jacobian(prep.root, arrays, w, out_shape, scheme=fd, max_numel=max_numel, seed=seed)
+        # the step check would take for this element (differencing it alone gives the same numbers)
+        chosen = finite_diff.jacobian(prep.root, arrays, w, out_shape, scheme=fd, max_numel=max_numel,
+                                      elements=np.array([j]))
         curves.append(Curve(
             w, _unravel(j, x.shape), _unravel(o, out_shape), x0, float(jac[o, j]), grid, taken, fd_values, error,
             float(chosen.entry_steps[o, j]), float(chosen.jacobian[o, j]), float(chosen.error[o, j])))
+    notes += _explanations(prep, curves)
     expression = expr if loss == "none" else f"{loss}({expr}, {TARGET})"
     point = {k: arrays[k] for k in prep.values if k != TARGET}
     return StepsResult(expression, fd, point, reference, tuple(curves), tuple(notes))
+
+
+def _explanations(prep, curves) -> list[str]:
+    """Why a curve has no V at all: no step gets near the exact derivative."""
+    from gradcheck_cli.engines import finite_diff
+
+    out = []
+    if "detach" in prep.calls:
+        out.append("detach(): the exact derivative treats its argument as a constant, as autograd does, while "
+                   "finite differences see through it, so the error cannot vanish at any step")
+    far = [c.wrt for c in curves if c.best is not None
+           and c.error[c.best] > 1e-4 * max(abs(c.exact), np.finfo(np.float64).tiny)]
+    kinked = [f for f in finite_diff.non_analytic_calls(prep.root) if f != "comparison"]
+    if far and kinked:
+        out.append(f"no step comes near the exact derivative for {', '.join(far)}: {', '.join(kinked)} may have "
+                   "a kink at or near this point (gradcheck check reports it as non_differentiable)")
+    return out
 
 
 def _unravel(flat: int, shape: tuple) -> tuple:
@@ -238,10 +258,11 @@ def _fmt(v: float, digits: int = 2) -> str:
 def text_report(result: StepsResult, width: int = 65, height: int = 16) -> list[str]:
     """The chart, the legend, a table of a few steps per curve, and the best steps."""
     lines = [f"finite-difference error against step: {result.scheme} differences of {result.expression}",
-             f"reference: {'exact (SymPy, evaluated in float64)' if result.reference == 'symbolic' else result.reference}"]
+             "reference: " + ("exact (SymPy, evaluated in float64)" if result.reference == "symbolic"
+                              else result.reference)]
     lines += [""] + text_chart(result.curves, width, height) + [""]
     for mark, c in zip(_marks(len(result.curves)), result.curves):
-        lines += _curve_table(mark, c, result.scheme)
+        lines += _curve_table(mark, c, result.scheme, "exact" if result.reference == "symbolic" else "reference")
     lines += [f"note: {n}" for n in result.notes]
     lines.append("step = H as --eps takes it: an element x moves by h = H * max(1, |x|)")
     return lines
@@ -298,12 +319,13 @@ def text_chart(curves, width: int = 65, height: int = 16) -> list[str]:
         out.append(f"{mark:>{label_w}}  {row}")
     out.append(" " * (label_w + 2) + "d: the step check chooses here   b: the best step   B: both")
     if any(np.any(c.error == 0) for c in curves):
-        out.append(" " * (label_w + 2) + "(points on the bottom row: error exactly 0, rounding that happened to cancel)")
+        out.append(" " * (label_w + 2) + "(points on the bottom row: error exactly 0, "
+                   "rounding that happened to cancel)")
     return out
 
 
-def _curve_table(mark: str, c: Curve, scheme: str) -> list[str]:
-    head = f"{mark} {c.label} at {c.wrt}{_index(c.element)} = {c.x:.10g}: exact {c.exact:.15g}"
+def _curve_table(mark: str, c: Curve, scheme: str, truth: str) -> list[str]:
+    head = f"{mark} {c.label} at {c.wrt}{_index(c.element)} = {c.x:.10g}: {truth} {c.exact:.15g}"
     rows = [("step", "h", "finite difference", "|error|", "relative")]
     picks = [int(np.argmin(np.abs(np.log10(c.relative_steps) - math.log10(H)))) for H in TABLE_STEPS]
     best = c.best
@@ -317,7 +339,8 @@ def _curve_table(mark: str, c: Curve, scheme: str) -> list[str]:
     widths = [max(len(r[k]) for r in rows) for k in range(4)]
     table = [head] + ["  " + "  ".join(r[k].rjust(widths[k]) for k in range(4)) + "  " + r[4] for r in rows]
     if best is not None:
-        table.append(f"  best step {c.relative_steps[best]:.2e} (h = {_fmt(c.steps[best])}): error {_fmt(c.error[best])}")
+        table.append(f"  best step {c.relative_steps[best]:.2e} (h = {_fmt(c.steps[best])}): "
+                     f"error {_fmt(c.error[best])}")
     table.append(f"  check's {scheme} step here {_fmt(c.default_relative)} (h = {_fmt(c.default_step)}): error "
                  f"{_fmt(c.default_error)}, estimated {_fmt(c.default_error_estimate)}")
     return table + [""]

@@ -173,6 +173,9 @@ def parse_value(name: str, raw: Any, rng: np.random.Generator) -> Value:
         raise UserInputError(f"value of {name!r} must be a number, a list or a generator, not a boolean")
     if isinstance(raw, (int, float)):
         number = float(raw)
+        if not math.isfinite(number):
+            raise UserInputError(f"value of {name!r} is not finite ({number!r}; a literal like 1e400 "
+                                 "overflows float64)")
         text = str(int(number)) if number.is_integer() and abs(number) < 1e16 else repr(number)
         return Value(name, np.asarray(number, dtype=np.float64), text, False)
     if isinstance(raw, list):

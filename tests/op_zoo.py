@@ -147,6 +147,12 @@ def relu_plain(x):
     return torch.relu(x)
 
 
+def big_tanh(x):
+    """Large outputs near saturation: 1e6·tanh(x), whose backward computes 1e6·(1 - tanh²),
+    known in float32 only to ~1e6·eps absolute (a correct op all the same)."""
+    return 1e6 * torch.tanh(x)
+
+
 # ---- buggy ops (class name -> the diagnostic code the gate must report) ------------------------
 
 

@@ -232,6 +232,23 @@ def test_log_of_a_negative_number_fails_with_nan():
     assert "nonfinite" in report.checks[0].codes()
 
 
+def test_clamp_with_equal_bounds_exposes_torchs_zero_gradient():
+    """clamp(y, x, x) is x for every y, so d/dx = 1.  torch's clamp backward gives nothing to min
+    or max when they are equal and y is below them; the exact and finite-difference columns say 1,
+    and the check fails exactly when torch's own gradient (computed here) is wrong."""
+    import torch
+
+    (check,) = check_expression("clamp(y, x, x)", at={"y": -1.0, "x": 0.0}, wrt=["x"]).checks
+    (g,) = check.gradients
+    assert float(g.symbolic) == 1.0
+    assert float(g.finite_difference) == pytest.approx(1.0, rel=1e-9)
+    y = torch.tensor(-1.0, dtype=torch.float64)
+    x = torch.tensor(0.0, dtype=torch.float64, requires_grad=True)
+    (own,) = torch.autograd.grad(torch.clamp(y, x, x), x)
+    assert float(g.autograd) == float(own)
+    assert check.passed == (float(own) == 1.0)
+
+
 # ---- losses ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("loss,target,grad", [

@@ -115,6 +115,8 @@ GOOD = [
     ("matmul", "MatMul", [("x", "randn(6, 7)"), ("w", "randn(7, 3)")], [], {}),
     ("softmax_function", "SoftmaxFn", [("x", "randn(3, 5)")], [], {}),
     ("plain_composite", "swish_plain", [("x", "randn(7)")], [], {"reference": "x*sigmoid(x)"}),
+    ("saturating_large", "big_tanh", [("x", "[0.05, -5.59, -1.92, 2.78, 5.78, 8.0, -0.3]")], [],
+     {"reference": "1000000*tanh(x)"}),
 ]
 
 
@@ -276,7 +278,8 @@ def test_elementwise_needs_one_backward_call_and_few_forward_rows():
     check = only(check_op(op_zoo.Swish, torch.randn(300, dtype=torch.float64), mode="full"))
     assert check.passed
     assert check.extra["calls"]["jacobian_backward"] == 1
-    assert check.extra["calls"]["forward_rows"] == 2 * 9 + 4  # index bits (2 log2 n) + one central stencil
+    # index bits (2 log2 n) and one central stencil (4 rows), each with the unperturbed point
+    assert check.extra["calls"]["forward_rows"] == (2 * 9 + 1) + (4 + 1)
     assert check.gradients[0].details["method"]["fd_groups"] == 1
 
 
@@ -293,13 +296,12 @@ def test_bit_pattern_names_the_single_dependency(fn, expected):
     x = np.random.default_rng(1).standard_normal(n)
     spec = OpSpec(fn, "fn", ("x",), {}, ("x",), ("x",))
     batch = BatchedForward(spec, {"x": x}, "x", "float64", "cpu", [(n,)], np.random.default_rng(0))
-    f0 = batch(x[None])[0]
-    found = bit_pattern(batch, x, np.full(n, 1e-3), f0, 4 * batch.noise)
+    found = bit_pattern(batch, x, np.full(n, 1e-3), 4 * batch.noise)
     if expected is None:
         assert found is None
     else:
         cols, outs, rows = found
-        assert rows == 2 * 6
+        assert rows == 2 * 6 + 1
         np.testing.assert_array_equal(cols[np.argsort(outs)], expected(n))
 
 
@@ -311,6 +313,27 @@ def test_dense_op_groups_rows_and_columns():
     assert gx.details["method"]["fd_groups"] == 6  # x[i, k] touches row i: one group per k
     assert gw.details["method"]["fd_groups"] == 6  # W[k, j] touches column j: one group per k
     assert gx.details["method"]["backward_groups"] == 8  # rows (i, j) sharing neither i nor j go together
+
+
+class SinBatchSensitive(torch.autograd.Function):
+    """A correct op (sin, backward cos) that, handed a batch of more than 4 rows, silently
+    computes something else: batched evaluation must not be trusted blindly."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.sin(x) * (2.0 if x.ndim > 1 and x.shape[0] > 4 else 1.0)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * torch.cos(x)
+
+
+def test_batched_finite_differences_are_rechecked_before_failing():
+    check = only(check_op(SinBatchSensitive, torch.randn(40, dtype=torch.float64)))
+    assert check.passed, render_text(only_report(check))
+    assert check.extra["fd_batching"]["x0"] == "loop"
 
 
 # ---- fast mode -----------------------------------------------------------------------------------
@@ -421,6 +444,11 @@ def test_op_error_message_is_the_ops_own_with_location():
     assert "op_zoo.py:" in msg and "Traceback" not in msg
 
 
+def test_an_op_that_raised_shows_its_message_not_an_empty_table():
+    text = render_text(check_op_target(zoo("RaisesInForward"), [("x", "randn(3)")], []))
+    assert "no kernel image is available" in text and "autograd" not in text
+
+
 def test_op_raising_only_near_the_point():
     def picky(x):
         if float(x.detach().reshape(-1)[0]) != 0.5:
@@ -471,6 +499,14 @@ def test_api_passes_other_arguments_and_kwargs_as_is():
     check = only(check_op(scaled_power, torch.rand(4, dtype=torch.float64) + 0.5, 3, kwargs={"scale": 2.0},
                           reference="2*x0**3"))
     assert check.passed, render_text(only_report(check))
+
+
+def test_wrt_checks_only_the_named_inputs():
+    at = [("x", "randn(4, 5)"), ("w", "randn(5)"), ("b", "randn(1, 5)")]
+    check = only(check_op_target(zoo("ScaleShiftMean"), at, [], wrt=["x"]))
+    assert check.passed and [g.wrt for g in check.gradients] == ["x"]  # the bug is in w and b only
+    check = only(check_op_target(zoo("ScaleShiftMean"), at, [], wrt=["b"]))
+    assert not check.passed and [g.wrt for g in check.gradients] == ["b"]
 
 
 def test_api_dtype_follows_the_tensors():

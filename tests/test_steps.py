@@ -308,3 +308,40 @@ def test_default_marker_is_the_step_check_uses():
     assert log_c.default_relative == pytest.approx(rule, rel=1e-6)
     assert sin_c.default_relative < rule / 10
     assert sin_c.default_error <= sin_c.default_error_estimate
+
+
+def test_without_sympy_the_reference_is_the_most_accurate_finite_difference(monkeypatch, run_cli, strict_json):
+    """If SymPy cannot build the expression, errors are measured against complex steps
+    (accurate to ulps here), and the output says so."""
+    from gradcheck_cli.engines import symbolic
+
+    def refuse(*args, **kwargs):
+        raise ValueError("no SymPy today")
+
+    monkeypatch.setattr(symbolic, "build", refuse)
+    code, out, _ = run_cli("steps", "exp(x)", "--at", "x=1.3", "--json")
+    assert code == 0
+    doc = strict_json(out)
+    assert doc["reference"] == "complex" and "no SymPy today" in doc["notes"][0]
+    (c,) = doc["curves"]
+    assert c["exact_derivative"] == pytest.approx(math.exp(1.3), rel=1e-15)
+    code, out, _ = run_cli("steps", "exp(x)", "--at", "x=1.3")
+    assert "reference: complex" in out and "note: SymPy could not" in out
+
+
+@pytest.mark.parametrize("expr,x,fragment", [
+    ("x*detach(x)", "3", "detach()"),
+    ("relu(x)", "0", "relu may have a kink"),
+], ids=["detach", "kink"])
+def test_a_curve_without_a_v_is_explained(run_cli, strict_json, expr, x, fragment):
+    code, out, _ = run_cli("steps", expr, "--at", f"x={x}", "--fd", "richardson", "--json")
+    assert code == 0
+    doc = strict_json(out)
+    assert any(fragment in n for n in doc["notes"])
+    (c,) = doc["curves"]
+    assert c["best"]["error"] > 0.1  # the exact derivative is never reached: 3 (detach) or 1/2 (kink)
+
+
+def test_a_smooth_curve_has_no_notes(run_cli, strict_json):
+    code, out, _ = run_cli("steps", "relu(x)*x", "--at", "x=2", "--fd", "richardson", "--json")
+    assert strict_json(out)["notes"] == []

@@ -128,14 +128,32 @@ def step_sizes(scheme: str, x: np.ndarray, eps: float | None) -> np.ndarray:
     return h if scheme == "complex" else _representable(x, h)
 
 
+def _near_one(ax: np.ndarray) -> np.ndarray:
+    return (ax >= 10**-0.5) & (ax <= 10**0.5)
+
+
 def candidate_scales(x: np.ndarray) -> list[np.ndarray]:
-    """Scales the default step is tried at, per element: max(1, |x|) alone when every
-    |x| is within a factor 3 of 1, else |x|**p for p in SCALE_POWERS (at least MIN_SCALE)."""
+    """Scales the default step is tried at, per element: |x|**p for p in SCALE_POWERS (at
+    least MIN_SCALE), except max(1, |x|) alone for |x| within a factor 3 of 1.  One list
+    entry per candidate; a single entry when every element is near 1.  An element's
+    candidates depend on it alone, so differencing a subset gives the same numbers."""
     ax = np.abs(np.asarray(x, dtype=np.float64))
-    if ax.size == 0 or np.all((ax >= 10**-0.5) & (ax <= 10**0.5)):
+    near = _near_one(ax)
+    if ax.size == 0 or np.all(near):
         return [np.maximum(1.0, ax)]
     with np.errstate(all="ignore"):
-        return [np.maximum(MIN_SCALE, np.where(np.isfinite(ax), ax, 1.0) ** p) for p in SCALE_POWERS]
+        return [np.where(near, np.maximum(1.0, ax), np.maximum(MIN_SCALE, np.where(np.isfinite(ax), ax, 1.0) ** p))
+                for p in SCALE_POWERS]
+
+
+def _n_rows(scheme: str, x: np.ndarray, eps: float | None) -> int:
+    """How many rows _plan(scheme, x, eps) has, without building it."""
+    ax = np.abs(x)
+    if scheme == "complex":
+        n_cand = 2 if eps is None and np.any((ax > 0) & (ax < TINY_X)) else 1
+        return n_cand * (len(PROBE_POINTS) + 1)
+    n_cand = 1 if eps is not None or np.all(_near_one(ax)) else len(SCALE_POWERS)
+    return n_cand * len(STENCILS[scheme]) + len(PROBE_POINTS) - 1
 
 
 def candidate_steps(scheme: str, x: np.ndarray, eps: float | None) -> np.ndarray:
@@ -304,26 +322,28 @@ def _as_rows(t) -> np.ndarray:
 
 
 def jacobian(root: ir.Node, arrays: dict, name: str, out_shape: tuple, *, scheme: str,
-             eps: float | None = None, max_numel: int = 1, seed: int = 0, batch: _Batch | None = None) -> FDResult:
-    """Finite-difference Jacobian of the expression w.r.t. `name` (all other inputs fixed)."""
+             eps: float | None = None, max_numel: int = 1, seed: int = 0, batch: _Batch | None = None,
+             elements: np.ndarray | None = None) -> FDResult:
+    """Finite-difference Jacobian of the expression w.r.t. `name` (all other inputs fixed).
+    With `elements` (flat indices), only those columns are differenced (the rest are NaN,
+    and `sampled` lists them); each gets the numbers a full run would give it."""
     use_complex = scheme == "complex"
     batch = batch or _Batch(root, arrays, out_shape, max_numel, use_complex)
     x = np.asarray(arrays[name], dtype=np.float64)
     flat = x.reshape(-1)
     n_in = flat.size
-    plan = _plan(scheme, flat, eps)
-    if name in elementwise_only(root):
+    columns = computed = None
+    if elements is None and name in elementwise_only(root):
         columns = np.broadcast_to(np.arange(n_in).reshape(x.shape), _pad_shape(x.shape, out_shape)).reshape(-1)
-        picked, hits = _together(batch, name, x, plan, columns)
-        computed = None
+        picked, hits = _together(batch, name, x, _plan(scheme, flat, eps), columns)
     else:
-        per_row = plan.n_rows * batch.max_numel
-        limit = max(MIN_SAMPLE, BUDGET // per_row)
-        computed = None
-        if n_in > limit:
-            computed = np.sort(np.random.default_rng(seed).choice(n_in, size=limit, replace=False))
-        picked, hits = _one_by_one(batch, name, x, plan, computed)
-        columns = None
+        if elements is not None:
+            computed = np.unique(np.asarray(elements, dtype=np.int64).reshape(-1))
+        else:
+            limit = max(MIN_SAMPLE, BUDGET // (_n_rows(scheme, flat, eps) * batch.max_numel))
+            if n_in > limit:
+                computed = np.sort(np.random.default_rng(seed).choice(n_in, size=limit, replace=False))
+        picked, hits = _one_by_one(batch, name, x, scheme, eps, computed)
     undefined = ~np.isfinite(batch.real_f0[0])  # (n_out,): outside the real domain
     if undefined.any():
         picked["est"] = np.where(undefined, np.nan, picked["est"])
@@ -401,30 +421,33 @@ def _together(batch: _Batch, name, x, plan: _Plan, columns):
     return {k: (None if v is None else v[0]) for k, v in picked.items()}, hits
 
 
-def _one_by_one(batch: _Batch, name, x, plan: _Plan, computed):
-    """One batch row per (element, plan row); returns the picked estimates per (element, output)."""
+def _one_by_one(batch: _Batch, name, x, scheme: str, eps, computed):
+    """One batch row per (element, plan row), a chunk of elements at a time (each chunk
+    plans its own elements only, so a large input costs memory for its sample alone);
+    returns the picked estimates per (element, output)."""
     flat = x.reshape(-1)
     idx = np.arange(flat.size) if computed is None else computed
     dtype = np.complex128 if batch.use_complex else np.float64
-    nd = plan.n_rows
-    per_chunk = max(1, CHUNK // (nd * batch.max_numel))
+    per_chunk = max(1, CHUNK // (_n_rows(scheme, flat, eps) * batch.max_numel))
     parts: list[dict] = []
     hits: list = []
     for start in range(0, idx.size, per_chunk):
         chunk = idx[start:start + per_chunk]
+        plan = _plan(scheme, flat[chunk], eps)
+        nd = plan.n_rows
         rows = np.repeat(flat[None].astype(dtype), chunk.size * nd, axis=0)
         which = np.repeat(chunk, nd)
-        rows[np.arange(rows.shape[0]), which] += plan.pert[:, chunk].T.reshape(-1)
+        rows[np.arange(rows.shape[0]), which] += plan.pert.T.reshape(-1)
         values, kinks = batch.run({name: rows.reshape((rows.shape[0],) + x.shape)})
         flags = None
         if not batch.use_complex:
             rc, rh = batch.crossed(kinks, rows.shape[0])
             flags = None if rc is None else rc.reshape(chunk.size, nd)
             hits.extend(hh for hh in rh if hh not in hits)
-        steps = plan.steps[:, chunk][:, :, None]  # (n_cand, chunk, 1)
+        steps = plan.steps[:, :, None]  # (n_cand, chunk, 1)
         crossed = _cand_crossed(plan, flags, (chunk.size,))[:, :, None]
         combined = _combine(plan, values.reshape(chunk.size, nd, batch.n_out), batch.f0[0], steps,
-                            plan.probe_dev[:, chunk][:, :, None])
+                            plan.probe_dev[:, :, None])
         shape = (plan.steps.shape[0], chunk.size, batch.n_out)
         parts.append(_pick(*combined, np.broadcast_to(crossed, shape), np.broadcast_to(steps, shape)))
     picked = {k: (None if parts[0][k] is None else np.concatenate([p[k] for p in parts])) for k in parts[0]}

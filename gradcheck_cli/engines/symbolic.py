@@ -205,10 +205,14 @@ class Evaluator:
     def value(self) -> np.ndarray:
         """The forward value: exact (mpmath, 40 digits, rounded once to float64) for small
         problems without reductions, else the float64 evaluation of the exact formula."""
-        exact = self._exact_value()
-        if exact is not None:
-            return exact
-        return np.array(self._eval(self.model.top, self.model.top_shape))
+        approx = np.array(self._eval(self.model.top, self.model.top_shape))
+        # mpmath computes huge values exactly (exp(exp(exp(exp(3)))) takes minutes): refine
+        # only values that float64 can hold
+        if np.all(np.isfinite(approx)) and np.all(np.abs(approx) < 1e300):
+            exact = self._exact_value()
+            if exact is not None:
+                return exact
+        return approx
 
     def _exact_value(self) -> np.ndarray | None:
         model = self.model
@@ -427,11 +431,12 @@ def hessian(root: ir.Node, var_shapes: dict, arrays: dict, wrt: list[str]) -> np
     all_syms = [s for name in var_shapes for s in elems[name]]
     values = np.concatenate([np.asarray(arrays[name], dtype=np.float64).reshape(-1) for name in var_shapes])
     first = [sp.diff(expr, s) for s in flat_wrt]
+    upper = [(i, j) for i in range(total) for j in range(i, total)]
+    entries = [numpy_safe(sp.diff(first[i], flat_wrt[j])) for i, j in upper]
+    fn = sp.lambdify(all_syms, entries, modules=_MODULES, cse=True)  # one compile for every entry
+    with np.errstate(all="ignore"):
+        numbers = [float(np.asarray(v, dtype=np.float64)) for v in fn(*values)]
     hess = np.zeros((total, total))
-    for i, g in enumerate(first):
-        for j in range(i, total):
-            h = sp.diff(g, flat_wrt[j])
-            fn = sp.lambdify(all_syms, numpy_safe(h), modules=_MODULES)
-            with np.errstate(all="ignore"):
-                hess[i, j] = hess[j, i] = float(np.asarray(fn(*values), dtype=np.float64))
+    for (i, j), v in zip(upper, numbers):
+        hess[i, j] = hess[j, i] = v
     return hess

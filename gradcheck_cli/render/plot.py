@@ -146,7 +146,8 @@ def _legend(result, x: float, y: float) -> list[str]:
     yy = y + 10 + len(result.curves) * 34
     out.append(f'<circle cx="{x + 11}" cy="{yy}" r="4.5" fill="#555"/>')
     out.append(f'<text x="{x + 28}" y="{yy + 4}">best step</text>')
-    out.append(f'<rect x="{x + 6.5}" y="{yy + 13.5}" width="9" height="9" fill="none" stroke="#555" stroke-width="1.6"/>')
+    out.append(f'<rect x="{x + 6.5}" y="{yy + 13.5}" width="9" height="9" fill="none" stroke="#555" '
+               'stroke-width="1.6"/>')
     out.append(f'<text x="{x + 28}" y="{yy + 22}">step check chooses</text>')
     return out
 

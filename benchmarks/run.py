@@ -1,0 +1,146 @@
+"""Every performance target of the project, measured side by side in one run.
+
+    python benchmarks/run.py            # the table of medians and ratios
+    python benchmarks/run.py --quick    # fewer repeats
+
+Each row times two things on this machine, in fresh processes where a user would
+start one, and prints both medians and their ratio next to the goal:
+
+  help          `gradcheck --help`                 vs `python -c pass`
+  single check  the seed example, `gradcheck check`   vs `python -c "import torch, sympy"`
+  hand script   the seed example, `gradcheck check`   vs a hand-written torch+sympy+numpy script
+  symbolic 1e5  mean((x-mean(x))**2), x=randn(1e5)    (seconds; goal: a few)
+  numdifftools  gradient of sum(sin(x)*exp(x)) n=200  gradcheck's FD engine vs numdifftools.Gradient
+  suite / op    benchmarks/bench_suite.py and bench_op.py (30 checks vs one; op vs torch gradcheck)
+  memory        peak RSS of a 1e6-element `gradcheck op --mode fast` vs torch baseline + inputs
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SEED = ["check", "sigmoid(w*x+b)", "--loss", "bce", "--target", "0", "--at", "w=2", "--at", "b=1", "--at",
+        "x=6.7", "--wrt", "w,b", "--dtype", "float32"]
+
+
+def gradcheck_cmd() -> list[str]:
+    exe = shutil.which("gradcheck") or str(Path(sys.executable).with_name("gradcheck"))
+    return [exe] if Path(exe).exists() else [sys.executable, "-m", "gradcheck_cli"]
+
+
+def wall(cmd: list[str], env=None) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=False)
+    return time.perf_counter() - start
+
+
+def medians(a: list[str], b: list[str], repeat: int) -> tuple[float, float]:
+    """Interleave the two commands so a noisy neighbour hits both alike."""
+    ta, tb = [], []
+    wall(a), wall(b)  # warm the page cache
+    for _ in range(repeat):
+        ta.append(wall(a))
+        tb.append(wall(b))
+    return statistics.median(ta), statistics.median(tb)
+
+
+def row(name: str, ours: float, theirs: float | None, goal: str, unit: str = "s") -> None:
+    ratio = f"{ours / theirs:6.2f}x" if theirs else "      "
+    base = f"{theirs:8.3f} {unit}" if theirs else " " * 10
+    print(f"{name:<14} {ours:8.3f} {unit}  {base}  {ratio}   goal {goal}", flush=True)
+
+
+def symbolic_100k() -> float:
+    start = time.perf_counter()
+    from gradcheck_cli import check_expression
+
+    report = check_expression("mean((x - mean(x))**2)", {"x": "randn(100000)"})
+    assert report.checks[0].gradients[0].symbolic is not None
+    return time.perf_counter() - start
+
+
+def numdifftools_row() -> tuple[float, float | None, str]:
+    import numpy as np
+
+    from gradcheck_cli.engines import finite_diff
+    from gradcheck_cli.expr import parse, shapes
+
+    x = np.random.default_rng(0).standard_normal(200)
+    root = parse("sum(sin(x)*exp(x))")
+    node_shapes = shapes.infer(root, {"x": x.shape}, "sum(sin(x)*exp(x))")
+    start = time.perf_counter()
+    ours = finite_diff.jacobian(root, {"x": x}, "x", (), scheme="richardson", max_numel=200).jacobian.reshape(-1)
+    t_ours = time.perf_counter() - start
+    truth = np.exp(x) * (np.sin(x) + np.cos(x))
+    err_ours = float(np.max(np.abs(ours - truth) / np.abs(truth)))
+    try:
+        import numdifftools as nd
+    except ImportError:
+        return t_ours, None, f"ours max rel err {err_ours:.1e}; numdifftools not installed (pip install numdifftools)"
+    start = time.perf_counter()
+    theirs = nd.Gradient(lambda v: float(np.sum(np.sin(v) * np.exp(v))))(x)
+    t_theirs = time.perf_counter() - start
+    err_theirs = float(np.max(np.abs(theirs - truth) / np.abs(truth)))
+    del node_shapes
+    return t_ours, t_theirs, f"max rel err: ours {err_ours:.1e}, numdifftools {err_theirs:.1e}"
+
+
+def peak_rss_mb(cmd: list[str]) -> float:
+    """Peak resident memory of a child process, in MiB (ru_maxrss of the largest child)."""
+    code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
+            "stderr=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True).stdout.strip()
+    return int(out) / 1024
+
+
+def memory_row() -> tuple[float, float, float]:
+    op = ROOT / "samples" / "ops" / "swish.py"
+    ours = peak_rss_mb(gradcheck_cmd() + ["op", f"{op}:Swish", "--at", "x=randn(1000000)", "--mode", "fast"])
+    baseline = peak_rss_mb([sys.executable, "-c", "import torch, sympy, numpy; x = torch.randn(1000000, "
+                            "dtype=torch.float64)"])
+    inputs = 1e6 * 8 / 2**20
+    return ours, baseline, inputs
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 repeats instead of 7")
+    args = parser.parse_args(argv)
+    repeat = 3 if args.quick else 7
+    gc = gradcheck_cmd()
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores; medians of {repeat} runs\n")
+    print(f"{'':<14} {'gradcheck':>10}  {'baseline':>10}  {'ratio':>7}")
+    ours, base = medians(gc + ["--help"], [sys.executable, "-c", "pass"], repeat)
+    row("help", ours, base, "no torch/sympy import (tests/test_startup.py)")
+    ours, base = medians(gc + SEED, [sys.executable, "-c", "import torch, sympy"], repeat)
+    row("single check", ours, base, "<= 1.25x import torch, sympy")
+    ours, base = medians(gc + SEED, [sys.executable, str(HERE / "hand_written_check.py")], repeat)
+    row("hand script", ours, base, "same work as a hand-written script, plus the table")
+    row("symbolic 1e5", symbolic_100k(), None, "a few seconds")
+    t_ours, t_theirs, note = numdifftools_row()
+    row("numdifftools", t_ours, t_theirs, note)
+    if (ROOT / "samples" / "ops" / "swish.py").exists():
+        ours_mb, base_mb, inputs_mb = memory_row()
+        print(f"{'memory':<14} {ours_mb:8.0f} MiB  {base_mb:6.0f} MiB   {ours_mb / base_mb:6.2f}x   goal <= "
+              f"torch baseline + 3x inputs ({base_mb + 3 * inputs_mb:.0f} MiB): "
+              f"{'met' if ours_mb <= base_mb + 3 * inputs_mb else 'NOT met'}")
+    for script in ("bench_suite.py", "bench_op.py"):
+        if (HERE / script).exists():
+            print(f"\n$ python benchmarks/{script}", flush=True)
+            extra = ["--repeat", "2"] if args.quick else []
+            subprocess.run([sys.executable, str(HERE / script), *extra], check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -49,22 +49,27 @@ class Options:
     def validate(self) -> "Options":
         from gradcheck_cli.engines.finite_diff import SCHEMES
 
-        if self.dtype not in cmp.DTYPES:
-            raise UserInputError(f"--dtype must be one of {', '.join(cmp.DTYPES)}, got {self.dtype!r}")
-        if self.fd not in SCHEMES:
-            raise UserInputError(f"--fd must be one of {', '.join(SCHEMES)}, got {self.fd!r}")
-        for flag, v in (("--eps", self.eps), ("--atol", self.atol), ("--rtol", self.rtol)):
-            if v is not None and not (math.isfinite(v) and v >= 0):
-                raise UserInputError(f"{flag} must be a finite number >= 0, got {v!r}")
-        if self.eps is not None and self.eps <= 0:
-            raise UserInputError("--eps must be > 0")
-        if self.order not in (1, 2):
-            raise UserInputError(f"--order must be 1 or 2, got {self.order!r}")
-        if self.points < 0 or self.points > 10_000:
-            raise UserInputError(f"--points must be between 0 and 10000, got {self.points}")
-        if self.device not in ("cpu", "cuda"):
-            raise UserInputError(f"--device must be cpu or cuda, got {self.device!r}")
+        validate_shared(self, cmp.DTYPES, SCHEMES)
         return self
+
+
+def validate_shared(opts, dtypes, schemes) -> None:
+    """The options `check` and `op` share, checked the same way for both."""
+    if opts.dtype not in dtypes:
+        raise UserInputError(f"--dtype must be one of {', '.join(dtypes)}, got {opts.dtype!r}")
+    if opts.fd not in schemes:
+        raise UserInputError(f"--fd must be one of {', '.join(schemes)}, got {opts.fd!r}")
+    for flag, v in (("--eps", opts.eps), ("--atol", opts.atol), ("--rtol", opts.rtol)):
+        if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise UserInputError(f"{flag} must be a finite number >= 0, got {v!r}")
+    if opts.eps is not None and opts.eps <= 0:
+        raise UserInputError("--eps must be > 0")
+    if opts.order not in (1, 2):
+        raise UserInputError(f"--order must be 1 or 2, got {opts.order!r}")
+    if not (0 <= opts.points <= 10_000):
+        raise UserInputError(f"--points must be between 0 and 10000, got {opts.points}")
+    if opts.device not in ("cpu", "cuda"):
+        raise UserInputError(f"--device must be cpu or cuda, got {opts.device!r}")
 
 
 @dataclass
@@ -227,7 +232,7 @@ def check_at(prep: Prepared, arrays: dict, opts: Options) -> CheckResult:
     for warning in caught:
         diags.append(Diagnostic("warning", f"{warning.category.__name__}: {warning.message}"))
     tol = cmp.tolerance(opts.dtype, opts.atol, opts.rtol)
-    gradients, failed_kinks = [], []
+    gradients = []
     for w in prep.wrt:
         g, extra = _gradient(prep, w, auto.gradients[w], sym_grads.get(w), fd_results[w], out_shape, tol,
                              formulas.get(w))
@@ -408,7 +413,7 @@ def _float64_value(node: ir.Node, arrays: dict):
 def _hessian(prep, arrays, ref_arrays, auto, tol, opts, scheme):
     """Hessian by double backward, exact SymPy (small problems) and finite differences of
     the exact gradient, rows and columns in wrt order."""
-    from gradcheck_cli.engines import finite_diff, symbolic
+    from gradcheck_cli.engines import symbolic
 
     diags = []
     n = sum(math.prod(prep.var_shapes[w]) for w in prep.wrt)

@@ -31,6 +31,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from gradcheck_cli.errors import UserInputError
+from gradcheck_cli.tolerances import TOLERANCES
 from gradcheck_cli.ops_compare import OP_TOLERANCES, OutputLayout, op_tolerance
 from gradcheck_cli.report import CheckResult, Diagnostic, Report
 from gradcheck_cli.values import Value, parse_values, redraw
@@ -39,7 +40,7 @@ MODES = ("auto", "full", "fast")
 AUTO_FULL_ENTRIES = 4_194_304  # Jacobian entries (outputs x inputs) up to which auto means full
 FULL_LIMIT = 16_777_216  # --mode full refuses beyond this
 MAX_POINT_TRIES = 10
-VALUE_RTOL = {"float64": 1e-10, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
+VALUE_RTOL = {dtype: tol["value_rtol"] for dtype, tol in TOLERANCES.items()}
 
 
 @dataclass(frozen=True)
@@ -60,23 +61,11 @@ class OpOptions:
     def validate(self) -> "OpOptions":
         from gradcheck_cli.ops_jacobian import OP_SCHEMES
 
-        if self.dtype not in OP_TOLERANCES:
-            raise UserInputError(f"--dtype must be one of {', '.join(OP_TOLERANCES)}, got {self.dtype!r}")
-        if self.fd not in OP_SCHEMES:
-            raise UserInputError(f"--fd must be one of {', '.join(OP_SCHEMES)}, got {self.fd!r}")
-        for flag, v in (("--eps", self.eps), ("--atol", self.atol), ("--rtol", self.rtol)):
-            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise UserInputError(f"{flag} must be a finite number >= 0, got {v!r}")
-        if self.eps is not None and self.eps <= 0:
-            raise UserInputError("--eps must be > 0")
-        if self.order not in (1, 2):
-            raise UserInputError(f"--order must be 1 or 2, got {self.order!r}")
-        if not (0 <= self.points <= 10_000):
-            raise UserInputError(f"--points must be between 0 and 10000, got {self.points}")
+        from gradcheck_cli.checker import validate_shared
+
+        validate_shared(self, tuple(OP_TOLERANCES), OP_SCHEMES)
         if self.mode not in MODES:
             raise UserInputError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.device not in ("cpu", "cuda"):
-            raise UserInputError(f"--device must be cpu or cuda, got {self.device!r}")
         if self.device == "cuda":
             import torch
 

@@ -378,7 +378,6 @@ def _fd_of_backward(spec, arrays, dtype, device, v, wrt, sizes, sample, eps):
     bounds = np.cumsum([0] + sizes)
     eps_dtype = EPS[dtype]
     h = step_sizes(base, "central", eps, eps_dtype)
-    n = base.size
 
     def backward_at(point: np.ndarray) -> np.ndarray:
         moved = dict(arrays)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gradcheck_cli.compare import _errors as _errs, _max  # the same elementwise errors as expression checks
 from gradcheck_cli.report import Diagnostic, GradientResult, _number, jsonable
 
 OP_TOLERANCES = {  # output: 4 x the dtype's epsilon
@@ -250,19 +251,6 @@ def allowed_error(ref: np.ndarray, scale: np.ndarray, fd_err: np.ndarray | None,
     return out
 
 
-def _errs(a: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    with np.errstate(all="ignore"):
-        abs_e = np.abs(a - r)
-        same = (a == r) | (np.isnan(a) & np.isnan(r))
-        abs_e = np.where(same, 0.0, abs_e)
-        rel_e = np.where(same, 0.0, abs_e / np.abs(r))
-    return abs_e, rel_e
-
-
-def _max(x: np.ndarray) -> float:
-    if x.size == 0:
-        return 0.0
-    return float(np.nanmax(x)) if not np.all(np.isnan(x)) else float("nan")
 
 
 def judge(rows: np.ndarray, cols: np.ndarray, m: int, n: int, auto: np.ndarray, fd: np.ndarray | None,

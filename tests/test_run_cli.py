@@ -61,7 +61,7 @@ def mixed_suite(tmp_path) -> Path:
     """A suite in its own folder, with its op files next to it (paths relative to the spec)."""
     suite = tmp_path / "suite"
     (suite / "ops").mkdir(parents=True)
-    shutil.copy(SAMPLES / "specs" / "ops" / "swish.py", suite / "ops" / "swish.py")
+    shutil.copy(SAMPLES / "ops" / "swish.py", suite / "ops" / "swish.py")
     shutil.copy(SAMPLES / "specs_failing" / "ops" / "buggy_swish.py", suite / "ops" / "buggy_swish.py")
     (suite / "mixed.toml").write_text(textwrap.dedent(MIXED), encoding="utf-8")
     return suite

@@ -18,7 +18,7 @@ in every report that meets a kink.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 CONSTANTS = ("pi", "e")

@@ -66,10 +66,18 @@ def validate_shared(opts, dtypes, schemes) -> None:
         raise UserInputError("--eps must be > 0")
     if opts.order not in (1, 2):
         raise UserInputError(f"--order must be 1 or 2, got {opts.order!r}")
+    validate_seed(opts.seed)
     if not (0 <= opts.points <= 10_000):
         raise UserInputError(f"--points must be between 0 and 10000, got {opts.points}")
     if opts.device not in ("cpu", "cuda"):
         raise UserInputError(f"--device must be cpu or cuda, got {opts.device!r}")
+
+
+def validate_seed(seed) -> None:
+    """--seed seeds numpy's SeedSequence, which takes whole numbers >= 0 only (the same
+    range spec files accept): anything else is the user's input, exit 2, not a traceback."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not (0 <= seed <= 2**63 - 1):
+        raise UserInputError(f"--seed must be a whole number between 0 and {2**63 - 1}, got {seed!r}")
 
 
 @dataclass
@@ -103,6 +111,7 @@ def prepare(expr: str, at: Any = None, *, wrt: Iterable[str] | None = None, loss
     """Parse the expression, read the values and settle what to differentiate."""
     if loss not in LOSSES:
         raise UserInputError(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    validate_seed(seed)
     user_root = parse(expr)
     items = [(k, _external(v)) for k, v in _items(at)]
     for k, _ in items:

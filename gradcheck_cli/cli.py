@@ -6,6 +6,7 @@ commands, so `gradcheck --help` stays instant.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import typer
 
 from gradcheck_cli.errors import UserInputError
 from gradcheck_cli.tolerances import describe as describe_tolerances
+from gradcheck_cli.tolerances import describe_op as describe_op_tolerances
 
 app = typer.Typer(
     name="gradcheck",
@@ -32,6 +34,9 @@ FD_HELP = ("finite-difference scheme: auto (complex step where the expression is
 EPS_HELP = ("finite-difference step, RELATIVE: with --eps H each element x is stepped by exactly H*max(1,|x|) "
             "(so H is absolute for |x| <= 1). Default: chosen per point among H*|x|^p (p = 0, 1/2, 1) with "
             "H = cbrt(eps)=6.1e-6 central, sqrt(eps)=1.5e-8 forward, 1e-3 richardson, 1e-20 complex")
+OP_TOL_HELP = ("elementwise: |autograd - reference| <= atol + rtol*|reference| + scale*S (S: the largest reference "
+               "entry in the row or column; +3x the finite-difference error estimate). --atol replaces atol and "
+               f"drops the scale term. Defaults: {describe_op_tolerances()}")
 TOL_HELP = ("elementwise: |autograd - reference| <= atol + rtol*|reference| (+3x the finite-difference error "
             f"estimate against finite differences). Defaults: {describe_tolerances()}")
 
@@ -71,6 +76,35 @@ def _fail(err: UserInputError) -> "typer.Exit":
     return typer.Exit(2)
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """While checks run, anything printed to stdout (an op's own print(), a C extension's
+    printf, a --jobs worker) goes to stderr: stdout carries the report and nothing else.
+
+    Both levels are redirected: sys.stdout for Python code, and file descriptor 1 for C
+    code and the worker processes, which inherit it."""
+    sys.stdout.flush()
+    saved = None
+    try:
+        fd = sys.stdout.fileno()
+        sys.stderr.flush()
+        saved = os.dup(fd)
+        os.dup2(sys.stderr.fileno(), fd)
+    except (AttributeError, OSError, ValueError):  # no real stdout (a test runner's buffer): Python level only
+        saved = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if saved is not None:
+            try:
+                sys.__stdout__.flush()
+            except (AttributeError, OSError, ValueError):
+                pass
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
 def write_stdout(text: str) -> None:
     """Write all of `text` to stdout, or raise BrokenPipeError.
 
@@ -102,7 +136,10 @@ def _emit(report, as_json: bool, junit: Optional[Path], summary: bool = False) -
     if junit is not None:
         from gradcheck_cli.render import junit as junit_render
 
-        junit_render.write(report, junit)
+        try:
+            junit_render.write(report, junit)
+        except UserInputError as err:  # an unwritable --junit path: exit 2 with one message
+            raise _fail(err) from None
     if as_json:
         from gradcheck_cli.render import json_out
 
@@ -162,10 +199,11 @@ def check(
     try:
         from gradcheck_cli.checker import check_expression
 
-        report = check_expression(expr, _assignments(at), wrt=_split_wrt(wrt), loss=loss, target=target,
-                                  dtype=dtype, fd=fd, eps=eps, atol=atol, rtol=rtol, points=points, seed=seed,
-                                  order=order, formula=formula, device=device,
-                                  progress=_progress("checking points", points > 0))
+        with _stdout_to_stderr():
+            report = check_expression(expr, _assignments(at), wrt=_split_wrt(wrt), loss=loss, target=target,
+                                      dtype=dtype, fd=fd, eps=eps, atol=atol, rtol=rtol, points=points,
+                                      seed=seed, order=order, formula=formula, device=device,
+                                      progress=_progress("checking points", points > 0))
     except UserInputError as err:
         raise _fail(err) from None
     _emit(report, as_json, junit)
@@ -187,7 +225,7 @@ def op(
     dtype: str = _common_options()["dtype"],
     fd: str = typer.Option("auto", "--fd", help=FD_HELP),
     eps: Optional[float] = typer.Option(None, "--eps", help=EPS_HELP),
-    atol: Optional[float] = typer.Option(None, "--atol", help=TOL_HELP),
+    atol: Optional[float] = typer.Option(None, "--atol", help=OP_TOL_HELP),
     rtol: Optional[float] = typer.Option(None, "--rtol", help="see --atol"),
     points: int = typer.Option(0, "--points", help="also check N random points (seeded); report the worst"),
     seed: int = typer.Option(0, "--seed", help="seed of the value generators and random projections"),
@@ -200,9 +238,10 @@ def op(
     try:
         from gradcheck_cli.ops import check_op_target
 
-        report = check_op_target(target, _assignments(at), _assignments(kw), wrt=_split_wrt(wrt),
-                                 reference=reference, mode=mode, dtype=dtype, fd=fd, eps=eps, atol=atol,
-                                 rtol=rtol, points=points, seed=seed, order=order, device=device)
+        with _stdout_to_stderr():
+            report = check_op_target(target, _assignments(at), _assignments(kw), wrt=_split_wrt(wrt),
+                                     reference=reference, mode=mode, dtype=dtype, fd=fd, eps=eps, atol=atol,
+                                     rtol=rtol, points=points, seed=seed, order=order, device=device)
     except UserInputError as err:
         raise _fail(err) from None
     _emit(report, as_json, junit)
@@ -234,8 +273,9 @@ def run(
     try:
         from gradcheck_cli.spec import run_paths
 
-        report = run_paths([str(p) for p in paths], defaults, shard=shard, jobs=jobs, fail_fast=fail_fast,
-                           progress=_progress("running checks", True))
+        with _stdout_to_stderr():
+            report = run_paths([str(p) for p in paths], defaults, shard=shard, jobs=jobs, fail_fast=fail_fast,
+                               progress=_progress("running checks", True))
     except UserInputError as err:
         raise _fail(err) from None
     _emit(report, as_json, junit, summary=True)
@@ -258,8 +298,9 @@ def steps(
     try:
         from gradcheck_cli.steps import render_steps, step_curves
 
-        result = step_curves(expr, _assignments(at), wrt=_split_wrt(wrt), loss=loss, target=target, fd=fd,
-                             seed=seed)
+        with _stdout_to_stderr():
+            result = step_curves(expr, _assignments(at), wrt=_split_wrt(wrt), loss=loss, target=target, fd=fd,
+                                 seed=seed)
         render_steps(result, as_json=as_json, plot=plot)
     except UserInputError as err:
         raise _fail(err) from None

@@ -191,7 +191,7 @@ def _choose_wrt(names: tuple, wrt) -> tuple:
             raise UserInputError(f"--wrt {w!r}: the op has no input {w!r} (its inputs: {', '.join(names)})")
     if len(set(chosen)) != len(chosen):
         raise UserInputError("--wrt names an input twice")
-    return tuple(n for n in names if n in chosen)
+    return chosen  # --wrt order: gradients and Hessian rows follow it, as the contract says
 
 
 def _reference(text: str | None, values: dict):
@@ -280,7 +280,7 @@ def check_point(prep: PreparedOp, arrays: dict, opts: OpOptions) -> CheckResult:
     with warnings.catch_warnings(record=True) as caught, np.errstate(all="ignore"):
         warnings.simplefilter("always")
         tensors = make_tensors(spec, arrays, opts.dtype, opts.device)
-        before = ops_checks.snapshot(tensors)
+        before = ops_checks.snapshot(tensors, arrays, opts.dtype)  # no copy: the arrays they came from
         fixed_before = _fixed_snapshot(spec)
         try:
             outs = call(spec, tensors)
@@ -292,11 +292,12 @@ def check_point(prep: PreparedOp, arrays: dict, opts: OpOptions) -> CheckResult:
             outs = None
         if outs is not None:
             layout = _layout(outs)
-            value["torch"] = _report_values(flat_numpy(outs), layout)
+            flat = flat_numpy(outs)  # the one float64 copy of the outputs (1e6 elements: 8 MB each)
+            value["torch"] = _report_values(flat, layout)
             _check_mutation(pt, tensors, before, fixed_before, "forward")
             _output_metadata(pt, outs, opts)
-            if not np.all(np.isfinite(flat_numpy(outs))):
-                v = flat_numpy(outs)
+            if not np.all(np.isfinite(flat)):
+                v = flat
                 pt.fail("nonfinite", f"the forward output in {opts.dtype} is not finite at "
                                      f"{layout.label(int(np.flatnonzero(~np.isfinite(v))[0]))} "
                                      f"({v[~np.isfinite(v)][0]:.6g}); the gradient of an undefined value means "
@@ -409,7 +410,7 @@ def _check_gradients(pt: Point, tensors: dict, outs: list, layout: OutputLayout,
     from gradcheck_cli import ops_fast, ops_full
 
     spec, opts = pt.prep.spec, pt.opts
-    f64 = _float64_outputs(pt, layout, outs)
+    f64 = _float64_outputs(pt, layout, outs, np.asarray(value["torch"]).reshape(-1))
     if f64 is not None and opts.dtype != "float64":
         value["float64"] = _report_values(f64, layout)
         _precision_note(pt, value["torch"], f64)
@@ -428,7 +429,7 @@ def _check_gradients(pt: Point, tensors: dict, outs: list, layout: OutputLayout,
     return runner(pt, tensors, outs, layout, f64, sym)
 
 
-def _float64_outputs(pt: Point, layout: OutputLayout, outs: list) -> np.ndarray | None:
+def _float64_outputs(pt: Point, layout: OutputLayout, outs: list, flat: np.ndarray | None = None) -> np.ndarray | None:
     """The op re-run in float64 at the dtype's point: the finite differences' reference
     (in float64 that is the forward already run).  None when the op cannot run in
     float64; finite differences then use the op's own dtype."""
@@ -438,7 +439,7 @@ def _float64_outputs(pt: Point, layout: OutputLayout, outs: list) -> np.ndarray 
 
     pt.extra["fd_dtype"] = "float64"
     if pt.opts.dtype == "float64":
-        return flat_numpy(outs)
+        return flat_numpy(outs) if flat is None else flat
     try:
         tensors = make_tensors(pt.prep.spec, pt.ref_arrays, "float64", pt.opts.device, grad=False)
         with torch.no_grad():

@@ -21,6 +21,7 @@ from gradcheck_cli.ops_jacobian import EPS, step_sizes
 from gradcheck_cli.ops_runner import OpRaised, call, flat_numpy, make_tensors, vjp
 from gradcheck_cli.report import Diagnostic
 
+PIECE = 1 << 18  # elements handled at a time where a full-size temporary would cost memory
 MAX_ORDER2_ELEMENTS = 160  # flattened inputs for a full double-backward matrix; more are sampled
 ORDER2_SAMPLE = 48
 
@@ -71,19 +72,20 @@ def _as_tensors(v: np.ndarray, outs: list) -> list:
     return unflatten(v, outs)
 
 
-def noncontiguous_layouts(t) -> list:
-    """(name, view) pairs: the same values as `t` in a transposed and in a strided layout."""
+def noncontiguous_layouts(t, only: str | None = None) -> list:
+    """(name, view) pairs: the same values as `t` in a transposed and in a strided layout
+    (`only`: just the one of that name)."""
     import torch
 
     out = []
     shape = tuple(t.shape)
-    if t.ndim >= 2 and shape[-1] > 1 and shape[-2] > 1:
+    if only in (None, "transposed") and t.ndim >= 2 and shape[-1] > 1 and shape[-2] > 1:
         buf = torch.empty(shape[:-2] + (shape[-1], shape[-2]), dtype=t.dtype, device=t.device)
         view = buf.transpose(-1, -2)
         view.copy_(t)
         out.append(("transposed", view))
     dims = [d for d, s in enumerate(shape) if s > 1]
-    if dims:
+    if only in (None, "strided") and dims:
         d = dims[-1]
         big = list(shape)
         big[d] *= 2
@@ -119,24 +121,35 @@ def vjp_checks(outs: list, inputs: list, wrt: list, expect, jac_ok: dict, m: int
         return input_label(w, tuple(inputs[wrt.index(w)].shape), j)
 
     try:
-        zero = run(np.zeros(m))
+        # held: v1 and its gradient g1 (the later checks compare with them); the others are
+        # reduced as soon as they come back, so a 1e6-element op holds a few vectors, not ten
+        zero = _offending(run(np.zeros(m)), tol["atol"])
         v1 = rng.standard_normal(m)
         v2 = rng.standard_normal(m)
-        g1, g2 = run(v1), run(v2)
+        g1 = run(v1)
+        g2 = run(v2)
         for w in wrt:
             # 0 * inf is nan: where the gradient itself is not finite, nonfinite already says so
-            g = np.where(np.isfinite(g1[w]), zero[w], 0.0)
-            if np.any(~(np.abs(g) <= tol["atol"])):
-                j = int(np.argmax(np.where(np.isnan(g), np.inf, np.abs(g))))
+            idx, vals = zero[w]
+            keep = np.isfinite(g1[w][idx])
+            idx, vals = idx[keep], vals[keep]
+            if idx.size:
+                k = int(np.argmax(np.where(np.isnan(vals), np.inf, np.abs(vals))))
                 fail("zero_grad_output", (
-                    f"with grad_output = 0 the backward returns {g[j]:.6g} for d/d{label(w, j)} (it must be "
-                    "exactly 0: the gradient has a term that does not scale with grad_output)"), w)
+                    f"with grad_output = 0 the backward returns {vals[k]:.6g} for d/d{label(w, int(idx[k]))} (it "
+                    "must be exactly 0: the gradient has a term that does not scale with grad_output)"), w)
+        del zero
         for w in wrt:
             e1, a1 = expect(w, v1, g1[w])
-            e2, _ = expect(w, v2, g2[w])
             fin = np.isfinite(g1[w]) & np.isfinite(g2[w])  # non-finite entries are reported as nonfinite
-            differ = True if e1 is None else bool(np.any((np.abs(e1 - e2) > a1) & fin))
-            if np.array_equal(g1[w][fin], g2[w][fin]) and differ and np.any(g1[w][fin] != 0):
+            if e1 is None:
+                differ = True
+            else:
+                e2, _ = expect(w, v2, g2[w])
+                differ = bool(np.any((np.abs(e1 - e2) > a1) & fin))
+                del e2
+            same = bool(np.all((g1[w] == g2[w]) | ~fin))  # equal wherever both are finite
+            if same and differ and np.any((g1[w] != 0) & fin):
                 fail("grad_output_ignored", (
                     f"d/d{w}: two different random grad_outputs give the same gradient: the backward ignores "
                     "grad_output (it returns the local derivative without multiplying by it)"), w)
@@ -148,6 +161,8 @@ def vjp_checks(outs: list, inputs: list, wrt: list, expect, jac_ok: dict, m: int
                         f"d/d{w}: with a random dense grad_output the backward gives {g1[w][j]:.10g} at "
                         f"{label(w, j)} where the Jacobian gives {e1[j]:.10g}, although its one-hot rows agree: "
                         "the backward is not linear in grad_output"), w)
+            del e1, a1, fin
+        del g2, v2
         _one_hot(res, run, expect, wrt, jac_ok, m, rng, label, fail)
     except OpRaised as exc:
         fail("op_error", f"the op raised in {exc.phase}: {exc.message}")
@@ -155,6 +170,16 @@ def vjp_checks(outs: list, inputs: list, wrt: list, expect, jac_ok: dict, m: int
     _noncontiguous(res, outs, inputs, wrt, v1, g1, expect, split, fail, label)
     _determinism(res, outs, inputs, wrt, v1, g1, expect, split, fail, fresh, label)
     return res
+
+
+def _offending(g: dict, atol: float) -> dict:
+    """Per input: (indices, values) of a gradient for grad_output = 0 that are not within
+    atol of 0 (nan included); nothing is held for a backward that is right there."""
+    out = {}
+    for w, vec in g.items():
+        idx = np.flatnonzero(~(np.abs(vec) <= atol))
+        out[w] = (idx, vec[idx])
+    return out
 
 
 def _one_hot(res, run, expect, wrt, jac_ok, m, rng, label, fail) -> None:
@@ -175,32 +200,35 @@ def _one_hot(res, run, expect, wrt, jac_ok, m, rng, label, fail) -> None:
 
 
 def _noncontiguous(res, outs, inputs, wrt, v1, g1, expect, split, fail, label) -> None:
-    contiguous = _as_tensors(v1, outs)
+    from gradcheck_cli.ops_runner import grads_numpy
+
     for kind in ("transposed", "strided"):
         variants, changed = [], False
-        for t in contiguous:
-            layouts = dict(noncontiguous_layouts(t))
+        for t in _as_tensors(v1, outs):
+            layouts = dict(noncontiguous_layouts(t, kind))
             if kind in layouts:
                 variants.append(layouts[kind])
                 changed = True
             else:
                 variants.append(t)
+            del layouts
         if not changed:
             continue
         res.calls += 1
         try:
-            from gradcheck_cli.ops_runner import grads_numpy
-
             g = split(grads_numpy(vjp(outs, inputs, variants, phase=f"backward ({kind} grad_output)"), inputs))
         except OpRaised as exc:
             fail("noncontiguous_grad_output", (
                 f"the backward raises when grad_output is a {kind} (non-contiguous) view, although it runs on the "
                 f"same values laid out contiguously: {exc.message}"))
             continue
+        finally:
+            del variants  # the strided layout is twice the output's size
         for w in wrt:
             _, allowed = expect(w, v1, g1[w])
             diff = np.abs(g[w] - g1[w])
             bad = ~(diff <= allowed) & np.isfinite(g1[w])
+            del allowed
             if bad.any():
                 j = int(np.argmax(np.where(bad, np.nan_to_num(diff, nan=np.inf), -1)))
                 fail("noncontiguous_grad_output", (
@@ -208,6 +236,8 @@ def _noncontiguous(res, outs, inputs, wrt, v1, g1, expect, split, fail, label) -
                     f"{label(w, j)} where the same values laid out "
                     f"contiguously give {g1[w][j]:.10g}: the backward reads grad_output's memory as if it were "
                     "contiguous (e.g. .view(-1), as_strided or raw pointers); call .contiguous() first"), w)
+            del diff, bad
+        del g
 
 
 def _determinism(res, outs, inputs, wrt, v1, g1, expect, split, fail, fresh, label) -> None:
@@ -215,26 +245,33 @@ def _determinism(res, outs, inputs, wrt, v1, g1, expect, split, fail, fresh, lab
 
     spreads = {}
     try:
-        again = split(grads_numpy(vjp(outs, inputs, _as_tensors(v1, outs)), inputs))
+        # the fresh forward first, and its graph dropped before the second run on the
+        # original graph: two graphs and three gradients are never alive together
         new_outs, new_inputs = fresh()
         res.calls += 2
-        forward_diff = _spread(flat_numpy(outs), flat_numpy(new_outs))
+        forward_diff = _spread(flat_numpy(outs, copy=False), flat_numpy(new_outs, copy=False))
         third = split(grads_numpy(vjp(new_outs, new_inputs, _as_tensors(v1, new_outs)), new_inputs))
+        del new_outs, new_inputs
+        again = split(grads_numpy(vjp(outs, inputs, _as_tensors(v1, outs)), inputs))
     except OpRaised as exc:
         fail("op_error", f"the op raised when run again on the same inputs ({exc.phase}): {exc.message}")
         return
-    scale = float(np.max(np.abs(flat_numpy(outs)))) if outs else 0.0
+    flat = flat_numpy(outs, copy=False)
+    scale = float(np.max(np.abs(flat))) if flat.size else 0.0
+    del flat
     if forward_diff > 64 * 2.0**-23 * max(scale, 1e-30) and forward_diff > 0:
         fail("nondeterministic", f"the forward gives different outputs on identical inputs (spread {forward_diff:.3g})")
     for w in wrt:
         _, allowed = expect(w, v1, g1[w])
-        diff = np.maximum(np.abs(again[w] - g1[w]), np.abs(third[w] - g1[w]))
-        diff = np.where(np.isfinite(g1[w]), diff, 0.0)  # non-finite entries: reported as nonfinite
+        diff = np.abs(again[w] - g1[w])
+        np.maximum(diff, np.abs(third[w] - g1[w]), out=diff)
+        diff[~np.isfinite(g1[w])] = 0.0  # non-finite entries: reported as nonfinite
         spread = float(np.nanmax(diff)) if diff.size else 0.0
         if np.any(np.isnan(diff)):
             spread = float("nan")
         spreads[w] = spread
         bad = ~(diff <= allowed)
+        del diff, allowed
         if bad.any():
             j = int(np.flatnonzero(bad)[0])
             fail("nondeterministic", (
@@ -245,34 +282,83 @@ def _determinism(res, outs, inputs, wrt, v1, g1, expect, split, fail, fresh, lab
             res.diagnostics.append(Diagnostic("nondeterministic_within_tolerance", (
                 f"d/d{w}: repeated backward runs differ by up to {spread:.3g} (within tolerance: rounding from "
                 "a non-deterministic reduction order, e.g. atomic adds)"), w))
+        del bad
     res.determinism = {"runs": 3, "max_spread": spreads, "forward_spread": forward_diff}
 
 
 def _spread(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest |a - b| (nan where one is nan and the other is not; 0 where both are)."""
     if a.shape != b.shape:
         return float("inf")
+    if not a.size:
+        return 0.0
+    worst, any_nan = -np.inf, False
     with np.errstate(invalid="ignore"):
-        d = np.abs(a - b)
-    d = np.where(np.isnan(a) & np.isnan(b), 0.0, d)
-    return float(np.nanmax(d)) if d.size else 0.0
+        for start in range(0, a.size, PIECE):  # a piece at a time: no full-size temporaries
+            x, y = a[start:start + PIECE], b[start:start + PIECE]
+            d = np.abs(x - y)
+            d[np.isnan(x) & np.isnan(y)] = 0.0
+            if np.isnan(d).all():
+                any_nan = True
+                continue
+            worst = max(worst, float(np.nanmax(d)))
+    return float("nan") if worst == -np.inf and any_nan else float(worst)
 
 
 # ---- mutation --------------------------------------------------------------------------------
 
-def snapshot(tensors: dict) -> dict:
+@dataclass(frozen=True)
+class Pristine:
+    """What input tensors held when they were made, without a copy: the float64 arrays
+    make_tensors built them from, and the dtype it rounded them to."""
+
+    arrays: dict
+    dtype: str
+
+
+def snapshot(tensors: dict, arrays: dict | None = None, dtype: str | None = None):
+    """The tensors' values now, to compare with after the op ran: clones, or (given the
+    arrays and dtype make_tensors used) a reference to those arrays, which costs nothing."""
+    if arrays is not None and dtype is not None:
+        return Pristine(arrays, dtype)
     return {k: t.detach().clone() for k, t in tensors.items()}
 
 
-def mutated(tensors: dict, before: dict) -> list[str]:
-    """Names whose values (or shapes) changed since the snapshot."""
+def _same(now, before) -> bool:
     import torch
 
+    return torch.equal(torch.nan_to_num(now, nan=0.5), torch.nan_to_num(before, nan=0.5)) \
+        and torch.equal(torch.isnan(now), torch.isnan(before))
+
+
+def _same_as_array(t, arr: np.ndarray, dtype: str) -> bool:
+    """Whether tensor t still holds torch.tensor(arr, dtype), compared a piece at a time."""
+    import torch
+
+    from gradcheck_cli.ops_runner import torch_dtype
+
+    td = torch_dtype(dtype)
+    now = t.detach()
+    if tuple(now.shape) != tuple(np.shape(arr)) or now.dtype != td:
+        return False
+    now, flat = now.reshape(-1), np.ravel(arr)
+    for start in range(0, flat.size, PIECE):
+        stop = min(flat.size, start + PIECE)
+        if not _same(now[start:stop], torch.tensor(flat[start:stop], dtype=td, device=now.device)):
+            return False
+    return True
+
+
+def mutated(tensors: dict, before) -> list[str]:
+    """Names whose values (or shapes) changed since the snapshot."""
     out = []
     for k, t in tensors.items():
-        b = before[k]
-        now = t.detach()
-        if now.shape != b.shape or not torch.equal(torch.nan_to_num(now, nan=0.5), torch.nan_to_num(b, nan=0.5)) \
-                or not torch.equal(torch.isnan(now), torch.isnan(b)):
+        if isinstance(before, Pristine):
+            same = _same_as_array(t, before.arrays[k], before.dtype)
+        else:
+            b, now = before[k], t.detach()
+            same = now.shape == b.shape and _same(now, b)
+        if not same:
             out.append(k)
     return out
 

@@ -29,13 +29,8 @@ import numpy as np
 
 from gradcheck_cli.compare import _errors as _errs, _max  # the same elementwise errors as expression checks
 from gradcheck_cli.report import Diagnostic, GradientResult, _number, jsonable
+from gradcheck_cli.tolerances import OP_TOLERANCES  # data only, so `op --help` can show it without numpy
 
-OP_TOLERANCES = {  # output: 4 x the dtype's epsilon
-    "float64": {"atol": 1e-12, "rtol": 1e-7, "scale": 1e-10, "output": 4 * 2.0**-52},
-    "float32": {"atol": 1e-6, "rtol": 1e-4, "scale": 1e-5, "output": 4 * 2.0**-23},
-    "float16": {"atol": 1e-3, "rtol": 1e-2, "scale": 1e-2, "output": 4 * 2.0**-10},
-    "bfloat16": {"atol": 1e-2, "rtol": 5e-2, "scale": 5e-2, "output": 4 * 2.0**-7},
-}
 FD_SAFETY = 3.0
 JSON_DENSE_LIMIT = 262_144  # Jacobian entries written as nested lists; larger ones as an entry list
 JSON_MAX_ENTRIES = 100_000

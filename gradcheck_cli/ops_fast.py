@@ -14,11 +14,13 @@ rows and entries it compared.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from gradcheck_cli import ops_compare as oc
-from gradcheck_cli.ops_jacobian import EPS, one_hot_rows, projection_fd, step_sizes
-from gradcheck_cli.ops_runner import BatchedForward, OpRaised, VJPMany, flat_numpy
+from gradcheck_cli.ops_jacobian import EPS, Direction, direction_fd, step_sizes
+from gradcheck_cli.ops_runner import STREAM_ELEMENTS, BatchedForward, OpRaised, VJPMany, flat_numpy
 from gradcheck_cli.report import Diagnostic
 
 PROJECTIONS = 4
@@ -26,10 +28,105 @@ SAMPLED_ROWS = 8
 EXTRA_COLUMNS = 8
 MAX_COLUMNS = 256
 COLUMN_BUDGET = 20_000_000  # element evaluations for the one-by-one columns
+SPARSE_ROW = 16  # an exact row is kept as (index, value) pairs when at most 1/16 of it is nonzero
+
+
+@dataclass
+class Projection:
+    """One random projection v^T J u: the directions, re-drawn when needed (never all held at
+    once), and what autograd gave for it."""
+
+    v: Direction
+    u: dict  # input -> Direction
+    norm: dict  # input -> max |u|
+    s_ad: dict  # input -> v^T J u by autograd (the VJP's slice dotted with u)
+    terms: dict  # input -> sum |v^T J| |u|, the size of the numbers summed
+
+
+def _draw_projections(rng, vjps: VJPMany, m: int, sizes: dict, offsets: dict) -> list:
+    """PROJECTIONS times: draw v, one backward call for v^T J, then draw u per input and
+    reduce.  Only the directions' generator states are kept."""
+    out = []
+    for _ in range(PROJECTIONS):
+        v = Direction(rng, m)
+        g = vjps.one(v.draw(rng))
+        proj = Projection(v, {}, {}, {}, {})
+        for w, n in sizes.items():
+            d = Direction(rng, n)
+            u = d.draw(rng)
+            gw = g[offsets[w]:offsets[w] + n]
+            proj.u[w], proj.norm[w] = d, float(np.max(np.abs(u))) if n else 0.0
+            proj.s_ad[w] = float(gw @ u)
+            proj.terms[w] = float(np.abs(gw) @ np.abs(u))
+            del u
+        del g
+        out.append(proj)
+    return out
+
+
+def _reduce(direction: Direction, signed: tuple, absolute: tuple) -> tuple[list, list]:
+    """([d . a for a in signed], [|d| . b for b in absolute]), the direction d re-drawn piece
+    by piece (the projection's reductions over the outputs)."""
+    s_sums, a_sums = [0.0] * len(signed), [0.0] * len(absolute)
+    for a, b, vals in direction.chunks():
+        for k, vec in enumerate(signed):
+            s_sums[k] += float(vals @ vec[a:b])
+        av = np.abs(vals)
+        for k, vec in enumerate(absolute):
+            a_sums[k] += float(av @ np.abs(vec[a:b]))
+    return s_sums, a_sums
+
+
+@dataclass
+class ExactRows:
+    """The sampled output rows of the Jacobian, exactly, from one-hot backward calls: kept as
+    (index, value) pairs when sparse (elementwise ops: one entry each), and computed again by
+    another backward call when needed otherwise, so no (rows, N) array is held."""
+
+    vjps: VJPMany
+    rows: np.ndarray
+    m: int
+    sparse: dict = field(default_factory=dict)  # position -> (global indices, values)
+    touched: dict = field(default_factory=dict)  # input -> bool mask of columns any row touches
+
+    def fill(self, sizes: dict, offsets: dict) -> None:
+        total = sum(sizes.values())
+        self.touched = {w: np.zeros(n, dtype=bool) for w, n in sizes.items()}
+        for i in range(self.rows.size):
+            g = self._backward(i)
+            nz = np.flatnonzero(g)  # nan is nonzero: it is an entry to report
+            if nz.size * SPARSE_ROW <= total:
+                self.sparse[i] = (nz, g[nz])
+            for w, n in sizes.items():
+                lo, hi = np.searchsorted(nz, [offsets[w], offsets[w] + n])
+                self.touched[w][nz[lo:hi] - offsets[w]] = True
+            del g, nz
+
+    def _backward(self, i: int) -> np.ndarray:
+        e = np.zeros(self.m)
+        e[self.rows[i]] = 1.0
+        return self.vjps.one(e)
+
+    def each(self, off: int, n: int):
+        """(position, column indices within the input, values) per row, for the input at `off`."""
+        for i in range(self.rows.size):
+            if i in self.sparse:
+                nz, vals = self.sparse[i]
+                lo, hi = np.searchsorted(nz, [off, off + n])
+                yield i, nz[lo:hi] - off, vals[lo:hi]
+            else:
+                g = self._backward(i)[off:off + n]
+                nz = np.flatnonzero(g)
+                yield i, nz, g[nz]
+                del g, nz
 
 
 def run_fast(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -> tuple:
-    """Fast-mode gradient results for the point (diagnostics go to pt)."""
+    """Fast-mode gradient results for the point (diagnostics go to pt).
+
+    Memory stays a small multiple of the inputs and outputs at any size: one projection,
+    one sampled row and one finite-difference point at a time (see Direction, ExactRows,
+    direction_fd); nothing of size (k, n) is held."""
     from gradcheck_cli.ops_full import _broadcast_factor, run_backward_checks
 
     spec, opts = pt.prep.spec, pt.opts
@@ -42,19 +139,18 @@ def run_fast(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -
     sizes = {w: int(np.prod(np.shape(pt.arrays[w]))) for w in wrt}
     offsets = dict(zip(wrt, np.cumsum([0] + [sizes[w] for w in wrt])[:-1].tolist()))
     inputs = [tensors[w] for w in wrt]
-    vjps = VJPMany(outs, inputs)
+    vjps = VJPMany(outs, inputs, max_elements=STREAM_ELEMENTS)
     rng = pt.rng
-    V = rng.standard_normal((PROJECTIONS, m))
-    U = {w: rng.standard_normal((PROJECTIONS, sizes[w])) for w in wrt}
-    rows = np.sort(rng.choice(m, size=min(m, SAMPLED_ROWS), replace=False))
+    batches = {}
     try:
-        G = vjps(V)
-        exact = one_hot_rows(vjps, rows, m)
-        batches = {w: BatchedForward(spec, pt.ref_arrays, w, fd_dtype, opts.device, list(layout.shapes), rng)
-                   for w in wrt}
+        projections = _draw_projections(rng, vjps, m, sizes, offsets)
+        rows = np.sort(rng.choice(m, size=min(m, SAMPLED_ROWS), replace=False))
+        exact = ExactRows(vjps, rows, m)
+        exact.fill(sizes, offsets)
+        batches = _batches(pt, wrt, fd_dtype, layout, rng)
         results = []
         for w in wrt:
-            results.append(_one_input(pt, w, layout, batches[w], f0, G, V, U[w], rows, exact, offsets[w], sizes[w],
+            results.append(_one_input(pt, w, layout, batches[w], f0, projections, rows, exact, offsets[w], sizes[w],
                                       None if sym is None else sym[w], eps_dtype, vjps,
                                       _broadcast_factor(layout, tuple(np.shape(pt.arrays[w])))))
     except OpRaised as exc:
@@ -66,6 +162,7 @@ def run_fast(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -
                          "jacobian_backward": vjps.calls}
     pt.extra["fd_batching"] = {w: batches[w].mode for w in wrt}
     pt.extra["sampled_rows"] = [layout.label(int(o)) for o in rows]
+    del exact, projections
     tol = pt.tol
 
     def expect(w, v, g):
@@ -85,21 +182,47 @@ def run_fast(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -
     return tuple(results)
 
 
-def _one_input(pt, w, layout, batch, f0, G, V, U, rows, exact, off, n, sym, eps_dtype, vjps, bfactor):
+def _batches(pt, wrt: list, fd_dtype: str, layout, rng) -> dict:
+    """A BatchedForward per input, sharing the fixed inputs' tensors.  Where one point fills
+    a call (n + m at the element cap) batching gains nothing: plain calls, no probes."""
+    import torch
+
+    from gradcheck_cli.ops_runner import torch_dtype
+
+    spec, opts = pt.prep.spec, pt.opts
+    td = torch_dtype(fd_dtype)
+    base = {k: torch.tensor(v, dtype=td, device=opts.device) for k, v in pt.ref_arrays.items()} \
+        if len(pt.ref_arrays) > 1 else None
+    out = {}
+    for w in wrt:
+        n = int(np.prod(np.shape(pt.ref_arrays[w])))
+        probes = 3 if STREAM_ELEMENTS // max(1, n + layout.m) >= 2 else 0
+        out[w] = BatchedForward(spec, pt.ref_arrays, w, fd_dtype, opts.device, list(layout.shapes), rng,
+                                max_elements=STREAM_ELEMENTS, probes=probes, base=base)
+    return out
+
+
+def _one_input(pt, w, layout, batch, f0, projections, rows, exact, off, n, sym, eps_dtype, vjps, bfactor):
     tol = pt.tol
     x = np.asarray(pt.ref_arrays[w], dtype=np.float64).reshape(-1)
     in_shape = tuple(np.shape(pt.arrays[w]))
-    # 1. projections
-    s_ad = np.einsum("kn,kn->k", G[:, off:off + n], U)
-    ju, ju_err = projection_fd(batch, x, U, f0, pt.opts.eps, eps_dtype)
-    s_fd = np.einsum("km,km->k", V, ju)
-    s_err = np.einsum("km,km->k", np.abs(V), ju_err)
-    terms = np.einsum("kn,kn->k", np.abs(G[:, off:off + n]), np.abs(U))
+    # 1. projections, one at a time: J u by finite differences (four forward calls), then
+    # the reductions over the outputs with v drawn again piece by piece
+    s_ad = np.array([p.s_ad[w] for p in projections])
+    terms = np.array([p.terms[w] for p in projections])
+    norms = np.array([p.norm[w] for p in projections])
+    s_fd, s_err, v_f0, s_sym = (np.zeros(PROJECTIONS) for _ in range(4))
+    for k, p in enumerate(projections):
+        ju, ju_err = direction_fd(batch, x, p.u[w], p.norm[w], f0, pt.opts.eps, eps_dtype)
+        (s_fd[k],), (s_err[k], v_f0[k]) = _reduce(p.v, (ju,), (ju_err, f0))  # err >= 0: |err| = err
+        del ju, ju_err
+        if sym is not None:  # only where the exact Jacobian is small enough to be dense
+            s_sym[k] = float(p.v.again() @ (sym @ p.u[w].again()))
     refs = [("finite differences", s_fd, s_err)]
     if sym is not None:
-        refs.append(("symbolic", np.einsum("km,km->k", V, U @ sym.T), np.zeros(PROJECTIONS)))
+        refs.append(("symbolic", s_sym, np.zeros(PROJECTIONS)))
     proj_ok = np.isfinite(s_ad)
-    rounding = tol["output"] * (np.abs(V) @ np.abs(f0)) * np.max(np.abs(U), axis=1)  # see ops_compare
+    rounding = tol["output"] * v_f0 * norms  # see ops_compare
     for label, s_ref, err in refs:
         allowed = (tol["atol"] + tol["rtol"] * np.abs(s_ref) + tol["scale"] * terms + rounding
                    + oc.FD_SAFETY * err)
@@ -116,20 +239,24 @@ def _one_input(pt, w, layout, batch, f0, G, V, U, rows, exact, off, n, sym, eps_
                                             np.zeros(1), bfactor))
         proj_ok &= good
     # 2. sampled rows: exact autograd rows, finite differences on the columns they touch
-    block = exact[:, off:off + n]
-    cols = np.unique(np.nonzero(block)[1])
+    cols = np.flatnonzero(exact.touched[w])
     extra = pt.rng.choice(n, size=min(n, EXTRA_COLUMNS), replace=False)
     cols = np.union1d(cols, extra)
     limit = int(min(MAX_COLUMNS, max(16, COLUMN_BUDGET // (4 * (n + layout.m)))))
     if cols.size > limit:  # the rest is covered, in aggregate, by the remainder direction
         cols = np.sort(pt.rng.choice(cols, size=limit, replace=False))
+    rest = np.ones(n, dtype=bool)
+    rest[cols] = False
+    remainder = Direction(pt.rng, n, rest) if rest.any() else None
+    del rest
+    auto, got, rterms, rnorm = _autograd_rows(exact, off, n, cols, rows, remainder, pt.rng)
     fd_vals, fd_err = _columns(batch, x, cols, rows, f0, pt.opts.eps, eps_dtype)  # (R, C)
-    auto = block[:, cols]
     rr, cc = np.meshgrid(rows, cols, indexing="ij")
     sym_vals = None if sym is None else sym[rr, cc].reshape(-1)
     v = oc.judge(rr.reshape(-1), cc.reshape(-1), layout.m, n, auto.reshape(-1), fd_vals.reshape(-1),
                  fd_err.reshape(-1), sym_vals, tol, extra=tol["output"] * np.abs(f0[rr.reshape(-1)]))
-    rest_ok = _remainder(pt, w, layout, batch, x, cols, rows, block, f0, eps_dtype)
+    rest_ok = remainder is None or _remainder(pt, w, layout, batch, x, remainder, rnorm, rows, got, rterms, f0,
+                                               eps_dtype)
     passed = bool(proj_ok.all()) and v.passed and rest_ok
     if not v.passed:
         against = "symbolic" if sym is not None else "finite differences"
@@ -162,18 +289,47 @@ def _one_input(pt, w, layout, batch, f0, G, V, U, rows, exact, off, n, sym, eps_
                                            "columns_differenced": int(cols.size)}})
 
 
+def _autograd_rows(exact: ExactRows, off: int, n: int, cols: np.ndarray, rows: np.ndarray,
+                   remainder: Direction | None, rng) -> tuple:
+    """Autograd's sampled rows for one input: their entries on `cols` (R, C), and their
+    products with the remainder direction u (drawn here, from rng) and |u|."""
+    auto = np.zeros((rows.size, cols.size))
+    got, terms = np.zeros(rows.size), np.zeros(rows.size)
+    u = remainder.draw(rng) if remainder is not None else None
+    norm = float(np.max(np.abs(u))) if u is not None and u.size else 0.0
+    for i, idx, vals in exact.each(off, n):
+        pos = np.minimum(np.searchsorted(cols, idx), max(cols.size - 1, 0))
+        hit = cols[pos] == idx if cols.size else np.zeros(idx.size, dtype=bool)
+        auto[i, pos[hit]] = vals[hit]
+        if u is not None:
+            got[i] = float(vals @ u[idx])
+            terms[i] = float(np.abs(vals) @ np.abs(u[idx]))
+    return auto, got, terms, norm
+
+
 def _columns(batch: BatchedForward, x: np.ndarray, cols: np.ndarray, rows: np.ndarray, f0: np.ndarray,
              eps: float | None, eps_dtype: float):
     """Central differences (with step halving) of outputs `rows` w.r.t. elements `cols`: (R, C)."""
-    h = step_sizes(x, "central", eps, eps_dtype)[cols]
-    deltas = (1, -1, 2, -2)
-    pts = np.repeat(x[None], len(deltas) * cols.size, axis=0)
-    for k, d in enumerate(deltas):
-        pts[k * cols.size + np.arange(cols.size), cols] += d * h
-    pts = batch._representable(pts)
-    disp = pts[np.arange(pts.shape[0]), np.tile(cols, len(deltas))] - x[np.tile(cols, len(deltas))]
-    out = batch(pts)[:, rows].reshape(len(deltas), cols.size, rows.size)
-    t = disp.reshape(len(deltas), cols.size)[:, :, None]
+    h = step_sizes(x[cols], "central", eps, eps_dtype)  # elementwise: the same as for all of x
+    deltas = np.array([1, -1, 2, -2])
+    nd = deltas.size
+    out = np.empty((nd, cols.size, rows.size))
+    disp = np.empty((nd, cols.size))
+    # as many points per call as the batch's element cap allows (one, at n = 1e6): each is a
+    # full copy of x, and only the sampled rows of each output are kept
+    jobs_k = np.tile(np.arange(nd), cols.size)
+    jobs_c = np.repeat(np.arange(cols.size), nd)
+    per_call = batch.rows_per_call()
+    for start in range(0, jobs_k.size, per_call):
+        kk, cc = jobs_k[start:start + per_call], jobs_c[start:start + per_call]
+        at = np.arange(kk.size)
+        pts = np.repeat(x[None], kk.size, axis=0)
+        pts[at, cols[cc]] += deltas[kk] * h[cc]
+        pts = batch._representable(pts)
+        disp[kk, cc] = pts[at, cols[cc]] - x[cols[cc]]
+        out[kk, cc] = batch(pts, scratch=True)[:, rows]
+        del pts
+    t = disp[:, :, None]
     with np.errstate(all="ignore"):
         d1 = (out[0] - out[1]) / (t[0] - t[1])
         d2 = (out[2] - out[3]) / (t[2] - t[3])
@@ -182,28 +338,23 @@ def _columns(batch: BatchedForward, x: np.ndarray, cols: np.ndarray, rows: np.nd
     return d1.T, err.T
 
 
-def _remainder(pt, w, layout, batch, x, cols, rows, block, f0, eps_dtype) -> bool:
-    """Every element not differenced one by one, at once along a random direction: the
-    sampled rows' change must match autograd's rows there (0 when they do not depend)."""
-    n = x.size
-    rest = np.setdiff1d(np.arange(n), cols)
-    if rest.size == 0:
-        return True
-    u = np.zeros((1, n))
-    u[0, rest] = pt.rng.standard_normal(rest.size)
-    ju, err = projection_fd(batch, x, u, f0, pt.opts.eps, eps_dtype)
-    expected, got = ju[0, rows], block @ u[0]
+def _remainder(pt, w, layout, batch, x, direction: Direction, norm: float, rows, got, terms, f0,
+               eps_dtype) -> bool:
+    """Every element not differenced one by one, at once along a random direction u: the
+    sampled rows' change must match autograd's rows . u there (0 when they do not depend)."""
+    ju, err = direction_fd(batch, x, direction, norm, f0, pt.opts.eps, eps_dtype)
+    expected, err = ju[rows], err[rows]
+    del ju
     tol = pt.tol
-    terms = np.abs(block) @ np.abs(u[0])
-    allowed = tol["atol"] + tol["rtol"] * np.abs(expected) + tol["scale"] * terms + oc.FD_SAFETY * err[0, rows]
+    allowed = tol["atol"] + tol["rtol"] * np.abs(expected) + tol["scale"] * terms + oc.FD_SAFETY * err
     with np.errstate(invalid="ignore"):
         good = np.abs(got - expected) <= allowed
     if good.all():
         return True
     i = int(np.flatnonzero(~good)[0])
     pt.diags.append(Diagnostic("gradient_mismatch", (
-        f"d{layout.label(int(rows[i]))}/d{w} along the {rest.size} elements not differenced one by one: autograd "
-        f"{got[i]:.10g} vs finite differences {expected[i]:.10g} (allowed {allowed[i]:.3g}): the gradient lands "
-        "where the op does not depend, or misses where it does"), w))
+        f"d{layout.label(int(rows[i]))}/d{w} along the {direction.count} elements not differenced one by one: "
+        f"autograd {got[i]:.10g} vs finite differences {expected[i]:.10g} (allowed {allowed[i]:.3g}): the gradient "
+        "lands where the op does not depend, or misses where it does"), w))
     pt.failed = True
     return False

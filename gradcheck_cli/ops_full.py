@@ -217,7 +217,7 @@ def _batching_agrees(batch: BatchedForward, fd: FDEntries, e: InputEntries, v: o
         return True
     k = bad[np.argmax(np.nan_to_num(v.ratio[bad], posinf=np.inf))]
     o, j = int(e.rows[k]), int(e.cols[k])
-    x = batch.base[batch.name].detach().to("cpu").double().numpy().reshape(-1)
+    x = batch.x()
     h = fd.steps[j]
     rows = np.repeat(x[None], 2, axis=0)
     rows[0, j] += h

@@ -327,24 +327,105 @@ def one_hot_rows(vjps: VJPMany, rows: np.ndarray, m: int) -> np.ndarray:
     return vjps(vectors)
 
 
-def projection_fd(batch: BatchedForward, x: np.ndarray, directions: np.ndarray, f0: np.ndarray,
-                  eps: float | None, eps_dtype: float) -> tuple[np.ndarray, np.ndarray]:
-    """J u for each direction u (rows of `directions`), by central differences along u with
-    step halving: returns (k, m) estimates and (k, m) error estimates."""
+DRAW_CHUNK = 65_536  # elements per step when a direction is re-drawn or combined piecewise
+
+
+class Direction:
+    """A random direction drawn once from `rng` and re-drawn piece by piece whenever it is
+    needed again, so fast mode at n = 1e6 holds no (k, n) array of directions.  `draw`
+    advances `rng` exactly as one standard_normal(count) would; with `mask` only the True
+    elements are drawn (in index order) and the others are 0."""
+
+    def __init__(self, rng: np.random.Generator, n: int, mask: np.ndarray | None = None):
+        bit = rng.bit_generator
+        self._kind, self._state = type(bit), bit.state
+        self.n, self.mask = n, mask
+        self.count = n if mask is None else int(np.count_nonzero(mask))
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        """The direction as one array, drawn from `rng` (which must be where __init__ saw it)."""
+        if self.mask is None:
+            return rng.standard_normal(self.n)
+        u = np.zeros(self.n)
+        u[self.mask] = rng.standard_normal(self.count)
+        return u
+
+    def again(self) -> np.ndarray:
+        """The whole direction, drawn again."""
+        parts = [vals for _, _, vals in self.chunks()]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def chunks(self):
+        """(start, stop, values) pieces of the same direction, drawn again."""
+        gen = np.random.Generator(self._kind())
+        gen.bit_generator.state = self._state
+        for start in range(0, self.n, DRAW_CHUNK):
+            stop = min(self.n, start + DRAW_CHUNK)
+            if self.mask is None:
+                yield start, stop, gen.standard_normal(stop - start)
+            else:
+                part = self.mask[start:stop]
+                vals = np.zeros(stop - start)
+                vals[part] = gen.standard_normal(int(np.count_nonzero(part)))
+                yield start, stop, vals
+
+
+def direction_fd(batch: BatchedForward, x: np.ndarray, direction: Direction, norm: float, f0: np.ndarray,
+                 eps: float | None, eps_dtype: float) -> tuple[np.ndarray, np.ndarray]:
+    """J u for one direction u (max |u| = norm), by central differences along u with step
+    halving: (m,) estimate and (m,) error estimate.  The four points x ± t·u/norm, x ± 2t·u/norm
+    are built piece by piece and, when the batch runs one point per call, evaluated one at a
+    time, keeping only running combinations: the working set is a few vectors, not 4 (n + m)."""
     x = np.asarray(x, dtype=np.float64).reshape(-1)
-    k = directions.shape[0]
-    norms = np.maximum(np.max(np.abs(directions), axis=1), 1e-300)
-    unit = directions / norms[:, None]
+    n = x.size
+    norm = max(float(norm), 1e-300)
     rel = default_step("central", eps_dtype) if eps is None else eps
     t = rel * max(1.0, float(np.max(np.abs(x))) if x.size else 1.0)
-    rows = np.concatenate([x[None] + d * t * unit for d in (1, -1, 2, -2)])
-    out = batch(rows).reshape(4, k, -1)
+    deltas = (1, -1, 2, -2)
+
+    def point(d, out):
+        for a, b, vals in direction.chunks():
+            out[a:b] = x[a:b] + d * t * (vals / norm)
+        return out
+
+    m = batch.m
+
+    def evaluate(d):  # one point per call; the result may be the op's own memory: read it at once
+        return batch(point(d, np.empty(n))[None], scratch=True)[0]
+
     with np.errstate(all="ignore"):
-        d1 = (out[0] - out[1]) / (2 * t)
-        d2 = (out[2] - out[3]) / (4 * t)
-        noise = 4 * eps_dtype * (np.abs(f0)[None] + np.max(np.abs(out), axis=0)) + 4 * batch.noise[None]
-        err = np.abs(d1 - d2) / 3 + noise / t
-    return d1 * norms[:, None], err * norms[:, None]
+        if batch.rows_per_call() >= len(deltas):  # small: all four points in one call
+            pts = np.empty((len(deltas), n))
+            for k, d in enumerate(deltas):
+                point(d, pts[k])
+            o1, om1, o2, om2 = batch(pts, scratch=True)
+            del pts
+            d1 = (o1 - om1) / (2 * t)
+            biggest = np.maximum(np.abs(o1), np.abs(om1))
+        else:
+            # own copies before the next call (an op may hand back a buffer it reuses), and
+            # only running combinations: (o1 - o-1) and the largest |output| so far
+            o1 = evaluate(1)
+            d1, biggest = np.array(o1), np.abs(o1)
+            del o1
+            om1 = evaluate(-1)
+            np.subtract(d1, om1, out=d1)
+            d1 /= 2 * t
+            np.maximum(biggest, np.abs(om1), out=biggest)
+            del om1
+            o2 = np.array(evaluate(2))
+            om2 = evaluate(-2)
+        err = biggest  # filled in place, piece by piece
+        for a in range(0, m, DRAW_CHUNK):
+            b = min(m, a + DRAW_CHUNK)
+            d2 = (o2[a:b] - om2[a:b]) / (4 * t)
+            most = np.maximum(np.maximum(biggest[a:b], np.abs(o2[a:b])), np.abs(om2[a:b]))
+            noise = 4 * eps_dtype * (np.abs(f0[a:b]) + most) + 4 * batch.noise[a:b]
+            err[a:b] = np.abs(d1[a:b] - d2) / 3 + noise / t
+        del o2, om2
+        d1 *= norm
+        err *= norm
+    return d1, err
 
 
 def flat_index(shape: tuple, flat: int) -> tuple:

@@ -78,6 +78,13 @@ def as_callable(obj: Any, label: str) -> Callable:
 
 
 def _import_module(name: str):
+    # The current folder is importable, as under `python -m gradcheck_cli`: the console
+    # script's sys.path lacks it, so `gradcheck op mypkg.ops:Swish` in a project that is not
+    # installed would fail only when run one way.  Appended, so installed packages win.
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.append(cwd)
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
@@ -86,6 +93,12 @@ def _import_module(name: str):
         if isinstance(exc, KeyboardInterrupt):
             raise
         raise UserInputError(f"importing module {name!r} raised {type(exc).__name__}: {exc}") from None
+    finally:
+        if added:
+            try:
+                sys.path.remove(cwd)
+            except ValueError:
+                pass
 
 
 def _import_file(where: str, base_dir: str | None):

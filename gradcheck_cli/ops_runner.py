@@ -18,6 +18,9 @@ from typing import Any, Callable
 import numpy as np
 
 CHUNK_ELEMENTS = 4_000_000  # input + output elements per batched forward call
+# fast mode's cap: a batched call holds a few copies of its rows, so at 1e6-element inputs
+# one row per call keeps the working set a small multiple of the input (issue 7)
+STREAM_ELEMENTS = 1_000_000
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -128,12 +131,17 @@ def call(spec: OpSpec, tensors: dict, phase: str = "forward") -> list:
     return _floating_outputs(raw)
 
 
-def flat_numpy(outputs: list) -> np.ndarray:
-    """Outputs concatenated into one float64 vector (the Jacobian's row space)."""
+def flat_numpy(outputs: list, copy: bool = True) -> np.ndarray:
+    """Outputs concatenated into one float64 vector (the Jacobian's row space).  With
+    copy=False one float64 output on the CPU comes back as a read-only view of its memory."""
     import torch
 
     if not outputs:
         return np.zeros(0)
+    if not copy and len(outputs) == 1:
+        flat = outputs[0].detach().reshape(-1).to(device="cpu", dtype=torch.float64).numpy()
+        flat.flags.writeable = False
+        return flat
     return torch.cat([o.detach().reshape(-1).to(device="cpu", dtype=torch.float64) for o in outputs]).numpy()
 
 
@@ -181,10 +189,12 @@ class VJPMany:
     (is_grads_batched, i.e. vmap over the backward) when the op's backward runs that way
     and agrees with a plain call, else a loop of plain calls."""
 
-    def __init__(self, outputs: list, inputs: list, allow_batched: bool = True):
+    def __init__(self, outputs: list, inputs: list, allow_batched: bool = True,
+                 max_elements: int = CHUNK_ELEMENTS):
         self.outputs, self.inputs = outputs, inputs
         self.sizes = [x.numel() for x in inputs]
         self.batched = allow_batched
+        self.max_elements = max_elements  # grad_output + gradient elements per batched call
         self.checked = False  # a batched result has been compared with a plain one
         self.calls = 0
         self.none: set = set()  # inputs the backward returned None for
@@ -193,16 +203,28 @@ class VJPMany:
         """vectors: (k, m) float64 -> (k, N) float64 gradients, inputs concatenated
         (None gradients are zeros here; `none` records them)."""
         result = np.zeros((vectors.shape[0], sum(self.sizes)))
-        done = self._try_batched(vectors, result) if self.batched and vectors.shape[0] > 1 else 0
+        done = self._try_batched(vectors, result) if self.batched and vectors.shape[0] > 1 \
+            and self._per_call(vectors.shape[1]) > 1 else 0
         for i in range(done, vectors.shape[0]):
             result[i] = self._plain(vectors[i])
         return result
 
-    def _plain(self, v: np.ndarray) -> np.ndarray:
-        grads = vjp(self.outputs, self.inputs, unflatten(v, self.outputs))
+    def _per_call(self, m: int) -> int:
+        return max(1, self.max_elements // max(1, sum(self.sizes) + m))
+
+    def one(self, v: np.ndarray) -> np.ndarray:
+        """v^T J for one grad_output (m,) as a flat float64 (N,) vector, by one plain call.
+        The result may share memory with v or with the op's gradient: read it, do not
+        write into it."""
+        return self._plain(v, copy=False)
+
+    def _plain(self, v: np.ndarray, copy: bool = True) -> np.ndarray:
+        go = unflatten(v, self.outputs)
+        grads = vjp(self.outputs, self.inputs, go)
+        del go
         self.calls += 1
         self.none.update(k for k, g in enumerate(grads) if g is None)
-        return _concat(grads, self.sizes)
+        return _concat(grads, self.sizes, copy)
 
     def _batched(self, block: np.ndarray) -> np.ndarray:
         import torch
@@ -235,7 +257,7 @@ class VJPMany:
         """Fill rows of `result` with batched calls; return how many are done (plain calls
         do the rest).  The first batched block includes a row also computed plainly."""
         k = vectors.shape[0]
-        per_call = max(1, CHUNK_ELEMENTS // max(1, sum(self.sizes) + vectors.shape[1]))
+        per_call = self._per_call(vectors.shape[1])
         done = 0
         if not self.checked:
             result[0] = self._plain(vectors[0])
@@ -264,13 +286,15 @@ def _agree(a: np.ndarray, b: np.ndarray) -> bool:
         return bool(np.all(np.abs(a - b) <= 1e-12 * scale) or np.array_equal(a, b, equal_nan=True))
 
 
-def _concat(grads, sizes) -> np.ndarray:
+def _concat(grads, sizes, copy: bool = True) -> np.ndarray:
     import torch
 
     parts = []
     for g, n in zip(grads, sizes):
         parts.append(np.zeros(n) if g is None else
                      g.detach().reshape(-1).to(device="cpu", dtype=torch.float64).numpy())
+    if len(parts) == 1 and not copy:
+        return parts[0]
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
@@ -281,40 +305,64 @@ class BatchedForward:
     only when it reproduces plain calls on probe points."""
 
     def __init__(self, spec: OpSpec, arrays: dict, name: str, dtype: str, device: str, out_shapes: list,
-                 rng: np.random.Generator):
+                 rng: np.random.Generator, *, max_elements: int = CHUNK_ELEMENTS, probes: int = 3,
+                 base: dict | None = None):
+        """`arrays`: every input (float64); `name` is varied, the others stay fixed.
+        `max_elements` caps input + output elements per batched call; `probes` random points
+        (besides the point itself) test batching, and with 0 every call is a plain one (where
+        one point fills a call, batching gains nothing); `base` may share the fixed inputs, already
+        as tensors in `dtype`, between several of these."""
         import torch
 
         self.spec, self.name, self.dtype, self.device = spec, name, dtype, device
         self.td = torch_dtype(dtype)
         self.out_shapes = [tuple(s) for s in out_shapes]
         self.m = sum(math.prod(s) for s in self.out_shapes)
-        self.base = {k: torch.tensor(v, dtype=self.td, device=device) for k, v in arrays.items()}
+        self.max_elements = max_elements
+        # the fixed inputs only: the varied one is a new tensor in every call
+        self.base = {k: (base[k] if base is not None and k in base else torch.tensor(v, dtype=self.td, device=device))
+                     for k, v in arrays.items() if k != name}
+        self.point = arrays[name]
         self.shape = tuple(np.shape(arrays[name]))
         self.n_in = math.prod(self.shape)
-        self.rank = max([t.ndim for t in self.base.values()] + [0])
+        self.rank = max([len(np.shape(v)) for v in arrays.values()] + [0])
         self.calls = 0
         self.mode = "loop"
         self.noise = np.zeros(self.m)  # per output: how far batched rows may differ from plain calls
-        self._choose(np.asarray(arrays[name], dtype=np.float64), rng)
+        self._choose(np.asarray(arrays[name], dtype=np.float64), rng, probes)
+
+    def x(self) -> np.ndarray:
+        """The point of the varied input as the op sees it (rounded to its dtype), flat float64."""
+        return self._representable(np.asarray(self.point, dtype=np.float64).reshape(1, -1))[0]
 
     # -- the three ways to evaluate rows ---------------------------------------------------
     def _inputs(self) -> dict:
         """The fixed inputs, fresh for every call: an op that writes into its inputs must
         not change the next call's point."""
-        return {k: v.clone() for k, v in self.base.items() if k != self.name}
+        return {k: v.clone() for k, v in self.base.items()}
 
-    def _plain(self, row: np.ndarray) -> np.ndarray:
+    def _plain(self, row: np.ndarray, scratch: bool = False) -> np.ndarray:
         import torch
 
         tensors = self._inputs()
-        tensors[self.name] = torch.tensor(row.reshape(self.shape), dtype=self.td, device=self.device)
+        tensors[self.name] = self._rows_tensor(row, self.shape, scratch)
         with torch.no_grad():
             outs = call(self.spec, tensors, "forward (finite differences)")
+        del tensors
         self.calls += 1
         self._check_shapes(outs)
-        return flat_numpy(outs)
+        return flat_numpy(outs, copy=not scratch)
 
-    def _vmap(self, rows: np.ndarray) -> np.ndarray:
+    def _rows_tensor(self, rows: np.ndarray, shape: tuple, share: bool):
+        """The rows as one tensor; `share`: the caller's scratch rows may be handed to the op
+        as they are (no copy when the dtype and device already match)."""
+        import torch
+
+        if share:
+            return torch.as_tensor(rows.reshape(shape), dtype=self.td, device=self.device)
+        return torch.tensor(rows.reshape(shape), dtype=self.td, device=self.device)
+
+    def _vmap(self, rows: np.ndarray, share: bool = False) -> np.ndarray:
         import torch
 
         def one(xb):
@@ -324,20 +372,20 @@ class BatchedForward:
             return tuple(outs)
 
         fixed = self._inputs()
-        x = torch.tensor(rows.reshape((rows.shape[0],) + self.shape), dtype=self.td, device=self.device)
+        x = self._rows_tensor(rows, (rows.shape[0],) + self.shape, share)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             outs = torch.func.vmap(one)(x)
         self.calls += 1
         return self._collect(list(outs), rows.shape[0])
 
-    def _native(self, rows: np.ndarray) -> np.ndarray:
+    def _native(self, rows: np.ndarray, share: bool = False) -> np.ndarray:
         import torch
 
         b = rows.shape[0]
         padded = (b,) + (1,) * (self.rank - len(self.shape)) + self.shape
         tensors = self._inputs()
-        tensors[self.name] = torch.tensor(rows.reshape(padded), dtype=self.td, device=self.device)
+        tensors[self.name] = self._rows_tensor(rows, padded, share)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             outs = _floating_outputs(self.spec.fn(*self.spec.arguments(tensors), **self.spec.kwargs))
@@ -354,6 +402,10 @@ class BatchedForward:
             if tuple(o.shape) != (b,) + s:
                 raise ValueError("batched call changed an output's shape")
             parts.append(o.detach().reshape(b, -1).to(device="cpu", dtype=torch.float64))
+        if len(parts) == 1:  # no copy: the result is read, never written (it may share the op's memory)
+            out = parts[0].numpy()
+            out.flags.writeable = False
+            return out
         return torch.cat(parts, dim=1).numpy()
 
     def _check_shapes(self, outs: list) -> None:
@@ -363,13 +415,14 @@ class BatchedForward:
                 f"the op's output shapes changed from {self.out_shapes} to {shapes} when only the values of "
                 f"{self.name!r} changed"))
 
-    def _choose(self, x: np.ndarray, rng: np.random.Generator) -> None:
+    def _choose(self, x: np.ndarray, rng: np.random.Generator, n_probes: int = 3) -> None:
         """Probe points around x; keep the first batched form that reproduces plain calls."""
-        if self.n_in == 0:
+        if self.n_in == 0 or n_probes <= 0:  # no probes: plain calls (as when one point fills a call)
             return
         scale = np.maximum(1.0, np.abs(x.reshape(-1)))
         probes = np.stack([x.reshape(-1)] + [x.reshape(-1) + 1e-3 * scale * rng.standard_normal(self.n_in)
-                                             for _ in range(3)])
+                                             for _ in range(n_probes)])
+        del scale
         probes = self._representable(probes)
         expected = np.stack([self._plain(p) for p in probes])
         for mode, fn in (("vmap", self._vmap), ("native", self._native)):
@@ -380,7 +433,9 @@ class BatchedForward:
             if _same_rows(got, expected, self.dtype):
                 self.mode = mode
                 with np.errstate(all="ignore"):
-                    self.noise = np.nan_to_num(np.max(np.abs(got - expected), axis=0), nan=0.0)
+                    noise = np.nan_to_num(np.max(np.abs(got - expected), axis=0), nan=0.0)
+                if noise.any():  # else keep the untouched zeros (no memory until written)
+                    self.noise = noise
                 return
 
     def _representable(self, rows: np.ndarray) -> np.ndarray:
@@ -391,21 +446,36 @@ class BatchedForward:
 
         return torch.tensor(rows, dtype=self.td).to(torch.float64).numpy()
 
-    def __call__(self, rows: np.ndarray) -> np.ndarray:
-        """rows: (B, n_in) float64 points -> (B, m) float64 outputs."""
+    def __call__(self, rows: np.ndarray, scratch: bool = False) -> np.ndarray:
+        """rows: (B, n_in) float64 points -> (B, m) float64 outputs (read-only: they may share
+        the op's memory).  `scratch`: the caller discards `rows` afterwards, so the op may be
+        handed their memory instead of a copy."""
         if self.mode == "loop":
+            if len(rows) == 1:
+                return self._plain(rows[0], scratch)[None]
             return np.stack([self._plain(r) for r in rows]) if len(rows) else np.zeros((0, self.m))
-        per_call = max(1, CHUNK_ELEMENTS // max(1, self.n_in + self.m))
+        per_call = self.rows_per_call()
+        batched = self._vmap if self.mode == "vmap" else self._native
+        if rows.shape[0] <= per_call:
+            try:
+                return batched(rows, scratch)
+            except Exception:  # a batch size the probe did not see broke it: fall back for good
+                self.mode = "loop"
+                return self(rows)
         out = np.empty((rows.shape[0], self.m))
         for start in range(0, rows.shape[0], per_call):
             block = rows[start:start + per_call]
             try:
-                out[start:start + len(block)] = self._vmap(block) if self.mode == "vmap" else self._native(block)
+                out[start:start + len(block)] = batched(block, scratch)
             except Exception:  # a batch size the probe did not see broke it: fall back for good
                 self.mode = "loop"
                 out[start:] = self(rows[start:])
                 return out
         return out
+
+    def rows_per_call(self) -> int:
+        """Points per batched call under the element cap (at least one)."""
+        return max(1, self.max_elements // max(1, self.n_in + self.m))
 
 
 def _same_rows(got: np.ndarray, expected: np.ndarray, dtype: str) -> bool:

@@ -112,7 +112,8 @@ class StepsResult:
 
     def to_dict(self) -> dict:
         """The JSON document of `gradcheck steps --json` (strict JSON: non-finite numbers as strings)."""
-        return {"command": "steps", "expression": self.expression, "fd_scheme": self.scheme,
+        # schema_version as in every command's JSON (the contract); the rest is this chart's own shape
+        return {"schema_version": 1, "command": "steps", "expression": self.expression, "fd_scheme": self.scheme,
                 "step_rule": "h = step * max(1, |x|), as --eps",
                 "reference": self.reference, "point": {k: jsonable(np.asarray(v)) for k, v in self.point.items()},
                 "curves": [c.to_dict() for c in self.curves], "notes": list(self.notes)}

@@ -24,6 +24,7 @@ from gradcheck_cli.expr import ir
 from gradcheck_cli.expr.functions import FUNCTIONS
 
 _MODULES = [fns.NUMPY_FUNCTIONS, "numpy"]
+CSE_MIN_OPS = 60  # formulas with more operations than this are compiled with cse
 MAX_EXACT_ELEMENTS = 1000  # forward values are computed exactly (mpmath) up to this many elements
 
 
@@ -63,7 +64,9 @@ class Model:
         key = sp.srepr(expr) if len(self._compiled) < 10_000 else None
         fn = self._compiled.get(key) if key else None
         if fn is None:
-            fn = sp.lambdify(self.symbols, numpy_safe(expr), modules=_MODULES, cse=True)
+            # common-subexpression elimination pays off on large formulas only (its first
+            # use also costs an import that a small check would notice)
+            fn = sp.lambdify(self.symbols, numpy_safe(expr), modules=_MODULES, cse=sp.count_ops(expr) > CSE_MIN_OPS)
             if key:
                 self._compiled[key] = fn
         return fn

@@ -33,7 +33,7 @@ import numpy as np
 from gradcheck_cli.errors import UserInputError
 from gradcheck_cli.tolerances import TOLERANCES
 from gradcheck_cli.ops_compare import OP_TOLERANCES, OutputLayout, op_tolerance
-from gradcheck_cli.report import CheckResult, Diagnostic, Report
+from gradcheck_cli.report import CheckResult, Diagnostic, GradientResult, Report
 from gradcheck_cli.values import Value, parse_values, redraw
 
 MODES = ("auto", "full", "fast")
@@ -292,7 +292,9 @@ def check_point(prep: PreparedOp, arrays: dict, opts: OpOptions) -> CheckResult:
             outs = None
         if outs is not None:
             layout = _layout(outs)
-            flat = flat_numpy(outs)  # the one float64 copy of the outputs (1e6 elements: 8 MB each)
+            # the outputs as float64: for one float64 output, a read-only view of it (no copy: the
+            # tensor is not written to, and its graph's saved values go when autograd is done)
+            flat = flat_numpy(outs, copy=False)
             value["torch"] = _report_values(flat, layout)
             _check_mutation(pt, tensors, before, fixed_before, "forward")
             _output_metadata(pt, outs, opts)
@@ -309,10 +311,24 @@ def check_point(prep: PreparedOp, arrays: dict, opts: OpOptions) -> CheckResult:
         if not _ours(w.filename):  # the op's warnings, not numpy's about our own arithmetic
             pt.note("warning", f"{w.category.__name__}: {w.message}")
     pt.extra["duration_s"] = round(time.perf_counter() - started, 4)
+    if not gradients:  # the op raised or gave no usable output: still one entry per input, all null
+        gradients = tuple(_not_computed(w, np.shape(arrays[w]), pt.tol) for w in spec.wrt)
+    value.setdefault("torch", None)  # null when the op raised before giving an output
+    value["symbolic"] = value.get("reference")  # the --reference expression, evaluated exactly
     passed = not pt.failed and all(g.passed for g in gradients)
     point = {k: np.asarray(v) for k, v in arrays.items()}
     return CheckResult(prep.name, "op", passed, opts.dtype, point, value, tuple(gradients), tuple(_dedupe(pt.diags)),
                        pt.extra)
+
+
+def _not_computed(wrt: str, in_shape: tuple, tol: dict) -> GradientResult:
+    """A gradient entry for an input whose gradient could not be computed (see diagnostics)."""
+    nan = float("nan")
+    return GradientResult(wrt=wrt, shape=tuple(in_shape), input_shape=tuple(in_shape), output_shape=(),
+                          autograd=None, symbolic=None, finite_difference=None, fd_error_estimate=None,
+                          fd_computed=None, max_abs_error=nan, max_rel_error=nan, reference="none",
+                          worst_index=None, passed=False, tolerance={k: v for k, v in tol.items()
+                                                                     if isinstance(v, (int, float))})
 
 
 def _ours(filename: str) -> bool:

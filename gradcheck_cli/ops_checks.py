@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gradcheck_cli.ops_compare import FD_SAFETY, input_label
-from gradcheck_cli.ops_jacobian import EPS, step_sizes
+from gradcheck_cli.ops_jacobian import EPS, Direction, step_sizes
 from gradcheck_cli.ops_runner import OpRaised, call, flat_numpy, make_tensors, vjp
 from gradcheck_cli.report import Diagnostic
 
@@ -102,7 +102,8 @@ def vjp_checks(outs: list, inputs: list, wrt: list, expect, jac_ok: dict, m: int
 
     `expect(w, v, g)` gives the reference v^T J for input w (None when there is no full
     reference, as in fast mode) and the allowed error per element, g being autograd's
-    answer.  `fresh()` runs a new forward and returns (outs, inputs)."""
+    answer; an `expect` with the attribute uses_v = False may be given v = None where v
+    would have to be drawn again.  `fresh()` runs a new forward and returns (outs, inputs)."""
     res = VJPOutcome()
     sizes = [x.numel() for x in inputs]
 
@@ -121,10 +122,12 @@ def vjp_checks(outs: list, inputs: list, wrt: list, expect, jac_ok: dict, m: int
         return input_label(w, tuple(inputs[wrt.index(w)].shape), j)
 
     try:
-        # held: v1 and its gradient g1 (the later checks compare with them); the others are
-        # reduced as soon as they come back, so a 1e6-element op holds a few vectors, not ten
+        # held throughout: g1, the gradient for v1 (the later checks compare with it); v1 is
+        # drawn again where needed, the other gradients are reduced as soon as they come
+        # back: a 1e6-element op holds a few vectors, not ten
         zero = _offending(run(np.zeros(m)), tol["atol"])
-        v1 = rng.standard_normal(m)
+        d1 = Direction(rng, m)
+        v1 = d1.draw(rng)
         v2 = rng.standard_normal(m)
         g1 = run(v1)
         g2 = run(v2)
@@ -162,13 +165,13 @@ def vjp_checks(outs: list, inputs: list, wrt: list, expect, jac_ok: dict, m: int
                         f"{label(w, j)} where the Jacobian gives {e1[j]:.10g}, although its one-hot rows agree: "
                         "the backward is not linear in grad_output"), w)
             del e1, a1, fin
-        del g2, v2
+        del g2, v2, v1
         _one_hot(res, run, expect, wrt, jac_ok, m, rng, label, fail)
     except OpRaised as exc:
         fail("op_error", f"the op raised in {exc.phase}: {exc.message}")
         return res
-    _noncontiguous(res, outs, inputs, wrt, v1, g1, expect, split, fail, label)
-    _determinism(res, outs, inputs, wrt, v1, g1, expect, split, fail, fresh, label)
+    _noncontiguous(res, outs, inputs, wrt, d1, g1, expect, split, fail, label)
+    _determinism(res, outs, inputs, wrt, d1, g1, expect, split, fail, fresh, label)
     return res
 
 
@@ -199,19 +202,19 @@ def _one_hot(res, run, expect, wrt, jac_ok, m, rng, label, fail) -> None:
                     f"Jacobian {e[j]:.10g}: the backward misroutes grad_output"), w)
 
 
-def _noncontiguous(res, outs, inputs, wrt, v1, g1, expect, split, fail, label) -> None:
+def _noncontiguous(res, outs, inputs, wrt, d1, g1, expect, split, fail, label) -> None:
     from gradcheck_cli.ops_runner import grads_numpy
 
     for kind in ("transposed", "strided"):
         variants, changed = [], False
-        for t in _as_tensors(v1, outs):
+        for t in _as_tensors(d1.again(), outs):  # the views copy v1's values: v1 itself is not kept
             layouts = dict(noncontiguous_layouts(t, kind))
             if kind in layouts:
                 variants.append(layouts[kind])
                 changed = True
             else:
                 variants.append(t)
-            del layouts
+            del layouts, t
         if not changed:
             continue
         res.calls += 1
@@ -224,9 +227,11 @@ def _noncontiguous(res, outs, inputs, wrt, v1, g1, expect, split, fail, label) -
             continue
         finally:
             del variants  # the strided layout is twice the output's size
+        v1 = d1.again() if getattr(expect, "uses_v", True) else None
         for w in wrt:
             _, allowed = expect(w, v1, g1[w])
-            diff = np.abs(g[w] - g1[w])
+            diff = g[w] - g1[w]
+            np.abs(diff, out=diff)
             bad = ~(diff <= allowed) & np.isfinite(g1[w])
             del allowed
             if bad.any():
@@ -237,22 +242,26 @@ def _noncontiguous(res, outs, inputs, wrt, v1, g1, expect, split, fail, label) -
                     f"contiguously give {g1[w][j]:.10g}: the backward reads grad_output's memory as if it were "
                     "contiguous (e.g. .view(-1), as_strided or raw pointers); call .contiguous() first"), w)
             del diff, bad
-        del g
+        del g, v1
 
 
-def _determinism(res, outs, inputs, wrt, v1, g1, expect, split, fail, fresh, label) -> None:
+def _determinism(res, outs, inputs, wrt, d1, g1, expect, split, fail, fresh, label) -> None:
+    """The backward run again on the same graph, and on a fresh forward, with v1: all three
+    must agree (within tolerance).  The second run is the graph's last use, so it lets
+    autograd free what the forward saved before the fresh forward saves its own; of that
+    run only the entries that differ from g1 are kept."""
     from gradcheck_cli.ops_runner import grads_numpy
 
     spreads = {}
     try:
-        # the fresh forward first, and its graph dropped before the second run on the
-        # original graph: two graphs and three gradients are never alive together
+        v1 = d1.again()
+        again = split(grads_numpy(vjp(outs, inputs, _as_tensors(v1, outs), retain_graph=False), inputs))
+        again = {w: _differing(a, g1[w]) for w, a in again.items()}
         new_outs, new_inputs = fresh()
         res.calls += 2
         forward_diff = _spread(flat_numpy(outs, copy=False), flat_numpy(new_outs, copy=False))
         third = split(grads_numpy(vjp(new_outs, new_inputs, _as_tensors(v1, new_outs)), new_inputs))
         del new_outs, new_inputs
-        again = split(grads_numpy(vjp(outs, inputs, _as_tensors(v1, outs)), inputs))
     except OpRaised as exc:
         fail("op_error", f"the op raised when run again on the same inputs ({exc.phase}): {exc.message}")
         return
@@ -263,8 +272,9 @@ def _determinism(res, outs, inputs, wrt, v1, g1, expect, split, fail, fresh, lab
         fail("nondeterministic", f"the forward gives different outputs on identical inputs (spread {forward_diff:.3g})")
     for w in wrt:
         _, allowed = expect(w, v1, g1[w])
-        diff = np.abs(again[w] - g1[w])
-        np.maximum(diff, np.abs(third[w] - g1[w]), out=diff)
+        idx, vals = again[w]
+        diff = np.abs(third[w] - g1[w])
+        diff[idx] = np.maximum(diff[idx], np.abs(vals - g1[w][idx]))
         diff[~np.isfinite(g1[w])] = 0.0  # non-finite entries: reported as nonfinite
         spread = float(np.nanmax(diff)) if diff.size else 0.0
         if np.any(np.isnan(diff)):
@@ -274,16 +284,24 @@ def _determinism(res, outs, inputs, wrt, v1, g1, expect, split, fail, fresh, lab
         del diff, allowed
         if bad.any():
             j = int(np.flatnonzero(bad)[0])
+            k = np.searchsorted(idx, j)
+            again_j = vals[k] if k < idx.size and idx[k] == j else g1[w][j]
             fail("nondeterministic", (
                 f"d/d{w}: the backward gives different results on the same inputs and grad_output (spread "
                 f"{spread:.3g}, at {label(w, j)}: {g1[w][j]:.10g}, "
-                f"{again[w][j]:.10g}, {third[w][j]:.10g})"), w)
+                f"{again_j:.10g}, {third[w][j]:.10g})"), w)
         elif spread > 0:
             res.diagnostics.append(Diagnostic("nondeterministic_within_tolerance", (
                 f"d/d{w}: repeated backward runs differ by up to {spread:.3g} (within tolerance: rounding from "
                 "a non-deterministic reduction order, e.g. atomic adds)"), w))
         del bad
     res.determinism = {"runs": 3, "max_spread": spreads, "forward_spread": forward_diff}
+
+
+def _differing(a: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, values) where a is not ref (nan counts as differing); elsewhere a is ref."""
+    idx = np.flatnonzero(a != ref)
+    return idx, a[idx]
 
 
 def _spread(a: np.ndarray, b: np.ndarray) -> float:
@@ -331,6 +349,22 @@ def _same(now, before) -> bool:
         and torch.equal(torch.isnan(now), torch.isnan(before))
 
 
+def _same_numpy(now: np.ndarray, before: np.ndarray) -> bool:
+    """_same for float64 arrays: equal, nan where nan (and inf where the largest float was,
+    as nan_to_num makes them equal there too)."""
+    big = np.finfo(np.float64).max
+    for start in range(0, now.size, PIECE):
+        a, b = now[start:start + PIECE], before[start:start + PIECE]
+        with np.errstate(invalid="ignore"):
+            ok = (a == b) | (np.isnan(a) & np.isnan(b))
+        if not ok.all():
+            fa = np.nan_to_num(a[~ok], nan=0.5, posinf=big, neginf=-big)
+            fb = np.nan_to_num(b[~ok], nan=0.5, posinf=big, neginf=-big)
+            if not (np.array_equal(fa, fb) and np.array_equal(np.isnan(a[~ok]), np.isnan(b[~ok]))):
+                return False
+    return True
+
+
 def _same_as_array(t, arr: np.ndarray, dtype: str) -> bool:
     """Whether tensor t still holds torch.tensor(arr, dtype), compared a piece at a time."""
     import torch
@@ -342,6 +376,8 @@ def _same_as_array(t, arr: np.ndarray, dtype: str) -> bool:
     if tuple(now.shape) != tuple(np.shape(arr)) or now.dtype != td:
         return False
     now, flat = now.reshape(-1), np.ravel(arr)
+    if td == torch.float64 and now.device.type == "cpu":  # the array itself, no conversion: numpy is quicker
+        return _same_numpy(now.numpy(), flat)
     for start in range(0, flat.size, PIECE):
         stop = min(flat.size, start + PIECE)
         if not _same(now[start:stop], torch.tensor(flat[start:stop], dtype=td, device=now.device)):

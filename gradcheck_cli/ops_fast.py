@@ -20,7 +20,8 @@ import numpy as np
 
 from gradcheck_cli import ops_compare as oc
 from gradcheck_cli.ops_jacobian import EPS, Direction, direction_fd, step_sizes
-from gradcheck_cli.ops_runner import STREAM_ELEMENTS, BatchedForward, OpRaised, VJPMany, flat_numpy
+from gradcheck_cli.ops_runner import (STREAM_ELEMENTS, BatchedForward, OpRaised, VJPMany, flat_numpy,
+                                     release_freed_memory)
 from gradcheck_cli.report import Diagnostic
 
 PROJECTIONS = 4
@@ -29,6 +30,7 @@ EXTRA_COLUMNS = 8
 MAX_COLUMNS = 256
 COLUMN_BUDGET = 20_000_000  # element evaluations for the one-by-one columns
 SPARSE_ROW = 16  # an exact row is kept as (index, value) pairs when at most 1/16 of it is nonzero
+RELEASE_FROM = 1_000_000  # input + output elements from which freed memory goes straight back (see ops_runner)
 
 
 @dataclass
@@ -56,12 +58,18 @@ def _draw_projections(rng, vjps: VJPMany, m: int, sizes: dict, offsets: dict) ->
             u = d.draw(rng)
             gw = g[offsets[w]:offsets[w] + n]
             proj.u[w], proj.norm[w] = d, float(np.max(np.abs(u))) if n else 0.0
-            proj.s_ad[w] = float(gw @ u)
-            proj.terms[w] = float(np.abs(gw) @ np.abs(u))
+            proj.s_ad[w] = _dot(gw, u)
+            proj.terms[w] = _dot(np.abs(gw), np.abs(u))
             del u
         del g
         out.append(proj)
     return out
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """a . b without BLAS: with torch's threads about, OpenBLAS's threaded ddot can take
+    milliseconds per call to wake its own threads, and fast mode makes thousands of calls."""
+    return float(np.einsum("i,i->", a, b))
 
 
 def _reduce(direction: Direction, signed: tuple, absolute: tuple) -> tuple[list, list]:
@@ -70,10 +78,10 @@ def _reduce(direction: Direction, signed: tuple, absolute: tuple) -> tuple[list,
     s_sums, a_sums = [0.0] * len(signed), [0.0] * len(absolute)
     for a, b, vals in direction.chunks():
         for k, vec in enumerate(signed):
-            s_sums[k] += float(vals @ vec[a:b])
+            s_sums[k] += _dot(vals, vec[a:b])
         av = np.abs(vals)
         for k, vec in enumerate(absolute):
-            a_sums[k] += float(av @ np.abs(vec[a:b]))
+            a_sums[k] += _dot(av, np.abs(vec[a:b]))
     return s_sums, a_sums
 
 
@@ -87,20 +95,22 @@ class ExactRows:
     rows: np.ndarray
     m: int
     sparse: dict = field(default_factory=dict)  # position -> (global indices, values)
-    touched: dict = field(default_factory=dict)  # input -> bool mask of columns any row touches
+    touched: np.ndarray | None = None  # (N,) bool: columns (all inputs) any sampled row touches
 
     def fill(self, sizes: dict, offsets: dict) -> None:
         total = sum(sizes.values())
-        self.touched = {w: np.zeros(n, dtype=bool) for w, n in sizes.items()}
+        self.touched = np.zeros(total, dtype=bool)
         for i in range(self.rows.size):
             g = self._backward(i)
             nz = np.flatnonzero(g)  # nan is nonzero: it is an entry to report
             if nz.size * SPARSE_ROW <= total:
                 self.sparse[i] = (nz, g[nz])
-            for w, n in sizes.items():
-                lo, hi = np.searchsorted(nz, [offsets[w], offsets[w] + n])
-                self.touched[w][nz[lo:hi] - offsets[w]] = True
+            self.touched[nz] = True
             del g, nz
+
+    def touched_at(self, off: int, n: int) -> np.ndarray:
+        """The touched mask of the input at `off` (n elements)."""
+        return self.touched[off:off + n]
 
     def _backward(self, i: int) -> np.ndarray:
         e = np.zeros(self.m)
@@ -124,10 +134,13 @@ class ExactRows:
 def run_fast(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -> tuple:
     """Fast-mode gradient results for the point (diagnostics go to pt).
 
-    Memory stays a small multiple of the inputs and outputs at any size: one projection,
-    one sampled row and one finite-difference point at a time (see Direction, ExactRows,
-    direction_fd); nothing of size (k, n) is held."""
-    from gradcheck_cli.ops_full import _broadcast_factor, run_backward_checks
+    Memory stays a small multiple of the inputs and outputs at any size (issue 7: a
+    1e6-element check within about ten vectors of 8 MB): one projection, one sampled row,
+    one backward call and one finite-difference point at a time (Direction, ExactRows,
+    direction_fd), nothing of size (k, n) held.  Every backward call comes first; the
+    last one lets autograd free what the op's forward saved, before the forward calls of
+    finite differences."""
+    from gradcheck_cli.ops_full import _broadcast_factor, apply_backward_checks, backward_checks
 
     spec, opts = pt.prep.spec, pt.opts
     wrt = list(spec.wrt)
@@ -138,19 +151,39 @@ def run_fast(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -
     pt.extra["fd_scheme"] = "central"
     sizes = {w: int(np.prod(np.shape(pt.arrays[w]))) for w in wrt}
     offsets = dict(zip(wrt, np.cumsum([0] + [sizes[w] for w in wrt])[:-1].tolist()))
-    inputs = [tensors[w] for w in wrt]
-    vjps = VJPMany(outs, inputs, max_elements=STREAM_ELEMENTS)
+    if sum(sizes.values()) + m >= RELEASE_FROM:
+        release_freed_memory()
+    vjps = VJPMany(outs, [tensors[w] for w in wrt], max_elements=STREAM_ELEMENTS)
     rng = pt.rng
+    tol = pt.tol
     batches = {}
+
+    def expect(w, v, g):  # no Jacobian to compare v^T J with: only the allowed error
+        scale = float(np.max(np.abs(g))) if g.size and np.all(np.isfinite(g)) else 0.0
+        allowed = np.abs(g)  # atol + rtol |g| + scale term, in one vector
+        allowed *= tol["rtol"]
+        np.add(tol["atol"], allowed, out=allowed)
+        allowed += max(tol["scale"], 16 * EPS[opts.dtype]) * scale
+        return None, allowed
+
+    expect.uses_v = False
+
     try:
+        # 1. backward calls: projections v^T J, the sampled rows, grad_output variety and
+        # determinism (which need no finite differences in fast mode; their diagnostics are
+        # added after the Jacobian's, as ever)
         projections = _draw_projections(rng, vjps, m, sizes, offsets)
         rows = np.sort(rng.choice(m, size=min(m, SAMPLED_ROWS), replace=False))
         exact = ExactRows(vjps, rows, m)
         exact.fill(sizes, offsets)
+        sampled = {w: _sample(pt, exact, offsets[w], sizes[w], layout, rows) for w in wrt}
+        del exact
+        checks = backward_checks(pt, outs, tensors, layout, expect, {})  # jac_ok: unused without a Jacobian
+        # 2. forward calls: finite differences along the projections, the columns and the rest
         batches = _batches(pt, wrt, fd_dtype, layout, rng)
         results = []
         for w in wrt:
-            results.append(_one_input(pt, w, layout, batches[w], f0, projections, rows, exact, offsets[w], sizes[w],
+            results.append(_one_input(pt, w, layout, batches[w], f0, projections, rows, sampled.pop(w), sizes[w],
                                       None if sym is None else sym[w], eps_dtype, vjps,
                                       _broadcast_factor(layout, tuple(np.shape(pt.arrays[w])))))
     except OpRaised as exc:
@@ -162,14 +195,8 @@ def run_fast(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -
                          "jacobian_backward": vjps.calls}
     pt.extra["fd_batching"] = {w: batches[w].mode for w in wrt}
     pt.extra["sampled_rows"] = [layout.label(int(o)) for o in rows]
-    del exact, projections
-    tol = pt.tol
-
-    def expect(w, v, g):
-        scale = float(np.max(np.abs(g))) if g.size and np.all(np.isfinite(g)) else 0.0
-        return None, tol["atol"] + tol["rtol"] * np.abs(g) + max(tol["scale"], 16 * EPS[opts.dtype]) * scale
-
-    run_backward_checks(pt, outs, tensors, layout, expect, {w: r.passed for w, r in zip(wrt, results)})
+    del projections
+    apply_backward_checks(pt, checks)
     if opts.order == 2:
         from gradcheck_cli.ops_checks import double_backward
 
@@ -180,6 +207,36 @@ def run_fast(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -
         if outcome.hessian is not None:
             pt.extra["hessian"] = outcome.hessian
     return tuple(results)
+
+
+@dataclass
+class Sampled:
+    """One input's sampled entries, chosen before any forward call: the columns differenced
+    one by one, the remainder direction over the other elements, and autograd's side."""
+
+    cols: np.ndarray
+    remainder: Direction | None
+    rnorm: float  # max |u| of the remainder direction
+    auto: np.ndarray  # (R, C) autograd's sampled rows on cols
+    got: np.ndarray  # (R,) autograd's rows . u (remainder)
+    rterms: np.ndarray  # (R,) |rows| . |u|
+
+
+def _sample(pt, exact: ExactRows, off: int, n: int, layout, rows: np.ndarray) -> Sampled:
+    """The columns the sampled rows touch, plus a few random ones (at most `limit`), and the
+    remainder direction over every other element (drawn here)."""
+    cols = np.flatnonzero(exact.touched_at(off, n))
+    extra = pt.rng.choice(n, size=min(n, EXTRA_COLUMNS), replace=False)
+    cols = np.union1d(cols, extra)
+    limit = int(min(MAX_COLUMNS, max(16, COLUMN_BUDGET // (4 * (n + layout.m)))))
+    if cols.size > limit:  # the rest is covered, in aggregate, by the remainder direction
+        cols = np.sort(pt.rng.choice(cols, size=limit, replace=False))
+    rest = np.ones(n, dtype=bool)
+    rest[cols] = False
+    remainder = Direction(pt.rng, n, rest) if rest.any() else None
+    del rest
+    auto, got, rterms, rnorm = _autograd_rows(exact, off, n, cols, rows, remainder, pt.rng)
+    return Sampled(cols, remainder, rnorm, auto, got, rterms)
 
 
 def _batches(pt, wrt: list, fd_dtype: str, layout, rng) -> dict:
@@ -196,13 +253,13 @@ def _batches(pt, wrt: list, fd_dtype: str, layout, rng) -> dict:
     out = {}
     for w in wrt:
         n = int(np.prod(np.shape(pt.ref_arrays[w])))
-        probes = 3 if STREAM_ELEMENTS // max(1, n + layout.m) >= 2 else 0
+        probes = min(3, STREAM_ELEMENTS // max(1, n + layout.m) - 1)  # the probe batch fits one call
         out[w] = BatchedForward(spec, pt.ref_arrays, w, fd_dtype, opts.device, list(layout.shapes), rng,
                                 max_elements=STREAM_ELEMENTS, probes=probes, base=base)
     return out
 
 
-def _one_input(pt, w, layout, batch, f0, projections, rows, exact, off, n, sym, eps_dtype, vjps, bfactor):
+def _one_input(pt, w, layout, batch, f0, projections, rows, smp: Sampled, n, sym, eps_dtype, vjps, bfactor):
     tol = pt.tol
     x = np.asarray(pt.ref_arrays[w], dtype=np.float64).reshape(-1)
     in_shape = tuple(np.shape(pt.arrays[w]))
@@ -239,24 +296,14 @@ def _one_input(pt, w, layout, batch, f0, projections, rows, exact, off, n, sym, 
                                             np.zeros(1), bfactor))
         proj_ok &= good
     # 2. sampled rows: exact autograd rows, finite differences on the columns they touch
-    cols = np.flatnonzero(exact.touched[w])
-    extra = pt.rng.choice(n, size=min(n, EXTRA_COLUMNS), replace=False)
-    cols = np.union1d(cols, extra)
-    limit = int(min(MAX_COLUMNS, max(16, COLUMN_BUDGET // (4 * (n + layout.m)))))
-    if cols.size > limit:  # the rest is covered, in aggregate, by the remainder direction
-        cols = np.sort(pt.rng.choice(cols, size=limit, replace=False))
-    rest = np.ones(n, dtype=bool)
-    rest[cols] = False
-    remainder = Direction(pt.rng, n, rest) if rest.any() else None
-    del rest
-    auto, got, rterms, rnorm = _autograd_rows(exact, off, n, cols, rows, remainder, pt.rng)
+    cols, auto = smp.cols, smp.auto
     fd_vals, fd_err = _columns(batch, x, cols, rows, f0, pt.opts.eps, eps_dtype)  # (R, C)
     rr, cc = np.meshgrid(rows, cols, indexing="ij")
     sym_vals = None if sym is None else sym[rr, cc].reshape(-1)
     v = oc.judge(rr.reshape(-1), cc.reshape(-1), layout.m, n, auto.reshape(-1), fd_vals.reshape(-1),
                  fd_err.reshape(-1), sym_vals, tol, extra=tol["output"] * np.abs(f0[rr.reshape(-1)]))
-    rest_ok = remainder is None or _remainder(pt, w, layout, batch, x, remainder, rnorm, rows, got, rterms, f0,
-                                               eps_dtype)
+    rest_ok = smp.remainder is None or _remainder(pt, w, layout, batch, x, smp.remainder, smp.rnorm, rows, smp.got,
+                                                   smp.rterms, f0, eps_dtype)
     passed = bool(proj_ok.all()) and v.passed and rest_ok
     if not v.passed:
         against = "symbolic" if sym is not None else "finite differences"
@@ -302,8 +349,8 @@ def _autograd_rows(exact: ExactRows, off: int, n: int, cols: np.ndarray, rows: n
         hit = cols[pos] == idx if cols.size else np.zeros(idx.size, dtype=bool)
         auto[i, pos[hit]] = vals[hit]
         if u is not None:
-            got[i] = float(vals @ u[idx])
-            terms[i] = float(np.abs(vals) @ np.abs(u[idx]))
+            got[i] = _dot(vals, u[idx])
+            terms[i] = _dot(np.abs(vals), np.abs(u[idx]))
     return auto, got, terms, norm
 
 

@@ -232,16 +232,34 @@ def _batching_agrees(batch: BatchedForward, fd: FDEntries, e: InputEntries, v: o
 
 def run_backward_checks(pt, outs: list, tensors: dict, layout, expect, jac_ok: dict) -> None:
     """grad_output variety and determinism (skipped when the backward already raised)."""
+    apply_backward_checks(pt, backward_checks(pt, outs, tensors, layout, expect, jac_ok))
+
+
+def backward_checks(pt, outs: list, tensors: dict, layout, expect, jac_ok: dict):
+    """Run grad_output variety and determinism; their outcome (None when skipped because the
+    backward already raised) goes into the report with apply_backward_checks.  The last
+    backward call on `outs` frees what the op saved for backward."""
     if any(d.code in ("op_error", "wrong_shape") for d in pt.diags):
-        return
+        return None
     spec, opts = pt.prep.spec, pt.opts
     wrt = list(spec.wrt)
 
     def fresh():
-        t = make_tensors(spec, pt.arrays, opts.dtype, opts.device)
+        from gradcheck_cli.ops_checks import Pristine, mutated
+
+        if mutated(tensors, Pristine(pt.arrays, opts.dtype)):
+            t = make_tensors(spec, pt.arrays, opts.dtype, opts.device)
+        else:  # new leaves on the same memory: the same values without another copy of every input
+            t = {k: v.detach().requires_grad_(k in wrt) for k, v in tensors.items()}
         return call(spec, t, "forward (run again)"), [t[w] for w in wrt]
 
-    res = vjp_checks(outs, [tensors[w] for w in wrt], wrt, expect, jac_ok, layout.m, pt.tol, pt.rng, fresh, layout)
+    return vjp_checks(outs, [tensors[w] for w in wrt], wrt, expect, jac_ok, layout.m, pt.tol, pt.rng, fresh, layout)
+
+
+def apply_backward_checks(pt, res) -> None:
+    """backward_checks' diagnostics, determinism and call count into the point's report."""
+    if res is None or any(d.code in ("op_error", "wrong_shape") for d in pt.diags):
+        return
     for d in res.diagnostics:
         (pt.note if d.code in _INFO else pt.fail)(d.code, d.message, d.wrt)
     pt.extra["determinism"] = res.determinism

@@ -352,8 +352,10 @@ class Direction:
 
     def again(self) -> np.ndarray:
         """The whole direction, drawn again."""
-        parts = [vals for _, _, vals in self.chunks()]
-        return np.concatenate(parts) if parts else np.zeros(0)
+        out = np.empty(self.n)
+        for a, b, vals in self.chunks():
+            out[a:b] = vals
+        return out
 
     def chunks(self):
         """(start, stop, values) pieces of the same direction, drawn again."""
@@ -383,21 +385,22 @@ def direction_fd(batch: BatchedForward, x: np.ndarray, direction: Direction, nor
     t = rel * max(1.0, float(np.max(np.abs(x))) if x.size else 1.0)
     deltas = (1, -1, 2, -2)
 
-    def point(d, out):
+    def points(ds, outs):  # x + d t u/norm for each d, the direction drawn once for them all
         for a, b, vals in direction.chunks():
-            out[a:b] = x[a:b] + d * t * (vals / norm)
-        return out
+            unit = vals / norm
+            for d, out in zip(ds, outs):
+                out[a:b] = x[a:b] + d * t * unit
+        return outs
 
     m = batch.m
 
-    def evaluate(d):  # one point per call; the result may be the op's own memory: read it at once
-        return batch(point(d, np.empty(n))[None], scratch=True)[0]
+    def evaluate(p):  # one point per call; the result may be the op's own memory: read it at once
+        return batch(p[None], scratch=True)[0]
 
     with np.errstate(all="ignore"):
         if batch.rows_per_call() >= len(deltas):  # small: all four points in one call
             pts = np.empty((len(deltas), n))
-            for k, d in enumerate(deltas):
-                point(d, pts[k])
+            points(deltas, pts)
             o1, om1, o2, om2 = batch(pts, scratch=True)
             del pts
             d1 = (o1 - om1) / (2 * t)
@@ -405,16 +408,22 @@ def direction_fd(batch: BatchedForward, x: np.ndarray, direction: Direction, nor
         else:
             # own copies before the next call (an op may hand back a buffer it reuses), and
             # only running combinations: (o1 - o-1) and the largest |output| so far
-            o1 = evaluate(1)
+            p1, pm1 = points((1, -1), (np.empty(n), np.empty(n)))
+            o1 = evaluate(p1)
+            del p1
             d1, biggest = np.array(o1), np.abs(o1)
             del o1
-            om1 = evaluate(-1)
+            om1 = evaluate(pm1)
+            del pm1
             np.subtract(d1, om1, out=d1)
             d1 /= 2 * t
             np.maximum(biggest, np.abs(om1), out=biggest)
             del om1
-            o2 = np.array(evaluate(2))
-            om2 = evaluate(-2)
+            p2, pm2 = points((2, -2), (np.empty(n), np.empty(n)))
+            o2 = np.array(evaluate(p2))
+            del p2
+            om2 = evaluate(pm2)
+            del pm2
         err = biggest  # filled in place, piece by piece
         for a in range(0, m, DRAW_CHUNK):
             b = min(m, a + DRAW_CHUNK)

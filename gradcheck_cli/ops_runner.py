@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import traceback
 import warnings
 from dataclasses import dataclass, field
@@ -36,6 +37,29 @@ class OpRaised(Exception):
 
 class BadOutput(Exception):
     """The op returned something that is not a floating tensor or a tuple of them."""
+
+
+_RELEASED = []
+
+
+def release_freed_memory() -> None:
+    """Have glibc return freed blocks of 1 MiB and more to the system at once (Linux/glibc
+    only; elsewhere nothing).  By default glibc raises its mmap threshold to the largest
+    block freed so far, after which 8 MB arrays come from the heap, and the heap keeps what
+    they leave behind: a 1e6-element fast-mode check allocates and frees hundreds of them,
+    and its resident size would grow by tens of MB that nothing uses.  Process-wide and
+    permanent (glibc has no way back to the adaptive threshold); called once, by checks of
+    that size."""
+    if _RELEASED or not sys.platform.startswith("linux"):
+        return
+    _RELEASED.append(True)
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: glibc's malloc.h; absent elsewhere (musl)
+    except (OSError, AttributeError):
+        pass
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -145,12 +169,14 @@ def flat_numpy(outputs: list, copy: bool = True) -> np.ndarray:
     return torch.cat([o.detach().reshape(-1).to(device="cpu", dtype=torch.float64) for o in outputs]).numpy()
 
 
-def vjp(outputs: list, inputs: list, grad_outputs: list, *, create_graph: bool = False, phase: str = "backward"):
+def vjp(outputs: list, inputs: list, grad_outputs: list, *, create_graph: bool = False, phase: str = "backward",
+        retain_graph: bool = True):
     """torch.autograd.grad with the op's exceptions turned into OpRaised; None kept for
     an input the backward gave no gradient.  Outputs outside autograd's graph (detached,
     or integer-valued masks returned as floats) carry no gradient: they are left out, and
     when none is left every gradient is None (finite differences then show whether that
-    is right)."""
+    is right).  retain_graph=False for the graph's last use: autograd then frees what the
+    forward saved for backward."""
     import torch
 
     keep = [k for k, o in enumerate(outputs) if o.requires_grad]
@@ -158,7 +184,8 @@ def vjp(outputs: list, inputs: list, grad_outputs: list, *, create_graph: bool =
         return tuple(None for _ in inputs)
     try:
         return torch.autograd.grad([outputs[k] for k in keep], inputs, grad_outputs=[grad_outputs[k] for k in keep],
-                                   retain_graph=True, create_graph=create_graph, allow_unused=True)
+                                   retain_graph=retain_graph or create_graph, create_graph=create_graph,
+                                   allow_unused=True)
     except Exception as exc:
         raise OpRaised(phase, exc) from exc
 

@@ -444,9 +444,15 @@ def test_op_error_message_is_the_ops_own_with_location():
     assert "op_zoo.py:" in msg and "Traceback" not in msg
 
 
-def test_an_op_that_raised_shows_its_message_not_an_empty_table():
-    text = render_text(check_op_target(zoo("RaisesInForward"), [("x", "randn(3)")], []))
-    assert "no kernel image is available" in text and "autograd" not in text
+def test_an_op_that_raised_shows_its_message_and_a_not_run_row():
+    """The contract: one gradients entry per differentiable input, even when the op raised;
+    its numbers are null and the diagnostic says why."""
+    report = check_op_target(zoo("RaisesInForward"), [("x", "randn(3)")], [])
+    text = render_text(report)
+    assert "no kernel image is available" in text and "not run" in text
+    (entry,) = report.to_dict()["checks"][0]["gradients"]
+    assert entry["wrt"] == "x" and entry["autograd"] is None and entry["passed"] is False
+    assert report.to_dict()["checks"][0]["value"] == {"torch": None, "symbolic": None}
 
 
 def test_op_raising_only_near_the_point():
@@ -662,3 +668,15 @@ def test_cuda(op, passes):
     assert report.checks[0].dtype == "float64"
     report32 = check_op(op, torch.randn(8, 9, dtype=torch.float32, device="cuda"))
     assert report32.passed is passes, render_text(report32)
+
+
+def test_op_value_has_symbolic_from_the_reference():
+    """The contract's `value: {torch, symbolic}` for ops: symbolic is the --reference
+    expression evaluated exactly (here sin, checked against math.sin), null without one."""
+    import math
+
+    report = check_op_target("torch:sin", [("x", "[0.5, -1.25]")], [], reference="sin(x)")
+    value = report.to_dict()["checks"][0]["value"]
+    assert value["symbolic"] == pytest.approx([math.sin(0.5), math.sin(-1.25)], rel=1e-15)
+    plain = check_op_target("torch:sin", [("x", "[0.5, -1.25]")], []).to_dict()["checks"][0]["value"]
+    assert plain["symbolic"] is None and plain["torch"] == pytest.approx([math.sin(0.5), math.sin(-1.25)])

@@ -213,7 +213,7 @@ def _op_raises(doc):
 OPS = [
     pytest.param(["op", "torch.nn.functional:softmax", "--at", "x=randn(3,4)", "--kw", "dim=-1"], 0, _op_passes,
                  id="op-softmax-kw"),
-    pytest.param(["op", SAMPLES / "specs" / "ops" / "swish.py:Swish", "--at", "x=randn(4,5)", "--reference",
+    pytest.param(["op", SAMPLES / "ops" / "swish.py:Swish", "--at", "x=randn(4,5)", "--reference",
                   "x*sigmoid(x)"], 0, _op_passes, id="op-swish-reference"),
     pytest.param(["op", SAMPLES / "specs_failing" / "ops" / "buggy_swish.py:BuggySwish", "--at", "x=[-2,-0.5,0,1.5]"],
                  1, _op_fails, id="op-buggy-backward"),

@@ -136,6 +136,8 @@ def check_renderables(check):
         if value.get("symbolic") is not None:
             line.append(f"   exact {_value_text(value.get('symbolic'))}")
         for key, label in (("reference", "reference"), ("float64", "float64")):
+            if key == "reference" and value.get("symbolic") is not None:
+                continue  # an op's --reference is its exact value, shown above
             if value.get(key) is not None:
                 line.append(f"   {label} {_value_text(value.get(key))}")
         out.append(line)
@@ -144,6 +146,9 @@ def check_renderables(check):
                          ("finite diff", "right"), ("abs err", "right"), ("rel err", "right"), ("", "left")):
         table.add_column(col, justify=justify, no_wrap=True)
     for g in check.gradients:
+        if g.autograd is None:  # not computed: the diagnostics below say why
+            table.add_row(g.wrt, "—", "—", "—", "—", "—", Text("not run", style=_STYLE["fail"]))
+            continue
         for label, idx in _rows_for(g):
             a = np.asarray(g.autograd)[idx]
             s = None if g.symbolic is None else np.asarray(g.symbolic)[idx]
@@ -155,6 +160,8 @@ def check_renderables(check):
     if check.gradients:  # an op that raised before any gradient has only its diagnostics to show
         out.append(table)
     for g in check.gradients:
+        if g.autograd is None:
+            continue
         count = int(np.prod(g.shape)) if g.shape else 1
         if count > MAX_ROWS_PER_VARIABLE:
             out.append(Text(f"  d/d{g.wrt} {list(g.shape)}: autograd {_preview(g.autograd)}; "

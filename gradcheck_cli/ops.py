@@ -292,9 +292,11 @@ def check_point(prep: PreparedOp, arrays: dict, opts: OpOptions) -> CheckResult:
             outs = None
         if outs is not None:
             layout = _layout(outs)
-            # the outputs as float64: for one float64 output, a read-only view of it (no copy: the
-            # tensor is not written to, and its graph's saved values go when autograd is done)
+            # the outputs as float64: for one float64 output, a read-only view of it during the
+            # checks (at 1e6 elements a copy is 8 MB more at their peak); hashed, to notice an op
+            # that writes into memory it already returned
             flat = flat_numpy(outs, copy=False)
+            shared = _digest(flat)  # None for a copy of ours
             value["torch"] = _report_values(flat, layout)
             _check_mutation(pt, tensors, before, fixed_before, "forward")
             _output_metadata(pt, outs, opts)
@@ -307,6 +309,10 @@ def check_point(prep: PreparedOp, arrays: dict, opts: OpOptions) -> CheckResult:
             else:
                 gradients = _check_gradients(pt, tensors, outs, layout, value)
                 _check_mutation(pt, tensors, before, fixed_before, "backward")
+            if shared is not None and _digest(flat) != shared:
+                _reused_output(pt, arrays, layout, value)
+            elif shared is not None:  # the report keeps a copy, made now that the check's peak is over
+                value["torch"] = np.array(value["torch"])
     for w in caught:
         if not _ours(w.filename):  # the op's warnings, not numpy's about our own arithmetic
             pt.note("warning", f"{w.category.__name__}: {w.message}")
@@ -329,6 +335,33 @@ def _not_computed(wrt: str, in_shape: tuple, tol: dict) -> GradientResult:
                           fd_computed=None, max_abs_error=nan, max_rel_error=nan, reference="none",
                           worst_index=None, passed=False, tolerance={k: v for k, v in tol.items()
                                                                      if isinstance(v, (int, float))})
+
+
+def _digest(flat: np.ndarray) -> bytes | None:
+    """A hash of the op's own output memory, to see whether it changes after it returned
+    (None for a copy: flat_numpy hands back views read-only)."""
+    if flat.flags.writeable or not flat.flags.c_contiguous:
+        return None
+    import hashlib
+
+    return hashlib.blake2b(memoryview(flat), digest_size=16).digest()
+
+
+def _reused_output(pt: Point, arrays: dict, layout: OutputLayout, value: dict) -> None:
+    """The op's output changed after it returned: it hands back a buffer it writes again on
+    later calls.  The reported values come from one more call at the point, copied at once."""
+    import torch
+
+    from gradcheck_cli.ops_runner import BadOutput, OpRaised, call, flat_numpy, make_tensors
+
+    try:
+        with torch.no_grad():
+            again = call(pt.prep.spec, make_tensors(pt.prep.spec, arrays, pt.opts.dtype, pt.opts.device, grad=False))
+        value["torch"] = _report_values(flat_numpy(again), layout)
+    except (OpRaised, BadOutput):
+        return
+    pt.note("warning", "the op's output changed after it was returned (the op hands back a buffer that later calls "
+                       "write again); its reported values are from a fresh call at the point")
 
 
 def _ours(filename: str) -> bool:

@@ -10,6 +10,14 @@
 
 Fast mode can miss a bug confined to rows it did not sample; the report says how many
 rows and entries it compared.
+
+Memory (issue 7): at n = 1e6 every vector is 8 MB, so nothing of size (k, n) is held.
+Random directions are re-drawn from their generator's saved state instead of kept
+(Direction), sparse exact rows are kept as entries and dense ones computed again
+(ExactRows), finite differences evaluate one point per call and keep only running
+combinations (direction_fd), and every backward call comes before the forward calls, the
+last one letting autograd free what the op saved.  Peak: about ten vectors, most of them
+the op's own (its input, output, saved tensors and a backward's temporaries).
 """
 
 from __future__ import annotations
@@ -132,14 +140,8 @@ class ExactRows:
 
 
 def run_fast(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -> tuple:
-    """Fast-mode gradient results for the point (diagnostics go to pt).
-
-    Memory stays a small multiple of the inputs and outputs at any size (issue 7: a
-    1e6-element check within about ten vectors of 8 MB): one projection, one sampled row,
-    one backward call and one finite-difference point at a time (Direction, ExactRows,
-    direction_fd), nothing of size (k, n) held.  Every backward call comes first; the
-    last one lets autograd free what the op's forward saved, before the forward calls of
-    finite differences."""
+    """Fast-mode gradient results for the point (diagnostics go to pt); memory as the module
+    docstring says."""
     from gradcheck_cli.ops_full import _broadcast_factor, apply_backward_checks, backward_checks
 
     spec, opts = pt.prep.spec, pt.opts

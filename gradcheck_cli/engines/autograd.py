@@ -10,6 +10,7 @@ from gradcheck_cli.engines.torch_eval import evaluate
 from gradcheck_cli.expr import ir
 
 MAX_JACOBIAN_ENTRIES = 20_000_000
+JACOBIAN_BATCH = 256  # one-hot grad_outputs per batched backward call
 
 
 @dataclass(frozen=True)
@@ -88,11 +89,31 @@ def _jacobian(torch, out, inputs, wrt) -> dict:
                                  f"{n_out * x.numel():,} entries (limit {MAX_JACOBIAN_ENTRIES:,}); "
                                  "reduce it to a scalar, e.g. sum(...), or use `gradcheck op --mode fast`")
     rows = {w: np.empty((n_out,) + tuple(x.shape)) for w, x in zip(wrt, inputs)}
-    for i in range(n_out):
-        grads = _grad(torch, flat[i], inputs)
-        for w, g in zip(wrt, grads):
-            rows[w][i] = _np(torch, g)
+    if not out.requires_grad:  # nothing reaches the inputs: the Jacobian is exactly zero
+        return {w: np.zeros(tuple(out.shape) + tuple(x.shape)) for w, x in zip(wrt, inputs)}
+    for start in range(0, n_out, JACOBIAN_BATCH):
+        stop = min(n_out, start + JACOBIAN_BATCH)
+        block = _jacobian_rows(torch, out, inputs, start, stop)
+        for w, g in zip(wrt, block):
+            rows[w][start:stop] = g
     return {w: rows[w].reshape(tuple(out.shape) + tuple(x.shape)) for w, x in zip(wrt, inputs)}
+
+
+def _jacobian_rows(torch, out, inputs, start: int, stop: int) -> list:
+    """Rows start..stop of the Jacobian: one batched backward with one-hot grad_outputs
+    (vmap over autograd), or one backward per row where vmap cannot go through an op."""
+    n_out = out.numel()
+    eye = torch.zeros((stop - start, n_out), dtype=out.dtype, device=out.device)
+    eye[torch.arange(stop - start), torch.arange(start, stop)] = 1
+    try:
+        grads = torch.autograd.grad(out, inputs, eye.reshape((stop - start,) + tuple(out.shape)),
+                                    retain_graph=True, allow_unused=True, is_grads_batched=True)
+        return [np.zeros((stop - start,) + tuple(x.shape)) if g is None else _np(torch, g)
+                for g, x in zip(grads, inputs)]
+    except RuntimeError:
+        flat = out.reshape(-1)
+        per_row = [_grad(torch, flat[i], inputs) for i in range(start, stop)]
+        return [np.stack([_np(torch, row[k]) for row in per_row]) for k in range(len(inputs))]
 
 
 def _hessian(torch, grads, inputs) -> np.ndarray:

@@ -487,11 +487,14 @@ def check_expression(expr: str, at: Any = None, *, wrt: Iterable[str] | None = N
                      target: Any = None, dtype: str = "float64", fd: str = "auto", eps: float | None = None,
                      atol: float | None = None, rtol: float | None = None, points: int = 0, seed: int = 0,
                      order: int = 1, formula: bool = False, name: str | None = None, device: str = "cpu",
-                     progress=None, symbolic_budget: float | None = SYMBOLIC_BUDGET_S) -> Report:
+                     progress=None, symbolic_budget: float | None = SYMBOLIC_BUDGET_S,
+                     on_ready=None) -> Report:
     """Check an expression's gradients three ways; returns a Report (never raises on a
     wrong gradient; raises UserInputError on input that cannot be used)."""
     opts = Options(dtype, fd, eps, atol, rtol, points, seed, order, formula, device, symbolic_budget).validate()
     prep = prepare(expr, at, wrt=wrt, loss=loss, target=target, seed=seed, name=name)
+    if on_ready is not None:  # the input is valid; the engines are about to run
+        on_ready()
     return Report((run_prepared(prep, opts, progress),))
 
 

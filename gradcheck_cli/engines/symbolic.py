@@ -24,6 +24,25 @@ from gradcheck_cli.expr import ir
 from gradcheck_cli.expr.functions import FUNCTIONS
 
 _MODULES = [fns.NUMPY_FUNCTIONS, "numpy"]
+
+
+def _numpy_lambdify(args, expr, cse: bool = False):
+    """`sp.lambdify(args, expr, modules=_MODULES)`, minus its `from numpy import *`.
+
+    That star import touches every lazily loaded numpy submodule (f2py, testing, ...) and
+    costs ~80 ms on a check's first formula.  The same NumPy printer and the same generated
+    code run against numpy's already-loaded names instead.
+    """
+    global _NUMPY_NAMESPACE
+    if _NUMPY_NAMESPACE is None:
+        _NUMPY_NAMESPACE = {k: v for k, v in vars(np).items() if not k.startswith("_")}
+    from sympy.printing.numpy import NumPyPrinter
+
+    printer = NumPyPrinter({"fully_qualified_modules": False, "inline": True, "allow_unknown_functions": True})
+    return sp.lambdify(args, expr, modules=[fns.NUMPY_FUNCTIONS, _NUMPY_NAMESPACE], printer=printer, cse=cse)
+
+
+_NUMPY_NAMESPACE: dict | None = None
 CSE_MIN_OPS = 60  # formulas with more operations than this are compiled with cse
 MAX_EXACT_ELEMENTS = 1000  # forward values are computed exactly (mpmath) up to this many elements
 
@@ -66,7 +85,7 @@ class Model:
         if fn is None:
             # common-subexpression elimination pays off on large formulas only (its first
             # use also costs an import that a small check would notice)
-            fn = sp.lambdify(self.symbols, numpy_safe(expr), modules=_MODULES, cse=sp.count_ops(expr) > CSE_MIN_OPS)
+            fn = _numpy_lambdify(self.symbols, numpy_safe(expr), cse=sp.count_ops(expr) > CSE_MIN_OPS)
             if key:
                 self._compiled[key] = fn
         return fn
@@ -436,7 +455,7 @@ def hessian(root: ir.Node, var_shapes: dict, arrays: dict, wrt: list[str]) -> np
     first = [sp.diff(expr, s) for s in flat_wrt]
     upper = [(i, j) for i in range(total) for j in range(i, total)]
     entries = [numpy_safe(sp.diff(first[i], flat_wrt[j])) for i, j in upper]
-    fn = sp.lambdify(all_syms, entries, modules=_MODULES, cse=True)  # one compile for every entry
+    fn = _numpy_lambdify(all_syms, entries, cse=True)  # one compile for every entry
     with np.errstate(all="ignore"):
         numbers = [float(np.asarray(v, dtype=np.float64)) for v in fn(*values)]
     hess = np.zeros((total, total))

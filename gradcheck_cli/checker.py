@@ -31,8 +31,8 @@ MAX_POINT_TRIES = 10
 
 
 @dataclass(frozen=True)
-class Options:
-    """Everything `gradcheck check` can be told, validated."""
+class SharedOptions:
+    """The options `check` and `op` share (validated by `validate_shared`)."""
 
     dtype: str = "float64"
     fd: str = "auto"
@@ -42,8 +42,14 @@ class Options:
     points: int = 0
     seed: int = 0
     order: int = 1
-    formula: bool = False
     device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class Options(SharedOptions):
+    """Everything `gradcheck check` can be told, validated."""
+
+    formula: bool = False
     symbolic_budget: float | None = SYMBOLIC_BUDGET_S
 
     def validate(self) -> "Options":
@@ -491,7 +497,8 @@ def check_expression(expr: str, at: Any = None, *, wrt: Iterable[str] | None = N
                      on_ready=None) -> Report:
     """Check an expression's gradients three ways; returns a Report (never raises on a
     wrong gradient; raises UserInputError on input that cannot be used)."""
-    opts = Options(dtype, fd, eps, atol, rtol, points, seed, order, formula, device, symbolic_budget).validate()
+    opts = Options(dtype=dtype, fd=fd, eps=eps, atol=atol, rtol=rtol, points=points, seed=seed, order=order,
+                   formula=formula, device=device, symbolic_budget=symbolic_budget).validate()
     prep = prepare(expr, at, wrt=wrt, loss=loss, target=target, seed=seed, name=name)
     if on_ready is not None:  # the input is valid; the engines are about to run
         on_ready()

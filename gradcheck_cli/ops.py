@@ -30,6 +30,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from gradcheck_cli.checker import SharedOptions, validate_shared
 from gradcheck_cli.errors import UserInputError
 from gradcheck_cli.tolerances import TOLERANCES
 from gradcheck_cli.ops_compare import OP_TOLERANCES, OutputLayout, op_tolerance
@@ -44,24 +45,13 @@ VALUE_RTOL = {dtype: tol["value_rtol"] for dtype, tol in TOLERANCES.items()}
 
 
 @dataclass(frozen=True)
-class OpOptions:
+class OpOptions(SharedOptions):
     """Everything `gradcheck op` can be told, validated."""
 
-    dtype: str = "float64"
-    fd: str = "auto"
-    eps: float | None = None
-    atol: float | None = None
-    rtol: float | None = None
-    points: int = 0
-    seed: int = 0
-    order: int = 1
     mode: str = "auto"
-    device: str = "cpu"
 
     def validate(self) -> "OpOptions":
         from gradcheck_cli.ops_jacobian import OP_SCHEMES
-
-        from gradcheck_cli.checker import validate_shared
 
         validate_shared(self, tuple(OP_TOLERANCES), OP_SCHEMES)
         if self.mode not in MODES:
@@ -101,7 +91,8 @@ def check_op_target(target: str, at: list, kw: list, *, wrt: Iterable[str] | Non
     from gradcheck_cli.ops_loading import load_target, parse_kw
     from gradcheck_cli.ops_runner import OpSpec
 
-    opts = OpOptions(dtype, fd, eps, atol, rtol, points, seed, order, mode, device).validate()
+    opts = OpOptions(dtype=dtype, fd=fd, eps=eps, atol=atol, rtol=rtol, points=points, seed=seed, order=order,
+                     mode=mode, device=device).validate()
     at = list(at or [])
     if not at:
         raise UserInputError("gradcheck op needs the op's inputs: give them in order with --at NAME=VALUE")
@@ -165,7 +156,8 @@ def check_op(fn, *tensors, reference: str | None = None, order: int = 1, names: 
         raise UserInputError(f"names= gives {len(given)} name(s) for {len(values)} floating tensor input(s)")
     dtype = dtype or _dtype_name(first.dtype)
     device = device or first.device.type
-    opts = OpOptions(dtype, fd, eps, atol, rtol, points, seed, order, mode, device).validate()
+    opts = OpOptions(dtype=dtype, fd=fd, eps=eps, atol=atol, rtol=rtol, points=points, seed=seed, order=order,
+                     mode=mode, device=device).validate()
     chosen = _choose_wrt(tuple(values), wrt if wrt is not None else (marked or None))
     spec = OpSpec(call_fn, label, tuple(slots), dict(kwargs or {}), tuple(values), chosen)
     ref = _reference(reference, values)

@@ -507,21 +507,28 @@ def check_expression(expr: str, at: Any = None, *, wrt: Iterable[str] | None = N
 
 def run_prepared(prep: Prepared, opts: Options, progress=None) -> CheckResult:
     """The given point, then --points random ones; the worst is reported."""
-    arrays = {k: v.array for k, v in prep.values.items()}
-    worst = check_at(prep, arrays, opts)
-    if opts.points:
-        rng = np.random.default_rng([opts.seed, 2])
-        for i in range(opts.points):
-            result = None
-            for _ in range(MAX_POINT_TRIES):  # a random point on a kink says nothing: draw again
-                drawn = {k: (v.array if k == TARGET else redraw(v, rng)) for k, v in prep.values.items()}
-                result = check_at(prep, drawn, opts)
-                if "non_differentiable" not in result.codes():
-                    break
-            if _severity(result) > _severity(worst):
-                worst = result
-            if progress:
-                progress(i + 1, opts.points)
-        worst = CheckResult(worst.name, worst.kind, worst.passed, worst.dtype, worst.point, worst.value,
-                            worst.gradients, worst.diagnostics, {**worst.extra, "points_checked": opts.points + 1})
-    return worst
+    return worst_of_points(lambda arrays: check_at(prep, arrays, opts), prep.values, opts.seed, opts.points,
+                           fixed=(TARGET,), progress=progress)
+
+
+def worst_of_points(check_point, values: dict, seed: int, points: int, *, fixed=(), progress=None) -> CheckResult:
+    """`check_point` at the given values, then at `points` seeded random redraws (names in
+    `fixed` keep their values); the worst result, with `points_checked`, when points > 0.
+    Shared by expression and op checks."""
+    worst = check_point({k: v.array for k, v in values.items()})
+    if not points:
+        return worst
+    rng = np.random.default_rng([seed, 2])
+    for i in range(points):
+        result = None
+        for _ in range(MAX_POINT_TRIES):  # a random point on a kink says nothing: draw again
+            drawn = {k: (v.array if k in fixed else redraw(v, rng)) for k, v in values.items()}
+            result = check_point(drawn)
+            if "non_differentiable" not in result.codes():
+                break
+        if _severity(result) > _severity(worst):
+            worst = result
+        if progress:
+            progress(i + 1, points)
+    return CheckResult(worst.name, worst.kind, worst.passed, worst.dtype, worst.point, worst.value,
+                       worst.gradients, worst.diagnostics, {**worst.extra, "points_checked": points + 1})

@@ -30,17 +30,16 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from gradcheck_cli.checker import SharedOptions, validate_shared
+from gradcheck_cli.checker import SharedOptions, validate_shared, worst_of_points
 from gradcheck_cli.errors import UserInputError
 from gradcheck_cli.tolerances import TOLERANCES
 from gradcheck_cli.ops_compare import OP_TOLERANCES, OutputLayout, op_tolerance
 from gradcheck_cli.report import CheckResult, Diagnostic, GradientResult, Report
-from gradcheck_cli.values import Value, parse_values, redraw
+from gradcheck_cli.values import Value, parse_values
 
 MODES = ("auto", "full", "fast")
 AUTO_FULL_ENTRIES = 4_194_304  # Jacobian entries (outputs x inputs) up to which auto means full
 FULL_LIMIT = 16_777_216  # --mode full refuses beyond this
-MAX_POINT_TRIES = 10
 VALUE_RTOL = {dtype: tol["value_rtol"] for dtype, tol in TOLERANCES.items()}
 
 
@@ -196,30 +195,9 @@ def _reference(text: str | None, values: dict):
 
 # ---- points ------------------------------------------------------------------------------
 
-def _severity(check: CheckResult) -> tuple:
-    worst = max((g.max_rel_error if math.isfinite(g.max_rel_error) else math.inf for g in check.gradients),
-                default=0.0)
-    return (not check.passed, worst)
-
-
 def run_points(prep: PreparedOp, opts: OpOptions) -> CheckResult:
     """The given point, then --points random ones; the worst is reported."""
-    arrays = {k: v.array for k, v in prep.values.items()}
-    worst = check_point(prep, arrays, opts)
-    if opts.points:
-        rng = np.random.default_rng([opts.seed, 2])
-        for _ in range(opts.points):
-            result = None
-            for _ in range(MAX_POINT_TRIES):  # a random point on a kink says nothing: draw again
-                drawn = {k: redraw(v, rng) for k, v in prep.values.items()}
-                result = check_point(prep, drawn, opts)
-                if "non_differentiable" not in result.codes():
-                    break
-            if _severity(result) > _severity(worst):
-                worst = result
-        worst = CheckResult(worst.name, worst.kind, worst.passed, worst.dtype, worst.point, worst.value,
-                            worst.gradients, worst.diagnostics, {**worst.extra, "points_checked": opts.points + 1})
-    return worst
+    return worst_of_points(lambda arrays: check_point(prep, arrays, opts), prep.values, opts.seed, opts.points)
 
 
 # ---- one point ---------------------------------------------------------------------------

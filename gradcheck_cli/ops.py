@@ -30,7 +30,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from gradcheck_cli.checker import SharedOptions, validate_shared, worst_of_points
+from gradcheck_cli.checker import SharedOptions, _dedupe, validate_shared, worst_of_points
 from gradcheck_cli.errors import UserInputError
 from gradcheck_cli.tolerances import TOLERANCES
 from gradcheck_cli.ops_compare import OP_TOLERANCES, OutputLayout, op_tolerance
@@ -351,16 +351,6 @@ def _torch_version() -> str:
 
 def _plain(v):
     return v if isinstance(v, (int, float, str, bool, list)) or v is None else repr(v)
-
-
-def _dedupe(diags: list) -> list:
-    seen, out = set(), []
-    for d in diags:
-        key = (d.code, d.message, d.wrt)
-        if key not in seen:
-            seen.add(key)
-            out.append(d)
-    return out
 
 
 def _layout(outs: list) -> OutputLayout:

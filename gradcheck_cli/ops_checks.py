@@ -122,15 +122,17 @@ def vjp_checks(outs: list, inputs: list, wrt: list, expect, jac_ok: dict, m: int
         return input_label(w, tuple(inputs[wrt.index(w)].shape), j)
 
     try:
-        # held throughout: g1, the gradient for v1 (the later checks compare with it); v1 is
-        # drawn again where needed, the other gradients are reduced as soon as they come
-        # back: a 1e6-element op holds a few vectors, not ten
+        # held throughout: g1, the gradient for v1 (the later checks compare with it); v1 and
+        # v2 are not held during backward calls (drawn again where a reference needs them),
+        # the other gradients are reduced as soon as they come back: a 1e6-element op holds
+        # a few vectors, not ten
         zero = _offending(run(np.zeros(m)), tol["atol"])
         d1 = Direction(rng, m)
-        v1 = d1.draw(rng)
-        v2 = rng.standard_normal(m)
-        g1 = run(v1)
-        g2 = run(v2)
+        g1 = run(d1.draw(rng))
+        d2 = Direction(rng, m)
+        g2 = run(d2.draw(rng))
+        uses_v = getattr(expect, "uses_v", True)
+        v1, v2 = (d1.again(), d2.again()) if uses_v else (None, None)
         for w in wrt:
             # 0 * inf is nan: where the gradient itself is not finite, nonfinite already says so
             idx, vals = zero[w]
@@ -192,14 +194,14 @@ def _one_hot(res, run, expect, wrt, jac_ok, m, rng, label, fail) -> None:
         g = run(v)
         for w in wrt:
             e, a = expect(w, v, g[w])
-            if e is None or not jac_ok.get(w, False):
-                continue
-            bad = ~(np.abs(g[w] - e) <= a)
-            if bad.any():
+            bad = ~(np.abs(g[w] - e) <= a) if e is not None and jac_ok.get(w, False) else None
+            if bad is not None and bad.any():
                 j = int(np.flatnonzero(bad)[0])
                 fail("one_hot_mismatch", (
                     f"a one-hot grad_output at output {int(o)} gives {g[w][j]:.10g} for {label(w, j)}, the "
                     f"Jacobian {e[j]:.10g}: the backward misroutes grad_output"), w)
+            del e, a, bad
+        del g, v  # nothing of this call is held through the next backward call
 
 
 def _noncontiguous(res, outs, inputs, wrt, d1, g1, expect, split, fail, label) -> None:

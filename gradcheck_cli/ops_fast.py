@@ -68,8 +68,8 @@ def _draw_projections(rng, vjps: VJPMany, m: int, sizes: dict, offsets: dict) ->
             proj.u[w], proj.norm[w] = d, float(np.max(np.abs(u))) if n else 0.0
             proj.s_ad[w] = _dot(gw, u)
             proj.terms[w] = _dot(np.abs(gw), np.abs(u))
-            del u
-        del g
+            del u, gw
+        del g  # nothing of this call's gradient is held through the next one
         out.append(proj)
     return out
 
@@ -149,7 +149,8 @@ def run_fast(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -
     m = layout.m
     fd_dtype = "float64" if f64 is not None else opts.dtype
     eps_dtype = EPS[fd_dtype]
-    f0 = f64 if f64 is not None else flat_numpy(outs)
+    # only read (rounding and noise terms): for one float64 output, a view of it, not a copy
+    f0 = f64 if f64 is not None else flat_numpy(outs, copy=False)
     pt.extra["fd_scheme"] = "central"
     sizes = {w: int(np.prod(np.shape(pt.arrays[w]))) for w in wrt}
     offsets = dict(zip(wrt, np.cumsum([0] + [sizes[w] for w in wrt])[:-1].tolist()))

@@ -95,7 +95,7 @@ def check_op_target(target: str, at: list, kw: list, *, wrt: Iterable[str] | Non
     at = list(at or [])
     if not at:
         raise UserInputError("gradcheck op needs the op's inputs: give them in order with --at NAME=VALUE")
-    values = parse_values(at, seed)
+    values = _torch_backed(parse_values(at, seed))
     kwargs = {}
     for k, v in (kw or []):
         if k in kwargs:
@@ -128,7 +128,7 @@ def check_op(fn, *tensors, reference: str | None = None, order: int = 1, names: 
     import torch
 
     from gradcheck_cli.ops_loading import as_callable
-    from gradcheck_cli.ops_runner import Fixed, OpSpec
+    from gradcheck_cli.ops_runner import Fixed, OpSpec, torch_backed
 
     label = name or getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
     call_fn = as_callable(fn, label)
@@ -140,7 +140,7 @@ def check_op(fn, *tensors, reference: str | None = None, order: int = 1, names: 
             nm = given[k] if given is not None and k < len(given) else f"x{k}"
             if nm in values:
                 raise UserInputError(f"input name {nm!r} is used twice")
-            arr = arg.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
+            arr = torch_backed(arg.detach().to(device="cpu", dtype=torch.float64).numpy().copy())
             values[nm] = Value(nm, arr, f"tensor{list(arr.shape)}", False)
             slots.append(nm)
             if arg.requires_grad:
@@ -183,6 +183,19 @@ def _choose_wrt(names: tuple, wrt) -> tuple:
     if len(set(chosen)) != len(chosen):
         raise UserInputError("--wrt names an input twice")
     return chosen  # --wrt order: gradients and Hessian rows follow it, as the contract says
+
+
+def _torch_backed(values: dict) -> dict:
+    """The values, large float64 arrays moved into memory torch owns (ops_runner.torch_backed)
+    and the numpy originals released."""
+    from dataclasses import replace
+
+    from gradcheck_cli.ops_fast import RELEASE_FROM
+    from gradcheck_cli.ops_runner import release_freed_memory, torch_backed
+
+    if sum(v.array.size for v in values.values()) >= RELEASE_FROM:
+        release_freed_memory()  # before the copies are made, so the originals' memory goes back
+    return {k: replace(v, array=torch_backed(v.array)) for k, v in values.items()}
 
 
 def _reference(text: str | None, values: dict):

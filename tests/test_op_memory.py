@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import op_zoo
-from gradcheck_cli import ops_fast
+from gradcheck_cli import ops_checks, ops_fast, ops_runner
 from gradcheck_cli.ops import check_op
 from gradcheck_cli.ops_jacobian import Direction, direction_fd
 from gradcheck_cli.ops_runner import BatchedForward, OpSpec
@@ -341,3 +341,120 @@ def test_the_report_keeps_its_own_copy_of_the_output():
     with torch.no_grad():
         kept["buffer"].fill_(7.0)
     np.testing.assert_array_equal(np.asarray(check.value["torch"]).reshape(-1), torch.sin(x).numpy())
+
+
+# ---- large float64 inputs: handed to the op copy-on-write, not copied --------------------------
+
+needs_cow = pytest.mark.skipif(not hasattr(torch, "_lazy_clone"), reason="this torch has no copy-on-write clones")
+
+
+@pytest.fixture
+def share_small(monkeypatch):
+    """Inputs shared copy-on-write from 8 elements on (1 << 16 in use), so tests stay small."""
+    monkeypatch.setattr(ops_runner, "SHARE_FROM", 8)
+
+
+@needs_cow
+def test_a_large_input_reaches_the_op_as_a_copy_on_write_clone_of_the_pristine_values(share_small):
+    seen = []
+
+    def swish_noting_cow(x):
+        seen.append(torch._C._is_cow_tensor(x))
+        return x * torch.sigmoid(x)
+
+    x = torch.randn(500, dtype=torch.float64)
+    report = check_op(swish_noting_cow, x, mode="fast", reference="x0*sigmoid(x0)")
+    assert report.passed and seen and seen[0] is True  # the op's first call: the shared input
+    np.testing.assert_array_equal(only(report).point["x0"], x.numpy())
+
+
+@needs_cow
+@pytest.mark.parametrize("mode", ["fast", "full"])
+def test_an_op_writing_into_a_shared_input_is_caught_and_the_pristine_values_stay(share_small, mode):
+    """The write gives the op's tensor a copy of its own: the values the report, the mutation
+    check and the finite differences use are still the caller's."""
+    def cube_then_scribble(x):
+        y = x.detach() ** 3 + 3 * x  # autograd sees 3x only: its gradient is 3, finite differences see 3x^2 + 3
+        x.detach().add_(1.0)
+        return y
+
+    x = torch.randn(60, dtype=torch.float64)
+    report = check_op(cube_then_scribble, x, mode=mode, atol=1e-6, rtol=1e-6)
+    check = only(report)
+    assert not report.passed and "input_mutated" in codes(report)
+    np.testing.assert_array_equal(check.point["x0"], x.numpy())
+    # finite differences ran at the caller's point, not at the scribbled one (x + 1)
+    (g,) = check.gradients
+    expected = 3 * x.numpy() ** 2 + 3
+    got = np.asarray(g.finite_difference).reshape(-1)
+    rows, cols = (np.asarray(g.entries).T if g.entries is not None else np.divmod(np.arange(got.size), x.numel()))
+    diag = rows == cols
+    np.testing.assert_allclose(got[diag], expected[cols[diag]], rtol=1e-6)
+
+
+def test_an_array_that_merely_views_a_tensor_is_not_shared():
+    t = torch.randn(100_000, dtype=torch.float64)
+    assert ops_runner.owner(t.numpy()) is None
+    backed = ops_runner.torch_backed(t.numpy())
+    assert ops_runner.owner(backed) is not None and not backed.flags.writeable
+    np.testing.assert_array_equal(backed, t.numpy())
+    assert ops_runner.owner(np.array(backed)) is None  # a copy of it is not
+    small = ops_runner.torch_backed(np.arange(10.0))
+    assert ops_runner.owner(small) is None  # below SHARE_FROM: as it was
+
+
+def test_without_copy_on_write_clones_inputs_are_copied(share_small, monkeypatch):
+    monkeypatch.delattr(torch, "_lazy_clone", raising=False)
+    x = torch.randn(60, dtype=torch.float64)
+    assert ops_runner.owner(ops_runner.torch_backed(x.numpy())) is None
+    assert check_op(op_zoo.Swish, x, mode="fast").passed
+    report = check_op(lambda t: torch.sin(t.detach().add_(1.0)) + t, x, mode="fast")
+    assert "input_mutated" in codes(report)
+
+
+# ---- the non-contiguous checks at 1e6+ elements: the first gradient computed again ---------
+
+@pytest.fixture
+def large_checks(monkeypatch, streaming):
+    """The checks as at 1e6 elements (g1 not held through the non-contiguous backward calls)."""
+    monkeypatch.setattr(ops_checks, "LARGE", 10)
+
+
+@pytest.mark.parametrize("op,passes", [(op_zoo.Swish, True), (op_zoo.SwishAssumesContiguous, False)])
+def test_noncontiguous_checks_with_the_first_gradient_computed_again(large_checks, op, passes):
+    x = torch.randn(40, 60, dtype=torch.float64)
+    check = only(check_op(op, x, mode="fast"))
+    assert check.passed is passes
+    assert ("noncontiguous_grad_output" in {d.code for d in check.diagnostics}) is not passes
+    assert check.extra["determinism"]["runs"] == 3
+
+
+def test_noncontiguous_checks_count_the_extra_backward_calls(monkeypatch, streaming):
+    x = torch.randn(40, 60, dtype=torch.float64)  # 2-D: a transposed and a strided layout
+    plain = only(check_op(op_zoo.Swish, x, mode="fast")).extra["calls"]["checks_backward"]
+    monkeypatch.setattr(ops_checks, "LARGE", 10)
+    again = only(check_op(op_zoo.Swish, x, mode="fast")).extra["calls"]["checks_backward"]
+    assert again == plain + 2
+
+
+class FailsAfterStrided(op_zoo.Swish):
+    """A backward that raises on every call after it has seen a non-contiguous grad_output."""
+
+    seen = []
+
+    @staticmethod
+    def backward(ctx, g):
+        if FailsAfterStrided.seen:
+            raise RuntimeError("backward broke after a strided call")
+        if not g.is_contiguous():
+            FailsAfterStrided.seen.append(True)
+        return op_zoo.Swish.backward(ctx, g)
+
+
+def test_a_backward_raising_when_the_first_gradient_is_computed_again_is_an_op_error(large_checks):
+    FailsAfterStrided.seen.clear()
+    report = check_op(FailsAfterStrided, torch.randn(3000, dtype=torch.float64), mode="fast")
+    check = only(report)
+    assert not report.passed
+    msgs = [d.message for d in check.diagnostics if d.code == "op_error"]
+    assert msgs and "backward broke after a strided call" in msgs[0]

@@ -228,6 +228,7 @@ class Point:
     diags: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
     failed: bool = False
+    determinism: Any = None  # ops_checks.DeterminismOutcome, reported after the Jacobian's diagnostics
 
     def fail(self, code: str, message: str, wrt: str | None = None) -> None:
         self.failed = True
@@ -275,21 +276,29 @@ def check_point(prep: PreparedOp, arrays: dict, opts: OpOptions) -> CheckResult:
             outs = None
         if outs is not None:
             layout = _layout(outs)
+            _check_mutation(pt, tensors, before, fixed_before, "forward")
+            _output_metadata(pt, outs, opts)
+            flat = flat_numpy(outs, copy=False)
+            finite = bool(np.all(np.isfinite(flat)))
+            usable = False
+            if not finite:
+                pt.fail("nonfinite", f"the forward output in {opts.dtype} is not finite at "
+                                     f"{layout.label(int(np.flatnonzero(~np.isfinite(flat))[0]))} "
+                                     f"({flat[~np.isfinite(flat)][0]:.6g}); the gradient of an undefined value "
+                                     "means nothing (pick another point)")
+            else:
+                del flat  # the first forward's memory goes once determinism has run a second one
+                usable = _determinism(pt, outs, tensors, lambda t: _check_mutation(pt, t, before, fixed_before,
+                                                                                   "backward"))
+                if usable:
+                    _check_mutation(pt, tensors, before, fixed_before, "forward")  # the second forward's inputs
+                flat = flat_numpy(outs, copy=False)
             # the outputs as float64: for one float64 output, a read-only view of it during the
             # checks (at 1e6 elements a copy is 8 MB more at their peak); hashed, to notice an op
             # that writes into memory it already returned
-            flat = flat_numpy(outs, copy=False)
             shared = _digest(flat)  # None for a copy of ours
             value["torch"] = _report_values(flat, layout)
-            _check_mutation(pt, tensors, before, fixed_before, "forward")
-            _output_metadata(pt, outs, opts)
-            if not np.all(np.isfinite(flat)):
-                v = flat
-                pt.fail("nonfinite", f"the forward output in {opts.dtype} is not finite at "
-                                     f"{layout.label(int(np.flatnonzero(~np.isfinite(v))[0]))} "
-                                     f"({v[~np.isfinite(v)][0]:.6g}); the gradient of an undefined value means "
-                                     "nothing (pick another point)")
-            else:
+            if finite and usable:
                 gradients = _check_gradients(pt, tensors, outs, layout, value)
                 _check_mutation(pt, tensors, before, fixed_before, "backward")
             if shared is not None and _digest(flat) != shared:
@@ -308,6 +317,25 @@ def check_point(prep: PreparedOp, arrays: dict, opts: OpOptions) -> CheckResult:
     point = {k: np.asarray(v) for k, v in arrays.items()}
     return CheckResult(prep.name, "op", passed, opts.dtype, point, value, tuple(gradients), tuple(_dedupe(pt.diags)),
                        pt.extra)
+
+
+def _determinism(pt: Point, outs: list, tensors: dict, inspect_inputs) -> bool:
+    """ops_checks.determinism, before every other check (outs and tensors become the second
+    forward's); False when no graph is left to check (the failure is in pt)."""
+    from gradcheck_cli import ops_checks
+    from gradcheck_cli.ops_runner import OpRaised
+
+    try:
+        pt.determinism = ops_checks.determinism(pt.prep.spec, pt.arrays, pt.opts.dtype, pt.opts.device, outs,
+                                                tensors, pt.tol, pt.opts.seed, inspect_inputs)
+    except OpRaised as exc:
+        _op_raised(pt, exc)
+        return False
+    if not pt.determinism.usable:
+        for d in pt.determinism.diagnostics:
+            pt.fail(d.code, d.message, d.wrt)
+        return False
+    return True
 
 
 def _not_computed(wrt: str, in_shape: tuple, tol: dict) -> GradientResult:
@@ -428,7 +456,7 @@ def _output_metadata(pt: Point, outs: list, opts: OpOptions) -> None:
 
 def _check_gradients(pt: Point, tensors: dict, outs: list, layout: OutputLayout, value: dict) -> tuple:
     """References (float64 re-run, --reference), then the Jacobian in the chosen mode, then
-    grad_output variety and determinism, then double backward."""
+    grad_output variety, then double backward (determinism has run already: _determinism)."""
     from gradcheck_cli import ops_fast, ops_full
 
     spec, opts = pt.prep.spec, pt.opts

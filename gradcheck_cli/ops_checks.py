@@ -57,7 +57,6 @@ class ReferenceJacobian:
 class VJPOutcome:
     passed: bool = True
     diagnostics: list = field(default_factory=list)
-    determinism: dict = field(default_factory=dict)
     calls: int = 0
 
 
@@ -98,13 +97,14 @@ def noncontiguous_layouts(t, only: str | None = None) -> list:
 
 
 def vjp_checks(outs: list, inputs: list, wrt: list, expect, jac_ok: dict, m: int, tol: dict,
-               rng: np.random.Generator, fresh, layout) -> VJPOutcome:
-    """grad_output variety and determinism on the forward graph `outs` -> `inputs`.
+               rng: np.random.Generator, layout) -> VJPOutcome:
+    """grad_output variety on the forward graph `outs` -> `inputs` (determinism, which needs
+    a second forward, runs before every check: see determinism).
 
     `expect(w, v, g)` gives the reference v^T J for input w (None when there is no full
     reference, as in fast mode) and the allowed error per element, g being autograd's
     answer; an `expect` with the attribute uses_v = False may be given v = None where v
-    would have to be drawn again.  `fresh()` runs a new forward and returns (outs, inputs)."""
+    would have to be drawn again."""
     res = VJPOutcome()
     sizes = [x.numel() for x in inputs]
 
@@ -176,9 +176,7 @@ def vjp_checks(outs: list, inputs: list, wrt: list, expect, jac_ok: dict, m: int
     # at 1e6+ elements g1 is not held through the non-contiguous backward calls (their strided
     # grad_output is twice the output's size): computed again after each, one more call
     again = (lambda: run(d1.again())) if sum(sizes) + m >= LARGE else None
-    if not _noncontiguous(res, outs, inputs, wrt, d1, g1, expect, split, fail, label, again):
-        return res
-    _determinism(res, outs, inputs, wrt, d1, g1, expect, split, fail, fresh, label)
+    _noncontiguous(res, outs, inputs, wrt, d1, g1, expect, split, fail, label, again)
     return res
 
 
@@ -209,11 +207,10 @@ def _one_hot(res, run, expect, wrt, jac_ok, m, rng, label, fail) -> None:
         del g, v  # nothing of this call is held through the next backward call
 
 
-def _noncontiguous(res, outs, inputs, wrt, d1, g1, expect, split, fail, label, again=None) -> bool:
+def _noncontiguous(res, outs, inputs, wrt, d1, g1, expect, split, fail, label, again=None) -> None:
     """The backward with v1 laid out transposed and strided must give g1.  With `again`
     (a call that computes g1 anew), g1's arrays are released during those calls and
-    computed again after each: the dict g1 is refilled in place.  False when that call
-    raised (g1 is then gone: nothing after can use it)."""
+    computed again after each."""
     from gradcheck_cli.ops_runner import grads_numpy
 
     for kind in ("transposed", "strided"):
@@ -245,7 +242,7 @@ def _noncontiguous(res, outs, inputs, wrt, d1, g1, expect, split, fail, label, a
                 g1.update(again())
             except OpRaised as exc:
                 fail("op_error", f"the op raised when its backward ran again on the same inputs: {exc.message}")
-                return False
+                return
         if g is None:
             continue
         v1 = d1.again() if getattr(expect, "uses_v", True) else None
@@ -264,40 +261,89 @@ def _noncontiguous(res, outs, inputs, wrt, d1, g1, expect, split, fail, label, a
                     "contiguous (e.g. .view(-1), as_strided or raw pointers); call .contiguous() first"), w)
             del diff, bad
         del g, v1
-    return True
 
 
-def _determinism(res, outs, inputs, wrt, d1, g1, expect, split, fail, fresh, label) -> None:
-    """The backward run again on the same graph, and on a fresh forward, with v1: all three
-    must agree (within tolerance).  The second run is the graph's last use, so it lets
-    autograd free what the forward saved before the fresh forward saves its own; of that
-    run only the entries that differ from g1 are kept."""
-    from gradcheck_cli.ops_runner import grads_numpy
+@dataclass
+class DeterminismOutcome:
+    diagnostics: list = field(default_factory=list)
+    record: dict | None = None  # {"runs": 3, "max_spread": {input: spread}, "forward_spread": spread}
+    calls: int = 0
+    usable: bool = True  # False: the op raised or misbehaved on its second forward; no graph is left
 
-    spreads = {}
+
+def rounding_allowed(g: np.ndarray, tol: dict, dtype: str) -> np.ndarray:
+    """What two runs of the same backward may differ by, per element of its result g:
+    atol + rtol |g| + a term of the largest |g| (reduction order), at least 16 ulps of dtype."""
+    scale = float(np.max(np.abs(g))) if g.size and np.all(np.isfinite(g)) else 0.0
+    allowed = np.abs(g)
+    allowed *= tol["rtol"]
+    np.add(tol["atol"], allowed, out=allowed)
+    allowed += max(tol["scale"], 16 * EPS[dtype]) * scale
+    return allowed
+
+
+def determinism(spec, arrays: dict, dtype: str, device: str, outs: list, tensors: dict, tol: dict,
+                seed: int, inspect_inputs=None) -> DeterminismOutcome:
+    """The op run twice on the same inputs: the two forwards must agree, and so must three
+    backward calls with one random grad_output v: on the first forward's graph, on the
+    second's, and on the second's again (within rounding_allowed).
+
+    Run before every other check, so that no more than the checks' usual few vectors are
+    ever held: the first graph's backward frees what its forward saved, the second forward
+    follows, and `outs` and `tensors` are then replaced in place by the second forward's
+    (the first one's memory is released, and every later check uses the second graph).
+    Raises OpRaised when the first graph's backward raises (as any check's would); a
+    second forward that raises or returns something else is a failed check, and then
+    `usable` is False.  `inspect_inputs(tensors)` is called on the first forward's inputs
+    after its backward, before they are released (the mutation check)."""
+    from gradcheck_cli.ops_runner import BadOutput, grads_numpy
+
+    res = DeterminismOutcome()
+    wrt = list(spec.wrt)
+    m = sum(int(o.numel()) for o in outs)
+    direction = Direction(np.random.default_rng([seed, 11]), m)
+
+    def run(graph, leaves, retain=True):
+        res.calls += 1
+        inputs = [leaves[w] for w in wrt]
+        got = grads_numpy(vjp(graph, inputs, _as_tensors(direction.again(), graph), retain_graph=retain), inputs)
+        return {w: (np.zeros(t.numel()) if g is None else g) for w, g, t in zip(wrt, got, inputs)}
+
+    first = run(outs, tensors, retain=False)  # the first graph's last use: autograd frees what it saved
+    if inspect_inputs is not None:
+        inspect_inputs(tensors)
     try:
-        v1 = d1.again()
-        again = split(grads_numpy(vjp(outs, inputs, _as_tensors(v1, outs), retain_graph=False), inputs))
-        again = {w: _differing(a, g1[w]) for w, a in again.items()}
-        new_outs, new_inputs = fresh()
-        res.calls += 2
-        forward_diff = _spread(flat_numpy(outs, copy=False), flat_numpy(new_outs, copy=False))
-        third = split(grads_numpy(vjp(new_outs, new_inputs, _as_tensors(v1, new_outs)), new_inputs))
-        del new_outs, new_inputs
-    except OpRaised as exc:
-        fail("op_error", f"the op raised when run again on the same inputs ({exc.phase}): {exc.message}")
-        return
-    flat = flat_numpy(outs, copy=False)
-    scale = float(np.max(np.abs(flat))) if flat.size else 0.0
-    del flat
+        second_tensors = make_tensors(spec, arrays, dtype, device)
+        second = call(spec, second_tensors, "forward (run again)")
+        if [tuple(o.shape) for o in second] != [tuple(o.shape) for o in outs]:
+            raise BadOutput(f"it returned outputs of other shapes: {[list(o.shape) for o in second]}")
+    except (OpRaised, BadOutput) as exc:
+        why = f"({exc.phase}): {exc.message}" if isinstance(exc, OpRaised) else f": {exc}"
+        res.diagnostics.append(Diagnostic("op_error", f"the op raised when run again on the same inputs {why}"))
+        res.usable = False
+        return res
+    a, b = flat_numpy(outs, copy=False), flat_numpy(second, copy=False)
+    forward_diff = _spread(a, b)
+    scale = float(np.max(np.abs(b))) if b.size else 0.0
+    del a, b
+    outs[:] = second  # from here on the first forward's outputs are released
+    tensors.clear()
+    tensors.update(second_tensors)
+    del second, second_tensors
     if forward_diff > 64 * 2.0**-23 * max(scale, 1e-30) and forward_diff > 0:
-        fail("nondeterministic", f"the forward gives different outputs on identical inputs (spread {forward_diff:.3g})")
+        res.diagnostics.append(Diagnostic(
+            "nondeterministic", f"the forward gives different outputs on identical inputs (spread {forward_diff:.3g})"))
+    ref = run(outs, tensors)  # the second graph's: the reference
+    first = {w: _differing(g, ref[w]) for w, g in first.items()}  # the first run, kept where it differs
+    third = run(outs, tensors)
+    spreads = {}
     for w in wrt:
-        _, allowed = expect(w, v1, g1[w])
-        idx, vals = again[w]
-        diff = np.abs(third[w] - g1[w])
-        diff[idx] = np.maximum(diff[idx], np.abs(vals - g1[w][idx]))
-        diff[~np.isfinite(g1[w])] = 0.0  # non-finite entries: reported as nonfinite
+        g = ref[w]
+        allowed = rounding_allowed(g, tol, dtype)
+        idx, vals = first[w]
+        diff = np.abs(third[w] - g)
+        diff[idx] = np.maximum(diff[idx], np.abs(vals - g[idx]))
+        diff[~np.isfinite(g)] = 0.0  # non-finite entries: reported as nonfinite
         spread = float(np.nanmax(diff)) if diff.size else 0.0
         if np.any(np.isnan(diff)):
             spread = float("nan")
@@ -307,17 +353,19 @@ def _determinism(res, outs, inputs, wrt, d1, g1, expect, split, fail, fresh, lab
         if bad.any():
             j = int(np.flatnonzero(bad)[0])
             k = np.searchsorted(idx, j)
-            again_j = vals[k] if k < idx.size and idx[k] == j else g1[w][j]
-            fail("nondeterministic", (
+            first_j = vals[k] if k < idx.size and idx[k] == j else g[j]
+            shape = tuple(tensors[w].shape)
+            res.diagnostics.append(Diagnostic("nondeterministic", (
                 f"d/d{w}: the backward gives different results on the same inputs and grad_output (spread "
-                f"{spread:.3g}, at {label(w, j)}: {g1[w][j]:.10g}, "
-                f"{again_j:.10g}, {third[w][j]:.10g})"), w)
+                f"{spread:.3g}; first forward, second forward, second again at {input_label(w, shape, j)}: "
+                f"{first_j:.10g}, {g[j]:.10g}, {third[w][j]:.10g})"), w))
         elif spread > 0:
             res.diagnostics.append(Diagnostic("nondeterministic_within_tolerance", (
                 f"d/d{w}: repeated backward runs differ by up to {spread:.3g} (within tolerance: rounding from "
                 "a non-deterministic reduction order, e.g. atomic adds)"), w))
         del bad
-    res.determinism = {"runs": 3, "max_spread": spreads, "forward_spread": forward_diff}
+    res.record = {"runs": 3, "max_spread": spreads, "forward_spread": forward_diff}
+    return res
 
 
 def _differing(a: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from gradcheck_cli import ops_compare as oc
 from gradcheck_cli.ops_checks import ReferenceJacobian, double_backward, vjp_checks
 from gradcheck_cli.ops_jacobian import (EPS, FDEntries, Grouping, fd_entries, group_rows, one_hot_rows,
                                         seed_vectors)
-from gradcheck_cli.ops_runner import BatchedForward, OpRaised, VJPMany, call, flat_numpy, make_tensors
+from gradcheck_cli.ops_runner import BatchedForward, OpRaised, VJPMany, flat_numpy
 
 REFINE_ROWS = 2048  # one-hot backward calls spent localizing failures
 
@@ -231,39 +231,33 @@ def _batching_agrees(batch: BatchedForward, fd: FDEntries, e: InputEntries, v: o
 
 
 def run_backward_checks(pt, outs: list, tensors: dict, layout, expect, jac_ok: dict) -> None:
-    """grad_output variety and determinism (skipped when the backward already raised)."""
+    """grad_output variety (skipped when the backward already raised), reported with the
+    determinism check's outcome."""
     apply_backward_checks(pt, backward_checks(pt, outs, tensors, layout, expect, jac_ok))
 
 
 def backward_checks(pt, outs: list, tensors: dict, layout, expect, jac_ok: dict):
-    """Run grad_output variety and determinism; their outcome (None when skipped because the
-    backward already raised) goes into the report with apply_backward_checks.  The last
-    backward call on `outs` frees what the op saved for backward."""
+    """Run grad_output variety; its outcome (None when skipped because the backward already
+    raised) goes into the report with apply_backward_checks."""
     if any(d.code in ("op_error", "wrong_shape") for d in pt.diags):
         return None
-    spec, opts = pt.prep.spec, pt.opts
-    wrt = list(spec.wrt)
-
-    def fresh():
-        from gradcheck_cli.ops_checks import Pristine, mutated
-
-        if mutated(tensors, Pristine(pt.arrays, opts.dtype)):
-            t = make_tensors(spec, pt.arrays, opts.dtype, opts.device)
-        else:  # new leaves on the same memory: the same values without another copy of every input
-            t = {k: v.detach().requires_grad_(k in wrt) for k, v in tensors.items()}
-        return call(spec, t, "forward (run again)"), [t[w] for w in wrt]
-
-    return vjp_checks(outs, [tensors[w] for w in wrt], wrt, expect, jac_ok, layout.m, pt.tol, pt.rng, fresh, layout)
+    wrt = list(pt.prep.spec.wrt)
+    return vjp_checks(outs, [tensors[w] for w in wrt], wrt, expect, jac_ok, layout.m, pt.tol, pt.rng, layout)
 
 
 def apply_backward_checks(pt, res) -> None:
-    """backward_checks' diagnostics, determinism and call count into the point's report."""
-    if res is None or any(d.code in ("op_error", "wrong_shape") for d in pt.diags):
+    """backward_checks' diagnostics and the determinism check's (run before the others, see
+    ops_checks.determinism), with their call counts, into the point's report."""
+    if any(d.code in ("op_error", "wrong_shape") for d in pt.diags):
         return
-    for d in res.diagnostics:
+    det = pt.determinism
+    for d in (res.diagnostics if res is not None else []) + (det.diagnostics if det is not None else []):
         (pt.note if d.code in _INFO else pt.fail)(d.code, d.message, d.wrt)
-    pt.extra["determinism"] = res.determinism
-    pt.extra.setdefault("calls", {})["checks_backward"] = res.calls
+    if det is not None and det.record is not None:
+        pt.extra["determinism"] = det.record
+    calls = (res.calls if res is not None else 0) + (det.calls if det is not None else 0)
+    if res is not None or det is not None:
+        pt.extra.setdefault("calls", {})["checks_backward"] = calls
 
 
 def _localize(pt, ad: Autograd, vjps: VJPMany, fds: dict, offsets: dict, sizes: dict, sym, m: int):

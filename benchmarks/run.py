@@ -158,7 +158,8 @@ def print_memory(mem: dict) -> None:
         extra = f" (range {mem['floor_range'][0]:.0f}-{mem['floor_range'][1]:.0f})" if key == "floor" else ""
         print(f"{'':<14} {ours:8.0f} MiB  {floor:6.0f} MiB   {ours / floor:6.2f}x   goal <= torch running the op "
               f"itself (forward + 2 backwards, {label}{extra}) + 3x inputs = {floor + 3 * inputs:.0f} MiB: "
-              f"{'met' if ours <= floor + 3 * inputs else 'NOT met'} ({(ours - floor) / inputs:.1f}x inputs above it)")
+              f"{'met' if ours <= floor + 3 * inputs else 'NOT met'} (ours - floor = {ours - floor:+.0f} MiB, "
+              f"{(ours - floor) / inputs:+.1f}x inputs)")
     print(f"{'':<14} (bare `import torch, sympy, numpy`: {mem['import']:.0f} MiB; inputs {inputs:.0f} MiB)")
 
 

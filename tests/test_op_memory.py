@@ -518,3 +518,26 @@ def test_determinism_compares_three_backward_calls_on_two_forwards():
     assert check.passed and check.extra["determinism"]["runs"] == 3
     # the first forward's one backward, then the second forward, whose graph every later check uses
     assert seen[:5] == ["forward", "backward", "forward", "backward", "backward"]
+
+
+@needs_cow
+def test_the_pristine_view_outlives_written_and_released_clones():
+    """The invariant torch_backed relies on: clones may be written (each then gets a copy of
+    its own) and released, and the owner's memory, which the view reads, stays as it was."""
+    import gc
+
+    values = np.random.default_rng(0).standard_normal(100_000)
+    view = ops_runner.torch_backed(values.copy())
+    own = ops_runner.owner(view)
+    for _ in range(3):
+        clone = torch._lazy_clone(own)
+        clone.add_(1.0)  # materializes the clone only
+        np.testing.assert_array_equal(clone.numpy(), values + 1.0)
+        del clone
+        gc.collect()
+        np.testing.assert_array_equal(view, values)
+    untouched = torch._lazy_clone(own)
+    del untouched
+    gc.collect()
+    np.testing.assert_array_equal(view, values)
+    assert torch.equal(own, torch.from_numpy(values))

@@ -278,30 +278,24 @@ def check_point(prep: PreparedOp, arrays: dict, opts: OpOptions) -> CheckResult:
             layout = _layout(outs)
             _check_mutation(pt, tensors, before, fixed_before, "forward")
             _output_metadata(pt, outs, opts)
-            flat = flat_numpy(outs, copy=False)
-            finite = bool(np.all(np.isfinite(flat)))
-            usable = False
-            if not finite:
-                pt.fail("nonfinite", f"the forward output in {opts.dtype} is not finite at "
-                                     f"{layout.label(int(np.flatnonzero(~np.isfinite(flat))[0]))} "
-                                     f"({flat[~np.isfinite(flat)][0]:.6g}); the gradient of an undefined value "
-                                     "means nothing (pick another point)")
-            else:
-                del flat  # the first forward's memory goes once determinism has run a second one
-                usable = _determinism(pt, outs, tensors, lambda t: _check_mutation(pt, t, before, fixed_before,
-                                                                                   "backward"))
-                if usable:
-                    _check_mutation(pt, tensors, before, fixed_before, "forward")  # the second forward's inputs
+            digest: dict = {}
+
+            def adopt():
+                """The outputs the checks read and the report shows: for one float64 output a
+                read-only view of it (at 1e6 elements a copy is 8 MB more at the checks' peak),
+                hashed, to notice an op that writes into memory it already returned.  Again
+                after determinism's second forward, whose outputs the later checks use."""
                 flat = flat_numpy(outs, copy=False)
-            # the outputs as float64: for one float64 output, a read-only view of it during the
-            # checks (at 1e6 elements a copy is 8 MB more at their peak); hashed, to notice an op
-            # that writes into memory it already returned
-            shared = _digest(flat)  # None for a copy of ours
-            value["torch"] = _report_values(flat, layout)
-            if finite and usable:
-                gradients = _check_gradients(pt, tensors, outs, layout, value)
+                digest["shared"] = _digest(flat)  # None for a copy of ours
+                value["torch"] = _report_values(flat, layout)
+
+            adopt()
+            if _finite_output(pt, value, layout):
+                gradients = _check_gradients(pt, tensors, outs, layout, value, adopt,
+                                             lambda t, phase: _check_mutation(pt, t, before, fixed_before, phase))
                 _check_mutation(pt, tensors, before, fixed_before, "backward")
-            if shared is not None and _digest(flat) != shared:
+            shared = digest["shared"]
+            if shared is not None and _digest(np.asarray(value["torch"]).reshape(-1)) != shared:
                 _reused_output(pt, arrays, layout, value)
             elif shared is not None:  # the report keeps a copy, made now that the check's peak is over
                 value["torch"] = np.array(value["torch"])
@@ -317,6 +311,17 @@ def check_point(prep: PreparedOp, arrays: dict, opts: OpOptions) -> CheckResult:
     point = {k: np.asarray(v) for k, v in arrays.items()}
     return CheckResult(prep.name, "op", passed, opts.dtype, point, value, tuple(gradients), tuple(_dedupe(pt.diags)),
                        pt.extra)
+
+
+def _finite_output(pt: Point, value: dict, layout: OutputLayout) -> bool:
+    """Whether the forward output is finite (else a failed check: no gradient means anything)."""
+    flat = np.asarray(value["torch"]).reshape(-1)
+    bad = np.flatnonzero(~np.isfinite(flat))
+    if bad.size:
+        pt.fail("nonfinite", f"the forward output in {pt.opts.dtype} is not finite at {layout.label(int(bad[0]))} "
+                             f"({flat[bad[0]]:.6g}); the gradient of an undefined value means nothing (pick another "
+                             "point)")
+    return not bad.size
 
 
 def _determinism(pt: Point, outs: list, tensors: dict, inspect_inputs) -> bool:
@@ -454,9 +459,12 @@ def _output_metadata(pt: Point, outs: list, opts: OpOptions) -> None:
             pt.note("output_device", f"output {k} is on {o.device} although the inputs are on {opts.device}")
 
 
-def _check_gradients(pt: Point, tensors: dict, outs: list, layout: OutputLayout, value: dict) -> tuple:
-    """References (float64 re-run, --reference), then the Jacobian in the chosen mode, then
-    grad_output variety, then double backward (determinism has run already: _determinism)."""
+def _check_gradients(pt: Point, tensors: dict, outs: list, layout: OutputLayout, value: dict, adopt,
+                     check_inputs) -> tuple:
+    """References (float64 re-run, --reference), then determinism (a second forward, whose
+    outputs replace the first's: adopt() makes them the checked and reported ones), then the
+    Jacobian in the chosen mode, grad_output variety, and double backward.
+    check_inputs(tensors, phase) is the mutation check."""
     from gradcheck_cli import ops_fast, ops_full
 
     spec, opts = pt.prep.spec, pt.opts
@@ -475,6 +483,20 @@ def _check_gradients(pt: Point, tensors: dict, outs: list, layout: OutputLayout,
                              "use --mode fast (random projections and sampled rows)")
     pt.extra["mode"] = mode
     pt.extra["outputs"] = layout.to_dict()
+    # nothing here may hold the first forward's outputs while determinism runs the second
+    if opts.dtype == "float64":
+        f64 = None  # a view of them; the second forward's, below
+    del value["torch"]
+    usable = _determinism(pt, outs, tensors, lambda t: check_inputs(t, "backward"))
+    adopt()  # the second forward's outputs (the first's when there is no second)
+    if not usable:
+        return ()
+    check_inputs(tensors, "forward")  # the second forward's inputs
+    if not _finite_output(pt, value, layout):
+        ops_full.apply_backward_checks(pt, None)  # what determinism found (a forward that differs)
+        return ()
+    if opts.dtype == "float64":
+        f64 = np.asarray(value["torch"]).reshape(-1)
     runner = ops_full.run_full if mode == "full" else ops_fast.run_fast
     return runner(pt, tensors, outs, layout, f64, sym)
 

@@ -324,13 +324,14 @@ def determinism(spec, arrays: dict, dtype: str, device: str, outs: list, tensors
         return res
     a, b = flat_numpy(outs, copy=False), flat_numpy(second, copy=False)
     forward_diff = _spread(a, b)
-    scale = float(np.max(np.abs(b))) if b.size else 0.0
+    scale = max((float(np.max(np.abs(p), initial=0.0, where=np.isfinite(p))) for p in
+                 (b[i:i + PIECE] for i in range(0, b.size, PIECE))), default=0.0)
     del a, b
     outs[:] = second  # from here on the first forward's outputs are released
     tensors.clear()
     tensors.update(second_tensors)
     del second, second_tensors
-    if forward_diff > 64 * 2.0**-23 * max(scale, 1e-30) and forward_diff > 0:
+    if not forward_diff <= 64 * 2.0**-23 * max(scale, 1e-30):  # nan (a nan on one side only) included
         res.diagnostics.append(Diagnostic(
             "nondeterministic", f"the forward gives different outputs on identical inputs (spread {forward_diff:.3g})"))
     ref = run(outs, tensors)  # the second graph's: the reference
@@ -375,22 +376,20 @@ def _differing(a: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _spread(a: np.ndarray, b: np.ndarray) -> float:
-    """Largest |a - b| (nan where one is nan and the other is not; 0 where both are)."""
+    """Largest |a - b|: 0 where both are equal (the same infinity, or both nan), nan where
+    one is nan and the other is not, inf where one is infinite and the other is not."""
     if a.shape != b.shape:
         return float("inf")
-    if not a.size:
-        return 0.0
-    worst, any_nan = -np.inf, False
+    worst = 0.0
     with np.errstate(invalid="ignore"):
         for start in range(0, a.size, PIECE):  # a piece at a time: no full-size temporaries
             x, y = a[start:start + PIECE], b[start:start + PIECE]
             d = np.abs(x - y)
-            d[np.isnan(x) & np.isnan(y)] = 0.0
-            if np.isnan(d).all():
-                any_nan = True
-                continue
-            worst = max(worst, float(np.nanmax(d)))
-    return float("nan") if worst == -np.inf and any_nan else float(worst)
+            d[(x == y) | (np.isnan(x) & np.isnan(y))] = 0.0
+            if np.isnan(d).any():
+                return float("nan")
+            worst = max(worst, float(d.max()))
+    return worst
 
 
 # ---- mutation --------------------------------------------------------------------------------
@@ -446,7 +445,7 @@ def _same_as_array(t, arr: np.ndarray, dtype: str) -> bool:
     if tuple(now.shape) != tuple(np.shape(arr)) or now.dtype != td:
         return False
     now, flat = now.reshape(-1), np.ravel(arr)
-    own = owner(arr)
+    own = owner(arr) if td == torch.float64 and now.device.type == "cpu" else None
     if own is not None:  # read in torch: .numpy() would give a copy-on-write clone a copy of its own
         own = own.reshape(-1)
         return all(_same(now[a:a + PIECE], own[a:a + PIECE]) for a in range(0, flat.size, PIECE))

@@ -541,3 +541,61 @@ def test_the_pristine_view_outlives_written_and_released_clones():
     gc.collect()
     np.testing.assert_array_equal(view, values)
     assert torch.equal(own, torch.from_numpy(values))
+
+
+@needs_cow
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_shared_float64_values_are_not_a_mutation_of_a_lower_precision_input(share_small, dtype):
+    """The op's float32 input is the float64 values rounded: compared as such, not with the
+    float64 owner of the pristine values (which differs from it by the rounding)."""
+    report = check_op(torch.sin, torch.randn(300, dtype=torch.float64), dtype=dtype, mode="fast")
+    assert "input_mutated" not in codes(report), codes(report)
+
+
+class WrongForwardNoBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return 2 * torch.sin(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        raise ValueError("no backward")
+
+
+def test_reference_checks_run_before_determinism_even_when_the_backward_raises():
+    check = only(check_op(WrongForwardNoBackward, torch.randn(5, dtype=torch.float64), reference="sin(x0)"))
+    assert {"forward_mismatch", "op_error"} <= {d.code for d in check.diagnostics}
+    assert check.value["symbolic"] is not None and check.extra["mode"] == "full"
+
+
+def test_a_full_mode_jacobian_over_the_limit_is_a_usage_error_before_the_op_runs_again():
+    from gradcheck_cli.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="--mode full"):
+        check_op(op_zoo.RaisesInBackward, torch.randn(20000, dtype=torch.float64), mode="full")
+
+
+def test_a_second_forward_with_a_nan_is_reported_as_such():
+    calls = []
+
+    def nan_on_second_call(x):
+        calls.append(1)
+        y = torch.sin(x)
+        return y + torch.where(torch.arange(x.numel()) == 0, float("nan"), 0.0) if len(calls) == 2 else y
+
+    check = only(check_op(nan_on_second_call, torch.randn(50, dtype=torch.float64), mode="fast"))
+    found = {d.code for d in check.diagnostics}
+    assert {"nondeterministic", "nonfinite"} <= found, found
+    assert not found & {"projection_mismatch", "gradient_mismatch", "noncontiguous_grad_output"}, found
+
+
+@pytest.mark.parametrize("b,expected", [
+    ([1.0, np.nan, np.inf, 2.0], 0.0),  # the same nan and the same infinity: equal
+    ([1.0, 1.0, np.inf, 2.0], np.nan),  # a nan on one side only
+    ([1.0, np.nan, -np.inf, 2.0], np.inf),
+    ([1.5, np.nan, np.inf, 2.0], 0.5),
+])
+def test_forward_spread_treats_nonfinite_values_as_values(b, expected):
+    a = np.array([1.0, np.nan, np.inf, 2.0])
+    got = ops_checks._spread(a, np.array(b))
+    assert (np.isnan(got) and np.isnan(expected)) or got == expected

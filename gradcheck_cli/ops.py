@@ -313,15 +313,35 @@ def check_point(prep: PreparedOp, arrays: dict, opts: OpOptions) -> CheckResult:
                        pt.extra)
 
 
-def _finite_output(pt: Point, value: dict, layout: OutputLayout) -> bool:
-    """Whether the forward output is finite (else a failed check: no gradient means anything)."""
+def _finite_output(pt: Point, value: dict, layout: OutputLayout, second: bool = False) -> bool:
+    """Whether the forward output is finite (else a failed check: no gradient means anything).
+    `second`: the output of determinism's second call, the first call's having been finite."""
     flat = np.asarray(value["torch"]).reshape(-1)
     bad = np.flatnonzero(~np.isfinite(flat))
     if bad.size:
-        pt.fail("nonfinite", f"the forward output in {pt.opts.dtype} is not finite at {layout.label(int(bad[0]))} "
-                             f"({flat[bad[0]]:.6g}); the gradient of an undefined value means nothing (pick another "
-                             "point)")
+        where = f"at {layout.label(int(bad[0]))} ({flat[bad[0]]:.6g})"
+        pt.fail("nonfinite", (
+            f"the forward output in {pt.opts.dtype} is finite on the first call but not on a second call at the same "
+            f"point, {where}: the op is not deterministic" if second else
+            f"the forward output in {pt.opts.dtype} is not finite {where}; the gradient of an undefined value means "
+            "nothing (pick another point)"))
     return not bad.size
+
+
+def _report_determinism(pt: Point) -> None:
+    """ops_checks.determinism's findings, record and backward calls into the report (after the
+    Jacobian's diagnostics, whatever happened after determinism ran)."""
+    from gradcheck_cli.ops_full import _INFO
+
+    det = pt.determinism
+    if det is None or not det.usable:
+        return
+    for d in det.diagnostics:
+        (pt.note if d.code in _INFO else pt.fail)(d.code, d.message, d.wrt)
+    if det.record is not None:
+        pt.extra["determinism"] = det.record
+    calls = pt.extra.setdefault("calls", {})
+    calls["checks_backward"] = calls.get("checks_backward", 0) + det.calls
 
 
 def _determinism(pt: Point, outs: list, tensors: dict, inspect_inputs) -> bool:
@@ -492,13 +512,15 @@ def _check_gradients(pt: Point, tensors: dict, outs: list, layout: OutputLayout,
     if not usable:
         return ()
     check_inputs(tensors, "forward")  # the second forward's inputs
-    if not _finite_output(pt, value, layout):
-        ops_full.apply_backward_checks(pt, None)  # what determinism found (a forward that differs)
+    if not _finite_output(pt, value, layout, second=True):
+        _report_determinism(pt)
         return ()
     if opts.dtype == "float64":
         f64 = np.asarray(value["torch"]).reshape(-1)
     runner = ops_full.run_full if mode == "full" else ops_fast.run_fast
-    return runner(pt, tensors, outs, layout, f64, sym)
+    results = runner(pt, tensors, outs, layout, f64, sym)
+    _report_determinism(pt)
+    return results
 
 
 def _float64_outputs(pt: Point, layout: OutputLayout, outs: list, flat: np.ndarray | None = None) -> np.ndarray | None:

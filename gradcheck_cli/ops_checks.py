@@ -316,10 +316,15 @@ def determinism(spec, arrays: dict, dtype: str, device: str, outs: list, tensors
         second_tensors = make_tensors(spec, arrays, dtype, device)
         second = call(spec, second_tensors, "forward (run again)")
         if [tuple(o.shape) for o in second] != [tuple(o.shape) for o in outs]:
-            raise BadOutput(f"it returned outputs of other shapes: {[list(o.shape) for o in second]}")
-    except (OpRaised, BadOutput) as exc:
-        why = f"({exc.phase}): {exc.message}" if isinstance(exc, OpRaised) else f": {exc}"
-        res.diagnostics.append(Diagnostic("op_error", f"the op raised when run again on the same inputs {why}"))
+            raise BadOutput(f"its outputs have other shapes than the first time: {[list(o.shape) for o in second]} "
+                            f"instead of {[list(o.shape) for o in outs]}")
+    except OpRaised as exc:
+        res.diagnostics.append(Diagnostic("op_error", f"the op raised when run again on the same inputs "
+                                                      f"({exc.phase}): {exc.message}"))
+        res.usable = False
+        return res
+    except BadOutput as exc:
+        res.diagnostics.append(Diagnostic("bad_output", f"run again on the same inputs, the op misbehaves: {exc}"))
         res.usable = False
         return res
     a, b = flat_numpy(outs, copy=False), flat_numpy(second, copy=False)

@@ -246,18 +246,13 @@ def backward_checks(pt, outs: list, tensors: dict, layout, expect, jac_ok: dict)
 
 
 def apply_backward_checks(pt, res) -> None:
-    """backward_checks' diagnostics and the determinism check's (run before the others, see
-    ops_checks.determinism), with their call counts, into the point's report."""
-    if any(d.code in ("op_error", "wrong_shape") for d in pt.diags):
+    """backward_checks' diagnostics and call count into the point's report (determinism's
+    are added after them: ops._report_determinism)."""
+    if res is None or any(d.code in ("op_error", "wrong_shape") for d in pt.diags):
         return
-    det = pt.determinism
-    for d in (res.diagnostics if res is not None else []) + (det.diagnostics if det is not None else []):
+    for d in res.diagnostics:
         (pt.note if d.code in _INFO else pt.fail)(d.code, d.message, d.wrt)
-    if det is not None and det.record is not None:
-        pt.extra["determinism"] = det.record
-    calls = (res.calls if res is not None else 0) + (det.calls if det is not None else 0)
-    if res is not None or det is not None:
-        pt.extra.setdefault("calls", {})["checks_backward"] = calls
+    pt.extra.setdefault("calls", {})["checks_backward"] = res.calls
 
 
 def _localize(pt, ad: Autograd, vjps: VJPMany, fds: dict, offsets: dict, sizes: dict, sym, m: int):

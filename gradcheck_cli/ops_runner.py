@@ -191,6 +191,9 @@ def _floating_outputs(raw) -> list:
     complex_out = [t for t in outs if t.is_complex()]
     if complex_out:
         raise BadOutput("the op returned a complex tensor; gradcheck op checks real-valued ops")
+    if not any(t.numel() for t in outs):
+        raise BadOutput(f"the op returned only empty tensors (shapes {[list(t.shape) for t in outs]}): there is "
+                        "nothing to differentiate")
     return outs
 
 
@@ -255,8 +258,15 @@ def grads_numpy(grads, tensors: list) -> list:
     """Gradients as flat float64 numpy vectors; None stays None."""
     import torch
 
-    return [None if g is None else g.detach().reshape(-1).to(device="cpu", dtype=torch.float64).numpy().copy()
-            for g in grads]
+    return [None if g is None else _strided(g).detach().reshape(-1).to(device="cpu", dtype=torch.float64).numpy()
+            .copy() for g in grads]
+
+
+def _strided(g):
+    """A gradient in torch's ordinary (strided) layout: a sparse one made dense."""
+    import torch
+
+    return g if g.layout == torch.strided else g.to_dense()
 
 
 class VJPMany:
@@ -367,7 +377,7 @@ def _concat(grads, sizes, copy: bool = True) -> np.ndarray:
     parts = []
     for g, n in zip(grads, sizes):
         parts.append(np.zeros(n) if g is None else
-                     g.detach().reshape(-1).to(device="cpu", dtype=torch.float64).numpy())
+                     _strided(g).detach().reshape(-1).to(device="cpu", dtype=torch.float64).numpy())
     if len(parts) == 1 and not copy:
         return parts[0]
     return np.concatenate(parts) if parts else np.zeros(0)

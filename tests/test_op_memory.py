@@ -599,3 +599,70 @@ def test_forward_spread_treats_nonfinite_values_as_values(b, expected):
     a = np.array([1.0, np.nan, np.inf, 2.0])
     got = ops_checks._spread(a, np.array(b))
     assert (np.isnan(got) and np.isnan(expected)) or got == expected
+
+
+def test_determinism_findings_survive_an_op_that_raises_later():
+    """Determinism found the second forward different; a finite-difference call raising
+    afterwards must not hide that (nor its record)."""
+    calls = []
+
+    def drifts_then_raises(x):
+        calls.append(1)
+        if len(calls) > 2:
+            raise RuntimeError("raises in a later forward")
+        return x.sin() + (1e-3 if len(calls) == 2 else 0.0)
+
+    for mode in ("full", "fast"):
+        calls.clear()
+        check = only(check_op(drifts_then_raises, torch.randn(3, 4, dtype=torch.float64), mode=mode))
+        found = {d.code for d in check.diagnostics}
+        assert {"nondeterministic", "op_error"} <= found, (mode, found)
+        assert check.extra["determinism"]["forward_spread"] > 0
+
+
+def test_a_second_forward_with_other_shapes_is_a_bad_output():
+    calls = []
+
+    def reshapes_the_second_time(x):
+        calls.append(1)
+        y = x.sin()
+        return y.reshape(-1) if len(calls) == 2 else y
+
+    check = only(check_op(reshapes_the_second_time, torch.randn(3, 4, dtype=torch.float64)))
+    msgs = {d.code: d.message for d in check.diagnostics}
+    assert "bad_output" in msgs and "other shapes" in msgs["bad_output"] and "op_error" not in msgs
+
+
+def test_a_nan_only_on_the_second_call_is_named_as_such():
+    calls = []
+
+    def nan_second(x):
+        calls.append(1)
+        return x.sin() * (float("nan") if len(calls) == 2 else 1.0)
+
+    check = only(check_op(nan_second, torch.randn(5, dtype=torch.float64)))
+    msg = [d.message for d in check.diagnostics if d.code == "nonfinite"][0]
+    assert "second call" in msg and "pick another point" not in msg
+
+
+@pytest.mark.parametrize("mode", ["full", "fast"])
+def test_an_op_returning_only_empty_tensors_is_a_bad_output_not_a_crash(mode):
+    check = only(check_op(lambda x: x[:0].sin(), torch.randn(5, dtype=torch.float64), mode=mode))
+    assert {d.code for d in check.diagnostics} == {"bad_output"}
+
+
+class SparseGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.sin()
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return (g * x.cos()).to_sparse()
+
+
+@pytest.mark.parametrize("mode", ["full", "fast"])
+def test_a_sparse_gradient_is_read_as_its_dense_values(mode):
+    assert check_op(SparseGrad, torch.randn(6, dtype=torch.float64), mode=mode).passed

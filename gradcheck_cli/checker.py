@@ -13,10 +13,12 @@ import numpy as np
 
 from gradcheck_cli import compare as cmp
 from gradcheck_cli.budget import OutOfTime, time_budget
+from gradcheck_cli.dtypes import rounded, torch_version
 from gradcheck_cli.errors import UserInputError
 from gradcheck_cli.expr import ir, parse, shapes as shape_inference
 from gradcheck_cli.expr.functions import CONSTANTS, FUNCTIONS, KINK_CONVENTIONS
 from gradcheck_cli.report import CheckResult, Diagnostic, GradientResult, Report
+from gradcheck_cli.tolerances import DTYPE_EPS
 from gradcheck_cli.values import Value, parse_value, parse_values, redraw
 
 LOSSES = ("none", "bce", "bce_logits", "mse")
@@ -27,6 +29,8 @@ SYMBOLIC_BUDGET_S = 20.0  # seconds of SymPy work before the symbolic column giv
 SYMPY_FAILURES = (RecursionError, ValueError, TypeError, AttributeError, KeyError, NameError, ArithmeticError,
                   NotImplementedError)
 MAX_HESSIAN_SIZE = 400
+MAX_POINTS = 10_000  # --points
+DEVICES = ("cpu", "cuda")
 MAX_POINT_TRIES = 10
 
 
@@ -73,10 +77,10 @@ def validate_shared(opts, dtypes, schemes) -> None:
     if opts.order not in (1, 2):
         raise UserInputError(f"--order must be 1 or 2, got {opts.order!r}")
     validate_seed(opts.seed)
-    if not (0 <= opts.points <= 10_000):
-        raise UserInputError(f"--points must be between 0 and 10000, got {opts.points}")
-    if opts.device not in ("cpu", "cuda"):
-        raise UserInputError(f"--device must be cpu or cuda, got {opts.device!r}")
+    if not (0 <= opts.points <= MAX_POINTS):
+        raise UserInputError(f"--points must be between 0 and {MAX_POINTS}, got {opts.points}")
+    if opts.device not in DEVICES:
+        raise UserInputError(f"--device must be {' or '.join(DEVICES)}, got {opts.device!r}")
 
 
 def validate_seed(seed) -> None:
@@ -176,18 +180,6 @@ def _external(v: Any) -> Any:
     return v
 
 
-def _rounded(arrays: dict, dtype: str) -> dict:
-    """The point as the dtype represents it: what autograd actually sees."""
-    if dtype == "float64":
-        return arrays
-    import torch
-
-    from gradcheck_cli.engines.autograd import torch_dtype
-
-    td = torch_dtype(torch, dtype)
-    return {k: torch.tensor(v, dtype=td).double().numpy() for k, v in arrays.items()}
-
-
 def _symbolic_model(prep: Prepared, budget: float | None):
     if prep.model is None and prep.symbolic_error is None:
         from gradcheck_cli.engines import symbolic
@@ -208,11 +200,13 @@ def check_at(prep: Prepared, arrays: dict, opts: Options) -> CheckResult:
 
     started = time.perf_counter()
     diags: list[Diagnostic] = []
-    ref_arrays = _rounded(arrays, opts.dtype)
+    ref_arrays = rounded(arrays, opts.dtype)
     out_shape = prep.node_shapes[id(prep.root)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        auto = autograd.run(prep.root, arrays, prep.wrt, opts.dtype, device=opts.device, order=opts.order)
+        # double backward only for a Hessian that will be compared (_hessian's size limit)
+        order = opts.order if _hessian_size(prep) <= MAX_HESSIAN_SIZE else 1
+        auto = autograd.run(prep.root, arrays, prep.wrt, opts.dtype, device=opts.device, order=order)
         sym_value = sym_value_ref = None
         sym_grads: dict = {}
         formulas: dict = {}
@@ -261,7 +255,7 @@ def check_at(prep: Prepared, arrays: dict, opts: Options) -> CheckResult:
         diags.append(Diagnostic("no_dependence", f"autograd's graph does not reach {w!r} "
                                 "(unused, or only inside detach()): its gradient is 0", w))
     extra = {"expression": ir.to_source(prep.root) if prep.loss != "none" else prep.source,
-             "fd_scheme": scheme, "torch_version": _torch_version(), "conventions": KINK_CONVENTIONS}
+             "fd_scheme": scheme, "torch_version": torch_version(), "conventions": KINK_CONVENTIONS}
     if prep.loss != "none":
         extra["loss"] = prep.loss
         extra["target"] = prep.target.array
@@ -289,12 +283,6 @@ def _dedupe(diags: list[Diagnostic]) -> list[Diagnostic]:
             seen.add(key)
             out.append(d)
     return out
-
-
-def _torch_version() -> str:
-    import torch
-
-    return torch.__version__
 
 
 def _gradient(prep, w, auto, sym, fd, out_shape, tol, formula) -> tuple[GradientResult, list]:
@@ -368,7 +356,7 @@ def _value_diagnostics(prep, torch_value, sym_value, arrays, opts) -> list[Diagn
     if worst <= limit:
         return out
     idx = np.unravel_index(int(np.argmax(rel)), rel.shape)
-    eps = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}[opts.dtype]
+    eps = DTYPE_EPS[opts.dtype]
     message = (f"the {opts.dtype} forward value {float(torch_value[idx]):.6g} differs from the exact "
                f"{float(sym_value[idx]):.9g} by {worst:.2%} ({worst / eps:,.0f}x {opts.dtype}'s epsilon)")
     out.append(Diagnostic("precision_loss", message + _likely_cause(prep, arrays, opts.dtype)))
@@ -425,14 +413,19 @@ def _float64_value(node: ir.Node, arrays: dict):
         return None
 
 
+def _hessian_size(prep) -> int:
+    """The Hessian's side: every element of every wrt variable."""
+    return sum(math.prod(prep.var_shapes[w]) for w in prep.wrt)
+
+
 def _hessian(prep, arrays, ref_arrays, auto, tol, opts, scheme):
     """Hessian by double backward, exact SymPy (small problems) and finite differences of
     the exact gradient, rows and columns in wrt order."""
     from gradcheck_cli.engines import symbolic
 
     diags = []
-    n = sum(math.prod(prep.var_shapes[w]) for w in prep.wrt)
-    if prep.node_shapes[id(prep.root)] != () or auto.hessian is None:
+    n = _hessian_size(prep)
+    if prep.node_shapes[id(prep.root)] != () or (n <= MAX_HESSIAN_SIZE and auto.hessian is None):
         diags.append(Diagnostic("hessian_unavailable", "--order 2 needs a scalar result (wrap it in sum(...))"))
         return None, True, diags
     if n > MAX_HESSIAN_SIZE:

@@ -282,7 +282,6 @@ def run(
     junit: Optional[Path] = typer.Option(None, "--junit", help="also write a JUnit XML report"),
 ) -> None:
     """Every check in TOML spec files (folders are searched for *.toml)."""
-    _load_engines()
     defaults = {k: v for k, v in dict(dtype=dtype, fd=fd, eps=eps, atol=atol, rtol=rtol, points=points,
                                       seed=seed, order=order, mode=mode, device=device).items() if v is not None}
     try:
@@ -290,7 +289,7 @@ def run(
 
         with _stdout_to_stderr():
             report = run_paths([str(p) for p in paths], defaults, shard=shard, jobs=jobs, fail_fast=fail_fast,
-                               progress=_progress("running checks", True))
+                               progress=_progress("running checks", True), on_ready=_load_engines)
     except UserInputError as err:
         raise _fail(err) from None
     _emit(report, as_json, junit, summary=True)
@@ -310,13 +309,12 @@ def steps(
     as_json: bool = typer.Option(False, "--json", help="the curves as JSON on stdout, and nothing else"),
 ) -> None:
     """Finite-difference error against step size, as a chart (the V-shaped curve)."""
-    _load_engines()
     try:
         from gradcheck_cli.steps import render_steps, step_curves
 
         with _stdout_to_stderr():
             result = step_curves(expr, _assignments(at), wrt=_split_wrt(wrt), loss=loss, target=target, fd=fd,
-                                 seed=seed)
+                                 seed=seed, on_ready=_load_engines)  # after parsing: a typo stays instant
         render_steps(result, as_json=as_json, plot=plot)
     except UserInputError as err:
         raise _fail(err) from None

@@ -31,6 +31,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from gradcheck_cli.checker import SharedOptions, _dedupe, validate_shared, worst_of_points
+from gradcheck_cli.dtypes import rounded, torch_version
 from gradcheck_cli.errors import UserInputError
 from gradcheck_cli.tolerances import TOLERANCES
 from gradcheck_cli.ops_compare import OP_TOLERANCES, OutputLayout, op_tolerance
@@ -95,7 +96,7 @@ def check_op_target(target: str, at: list, kw: list, *, wrt: Iterable[str] | Non
     at = list(at or [])
     if not at:
         raise UserInputError("gradcheck op needs the op's inputs: give them in order with --at NAME=VALUE")
-    values = _torch_backed(parse_values(at, seed))
+    values = parse_values(at, seed)
     kwargs = {}
     for k, v in (kw or []):
         if k in kwargs:
@@ -108,6 +109,7 @@ def check_op_target(target: str, at: list, kw: list, *, wrt: Iterable[str] | Non
     fn, label = load_target(target, base_dir)
     spec = OpSpec(fn, label, names, kwargs, names, chosen)
     ref = _reference(reference, values)
+    values = _torch_backed(values)  # the input is valid; the numpy originals go
     prep = PreparedOp(spec, values, ref, name or target)
     return Report((run_points(prep, opts),))
 
@@ -190,8 +192,7 @@ def _torch_backed(values: dict) -> dict:
     and the numpy originals released."""
     from dataclasses import replace
 
-    from gradcheck_cli.ops_fast import RELEASE_FROM
-    from gradcheck_cli.ops_runner import release_freed_memory, torch_backed
+    from gradcheck_cli.ops_runner import RELEASE_FROM, release_freed_memory, torch_backed
 
     if sum(v.array.size for v in values.values()) >= RELEASE_FROM:
         release_freed_memory()  # before the copies are made, so the originals' memory goes back
@@ -238,16 +239,6 @@ class Point:
         self.diags.append(Diagnostic(code, message, wrt))
 
 
-def _rounded(arrays: dict, dtype: str) -> dict:
-    if dtype == "float64":
-        return dict(arrays)
-    import torch
-
-    from gradcheck_cli.ops_runner import torch_dtype
-
-    return {k: torch.tensor(v, dtype=torch_dtype(dtype)).to(torch.float64).numpy() for k, v in arrays.items()}
-
-
 def check_point(prep: PreparedOp, arrays: dict, opts: OpOptions) -> CheckResult:
     """Every check of the op at one point."""
     from gradcheck_cli import ops_checks
@@ -255,9 +246,9 @@ def check_point(prep: PreparedOp, arrays: dict, opts: OpOptions) -> CheckResult:
 
     started = time.perf_counter()
     spec = prep.spec
-    pt = Point(prep, opts, arrays, _rounded(arrays, opts.dtype), op_tolerance(opts.dtype, opts.atol, opts.rtol),
+    pt = Point(prep, opts, arrays, dict(rounded(arrays, opts.dtype)), op_tolerance(opts.dtype, opts.atol, opts.rtol),
                np.random.default_rng([opts.seed, 3]))
-    pt.extra.update({"op": spec.label, "mode": opts.mode, "torch_version": _torch_version(),
+    pt.extra.update({"op": spec.label, "mode": opts.mode, "torch_version": torch_version(),
                      "kwargs": {k: _plain(v) for k, v in spec.kwargs.items()}, "wrt": list(spec.wrt)})
     value: dict = {}
     gradients: tuple = ()
@@ -407,12 +398,6 @@ def _ours(filename: str) -> bool:
     numpy_dir = os.path.dirname(os.path.abspath(np.__file__))
     path = os.path.abspath(filename or "")
     return path.startswith(here + os.sep) or path.startswith(numpy_dir + os.sep)
-
-
-def _torch_version() -> str:
-    import torch
-
-    return torch.__version__
 
 
 def _plain(v):

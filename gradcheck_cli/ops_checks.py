@@ -409,12 +409,10 @@ class Pristine:
     dtype: str
 
 
-def snapshot(tensors: dict, arrays: dict | None = None, dtype: str | None = None):
-    """The tensors' values now, to compare with after the op ran: clones, or (given the
-    arrays and dtype make_tensors used) a reference to those arrays, which costs nothing."""
-    if arrays is not None and dtype is not None:
-        return Pristine(arrays, dtype)
-    return {k: t.detach().clone() for k, t in tensors.items()}
+def snapshot(tensors: dict, arrays: dict, dtype: str) -> Pristine:
+    """The tensors' values now, to compare with after the op ran: a reference to the arrays
+    and dtype make_tensors built them from, which costs nothing."""
+    return Pristine(arrays, dtype)
 
 
 def _same(now, before) -> bool:
@@ -464,18 +462,9 @@ def _same_as_array(t, arr: np.ndarray, dtype: str) -> bool:
     return True
 
 
-def mutated(tensors: dict, before) -> list[str]:
+def mutated(tensors: dict, before: Pristine) -> list[str]:
     """Names whose values (or shapes) changed since the snapshot."""
-    out = []
-    for k, t in tensors.items():
-        if isinstance(before, Pristine):
-            same = _same_as_array(t, before.arrays[k], before.dtype)
-        else:
-            b, now = before[k], t.detach()
-            same = now.shape == b.shape and _same(now, b)
-        if not same:
-            out.append(k)
-    return out
+    return [k for k, t in tensors.items() if not _same_as_array(t, before.arrays[k], before.dtype)]
 
 
 # ---- double backward -------------------------------------------------------------------------

@@ -29,9 +29,8 @@ import numpy as np
 
 from gradcheck_cli.compare import _errors as _errs, _max  # the same elementwise errors as expression checks
 from gradcheck_cli.report import Diagnostic, GradientResult, _number, jsonable
-from gradcheck_cli.tolerances import OP_TOLERANCES  # data only, so `op --help` can show it without numpy
+from gradcheck_cli.tolerances import FD_SAFETY, OP_TOLERANCES  # data only, so `op --help` can show it
 
-FD_SAFETY = 3.0
 JSON_DENSE_LIMIT = 262_144  # Jacobian entries written as nested lists; larger ones as an entry list
 JSON_MAX_ENTRIES = 100_000
 
@@ -79,12 +78,7 @@ class OutputLayout:
 
     def label(self, flat: int) -> str:
         k = int(np.searchsorted(self.offsets, flat, side="right") - 1)
-        name = "out" if len(self.shapes) == 1 else f"out{k}"
-        shape = self.shapes[k]
-        if not shape:
-            return name
-        idx = np.unravel_index(int(flat - self.offsets[k]), shape)
-        return f"{name}[{', '.join(str(int(i)) for i in idx)}]"
+        return input_label("out" if len(self.shapes) == 1 else f"out{k}", self.shapes[k], flat - self.offsets[k])
 
     def to_dict(self) -> list:
         return [{"index": k, "shape": list(s), "offset": int(o)} for k, (s, o) in
@@ -263,6 +257,7 @@ def judge(rows: np.ndarray, cols: np.ndarray, m: int, n: int, auto: np.ndarray, 
     kink = np.zeros(auto.shape, dtype=bool) if kink_lo is None else ~np.isnan(kink_lo)
     errors, goods = {}, {}
     allowed_primary = np.full(auto.shape, np.inf)
+    abs_e, rel_e = np.zeros(auto.shape), np.zeros(auto.shape)  # the last reference's: the primary one
     for name, ref, err in (("finite_difference", fd, fd_err), ("symbolic", sym, None)):
         if ref is None:
             continue
@@ -282,8 +277,6 @@ def judge(rows: np.ndarray, cols: np.ndarray, m: int, n: int, auto: np.ndarray, 
         allowed_primary = allowed
     disagreement = int(np.sum(goods["finite_difference"] != goods["symbolic"])) if len(goods) == 2 else 0
     primary = "symbolic" if sym is not None else ("finite_difference" if fd is not None else "none")
-    ref = sym if sym is not None else fd
-    abs_e, rel_e = _errs(auto, ref) if ref is not None else (np.zeros(auto.shape), np.zeros(auto.shape))
     return Verdict(bool(ok.all()), rows, cols, ok, ratio, allowed_primary, abs_e, rel_e, errors, kink, primary,
                    disagreement)
 

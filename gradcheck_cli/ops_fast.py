@@ -33,8 +33,8 @@ import numpy as np
 from gradcheck_cli import ops_compare as oc
 from gradcheck_cli.ops_jacobian import EPS, Direction, direction_fd, step_sizes
 from gradcheck_cli.ops_checks import rounding_allowed
-from gradcheck_cli.ops_runner import (STREAM_ELEMENTS, BatchedForward, OpRaised, VJPMany, flat_numpy,
-                                     release_freed_memory)
+from gradcheck_cli.ops_runner import (RELEASE_FROM, STREAM_ELEMENTS, BatchedForward, OpRaised, VJPMany,
+                                     flat_numpy, release_freed_memory)
 from gradcheck_cli.report import Diagnostic
 
 PROJECTIONS = 4
@@ -43,7 +43,6 @@ EXTRA_COLUMNS = 8
 MAX_COLUMNS = 256
 COLUMN_BUDGET = 20_000_000  # element evaluations for the one-by-one columns
 SPARSE_ROW = 16  # an exact row is kept as (index, value) pairs when at most 1/16 of it is nonzero
-RELEASE_FROM = 1_000_000  # input + output elements from which freed memory goes straight back (see ops_runner)
 
 
 @dataclass

@@ -30,10 +30,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from gradcheck_cli.ops_runner import CHUNK_ELEMENTS, BatchedForward, VJPMany
+from gradcheck_cli.tolerances import DTYPE_EPS, FD_SCHEMES
 
-EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
+EPS = DTYPE_EPS
 DELTAS = {"central": (1, -1, 2, -2), "forward": (1, 2), "richardson": (1, -1, 2, -2, 4, -4)}
-OP_SCHEMES = ("auto", "central", "forward", "richardson", "complex")
+OP_SCHEMES = FD_SCHEMES  # the expression engine's (complex falls back to richardson for black-box ops)
 KINK_NOISE = 50.0  # a kink must stand this far above rounding noise
 KINK_SHAPE = 0.2  # smooth: slope change at 2h is twice that at h, within this fraction
 KINK_RELATIVE = 1e-6  # ... and it changes the slope by more than this fraction of the slope
@@ -315,11 +316,6 @@ def seed_vectors(grouping: Grouping, m: int, groups: np.ndarray | None = None) -
     return vectors
 
 
-def grouped_backward(vjps: VJPMany, grouping: Grouping, m: int) -> np.ndarray:
-    """(n_groups, N) gradients, one backward per group (batched when possible)."""
-    return vjps(seed_vectors(grouping, m))
-
-
 def one_hot_rows(vjps: VJPMany, rows: np.ndarray, m: int) -> np.ndarray:
     """(len(rows), N): exact Jacobian rows by one-hot grad_outputs."""
     vectors = np.zeros((rows.size, m))
@@ -436,10 +432,3 @@ def direction_fd(batch: BatchedForward, x: np.ndarray, direction: Direction, nor
         err *= norm
     return d1, err
 
-
-def flat_index(shape: tuple, flat: int) -> tuple:
-    return tuple(int(i) for i in np.unravel_index(int(flat), shape)) if shape else ()
-
-
-def total(shapes: list) -> int:
-    return sum(math.prod(s) for s in shapes)

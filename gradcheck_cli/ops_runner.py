@@ -19,6 +19,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from gradcheck_cli.dtypes import torch_dtype
+from gradcheck_cli.tolerances import DTYPE_EPS
+
 CHUNK_ELEMENTS = 4_000_000  # input + output elements per batched forward call
 # fast mode's cap: a batched call holds a few copies of its rows, so at 1e6-element inputs
 # one row per call keeps the working set a small multiple of the input (issue 7)
@@ -41,6 +44,7 @@ class BadOutput(Exception):
 
 
 _RELEASED = []
+RELEASE_FROM = 1_000_000  # input + output elements from which freed memory goes straight back (see below)
 
 
 def release_freed_memory() -> None:
@@ -110,17 +114,9 @@ class OpSpec:
     kwargs: dict
     names: tuple  # floating inputs, in positional order
     wrt: tuple
-    fixed_tensors: dict = field(default_factory=dict)  # slot index -> pristine copy of a Fixed tensor
 
     def arguments(self, tensors: dict) -> list:
         return [tensors[s] if isinstance(s, str) else s.value for s in self.slots]
-
-
-def torch_dtype(name: str):
-    import torch
-
-    return {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
-            "bfloat16": torch.bfloat16}[name]
 
 
 SHARE_FROM = 1 << 16  # float64 inputs of this many elements and more are handed to the op copy-on-write
@@ -139,9 +135,11 @@ def torch_backed(arr: np.ndarray) -> np.ndarray:
     .data_ptr(), which would give it a copy of its own and leave this view pointing at
     memory freed once the clones are gone): only owner(), make_tensors and the mutation
     check touch it, and they only read it."""
+    if arr.dtype != np.float64 or arr.size < SHARE_FROM:
+        return arr
     import torch
 
-    if arr.dtype != np.float64 or arr.size < SHARE_FROM or not hasattr(torch, "_lazy_clone"):
+    if not hasattr(torch, "_lazy_clone"):
         return arr
     own = torch.from_numpy(np.ascontiguousarray(arr)).clone()
     view = own.numpy()  # made before any clone exists; numpy never touches the tensor again
@@ -566,7 +564,7 @@ class BatchedForward:
 def _same_rows(got: np.ndarray, expected: np.ndarray, dtype: str) -> bool:
     if got.shape != expected.shape:
         return False
-    eps = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}[dtype]
+    eps = DTYPE_EPS[dtype]
     scale = np.maximum(np.abs(expected), np.max(np.abs(expected), axis=1, keepdims=True) * 1e-3)
     with np.errstate(all="ignore"):
         close = np.abs(got - expected) <= 64 * eps * scale

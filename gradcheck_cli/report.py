@@ -25,14 +25,10 @@ def jsonable(x: Any, computed: Any = None) -> Any:
         arr = np.asarray(x)
         if arr.dtype == bool:
             return arr.tolist()
-        if computed is None:
-            if arr.ndim == 0:
-                return _number(float(arr))
-            return [jsonable(a) for a in arr]
-        mask = np.asarray(computed)
+        mask = None if computed is None else np.asarray(computed, dtype=bool)
         if arr.ndim == 0:
-            return _number(float(arr)) if bool(mask) else None
-        return [jsonable(a, m) for a, m in zip(arr, mask)]
+            return None if mask is not None and not mask else _number(float(arr))
+        return _numbers(arr, mask)
     if isinstance(x, float):
         return _number(x)
     if isinstance(x, dict):
@@ -40,6 +36,19 @@ def jsonable(x: Any, computed: Any = None) -> Any:
     if isinstance(x, (list, tuple)):
         return [jsonable(v) for v in x]
     return x
+
+
+def _numbers(arr: np.ndarray, mask: np.ndarray | None) -> list:
+    """_number over a whole array at once (Jacobians reach millions of entries), as nested
+    lists; None where mask is False."""
+    flt = arr.astype(np.float64)
+    out = flt.astype(object)  # Python floats
+    out[np.isnan(flt)] = "nan"
+    out[flt == np.inf] = "inf"
+    out[flt == -np.inf] = "-inf"
+    if mask is not None:
+        out[~mask] = None
+    return out.tolist()
 
 
 def _number(v: float) -> Any:

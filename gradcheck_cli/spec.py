@@ -42,9 +42,6 @@ CLI_DEFAULT_KEYS = ("dtype", "fd", "eps", "atol", "rtol", "points", "seed", "ord
 
 BUILTIN_DEFAULTS = {"dtype": "float64", "fd": "auto", "eps": None, "atol": None, "rtol": None, "points": 0,
                     "seed": 0, "order": 1, "mode": "auto", "device": "cpu", "loss": "none"}
-MODES = ("auto", "full", "fast")
-DEVICES = ("cpu", "cuda")
-MAX_POINTS = 10_000
 
 
 @dataclass(frozen=True)
@@ -327,7 +324,8 @@ def _value(v: Any) -> str | None:
 
 
 def _validators() -> dict:
-    from gradcheck_cli.checker import LOSSES
+    from gradcheck_cli.checker import DEVICES, LOSSES, MAX_POINTS
+    from gradcheck_cli.ops import MODES
     from gradcheck_cli.engines.finite_diff import SCHEMES
     from gradcheck_cli.tolerances import DTYPES
 
@@ -566,10 +564,10 @@ def _run_parallel(specs, jobs, fail_fast, progress) -> tuple[list, bool]:
 
 
 def run_paths(paths: list[str], defaults: dict, *, shard: str | None = None, jobs: int = 1,
-              fail_fast: bool = False, progress: Callable[[int, int], None] | None = None):
+              fail_fast: bool = False, progress: Callable[[int, int], None] | None = None, on_ready=None):
     """Load, validate, shard and run every check under PATHs; one Report with every
     check's result, in suite order.  `defaults` are `gradcheck run`'s options, which a
-    spec's keys override."""
+    spec's keys override; `on_ready()` is called once every spec is valid, before any runs."""
     from gradcheck_cli.report import Report
 
     if shard is not None:
@@ -579,6 +577,8 @@ def run_paths(paths: list[str], defaults: dict, *, shard: str | None = None, job
     try:
         specs, files = load(paths, {k: v for k, v in defaults.items() if v is not None})
         selected = select_shard(specs, shard)
+        if on_ready is not None:
+            on_ready()
         if progress:
             progress(0, len(selected))  # the bar shows the total from the start (and ends if it is 0)
         results, stopped = run_specs(selected, jobs=jobs, fail_fast=fail_fast, progress=progress)

@@ -126,9 +126,10 @@ def relative_grid() -> np.ndarray:
 
 
 def step_curves(expr: str, at: Any = None, *, wrt: Iterable[str] | None = None, loss: str = "none",
-                target: Any = None, fd: str = "central", seed: int = 0) -> StepsResult:
+                target: Any = None, fd: str = "central", seed: int = 0, on_ready=None) -> StepsResult:
     """Finite-difference error against step size for each variable (see the module doc).
-    Raises UserInputError on input that cannot be used, as `check` does."""
+    Raises UserInputError on input that cannot be used, as `check` does; `on_ready()` is
+    called once the input is valid, before the engines run (as check_expression's)."""
     from gradcheck_cli.checker import TARGET, prepare
     from gradcheck_cli.engines import finite_diff
 
@@ -141,6 +142,8 @@ def step_curves(expr: str, at: Any = None, *, wrt: Iterable[str] | None = None, 
         if blockers:
             raise UserInputError(f"--fd complex needs a real-analytic expression, and {', '.join(blockers)} is not; "
                                  "use central, forward or richardson")
+    if on_ready is not None:
+        on_ready()
     arrays = {k: v.array for k, v in prep.values.items()}
     out_shape = tuple(prep.node_shapes[id(prep.root)])
     exact, reference, notes = _exact_jacobians(prep, arrays, out_shape)

@@ -9,24 +9,21 @@ with torch's own autograd on the same math (an independent truth).
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import torch
 
+# the ops users copy from samples/ops are the zoo's too (they import each other by name)
+_SAMPLES = str(Path(__file__).resolve().parent.parent / "samples" / "ops")
+if _SAMPLES not in sys.path:
+    sys.path.insert(0, _SAMPLES)
+
+from buggy import SwishFlatKernel  # noqa: E402
+from matmul import MatMul  # noqa: E402,F401  (y = x @ W;  dL/dx = g @ W^T, dL/dW = x^T @ g)
+from swish import Swish  # noqa: E402  (y = x·s, s = sigmoid(x);  dy/dx = s·(1 + x·(1 - s)))
+
 # ---- correct ops -----------------------------------------------------------------------------
-
-
-class Swish(torch.autograd.Function):
-    """y = x·s, s = sigmoid(x);  dy/dx = s + x·s·(1 - s) = s·(1 + x·(1 - s))."""
-
-    @staticmethod
-    def forward(ctx, x):
-        s = torch.sigmoid(x)
-        ctx.save_for_backward(x, s)
-        return x * s
-
-    @staticmethod
-    def backward(ctx, g):
-        x, s = ctx.saved_tensors
-        return g * s * (1 + x * (1 - s))
 
 
 class BigCube(torch.autograd.Function):
@@ -72,20 +69,6 @@ class ScaleShift(torch.autograd.Function):
     def backward(ctx, g):
         x, w = ctx.saved_tensors
         return g * w, (g * x).sum(0), g.sum(0, keepdim=True)
-
-
-class MatMul(torch.autograd.Function):
-    """y = x @ W;  dL/dx = g @ W^T, dL/dW = x^T @ g."""
-
-    @staticmethod
-    def forward(ctx, x, w):
-        ctx.save_for_backward(x, w)
-        return x @ w
-
-    @staticmethod
-    def backward(ctx, g):
-        x, w = ctx.saved_tensors
-        return g @ w.t(), x.t() @ g
 
 
 class SoftmaxFn(torch.autograd.Function):
@@ -314,24 +297,10 @@ class ExpOverflow(torch.autograd.Function):
         return g * (e * e) / e
 
 
-def _contiguous_strides(shape):
-    strides, acc = [], 1
-    for d in reversed(shape):
-        strides.append(acc)
-        acc *= d
-    return tuple(reversed(strides))
-
-
-class SwishAssumesContiguous(Swish):
+class SwishAssumesContiguous(SwishFlatKernel):
     """Bug: reads grad_output through its raw memory with contiguous strides (what a
     Triton or CUDA kernel indexing by flat offset does) -- right for contiguous
-    grad_outputs, wrong for transposed or strided ones."""
-
-    @staticmethod
-    def backward(ctx, g):
-        x, s = ctx.saved_tensors
-        flat_g = g.as_strided(g.shape, _contiguous_strides(g.shape))
-        return flat_g * s * (1 + x * (1 - s))
+    grad_outputs, wrong for transposed or strided ones (samples/ops/buggy.py)."""
 
 
 class SwishViewGrad(Swish):

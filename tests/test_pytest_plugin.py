@@ -8,6 +8,7 @@ that pytest's output holds the wrong element's numbers, derived by hand.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -18,35 +19,10 @@ def sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x))
 
 
-BUGGY_OP = '''
-import torch
-
-
-class BuggySwish(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        s = torch.sigmoid(x)
-        ctx.save_for_backward(s)
-        return x * s
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        (s,) = ctx.saved_tensors
-        return grad_out * s  # forgets the x*s*(1-s) term
-
-
-class Swish(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        s = torch.sigmoid(x)
-        ctx.save_for_backward(x, s)
-        return x * s
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, s = ctx.saved_tensors
-        return grad_out * s * (1 + x * (1 - s))
-'''
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+# the user's op module: the sample ops, a buggy swish and a right one, side by side
+BUGGY_OP = "\n".join((SAMPLES / f).read_text(encoding="utf-8")
+                     for f in ("specs_failing/ops/buggy_swish.py", "ops/swish.py"))
 
 USER_TESTS = '''
 import torch

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gradcheck_cli.dtypes import torch_dtype
 from gradcheck_cli.engines.torch_eval import evaluate
 from gradcheck_cli.expr import ir
 
@@ -21,17 +22,12 @@ class AutogradResult:
     unused: tuple  # wrt names the output does not depend on through autograd
 
 
-def torch_dtype(torch, name: str):
-    return {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
-            "bfloat16": torch.bfloat16}[name]
-
-
 def run(root: ir.Node, arrays: dict, wrt: list[str], dtype: str, *, device: str = "cpu",
         order: int = 1) -> AutogradResult:
     """Forward in `dtype`, then backward for every name in `wrt` (double backward for order 2)."""
     import torch
 
-    tdtype = torch_dtype(torch, dtype)
+    tdtype = torch_dtype(dtype)
     leaves = {name: torch.tensor(arr, dtype=tdtype, device=device, requires_grad=name in wrt)
               for name, arr in arrays.items()}
     out = evaluate(root, leaves, torch, dtype=tdtype, device=device)
@@ -81,7 +77,6 @@ def _reaches(out, leaf) -> bool:
 
 def _jacobian(torch, out, inputs, wrt) -> dict:
     n_out = out.numel()
-    flat = out.reshape(-1)
     for x, w in zip(inputs, wrt):
         if n_out * x.numel() > MAX_JACOBIAN_ENTRIES:
             from gradcheck_cli.errors import UserInputError

@@ -47,9 +47,10 @@ import numpy as np
 from gradcheck_cli.engines.torch_eval import evaluate
 from gradcheck_cli.expr import ir
 from gradcheck_cli.expr.functions import FUNCTIONS
+from gradcheck_cli.tolerances import FD_SCHEMES
 
 EPS = float(np.finfo(np.float64).eps)
-SCHEMES = ("auto", "central", "forward", "richardson", "complex")
+SCHEMES = FD_SCHEMES
 DEFAULT_STEPS = {"central": EPS ** (1 / 3), "forward": EPS**0.5, "richardson": 1e-3, "complex": 1e-20}
 # multiples of h each real scheme evaluates (the complex step's rows are built in _plan)
 STENCILS = {"central": (1, -1, 2, -2), "forward": (1, 2), "richardson": (1, -1, 2, -2, 4, -4)}

@@ -8,9 +8,8 @@ torch.autograd.gradcheck passes the first two: it only ever feeds contiguous one
 grad_outputs, and its rtol=1e-3 cannot see a 2e-5 error.
 """
 
-import torch
-
 from rms_norm import EPS, RMSNorm
+from swish import Swish
 
 
 def _contiguous_strides(shape):
@@ -21,16 +20,10 @@ def _contiguous_strides(shape):
     return tuple(reversed(strides))
 
 
-class SwishFlatKernel(torch.autograd.Function):
+class SwishFlatKernel(Swish):
     """Bug: the backward 'kernel' walks grad_output's memory by flat offset, as a Triton
     or CUDA kernel does when handed a pointer -- right only for contiguous grad_outputs
-    (in training, grad_output is often a transposed view)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        s = torch.sigmoid(x)
-        ctx.save_for_backward(x, s)
-        return x * s
+    (in training, grad_output is often a transposed view).  The forward is swish.py's."""
 
     @staticmethod
     def backward(ctx, grad_out):

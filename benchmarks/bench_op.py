@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from matmul import MatMul  # noqa: E402  (samples/ops: the ops users copy)
 from swish import Swish  # noqa: E402
 
-from gradcheck_cli.ops import check_op  # noqa: E402
+from gradcheck_cli.op.api import check_op  # noqa: E402
 
 
 def swish_plain(x):

@@ -25,7 +25,7 @@ def check_expression(expr, at=None, **options):
 
 def check_op(fn, *tensors, **options):
     """The custom-op gate: `fn`'s backward (and forward) against references (a Report)."""
-    from gradcheck_cli.ops import check_op as run
+    from gradcheck_cli.op.api import check_op as run
 
     return run(fn, *tensors, **options)
 
@@ -33,18 +33,18 @@ def check_op(fn, *tensors, **options):
 def assert_expression(expr, at=None, **options):
     """Like check_expression, but raise AssertionError with the rendered table on failure."""
     report = check_expression(expr, at, **options)
-    _assert(report)
+    assert_passed(report)
     return report
 
 
 def assert_op(fn, *tensors, **options):
     """Like check_op, but raise AssertionError with the rendered table on failure."""
     report = check_op(fn, *tensors, **options)
-    _assert(report)
+    assert_passed(report)
     return report
 
 
-def _assert(report) -> None:
+def assert_passed(report) -> None:
     if not report.passed:
         from gradcheck_cli.render.table import render_text
 

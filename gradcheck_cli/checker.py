@@ -1,5 +1,6 @@
 """`check_expression`: an expression's gradients by autograd, symbolic and finite
-differences, compared.  Parse -> values -> engines -> compare -> CheckResult."""
+differences, compared.  parse -> values -> engines -> compare -> CheckResult (report.py),
+which render/ draws."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from gradcheck_cli import compare as cmp
 from gradcheck_cli.budget import OutOfTime, time_budget
 from gradcheck_cli.dtypes import rounded, torch_version
 from gradcheck_cli.errors import UserInputError
-from gradcheck_cli.expr import ir, parse, shapes as shape_inference
+from gradcheck_cli.expr import ir, parse
+from gradcheck_cli.expr import shapes as shape_inference
 from gradcheck_cli.expr.functions import CONSTANTS, FUNCTIONS, KINK_CONVENTIONS
 from gradcheck_cli.report import CheckResult, Diagnostic, GradientResult, Report
+from gradcheck_cli.shared import SharedOptions, dedupe, validate_seed, validate_shared, worst_of_points
 from gradcheck_cli.tolerances import DTYPE_EPS
-from gradcheck_cli.values import Value, parse_value, parse_values, redraw
+from gradcheck_cli.values import Value, parse_value, parse_values
 
 LOSSES = ("none", "bce", "bce_logits", "mse")
 TARGET = "target"
@@ -29,24 +32,6 @@ SYMBOLIC_BUDGET_S = 20.0  # seconds of SymPy work before the symbolic column giv
 SYMPY_FAILURES = (RecursionError, ValueError, TypeError, AttributeError, KeyError, NameError, ArithmeticError,
                   NotImplementedError)
 MAX_HESSIAN_SIZE = 400
-MAX_POINTS = 10_000  # --points
-DEVICES = ("cpu", "cuda")
-MAX_POINT_TRIES = 10
-
-
-@dataclass(frozen=True)
-class SharedOptions:
-    """The options `check` and `op` share (validated by `validate_shared`)."""
-
-    dtype: str = "float64"
-    fd: str = "auto"
-    eps: float | None = None
-    atol: float | None = None
-    rtol: float | None = None
-    points: int = 0
-    seed: int = 0
-    order: int = 1
-    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -61,33 +46,6 @@ class Options(SharedOptions):
 
         validate_shared(self, cmp.DTYPES, SCHEMES)
         return self
-
-
-def validate_shared(opts, dtypes, schemes) -> None:
-    """The options `check` and `op` share, checked the same way for both."""
-    if opts.dtype not in dtypes:
-        raise UserInputError(f"--dtype must be one of {', '.join(dtypes)}, got {opts.dtype!r}")
-    if opts.fd not in schemes:
-        raise UserInputError(f"--fd must be one of {', '.join(schemes)}, got {opts.fd!r}")
-    for flag, v in (("--eps", opts.eps), ("--atol", opts.atol), ("--rtol", opts.rtol)):
-        if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise UserInputError(f"{flag} must be a finite number >= 0, got {v!r}")
-    if opts.eps is not None and opts.eps <= 0:
-        raise UserInputError("--eps must be > 0")
-    if opts.order not in (1, 2):
-        raise UserInputError(f"--order must be 1 or 2, got {opts.order!r}")
-    validate_seed(opts.seed)
-    if not (0 <= opts.points <= MAX_POINTS):
-        raise UserInputError(f"--points must be between 0 and {MAX_POINTS}, got {opts.points}")
-    if opts.device not in DEVICES:
-        raise UserInputError(f"--device must be {' or '.join(DEVICES)}, got {opts.device!r}")
-
-
-def validate_seed(seed) -> None:
-    """--seed seeds numpy's SeedSequence, which takes whole numbers >= 0 only (the same
-    range spec files accept): anything else is the user's input, exit 2, not a traceback."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not (0 <= seed <= 2**63 - 1):
-        raise UserInputError(f"--seed must be a whole number between 0 and {2**63 - 1}, got {seed!r}")
 
 
 @dataclass
@@ -272,17 +230,7 @@ def check_at(prep: Prepared, arrays: dict, opts: Options) -> CheckResult:
         value["symbolic_at_dtype_point"] = sym_value_ref
     point = {k: arrays[k] for k in prep.values if k != TARGET}
     return CheckResult(prep.name, "expression", passed, opts.dtype, point, value, tuple(gradients),
-                       tuple(_dedupe(diags)), extra)
-
-
-def _dedupe(diags: list[Diagnostic]) -> list[Diagnostic]:
-    seen, out = set(), []
-    for d in diags:
-        key = (d.code, d.message, d.wrt)
-        if key not in seen:
-            seen.add(key)
-            out.append(d)
-    return out
+                       tuple(dedupe(diags)), extra)
 
 
 def _gradient(prep, w, auto, sym, fd, out_shape, tol, formula) -> tuple[GradientResult, list]:
@@ -302,7 +250,7 @@ def _gradient(prep, w, auto, sym, fd, out_shape, tol, formula) -> tuple[Gradient
     g = GradientResult(
         wrt=w, shape=shape, input_shape=tuple(in_shape), output_shape=tuple(out_shape), autograd=auto,
         symbolic=sym, finite_difference=fd_jac, fd_error_estimate=fd_err, fd_computed=computed,
-        max_abs_error=cmp._max(result.abs_err), max_rel_error=cmp._max(result.rel_err),
+        max_abs_error=cmp.max_error(result.abs_err), max_rel_error=cmp.max_error(result.rel_err),
         reference=result.reference, worst_index=result.worst, passed=result.passed,
         tolerance={"atol": tol["atol"], "rtol": tol["rtol"], "fd_safety": cmp.FD_SAFETY},
         errors=result.errors, formula=formula, failed_elements=int((~result.ok).sum()))
@@ -346,7 +294,7 @@ def _value_diagnostics(prep, torch_value, sym_value, arrays, opts) -> list[Diagn
     out = []
     if not np.all(np.isfinite(torch_value)):
         out.append(Diagnostic("nonfinite", f"the forward value in {opts.dtype} is not finite "
-                                           f"({cmp._fmt(torch_value[~np.isfinite(torch_value)])})"))
+                                           f"({cmp.fmt_values(torch_value[~np.isfinite(torch_value)])})"))
     if sym_value is None or not np.all(np.isfinite(sym_value)) or not np.all(np.isfinite(torch_value)):
         return out
     with np.errstate(all="ignore"):
@@ -421,7 +369,7 @@ def _hessian_size(prep) -> int:
 def _hessian(prep, arrays, ref_arrays, auto, tol, opts, scheme):
     """Hessian by double backward, exact SymPy (small problems) and finite differences of
     the exact gradient, rows and columns in wrt order."""
-    from gradcheck_cli.engines import symbolic
+    from gradcheck_cli.engines import expanded
 
     diags = []
     n = _hessian_size(prep)
@@ -435,19 +383,19 @@ def _hessian(prep, arrays, ref_arrays, auto, tol, opts, scheme):
     sym_h = None
     try:
         with time_budget(opts.symbolic_budget):
-            sym_h = symbolic.hessian(prep.root, prep.var_shapes, ref_arrays, prep.wrt)
+            sym_h = expanded.hessian(prep.root, prep.var_shapes, ref_arrays, prep.wrt)
     except (OutOfTime, *SYMPY_FAILURES) as exc:
         diags.append(Diagnostic("symbolic_unavailable", f"symbolic Hessian unavailable ({type(exc).__name__})"))
     if sym_h is None and not diags:
         diags.append(Diagnostic("symbolic_unavailable", "the symbolic Hessian expands every element and is "
-                                f"limited to {symbolic.MAX_EXPANDED_ELEMENTS} elements in all; symbolic is null"))
+                                f"limited to {expanded.MAX_EXPANDED_ELEMENTS} elements in all; symbolic is null"))
     fd_h = _fd_hessian(prep, ref_arrays, opts)
     result = cmp.compare("hessian", auto.hessian, sym_h, fd_h, np.abs(fd_h) * 1e-6 + 1e-8, tol)
     diags.extend(result.diagnostics)
     labels = [w if prep.var_shapes[w] == () else f"{w}[{', '.join(map(str, idx))}]"
               for w in prep.wrt for idx in np.ndindex(*prep.var_shapes[w])]
     return {"autograd": auto.hessian, "symbolic": sym_h, "finite_difference": fd_h, "passed": result.passed,
-            "max_abs_error": cmp._max(result.abs_err), "wrt": prep.wrt, "labels": labels}, result.passed, diags
+            "max_abs_error": cmp.max_error(result.abs_err), "wrt": prep.wrt, "labels": labels}, result.passed, diags
 
 
 def _fd_hessian(prep, ref_arrays, opts) -> np.ndarray:
@@ -475,13 +423,6 @@ def _fd_hessian(prep, ref_arrays, opts) -> np.ndarray:
     return (hess + hess.T) / 2
 
 
-def _severity(check: CheckResult) -> tuple:
-    """Order points by how bad they are: failures first, then the largest error ratio."""
-    worst = max((g.max_rel_error if math.isfinite(g.max_rel_error) else math.inf for g in check.gradients),
-                default=0.0)
-    return (not check.passed, worst)
-
-
 def check_expression(expr: str, at: Any = None, *, wrt: Iterable[str] | None = None, loss: str = "none",
                      target: Any = None, dtype: str = "float64", fd: str = "auto", eps: float | None = None,
                      atol: float | None = None, rtol: float | None = None, points: int = 0, seed: int = 0,
@@ -503,25 +444,3 @@ def run_prepared(prep: Prepared, opts: Options, progress=None) -> CheckResult:
     return worst_of_points(lambda arrays: check_at(prep, arrays, opts), prep.values, opts.seed, opts.points,
                            fixed=(TARGET,), progress=progress)
 
-
-def worst_of_points(check_point, values: dict, seed: int, points: int, *, fixed=(), progress=None) -> CheckResult:
-    """`check_point` at the given values, then at `points` seeded random redraws (names in
-    `fixed` keep their values); the worst result, with `points_checked`, when points > 0.
-    Shared by expression and op checks."""
-    worst = check_point({k: v.array for k, v in values.items()})
-    if not points:
-        return worst
-    rng = np.random.default_rng([seed, 2])
-    for i in range(points):
-        result = None
-        for _ in range(MAX_POINT_TRIES):  # a random point on a kink says nothing: draw again
-            drawn = {k: (v.array if k in fixed else redraw(v, rng)) for k, v in values.items()}
-            result = check_point(drawn)
-            if "non_differentiable" not in result.codes():
-                break
-        if _severity(result) > _severity(worst):
-            worst = result
-        if progress:
-            progress(i + 1, points)
-    return CheckResult(worst.name, worst.kind, worst.passed, worst.dtype, worst.point, worst.value,
-                       worst.gradients, worst.diagnostics, {**worst.extra, "points_checked": points + 1})

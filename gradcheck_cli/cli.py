@@ -250,7 +250,7 @@ def op(
     """The CI gate for a custom op: its backward (and forward) against references."""
     _load_engines()
     try:
-        from gradcheck_cli.ops import check_op_target
+        from gradcheck_cli.op.api import check_op_target
 
         with _stdout_to_stderr():
             report = check_op_target(target, _assignments(at), _assignments(kw), wrt=_split_wrt(wrt),
@@ -285,7 +285,7 @@ def run(
     defaults = {k: v for k, v in dict(dtype=dtype, fd=fd, eps=eps, atol=atol, rtol=rtol, points=points,
                                       seed=seed, order=order, mode=mode, device=device).items() if v is not None}
     try:
-        from gradcheck_cli.spec import run_paths
+        from gradcheck_cli.suite.runner import run_paths
 
         with _stdout_to_stderr():
             report = run_paths([str(p) for p in paths], defaults, shard=shard, jobs=jobs, fail_fast=fail_fast,
@@ -310,7 +310,8 @@ def steps(
 ) -> None:
     """Finite-difference error against step size, as a chart (the V-shaped curve)."""
     try:
-        from gradcheck_cli.steps import render_steps, step_curves
+        from gradcheck_cli.render.steps import render_steps
+        from gradcheck_cli.steps import step_curves
 
         with _stdout_to_stderr():
             result = step_curves(expr, _assignments(at), wrt=_split_wrt(wrt), loss=loss, target=target, fd=fd,

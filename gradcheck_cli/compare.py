@@ -42,7 +42,7 @@ class Comparison:
     worst: tuple | None
 
 
-def _errors(a: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def elementwise_errors(a: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(all="ignore"):
         abs_err = np.abs(a - r)
         same = (a == r) | (np.isnan(a) & np.isnan(r))
@@ -51,7 +51,7 @@ def _errors(a: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return abs_err, rel_err
 
 
-def _max(x: np.ndarray, where: np.ndarray | None = None) -> float:
+def max_error(x: np.ndarray, where: np.ndarray | None = None) -> float:
     x = x if where is None else x[where]
     if x.size == 0:
         return 0.0
@@ -77,41 +77,41 @@ def compare(wrt: str, auto: np.ndarray, sym: np.ndarray | None, fd: np.ndarray |
             in_kink = (auto >= kink_lo - slack) & (auto <= kink_hi + slack)
     sym_ok = None
     if sym is not None:
-        abs_s, rel_s = _errors(auto, sym)
+        abs_s, rel_s = elementwise_errors(auto, sym)
         allowed = atol + rtol * np.abs(sym)
         with np.errstate(all="ignore"):
             # an infinite exact derivative is matched only by the same infinity, never by tolerance
             sym_ok = np.where(np.isfinite(sym), abs_s <= allowed, auto == sym)
             ratio = np.maximum(ratio, np.where(np.isfinite(sym), abs_s / allowed, 0.0))
         ok &= sym_ok | in_kink
-        errors["symbolic"] = {"max_abs_error": _max(abs_s), "max_rel_error": _max(rel_s)}
+        errors["symbolic"] = {"max_abs_error": max_error(abs_s), "max_rel_error": max_error(rel_s)}
     fd_ok = None
     if fd is not None:
         have = ~np.isnan(fd)
-        abs_f, rel_f = _errors(auto, fd)
+        abs_f, rel_f = elementwise_errors(auto, fd)
         allowed_f = atol + rtol * np.abs(fd) + FD_SAFETY * np.nan_to_num(fd_err, nan=0.0, posinf=np.inf)
         with np.errstate(all="ignore"):
             fd_ok = ~have | (abs_f <= allowed_f)
             fd_ratio = np.where(have & np.isfinite(fd), abs_f / allowed_f, 0.0)
-        errors["finite_difference"] = {"max_abs_error": _max(abs_f, have), "max_rel_error": _max(rel_f, have)}
+        errors["finite_difference"] = {"max_abs_error": max_error(abs_f, have), "max_rel_error": max_error(rel_f, have)}
         if sym is not None:
             # autograd agrees with the exact derivative; finite differences alone differ
             explained = sym_ok & ~fd_ok & ~in_kink
             if explained.any():
                 if stop_gradient:
                     diags.append(Diagnostic("stop_gradient", (
-                        f"finite differences see through detach(): they give {_fmt(fd[explained])} where autograd "
-                        f"and symbolic give {_fmt(auto[explained])}; the check compares autograd with symbolic"), wrt))
+                        f"finite differences see through detach(): they give {fmt_values(fd[explained])} where autograd "
+                        f"and symbolic give {fmt_values(auto[explained])}; the check compares autograd with symbolic"), wrt))
                 else:
                     diags.append(Diagnostic("reference_disagreement", (
                         f"symbolic and finite differences disagree on {int(explained.sum())} element(s) "
-                        f"(symbolic {_fmt(sym[explained])}, finite differences {_fmt(fd[explained])}); "
+                        f"(symbolic {fmt_values(sym[explained])}, finite differences {fmt_values(fd[explained])}); "
                         "autograd agrees with symbolic"), wrt))
             wrong_both = ~sym_ok & ~in_kink & fd_ok & have & finite_a
             if wrong_both.any():
                 diags.append(Diagnostic("reference_disagreement", (
                     f"autograd agrees with finite differences but not with symbolic on {int(wrong_both.sum())} "
-                    f"element(s) (symbolic {_fmt(sym[wrong_both])})"), wrt))
+                    f"element(s) (symbolic {fmt_values(sym[wrong_both])})"), wrt))
         else:
             ok &= fd_ok | in_kink
             ratio = np.maximum(ratio, fd_ratio)
@@ -121,17 +121,17 @@ def compare(wrt: str, auto: np.ndarray, sym: np.ndarray | None, fd: np.ndarray |
         masked = nonfinite & (np.isfinite(ref) if ref is not None else False)
         if has_where and np.any(masked):
             diags.append(Diagnostic("masked_nan", (
-                f"autograd gives {_fmt(auto[masked])} where the exact derivative is {_fmt(ref[masked])}: "
+                f"autograd gives {fmt_values(auto[masked])} where the exact derivative is {fmt_values(ref[masked])}: "
                 "where() takes the other branch here, but the branch not taken has a non-finite derivative, "
                 "and 0 * nan is nan in the backward pass. Make the untaken branch safe, e.g. "
                 "where(x > 0, sqrt(where(x > 0, x, 1)), x) instead of where(x > 0, sqrt(x), x)"), wrt))
         else:
-            diags.append(Diagnostic("nonfinite", f"autograd gives {_fmt(auto[nonfinite])} for d/d{wrt}", wrt))
+            diags.append(Diagnostic("nonfinite", f"autograd gives {fmt_values(auto[nonfinite])} for d/d{wrt}", wrt))
         ratio = np.where(nonfinite, np.inf, ratio)
     primary = "symbolic" if sym is not None else ("finite_difference" if fd is not None else "none")
     ref = sym if sym is not None else fd
     if ref is not None:
-        abs_e, rel_e = _errors(auto, ref)
+        abs_e, rel_e = elementwise_errors(auto, ref)
     else:
         abs_e = rel_e = np.zeros(auto.shape)
     worst = None
@@ -141,7 +141,7 @@ def compare(wrt: str, auto: np.ndarray, sym: np.ndarray | None, fd: np.ndarray |
     return Comparison(bool(ok.all()), ok, abs_e, rel_e, ratio, primary, errors, diags, worst)
 
 
-def _fmt(values: np.ndarray) -> str:
+def fmt_values(values: np.ndarray) -> str:
     flat = np.asarray(values).reshape(-1)
     shown = ", ".join(f"{v:.6g}" for v in flat[:3])
     return shown + (f", ... ({flat.size} values)" if flat.size > 3 else "")

@@ -68,10 +68,10 @@ def _assert_passed(report) -> None:
     """Raise the API's AssertionError (the rendered table) from here, so the traceback
     pytest prints ends at the test's own line."""
     __tracebackhide__ = True
-    from gradcheck_cli import _assert
+    from gradcheck_cli import assert_passed
 
     try:
-        _assert(report)
+        assert_passed(report)
     except AssertionError as exc:
         raise AssertionError(str(exc)) from None
 

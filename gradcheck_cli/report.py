@@ -27,10 +27,10 @@ def jsonable(x: Any, computed: Any = None) -> Any:
             return arr.tolist()
         mask = None if computed is None else np.asarray(computed, dtype=bool)
         if arr.ndim == 0:
-            return None if mask is not None and not mask else _number(float(arr))
+            return None if mask is not None and not mask else json_number(float(arr))
         return _numbers(arr, mask)
     if isinstance(x, float):
-        return _number(x)
+        return json_number(x)
     if isinstance(x, dict):
         return {k: jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -39,7 +39,7 @@ def jsonable(x: Any, computed: Any = None) -> Any:
 
 
 def _numbers(arr: np.ndarray, mask: np.ndarray | None) -> list:
-    """_number over a whole array at once (Jacobians reach millions of entries), as nested
+    """json_number over a whole array at once (Jacobians reach millions of entries), as nested
     lists; None where mask is False."""
     flt = arr.astype(np.float64)
     out = flt.astype(object)  # Python floats
@@ -51,7 +51,7 @@ def _numbers(arr: np.ndarray, mask: np.ndarray | None) -> list:
     return out.tolist()
 
 
-def _number(v: float) -> Any:
+def json_number(v: float) -> Any:
     if math.isnan(v):
         return "nan"
     if math.isinf(v):
@@ -104,8 +104,8 @@ class GradientResult:
             "autograd": jsonable(self.autograd),
             "symbolic": jsonable(self.symbolic),
             "finite_difference": jsonable(self.finite_difference, self.fd_computed),
-            "max_abs_error": _number(self.max_abs_error),
-            "max_rel_error": _number(self.max_rel_error),
+            "max_abs_error": json_number(self.max_abs_error),
+            "max_rel_error": json_number(self.max_rel_error),
             "passed": self.passed,
             "reference": self.reference,
             "worst_index": None if self.worst_index is None else list(self.worst_index),

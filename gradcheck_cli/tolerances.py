@@ -25,7 +25,7 @@ FD_SCHEMES = ("auto", "central", "forward", "richardson", "complex")  # --fd
 DTYPE_EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}  # machine epsilon, the one table of it
 
 # `gradcheck op`'s defaults: an op entry passes when |a - r| <= atol + rtol·|r| + scale·S +
-# output·|f| + 3·fd_error (see ops_compare).  Kept here, as data, so `op --help` shows them.
+# output·|f| + 3·fd_error (see op/verdict.py).  Kept here, as data, so `op --help` shows them.
 OP_TOLERANCES = {  # output: 4 x the dtype's epsilon
     "float64": {"atol": 1e-12, "rtol": 1e-7, "scale": 1e-10, "output": 4 * DTYPE_EPS["float64"]},
     "float32": {"atol": 1e-6, "rtol": 1e-4, "scale": 1e-5, "output": 4 * DTYPE_EPS["float32"]},

@@ -13,7 +13,7 @@ import pytest
 import sympy as sp
 
 from gradcheck_cli.checker import check_expression, prepare
-from gradcheck_cli.engines import autograd, finite_diff, symbolic
+from gradcheck_cli.engines import autograd, fd_steps, finite_diff, symbolic
 from gradcheck_cli.expr import ir, parse
 
 
@@ -240,15 +240,15 @@ def test_autograd_jacobian_shape_and_values():
 @pytest.mark.parametrize("x", [0.0, 0.5, -3.0, 1e6, -1e-9])
 def test_central_step_size(x):
     """h = cbrt(eps)*max(1,|x|), made exactly representable so (x + h) - x == h."""
-    h = float(finite_diff.step_sizes("central", np.array([x]), None)[0])
+    h = float(fd_steps.step_sizes("central", np.array([x]), None)[0])
     ideal = np.finfo(np.float64).eps ** (1 / 3) * max(1.0, abs(x))
     assert h == pytest.approx(ideal, rel=1e-6)
     assert (x + h) - x == h
 
 
 def test_explicit_step_is_relative():
-    assert float(finite_diff.step_sizes("central", np.array([100.0]), 1e-4)[0]) == pytest.approx(1e-2)
-    assert float(finite_diff.step_sizes("central", np.array([0.1]), 1e-4)[0]) == pytest.approx(1e-4)
+    assert float(fd_steps.step_sizes("central", np.array([100.0]), 1e-4)[0]) == pytest.approx(1e-2)
+    assert float(fd_steps.step_sizes("central", np.array([0.1]), 1e-4)[0]) == pytest.approx(1e-4)
 
 
 @pytest.mark.parametrize("expr,scheme", [

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from gradcheck_cli.checker import check_expression
-from gradcheck_cli.engines import finite_diff
+from gradcheck_cli.engines import fd_steps, finite_diff
 from gradcheck_cli.expr import parse
 
 DPS = 50
@@ -135,7 +135,7 @@ def test_the_step_is_chosen_per_point(case, x, scheme):
     f, df = _truth(case, [x])
     fd = _fd(case, [x], scheme)
     assert abs(fd.jacobian[0, 0] - df[0]) <= TARGET[scheme] * abs(df[0])
-    h, rule = fd.steps[0], finite_diff.step_sizes(scheme, np.array([x]), None)[0]
+    h, rule = fd.steps[0], fd_steps.step_sizes(scheme, np.array([x]), None)[0]
     if case in ("sin", "exp"):  # its scale is 1 wherever x is
         assert h < rule / 10
     if case == "log" and x > 1:  # its scale is x

@@ -34,8 +34,6 @@ MAX_SECONDS = 10.0  # process start included (~0.4 s idle, several s on a loaded
 # that computed first (9**9**9, 100k-term sums) would take minutes, so this still catches it
 MAX_SECONDS_OP = 20.0  # loading an op target imports torch first (~2 s on its own, more under load)
 MAX_STDERR = 2000  # one message (with its caret line), never a dump
-HAS_SPEC = (Path(__file__).resolve().parent.parent / "gradcheck_cli" / "spec.py").exists()
-HAS_OPS = (Path(__file__).resolve().parent.parent / "gradcheck_cli" / "ops.py").exists()
 
 CANARY = "{canary}"  # replaced by an absolute path inside the row's folder
 
@@ -67,9 +65,6 @@ def at(value, expr="sum(x)"):
 def opt(*flags):
     return ["check", "x**2", "--at", "x=1", *flags]
 
-
-needs_spec = pytest.mark.skipif(not HAS_SPEC, reason="gradcheck_cli/spec.py (gradcheck run) not built yet")
-needs_ops = pytest.mark.skipif(not HAS_OPS, reason="gradcheck_cli/ops.py (gradcheck op) not built yet")
 
 GOOD_CHECK = '[[check]]\nname = "a"\nexpr = "x**2"\nat = { x = 1.0 }\n'
 
@@ -191,55 +186,43 @@ ROWS = [
     row("opt-target-without-loss", opt("--target", "1"), "--target needs --loss"),
     row("opt-loss-without-target", opt("--loss", "mse"), "needs --target"),
     # ---- spec files (gradcheck run) -----------------------------------------------------
-    row("toml-broken-syntax", ["run", "s.toml"], "not valid TOML", {"s.toml": '[[check]\nexpr = "x"\n'},
-        marks=needs_spec),
-    row("toml-wrong-key", ["run", "s.toml"], "unknown key 'dtpye'", {"s.toml": GOOD_CHECK + 'dtpye = "float32"\n'},
-        marks=needs_spec),
+    row("toml-broken-syntax", ["run", "s.toml"], "not valid TOML", {"s.toml": '[[check]\nexpr = "x"\n'}),
+    row("toml-wrong-key", ["run", "s.toml"], "unknown key 'dtpye'", {"s.toml": GOOD_CHECK + 'dtpye = "float32"\n'}),
     row("toml-unknown-top-level", ["run", "s.toml"], "unknown key 'settings'",
-        {"s.toml": "[settings]\nx = 1\n" + GOOD_CHECK}, marks=needs_spec),
-    row("toml-checks-not-array", ["run", "s.toml"], "array of tables", {"s.toml": "check = 3\n"},
-        marks=needs_spec),
-    row("toml-wrong-type", ["run", "s.toml"], "must be an integer", {"s.toml": GOOD_CHECK + 'order = "2"\n'},
-        marks=needs_spec),
-    row("toml-order-3", ["run", "s.toml"], "key 'order'", {"s.toml": GOOD_CHECK + "order = 3\n"}, marks=needs_spec),
-    row("toml-both-expr-and-op", ["run", "s.toml"], "not both", {"s.toml": GOOD_CHECK + 'op = "m:f"\n'},
-        marks=needs_spec),
+        {"s.toml": "[settings]\nx = 1\n" + GOOD_CHECK}),
+    row("toml-checks-not-array", ["run", "s.toml"], "array of tables", {"s.toml": "check = 3\n"}),
+    row("toml-wrong-type", ["run", "s.toml"], "must be an integer", {"s.toml": GOOD_CHECK + 'order = "2"\n'}),
+    row("toml-order-3", ["run", "s.toml"], "key 'order'", {"s.toml": GOOD_CHECK + "order = 3\n"}),
+    row("toml-both-expr-and-op", ["run", "s.toml"], "not both", {"s.toml": GOOD_CHECK + 'op = "m:f"\n'}),
     row("toml-injection", ["run", "s.toml"], "not part of the expression",
-        {"s.toml": f'[[check]]\nexpr = "__import__(\'os\').system(\'touch {CANARY}\')"\nat = {{ x = 1.0 }}\n'},
-        marks=needs_spec),
+        {"s.toml": f'[[check]]\nexpr = "__import__(\'os\').system(\'touch {CANARY}\')"\nat = {{ x = 1.0 }}\n'}),
     row("toml-100k-term-sum", ["run", "s.toml"], "too long",
-        {"s.toml": '[[check]]\nname = "big"\nexpr = "' + "+".join(["x"] * 100_000) + '"\nat = { x = 1.0 }\n'},
-        marks=needs_spec),
+        {"s.toml": '[[check]]\nname = "big"\nexpr = "' + "+".join(["x"] * 100_000) + '"\nat = { x = 1.0 }\n'}),
     row("toml-100k-term-sum-unnamed", ["run", "s.toml"], "too long",
-        {"s.toml": '[[check]]\nexpr = "' + "+".join(["x"] * 100_000) + '"\nat = { x = 1.0 }\n'}, marks=needs_spec),
+        {"s.toml": '[[check]]\nexpr = "' + "+".join(["x"] * 100_000) + '"\nat = { x = 1.0 }\n'}),
     row("toml-nul-character", ["run", "s.toml"], "U+0000",
-        {"s.toml": '[[check]]\nexpr = "x\\u0000+1"\nat = { x = 1.0 }\n'}, marks=needs_spec),
+        {"s.toml": '[[check]]\nexpr = "x\\u0000+1"\nat = { x = 1.0 }\n'}),
     row("toml-bidi-override", ["run", "s.toml"], "U+202E",
-        {"s.toml": '[[check]]\nname = "b"\nexpr = "x\\u202e+1"\nat = { x = 1.0 }\n'}, marks=needs_spec),
+        {"s.toml": '[[check]]\nname = "b"\nexpr = "x\\u202e+1"\nat = { x = 1.0 }\n'}),
     row("toml-huge-value", ["run", "s.toml"], "GiB",
-        {"s.toml": '[[check]]\nexpr = "x"\nat = { x = "randn(100000,100000)" }\n'}, marks=needs_spec),
-    row("toml-not-utf8", ["run", "s.toml"], "not UTF-8", {"s.toml": b"\xff\xfe[[check]]\n"}, marks=needs_spec),
-    row("toml-missing-file", ["run", "missing.toml"], "no such file", marks=needs_spec),
-    row("toml-empty-folder", ["run", "sub"], "no *.toml", {"sub/README": "not a spec"}, marks=needs_spec),
-    row("toml-duplicate-names", ["run", "s.toml"], "duplicate check name", {"s.toml": GOOD_CHECK + GOOD_CHECK},
-        marks=needs_spec),
-    row("run-bad-shard", ["run", "s.toml", "--shard", "3/2"], "--shard must be K/N", {"s.toml": GOOD_CHECK},
-        marks=needs_spec),
-    row("run-bad-jobs", ["run", "s.toml", "--jobs", "0"], "--jobs must be >= 1", {"s.toml": GOOD_CHECK},
-        marks=needs_spec),
+        {"s.toml": '[[check]]\nexpr = "x"\nat = { x = "randn(100000,100000)" }\n'}),
+    row("toml-not-utf8", ["run", "s.toml"], "not UTF-8", {"s.toml": b"\xff\xfe[[check]]\n"}),
+    row("toml-missing-file", ["run", "missing.toml"], "no such file"),
+    row("toml-empty-folder", ["run", "sub"], "no *.toml", {"sub/README": "not a spec"}),
+    row("toml-duplicate-names", ["run", "s.toml"], "duplicate check name", {"s.toml": GOOD_CHECK + GOOD_CHECK}),
+    row("run-bad-shard", ["run", "s.toml", "--shard", "3/2"], "--shard must be K/N", {"s.toml": GOOD_CHECK}),
+    row("run-bad-jobs", ["run", "s.toml", "--jobs", "0"], "--jobs must be >= 1", {"s.toml": GOOD_CHECK}),
 ]
 
 OP_ROWS = [
-    row("op-missing-module", ["op", "no_such_module_xyz:f", "--at", "x=1"], "no_such_module_xyz", marks=needs_ops),
-    row("op-missing-attribute", ["op", "math:no_such_function", "--at", "x=1"], "no_such_function",
-        marks=needs_ops),
-    row("op-not-callable", ["op", "math:pi", "--at", "x=1"], "callable", marks=needs_ops),
-    row("op-missing-file", ["op", "nope.py:f", "--at", "x=1"], "nope.py", marks=needs_ops),
+    row("op-missing-module", ["op", "no_such_module_xyz:f", "--at", "x=1"], "no_such_module_xyz"),
+    row("op-missing-attribute", ["op", "math:no_such_function", "--at", "x=1"], "no_such_function"),
+    row("op-not-callable", ["op", "math:pi", "--at", "x=1"], "callable"),
+    row("op-missing-file", ["op", "nope.py:f", "--at", "x=1"], "nope.py"),
     row("op-file-import-error", ["op", "bad.py:f", "--at", "x=1"], "No module named 'this_module_does_not_exist'",
-        {"bad.py": "import this_module_does_not_exist\n"}, marks=needs_ops),
-    row("op-file-syntax-error", ["op", "bad.py:f", "--at", "x=1"], "bad.py", {"bad.py": "def f(:\n"},
-        marks=needs_ops),
-    row("op-malformed-target", ["op", "no-colon-here", "--at", "x=1"], "ATTR", marks=needs_ops),
+        {"bad.py": "import this_module_does_not_exist\n"}),
+    row("op-file-syntax-error", ["op", "bad.py:f", "--at", "x=1"], "bad.py", {"bad.py": "def f(:\n"}),
+    row("op-malformed-target", ["op", "no-colon-here", "--at", "x=1"], "ATTR"),
 ]
 
 

@@ -22,10 +22,11 @@ import pytest
 import torch
 
 import op_zoo
-from gradcheck_cli import ops_checks, ops_fast, ops_runner
-from gradcheck_cli.ops import check_op
-from gradcheck_cli.ops_jacobian import Direction, direction_fd
-from gradcheck_cli.ops_runner import BatchedForward, OpSpec
+from gradcheck_cli.op import checks as ops_checks, determinism, fast as ops_fast, memory
+from gradcheck_cli.op.api import check_op
+from gradcheck_cli.op.jacobian import Direction, direction_fd
+from gradcheck_cli.op.batched import BatchedForward
+from gradcheck_cli.op.runner import OpSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 SWISH = ROOT / "samples" / "ops" / "swish.py"
@@ -350,7 +351,7 @@ needs_cow = pytest.mark.skipif(not hasattr(torch, "_lazy_clone"), reason="this t
 @pytest.fixture
 def share_small(monkeypatch):
     """Inputs shared copy-on-write from 8 elements on (1 << 16 in use), so tests stay small."""
-    monkeypatch.setattr(ops_runner, "SHARE_FROM", 8)
+    monkeypatch.setattr(memory, "SHARE_FROM", 8)
 
 
 @needs_cow
@@ -393,19 +394,19 @@ def test_an_op_writing_into_a_shared_input_is_caught_and_the_pristine_values_sta
 
 def test_an_array_that_merely_views_a_tensor_is_not_shared():
     t = torch.randn(100_000, dtype=torch.float64)
-    assert ops_runner.owner(t.numpy()) is None
-    backed = ops_runner.torch_backed(t.numpy())
-    assert ops_runner.owner(backed) is not None and not backed.flags.writeable
+    assert memory.owner(t.numpy()) is None
+    backed = memory.torch_backed(t.numpy())
+    assert memory.owner(backed) is not None and not backed.flags.writeable
     np.testing.assert_array_equal(backed, t.numpy())
-    assert ops_runner.owner(np.array(backed)) is None  # a copy of it is not
-    small = ops_runner.torch_backed(np.arange(10.0))
-    assert ops_runner.owner(small) is None  # below SHARE_FROM: as it was
+    assert memory.owner(np.array(backed)) is None  # a copy of it is not
+    small = memory.torch_backed(np.arange(10.0))
+    assert memory.owner(small) is None  # below SHARE_FROM: as it was
 
 
 def test_without_copy_on_write_clones_inputs_are_copied(share_small, monkeypatch):
     monkeypatch.delattr(torch, "_lazy_clone", raising=False)
     x = torch.randn(60, dtype=torch.float64)
-    assert ops_runner.owner(ops_runner.torch_backed(x.numpy())) is None
+    assert memory.owner(memory.torch_backed(x.numpy())) is None
     assert check_op(op_zoo.Swish, x, mode="fast").passed
     report = check_op(lambda t: torch.sin(t.detach().add_(1.0)) + t, x, mode="fast")
     assert "input_mutated" in codes(report)
@@ -527,8 +528,8 @@ def test_the_pristine_view_outlives_written_and_released_clones():
     import gc
 
     values = np.random.default_rng(0).standard_normal(100_000)
-    view = ops_runner.torch_backed(values.copy())
-    own = ops_runner.owner(view)
+    view = memory.torch_backed(values.copy())
+    own = memory.owner(view)
     for _ in range(3):
         clone = torch._lazy_clone(own)
         clone.add_(1.0)  # materializes the clone only
@@ -597,7 +598,7 @@ def test_a_second_forward_with_a_nan_is_reported_as_such():
 ])
 def test_forward_spread_treats_nonfinite_values_as_values(b, expected):
     a = np.array([1.0, np.nan, np.inf, 2.0])
-    got = ops_checks._spread(a, np.array(b))
+    got = determinism.value_spread(a, np.array(b))
     assert (np.isnan(got) and np.isnan(expected)) or got == expected
 
 

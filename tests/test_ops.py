@@ -19,9 +19,9 @@ import torch
 import op_zoo
 from gradcheck_cli import assert_op, check_op
 from gradcheck_cli.errors import UserInputError
-from gradcheck_cli.ops import check_op_target
-from gradcheck_cli.ops_jacobian import combine, greedy_colors, step_sizes
-from gradcheck_cli.ops_loading import parse_kw
+from gradcheck_cli.op.api import check_op_target
+from gradcheck_cli.op.jacobian import combine, greedy_colors, step_sizes
+from gradcheck_cli.op.loading import parse_kw
 from gradcheck_cli.render.table import render_text
 
 ZOO = str(Path(__file__).with_name("op_zoo.py"))
@@ -289,8 +289,9 @@ def test_elementwise_needs_one_backward_call_and_few_forward_rows():
     (lambda x: torch.cumsum(x, 0), None),  # each output depends on several: falls back
 ], ids=["flip", "sin", "cumsum"])
 def test_bit_pattern_names_the_single_dependency(fn, expected):
-    from gradcheck_cli.ops_jacobian import bit_pattern
-    from gradcheck_cli.ops_runner import BatchedForward, OpSpec
+    from gradcheck_cli.op.jacobian import bit_pattern
+    from gradcheck_cli.op.batched import BatchedForward
+    from gradcheck_cli.op.runner import OpSpec
 
     n = 37
     x = np.random.default_rng(1).standard_normal(n)

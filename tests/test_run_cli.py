@@ -248,7 +248,7 @@ def test_op_that_cannot_be_imported_exits_2_naming_the_check(tmp_path):
 
 def test_an_empty_shard_passes_and_says_so(tmp_path):
     (tmp_path / "s.toml").write_text('[[check]]\nname = "only"\nexpr = "x**2"\nat = { x = 1.0 }\n')
-    from gradcheck_cli.spec import shard_of
+    from gradcheck_cli.suite.shard import shard_of
 
     empty = next(k for k in (1, 2) if shard_of("only", 2) != k)
     result = invoke("run", tmp_path, "--shard", f"{empty}/2")

@@ -22,10 +22,6 @@ from schema_util import load_schema, semantic_errors, strict_loads, validate_jso
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
-HAS_OPS = (ROOT / "gradcheck_cli" / "ops.py").exists()
-HAS_SPEC = (ROOT / "gradcheck_cli" / "spec.py").exists()
-needs_ops = pytest.mark.skipif(not HAS_OPS, reason="gradcheck_cli/ops.py (gradcheck op) not built yet")
-needs_spec = pytest.mark.skipif(not HAS_SPEC, reason="gradcheck_cli/spec.py (gradcheck run) not built yet")
 
 SEED = ["sigmoid(w*x+b)", "--loss", "bce", "--target", "0", "--at", "w=2", "--at", "b=1", "--at", "x=6.7",
         "--wrt", "w,b"]
@@ -222,7 +218,6 @@ OPS = [
 ]
 
 
-@needs_ops
 @pytest.mark.parametrize("args, exit_code, about", OPS)
 def test_op_reports_validate(tmp_path, args, exit_code, about):
     (tmp_path / "broken.py").write_text(RAISING_OP, encoding="utf-8")
@@ -234,7 +229,6 @@ def test_op_reports_validate(tmp_path, args, exit_code, about):
 # -- run reports ----------------------------------------------------------------------------
 
 
-@needs_spec
 @pytest.mark.parametrize("args, exit_code", [
     pytest.param(["run", SAMPLES / "specs" / "seed.toml"], 0, id="run-seed"),
     pytest.param(["run", SAMPLES / "specs_failing"], 1, id="run-failing"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gradcheck_cli import spec as spec_mod
+from gradcheck_cli import suite as spec_mod
 from gradcheck_cli.errors import SpecError, UserInputError
 
 ROOT = Path(__file__).resolve().parent.parent

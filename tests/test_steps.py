@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from gradcheck_cli.engines import finite_diff
+from gradcheck_cli.engines import fd_steps
 from gradcheck_cli.steps import relative_grid, step_curves
 
 EPS = float(np.finfo(np.float64).eps)
@@ -304,7 +304,7 @@ def test_default_marker_is_the_step_check_uses():
     proportion to x, sin at 1e4 does not."""
     (log_c,) = step_curves("log(x)", [("x", "1e4")]).curves
     (sin_c,) = step_curves("sin(x)", [("x", "1e4")]).curves
-    rule = finite_diff.DEFAULT_STEPS["central"]
+    rule = fd_steps.DEFAULT_STEPS["central"]
     assert log_c.default_relative == pytest.approx(rule, rel=1e-6)
     assert sin_c.default_relative < rule / 10
     assert sin_c.default_error <= sin_c.default_error_estimate

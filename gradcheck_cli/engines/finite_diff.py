@@ -44,41 +44,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gradcheck_cli.engines.fd_steps import EPS, PROBE_POINTS, STENCILS, Plan, make_plan, plan_rows, probe_noise
 from gradcheck_cli.engines.torch_eval import evaluate
 from gradcheck_cli.expr import ir
 from gradcheck_cli.expr.functions import FUNCTIONS
 from gradcheck_cli.tolerances import FD_SCHEMES
 
-EPS = float(np.finfo(np.float64).eps)
 SCHEMES = FD_SCHEMES
-DEFAULT_STEPS = {"central": EPS ** (1 / 3), "forward": EPS**0.5, "richardson": 1e-3, "complex": 1e-20}
-# multiples of h each real scheme evaluates (the complex step's rows are built in _plan)
-STENCILS = {"central": (1, -1, 2, -2), "forward": (1, 2), "richardson": (1, -1, 2, -2, 4, -4)}
-# The noise probe: values at x + k*delta (complex: each + ih).  Unevenly spaced on purpose:
-# at even spacing the rounding errors of an intermediate like 1 + x**2 can advance by a
-# near-constant fraction of an ulp per point and look smooth, hiding the noise.
-PROBE_POINTS = (-3.83, -2.71, -1.93, -0.87, 0.0, 0.61, 1.47, 2.39, 3.67)
-SCALE_POWERS = (0.0, 0.5, 1.0)  # candidate scales |x|**p, when |x| is far from 1
-MIN_SCALE = 1e-4  # smallest scale for elements near 0 (h = H * 1e-4)
-TINY_X = 1e-12  # below this |x| the complex step also tries h = 1e-8 |x|
-PROBE = 1e-5  # the noise probe's spacing, relative to min(1, |x|) (at least MIN_SCALE)
 BUDGET = 30_000_000  # element evaluations for one variable before sampling
 CHUNK = 4_000_000  # element evaluations per torch call
 MIN_SAMPLE = 16
 NOISE_SAFETY = 8.0  # nine values give a noisy measure of noise: bound it generously
 FOURTH_NORM = math.sqrt(70.0)  # |(1, -4, 6, -4, 1)|: the fourth difference of unit noise
-
-
-def _residual_projector(points: tuple, degree: int = 3) -> np.ndarray:
-    """The matrix taking values at `points` to their residuals from the least-squares
-    polynomial of `degree`: what is left is noise (plus curvature far below it)."""
-    k = np.asarray(points, dtype=np.float64)
-    v = np.vander(k, degree + 1)
-    return np.eye(k.size) - v @ np.linalg.pinv(v)
-
-
-_PROBE_RESIDUAL = _residual_projector(PROBE_POINTS)
-_PROBE_FIT = np.linalg.pinv(np.vander(np.asarray(PROBE_POINTS), 4))  # rows: coefficients of k^3 .. k^0
 
 
 @dataclass
@@ -112,142 +89,6 @@ def resolve_scheme(requested: str, root: ir.Node) -> tuple[str, str | None]:
         return "richardson", (f"complex-step differences need a real-analytic expression, and "
                               f"{', '.join(blockers)} is not; used richardson instead")
     return requested, None
-
-
-def _representable(x: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """h rounded so that x + h - x == h exactly (the difference quotient divides by the
-    step actually taken); a step that vanishes in x + h keeps its nominal value."""
-    taken = (x + h) - x
-    return np.where(taken > 0, taken, h)
-
-
-def step_sizes(scheme: str, x: np.ndarray, eps: float | None) -> np.ndarray:
-    """h per element: `eps` (or the scheme's default) times max(1, |x|), made exactly
-    representable so x + h - x == h.  This is the whole rule under --eps."""
-    rel = DEFAULT_STEPS[scheme] if eps is None else eps
-    h = rel * np.maximum(1.0, np.abs(x))
-    return h if scheme == "complex" else _representable(x, h)
-
-
-def _near_one(ax: np.ndarray) -> np.ndarray:
-    return (ax >= 10**-0.5) & (ax <= 10**0.5)
-
-
-def candidate_scales(x: np.ndarray) -> list[np.ndarray]:
-    """Scales the default step is tried at, per element: |x|**p for p in SCALE_POWERS (at
-    least MIN_SCALE), except max(1, |x|) alone for |x| within a factor 3 of 1.  One list
-    entry per candidate; a single entry when every element is near 1.  An element's
-    candidates depend on it alone, so differencing a subset gives the same numbers."""
-    ax = np.abs(np.asarray(x, dtype=np.float64))
-    near = _near_one(ax)
-    if ax.size == 0 or np.all(near):
-        return [np.maximum(1.0, ax)]
-    with np.errstate(all="ignore"):
-        return [np.where(near, np.maximum(1.0, ax), np.maximum(MIN_SCALE, np.where(np.isfinite(ax), ax, 1.0) ** p))
-                for p in SCALE_POWERS]
-
-
-def _n_rows(scheme: str, x: np.ndarray, eps: float | None) -> int:
-    """How many rows _plan(scheme, x, eps) has, without building it."""
-    ax = np.abs(x)
-    if scheme == "complex":
-        n_cand = 2 if eps is None and np.any((ax > 0) & (ax < TINY_X)) else 1
-        return n_cand * (len(PROBE_POINTS) + 1)
-    n_cand = 1 if eps is not None or np.all(_near_one(ax)) else len(SCALE_POWERS)
-    return n_cand * len(STENCILS[scheme]) + len(PROBE_POINTS) - 1
-
-
-def candidate_steps(scheme: str, x: np.ndarray, eps: float | None) -> np.ndarray:
-    """(n_candidates, n) steps to try: the single rule under `eps`, else the default
-    relative step at each candidate scale."""
-    x = np.asarray(x, dtype=np.float64).reshape(-1)
-    if eps is not None:
-        return step_sizes(scheme, x, eps)[None]
-    if scheme == "complex":
-        # 1e-20 * max(1, |x|) is far below any scale the function has, unless x itself is
-        # tinier still (log at 1e-300): then a step of 1e-8 |x|, as long as it stays normal
-        default = step_sizes(scheme, x, None)
-        ax = np.abs(x)
-        if not np.any((ax > 0) & (ax < TINY_X)):
-            return default[None]
-        return np.stack([default, np.where((ax > 0) & (ax < TINY_X), np.maximum(1e-8 * ax, 1e-310), default)])
-    rel = DEFAULT_STEPS[scheme]
-    fallback = step_sizes(scheme, x, None)
-    out = []
-    for s in candidate_scales(x):
-        nominal = rel * s
-        taken = (x + nominal) - x
-        # a step that x + h rounds away (or distorts: h below a few ulps of x) measures
-        # nothing; that candidate becomes the max(1, |x|) one, which always fits
-        out.append(np.where((taken >= 0.5 * nominal) & (taken <= 2 * nominal), taken, fallback))
-    return np.stack(out)
-
-
-@dataclass
-class _Plan:
-    """The rows a scheme evaluates: each row moves every element by pert[row, element]."""
-
-    scheme: str
-    steps: np.ndarray  # (n_cand, n_in)
-    pert: np.ndarray  # (n_rows, n_in), complex for the complex step
-    index: dict  # (candidate or "probe", multiple) -> row
-    row_cand: np.ndarray  # (n_rows,) candidate of each row, -1 for probe rows
-    probe_dev: np.ndarray  # (n_probe, n_in) how far rounding moved each probe point, in units of delta
-
-    @property
-    def n_rows(self) -> int:
-        return self.pert.shape[0]
-
-
-def _plan(scheme: str, x: np.ndarray, eps: float | None) -> _Plan:
-    """Every row to evaluate for the flat elements x: each candidate's stencil, then the noise probe."""
-    steps = candidate_steps(scheme, x, eps)
-    rows, index, owner = [], {}, []
-    # the noise probe: values at x + k*delta, closely enough spaced that what a cubic
-    # does not fit is rounding noise, not the function's curvature.  x + k*delta rounds;
-    # the offsets actually taken are kept, and the fit corrects for the difference
-    ax = np.abs(x)
-    if scheme == "complex":  # no real step to keep up with: probe at the scale of x itself
-        delta = np.maximum(PROBE * np.where(ax > 0, np.minimum(1.0, ax), MIN_SCALE), np.finfo(np.float64).tiny)
-    else:
-        delta = PROBE * np.maximum(MIN_SCALE, np.minimum(1.0, ax))
-    offsets = np.stack([(x + k * delta) - x for k in PROBE_POINTS])
-    dev = (offsets - np.multiply.outer(PROBE_POINTS, delta)) / delta
-    if scheme == "complex":
-        for c, h in enumerate(steps):
-            for k, off in zip(PROBE_POINTS, offsets):
-                index[(c, k)] = len(rows)
-                rows.append(off + 1j * h)
-                owner.append(c)
-            index[(c, "2h")] = len(rows)  # truncation, which only a long step makes visible
-            rows.append(2j * h)
-            owner.append(c)
-        return _Plan(scheme, steps, np.array(rows, dtype=np.complex128), index, np.array(owner), dev)
-    for c, h in enumerate(steps):
-        for k in STENCILS[scheme]:
-            index[(c, k)] = len(rows)
-            rows.append(k * h)
-            owner.append(c)
-    for k, off in zip(PROBE_POINTS, offsets):
-        if k:
-            index[("probe", k)] = len(rows)
-            rows.append(off)
-            owner.append(-1)
-    return _Plan(scheme, steps, np.array(rows, dtype=np.float64), index, np.array(owner), dev)
-
-
-def _noise(v: dict, dev: np.ndarray) -> np.ndarray:
-    """Rounding noise of values v[k] at x + (k + dev[k])*delta (k in PROBE_POINTS): the
-    standard deviation of their residuals from a cubic fit in k.  The tiny deviations
-    `dev` (the rounding of x + k*delta) are taken out first, through the fitted slope."""
-    shape = np.broadcast_shapes(*(np.shape(v[k]) for k in PROBE_POINTS))
-    stack = np.stack([np.broadcast_to(v[k], shape) for k in PROBE_POINTS])
-    slope = np.tensordot(_PROBE_FIT[-2], stack, axes=(0, 0))  # d value / dk at k = 0
-    stack = stack - slope[None] * dev
-    resid = np.tensordot(_PROBE_RESIDUAL, stack, axes=(1, 0))
-    scale = np.max(np.abs(resid), axis=0)  # values near 1e300 would overflow their squares
-    safe = np.where(scale > 0, scale, 1.0)
-    return scale * np.sqrt(np.sum(np.square(resid / safe), axis=0) / (len(PROBE_POINTS) - 4))
 
 
 def elementwise_only(root: ir.Node) -> set[str]:
@@ -336,12 +177,12 @@ def jacobian(root: ir.Node, arrays: dict, name: str, out_shape: tuple, *, scheme
     columns = computed = None
     if elements is None and name in elementwise_only(root):
         columns = np.broadcast_to(np.arange(n_in).reshape(x.shape), _pad_shape(x.shape, out_shape)).reshape(-1)
-        picked, hits = _together(batch, name, x, _plan(scheme, flat, eps), columns)
+        picked, hits = _together(batch, name, x, make_plan(scheme, flat, eps), columns)
     else:
         if elements is not None:
             computed = np.unique(np.asarray(elements, dtype=np.int64).reshape(-1))
         else:
-            limit = max(MIN_SAMPLE, BUDGET // (_n_rows(scheme, flat, eps) * batch.max_numel))
+            limit = max(MIN_SAMPLE, BUDGET // (plan_rows(scheme, flat, eps) * batch.max_numel))
             if n_in > limit:
                 computed = np.sort(np.random.default_rng(seed).choice(n_in, size=limit, replace=False))
         picked, hits = _one_by_one(batch, name, x, scheme, eps, computed)
@@ -398,7 +239,7 @@ def _pad_shape(in_shape: tuple, out_shape: tuple) -> tuple:
     return tuple(out_shape) if len(out_shape) >= len(in_shape) else tuple(in_shape)
 
 
-def _cand_crossed(plan: _Plan, row_flags: np.ndarray | None, lead: tuple) -> np.ndarray:
+def _cand_crossed(plan: Plan, row_flags: np.ndarray | None, lead: tuple) -> np.ndarray:
     """(n_cand, *lead) whether any row of each candidate crossed a kink; row_flags is
     (*lead, n_rows) or None.  Probe rows are shorter than every candidate's own rows."""
     n_cand = plan.steps.shape[0]
@@ -407,7 +248,7 @@ def _cand_crossed(plan: _Plan, row_flags: np.ndarray | None, lead: tuple) -> np.
     return np.stack([row_flags[..., plan.row_cand == c].any(axis=-1) for c in range(n_cand)])
 
 
-def _together(batch: _Batch, name, x, plan: _Plan, columns):
+def _together(batch: _Batch, name, x, plan: Plan, columns):
     """Perturb every element at once: one batch row per plan row."""
     pert = plan.pert.reshape((plan.n_rows,) + x.shape)
     rows = (x[None] + pert).astype(np.complex128 if batch.use_complex else np.float64)
@@ -429,12 +270,12 @@ def _one_by_one(batch: _Batch, name, x, scheme: str, eps, computed):
     flat = x.reshape(-1)
     idx = np.arange(flat.size) if computed is None else computed
     dtype = np.complex128 if batch.use_complex else np.float64
-    per_chunk = max(1, CHUNK // (_n_rows(scheme, flat, eps) * batch.max_numel))
+    per_chunk = max(1, CHUNK // (plan_rows(scheme, flat, eps) * batch.max_numel))
     parts: list[dict] = []
     hits: list = []
     for start in range(0, idx.size, per_chunk):
         chunk = idx[start:start + per_chunk]
-        plan = _plan(scheme, flat[chunk], eps)
+        plan = make_plan(scheme, flat[chunk], eps)
         nd = plan.n_rows
         rows = np.repeat(flat[None].astype(dtype), chunk.size * nd, axis=0)
         which = np.repeat(chunk, nd)
@@ -455,7 +296,7 @@ def _one_by_one(batch: _Batch, name, x, scheme: str, eps, computed):
     return picked, hits
 
 
-def _combine(plan: _Plan, values: np.ndarray, f0: np.ndarray, steps: np.ndarray, dev: np.ndarray):
+def _combine(plan: Plan, values: np.ndarray, f0: np.ndarray, steps: np.ndarray, dev: np.ndarray):
     """Per candidate (n_cand, m, n_out): estimate, error estimate, one-sided slopes, and
     the score candidates compete on.  `values` is (m, n_rows, n_out); `steps` broadcasts
     against (n_cand, m, n_out), `dev` (the probe's rounding) against (n_probe, m, n_out)."""
@@ -469,10 +310,10 @@ def _combine(plan: _Plan, values: np.ndarray, f0: np.ndarray, steps: np.ndarray,
                 trunc = np.abs(g2 - g[0]) / 3  # Im f(x + ih)/h = f' - h^2 f^(3)/6 + ...
                 ests.append(g[0])
                 truncs.append(trunc)
-                errs.append(trunc + NOISE_SAFETY * _noise(g, dev) + 4 * EPS * np.abs(g[0]) + 1e-300)
+                errs.append(trunc + NOISE_SAFETY * probe_noise(g, dev) + 4 * EPS * np.abs(g[0]) + 1e-300)
             return np.stack(ests), np.stack(errs), None, None, np.stack(errs), np.stack(truncs)
         f0 = f0[None].real
-        probe = _noise({k: (values[:, plan.index[("probe", k)], :] if k else f0) for k in PROBE_POINTS}, dev)
+        probe = probe_noise({k: (values[:, plan.index[("probe", k)], :] if k else f0) for k in PROBE_POINTS}, dev)
         out = {"est": [], "err": [], "fwd": [], "bwd": [], "score": [], "trunc": []}
         for c in range(plan.steps.shape[0]):
             f = {k: values[:, plan.index[(c, k)], :] for k in STENCILS[scheme]}

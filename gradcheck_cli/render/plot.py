@@ -56,9 +56,7 @@ def _y_range(curves) -> tuple[int, int]:
 
 def svg(result) -> str:
     """The chart as an SVG document (a string)."""
-    from gradcheck_cli.steps import DECADES
-
-    x_lo, x_hi = DECADES
+    x_lo, x_hi = result.decades
     y_lo, y_hi = _y_range(result.curves)
     pw, ph = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
@@ -165,8 +163,6 @@ def _write_png(result, path: Path) -> None:
     except ImportError:
         raise UserInputError(f"--plot {path}: writing PNG needs matplotlib; install it with "
                              "pip install 'gradcheck-cli[plot]', or write an .svg file instead") from None
-    from gradcheck_cli.steps import DECADES
-
     y_lo, y_hi = _y_range(result.curves)
     fig, ax = plt.subplots(figsize=(9, 5.5))
     try:
@@ -181,7 +177,7 @@ def _write_png(result, path: Path) -> None:
                 ax.plot([c.default_relative], [max(c.default_error, 10.0**y_lo)], "s", mfc="none", color=color)
         ax.plot([], [], "o", color="#555", label="best step")
         ax.plot([], [], "s", mfc="none", color="#555", label="step check chooses")
-        ax.set_xlim(10.0 ** DECADES[0], 10.0 ** DECADES[1])
+        ax.set_xlim(10.0 ** result.decades[0], 10.0 ** result.decades[1])
         ax.set_ylim(10.0**y_lo, 10.0**y_hi)
         ax.set_xlabel("relative step H (an element x moves by H·max(1, |x|), as --eps)")
         ax.set_ylabel("|finite difference − exact|")

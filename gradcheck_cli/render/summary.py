@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import math
 
-from gradcheck_cli.render.table import _STYLE, check_renderables, fmt_err, make_console, verdict_line
+from gradcheck_cli.render.table import STYLE, check_renderables, fmt_err, make_console, verdict_line
 
 # Diagnostics that say nothing about the verdict; left out of the summary's notes column.
 QUIET_CODES = frozenset({"warning"})
@@ -52,8 +52,8 @@ def summary_table(report):
         table.add_column(col, justify=justify, no_wrap=not wrap, overflow="fold")
     for check in report.checks:
         *cells, verdict, notes = summary_row(check)
-        style = _STYLE["ok"] if check.passed else _STYLE["fail"]
-        table.add_row(*cells, Text(verdict, style=style), Text(notes, style=_STYLE["diag"]))
+        style = STYLE["ok"] if check.passed else STYLE["fail"]
+        table.add_row(*cells, Text(verdict, style=style), Text(notes, style=STYLE["diag"]))
     return table
 
 
@@ -73,7 +73,7 @@ def render(report, console=None) -> None:
         console.print()
         console.print(Text(f"FAILED {check.name}" + (f"  ({check.extra['spec_file']})"
                                                       if check.extra.get("spec_file") else ""),
-                           style=_STYLE["fail"]))
+                           style=STYLE["fail"]))
         for item in check_renderables(check):
             console.print(item)
     console.print()

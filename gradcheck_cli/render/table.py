@@ -15,7 +15,7 @@ import numpy as np
 
 MAX_ROWS_PER_VARIABLE = 8  # tensors with more elements show their worst one, plus a preview
 
-_STYLE = {"ok": "green", "fail": "bold red", "diag": "yellow", "dim": "dim"}
+STYLE = {"ok": "green", "fail": "bold red", "diag": "yellow", "dim": "dim"}
 
 
 def make_console(file=None, *, force_plain: bool = False, width: int | None = None):
@@ -124,7 +124,7 @@ def check_renderables(check):
         bits.append(f"finite differences: {extra['fd_scheme']}")
     if extra.get("points_checked"):
         bits.append(f"worst of {extra['points_checked']} points")
-    head.append("   " + " · ".join(bits), style=_STYLE["dim"])
+    head.append("   " + " · ".join(bits), style=STYLE["dim"])
     out.append(head)
     point = " ".join(f"{k}={_preview(v) if np.ndim(v) else fmt(v)}" for k, v in check.point.items())
     if point:
@@ -147,14 +147,14 @@ def check_renderables(check):
         table.add_column(col, justify=justify, no_wrap=True)
     for g in check.gradients:
         if g.autograd is None:  # not computed: the diagnostics below say why
-            table.add_row(g.wrt, "—", "—", "—", "—", "—", Text("not run", style=_STYLE["fail"]))
+            table.add_row(g.wrt, "—", "—", "—", "—", "—", Text("not run", style=STYLE["fail"]))
             continue
         for label, idx in _rows_for(g):
             a = np.asarray(g.autograd)[idx]
             s = None if g.symbolic is None else np.asarray(g.symbolic)[idx]
             abs_err, rel_err = _errors_at(g, idx)
             ok_here = g.passed or not _element_fails(g, idx)
-            mark = Text("ok" if ok_here else "FAIL", style=_STYLE["ok"] if ok_here else _STYLE["fail"])
+            mark = Text("ok" if ok_here else "FAIL", style=STYLE["ok"] if ok_here else STYLE["fail"])
             table.add_row(label, fmt(a), fmt(s) if s is not None else "—", _fd_cell(g, idx),
                           fmt_err(abs_err), fmt_err(rel_err), mark)
     if check.gradients:  # an op that raised before any gradient has only its diagnostics to show
@@ -167,7 +167,7 @@ def check_renderables(check):
             out.append(Text(f"  d/d{g.wrt} {list(g.shape)}: autograd {_preview(g.autograd)}; "
                             f"max abs err {fmt_err(g.max_abs_error)}, max rel err {fmt_err(g.max_rel_error)}, "
                             f"{g.failed_elements} of {count} out of tolerance (full numbers in --json)",
-                            style=_STYLE["dim"]))
+                            style=STYLE["dim"]))
         if g.formula:
             out.append(Text(f"  d/d{g.wrt} = {g.formula}"))
     hessian = extra.get("hessian")
@@ -175,7 +175,7 @@ def check_renderables(check):
         out.append(_hessian_table(hessian))
     for d in check.diagnostics:
         line = Text("  ")
-        line.append(d.code, style=_STYLE["diag"])
+        line.append(d.code, style=STYLE["diag"])
         line.append(f": {d.message}")
         out.append(line)
     return out
@@ -235,11 +235,11 @@ def verdict_line(report):
             if math.isfinite(g.max_rel_error):
                 worst = max(worst, g.max_rel_error)
     if not failed:
-        text = Text("PASS", style=_STYLE["ok"])
+        text = Text("PASS", style=STYLE["ok"])
         text.append(f"  {total} check{'s' if total != 1 else ''} passed; gradients agree "
                     f"(worst relative error {fmt_err(worst)})")
         return text
-    text = Text("FAIL", style=_STYLE["fail"])
+    text = Text("FAIL", style=STYLE["fail"])
     names = ", ".join(c.name for c in failed[:5]) + (" ..." if len(failed) > 5 else "")
     text.append(f"  {len(failed)} of {total} check{'s' if total != 1 else ''} failed: {names}")
     return text

@@ -27,10 +27,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradcheck_cli.compare import _errors as _errs, _max  # the same elementwise errors as expression checks
-from gradcheck_cli.report import Diagnostic, GradientResult, _number, jsonable
+from gradcheck_cli.compare import elementwise_errors, max_error  # the same elementwise errors as expression checks
+from gradcheck_cli.report import Diagnostic, GradientResult, json_number, jsonable
 from gradcheck_cli.tolerances import FD_SAFETY, OP_TOLERANCES  # data only, so `op --help` can show it
 
+# diagnostics that inform and do not fail the check
+INFO_CODES = frozenset({"nondeterministic_within_tolerance"})
 JSON_DENSE_LIMIT = 262_144  # Jacobian entries written as nested lists; larger ones as an entry list
 JSON_MAX_ENTRIES = 100_000
 
@@ -177,8 +179,8 @@ class OpGradientResult(GradientResult):
             "autograd": jsonable(np.asarray(auto)),
             "symbolic": jsonable(None if sym is None else np.asarray(sym)),
             "finite_difference": jsonable(None if fd is None else np.asarray(fd)),
-            "max_abs_error": _number(self.max_abs_error),
-            "max_rel_error": _number(self.max_rel_error),
+            "max_abs_error": json_number(self.max_abs_error),
+            "max_rel_error": json_number(self.max_rel_error),
             "passed": self.passed,
             "reference": self.reference,
             "worst_index": self._worst_position(pairs),
@@ -240,8 +242,6 @@ def allowed_error(ref: np.ndarray, scale: np.ndarray, fd_err: np.ndarray | None,
     return out
 
 
-
-
 def judge(rows: np.ndarray, cols: np.ndarray, m: int, n: int, auto: np.ndarray, fd: np.ndarray | None,
           fd_err: np.ndarray | None, sym: np.ndarray | None, tol: dict, kink_lo: np.ndarray | None = None,
           kink_hi: np.ndarray | None = None, extra: np.ndarray | None = None) -> Verdict:
@@ -264,7 +264,7 @@ def judge(rows: np.ndarray, cols: np.ndarray, m: int, n: int, auto: np.ndarray, 
         allowed = allowed_error(ref, scale, err, tol)
         if extra is not None:
             allowed = allowed + extra
-        abs_e, rel_e = _errs(auto, ref)
+        abs_e, rel_e = elementwise_errors(auto, ref)
         with np.errstate(all="ignore"):
             good = abs_e <= allowed
             if kink.any():
@@ -272,7 +272,7 @@ def judge(rows: np.ndarray, cols: np.ndarray, m: int, n: int, auto: np.ndarray, 
             r = np.where(good, np.minimum(abs_e / allowed, 1.0), abs_e / allowed)
         ratio = np.maximum(ratio, np.where(np.isnan(r), np.inf, r))
         ok &= good
-        errors[name] = {"max_abs_error": _max(abs_e), "max_rel_error": _max(rel_e)}
+        errors[name] = {"max_abs_error": max_error(abs_e), "max_rel_error": max_error(rel_e)}
         goods[name] = good
         allowed_primary = allowed
     disagreement = int(np.sum(goods["finite_difference"] != goods["symbolic"])) if len(goods) == 2 else 0

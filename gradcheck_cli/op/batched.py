@@ -1,270 +1,27 @@
-"""Calling the op under test: building its inputs, reading its outputs, batching
-forward calls for finite differences, and backward (vector-Jacobian) calls.
-
-Everything that touches the user's code goes through here, so every exception the op
-raises is caught in one place and turned into `OpRaised` (a failed check, exit 1) with
-the op's own message and the line of the user's file it came from.
-"""
+"""Many calls of the op at once: batched backward calls for many grad_outputs (VJPMany)
+and batched forward calls for many values of one input (BatchedForward), each used only
+when it reproduces plain calls, with a plain loop as the fallback."""
 
 from __future__ import annotations
 
 import math
-import os
-import sys
-import traceback
 import warnings
-import weakref
-from dataclasses import dataclass, field
-from typing import Any, Callable
 
 import numpy as np
 
 from gradcheck_cli.dtypes import torch_dtype
+from gradcheck_cli.op.runner import (
+    CHUNK_ELEMENTS,
+    OpRaised,
+    OpSpec,
+    call,
+    flat_numpy,
+    floating_outputs,
+    strided,
+    unflatten,
+    vjp,
+)
 from gradcheck_cli.tolerances import DTYPE_EPS
-
-CHUNK_ELEMENTS = 4_000_000  # input + output elements per batched forward call
-# fast mode's cap: a batched call holds a few copies of its rows, so at 1e6-element inputs
-# one row per call keeps the working set a small multiple of the input (issue 7)
-STREAM_ELEMENTS = 1_000_000
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-class OpRaised(Exception):
-    """The op raised while we called it.  `phase` says when ('forward', 'backward', ...)."""
-
-    def __init__(self, phase: str, exc: BaseException):
-        super().__init__(f"{phase}: {exc}")
-        self.phase = phase
-        self.exc = exc
-        self.message = describe_exception(exc)
-
-
-class BadOutput(Exception):
-    """The op returned something that is not a floating tensor or a tuple of them."""
-
-
-_RELEASED = []
-RELEASE_FROM = 1_000_000  # input + output elements from which freed memory goes straight back (see below)
-
-
-def release_freed_memory() -> None:
-    """Have glibc return freed blocks of 1 MiB and more to the system at once (Linux/glibc
-    only; elsewhere nothing).  By default glibc raises its mmap threshold to the largest
-    block freed so far, after which 8 MB arrays come from the heap, and the heap keeps what
-    they leave behind: a 1e6-element fast-mode check allocates and frees hundreds of them,
-    and its resident size would grow by tens of MB that nothing uses.  Process-wide and
-    permanent (glibc has no way back to the adaptive threshold); called once, by checks of
-    that size."""
-    if _RELEASED or not sys.platform.startswith("linux"):
-        return
-    _RELEASED.append(True)
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: glibc's malloc.h; absent elsewhere (musl)
-        libc.malloc_trim(0)  # what the heap already holds free goes back too
-    except (OSError, AttributeError):
-        pass
-
-
-def describe_exception(exc: BaseException) -> str:
-    """'ValueError: the message (at swish.py:14, in backward)': the op's own words and the
-    innermost line of user code (not torch's, not ours) it was raised from."""
-    text = f"{type(exc).__name__}: {exc}".strip()
-    if len(text) > 600:
-        text = text[:600] + " ..."
-    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
-    torch_dir = _torch_dir()
-    user = [f for f in frames if not _inside(f.filename, _PACKAGE_DIR) and not _inside(f.filename, torch_dir)]
-    if user:
-        f = user[-1]
-        text += f" (at {os.path.basename(f.filename)}:{f.lineno}, in {f.name})"
-    return text
-
-
-def _torch_dir() -> str:
-    import torch
-
-    return os.path.dirname(os.path.abspath(torch.__file__))
-
-
-def _inside(path: str, folder: str) -> bool:
-    try:
-        return os.path.commonpath([os.path.abspath(path), folder]) == folder
-    except ValueError:
-        return False
-
-
-@dataclass(frozen=True)
-class Fixed:
-    """A positional argument passed to the op as is (not an input we vary)."""
-
-    value: Any
-
-
-@dataclass
-class OpSpec:
-    """What to call and how: the callable, its positional slots, keyword arguments, and
-    which inputs are differentiated."""
-
-    fn: Callable
-    label: str
-    slots: tuple  # per positional argument: an input name (str) or Fixed(value)
-    kwargs: dict
-    names: tuple  # floating inputs, in positional order
-    wrt: tuple
-
-    def arguments(self, tensors: dict) -> list:
-        return [tensors[s] if isinstance(s, str) else s.value for s in self.slots]
-
-
-SHARE_FROM = 1 << 16  # float64 inputs of this many elements and more are handed to the op copy-on-write
-
-
-def torch_backed(arr: np.ndarray) -> np.ndarray:
-    """arr's values in memory that torch owns, as a read-only numpy view of it (the owning
-    tensor is the view's .base).  make_tensors then hands the op a copy-on-write clone of
-    that tensor instead of a copy: the op reads our pristine values in place, and only an op
-    that writes into its input gets (and pays for) a copy of its own, so the pristine
-    values, which the mutation check, finite differences and the report use, stay as they
-    were.  At 1e6 elements that is 8 MB less for as long as the check runs (issue 7).
-    Small arrays, other dtypes and a torch without copy-on-write clones: arr as it is.
-
-    The owning tensor must never be accessed for writing (not even .numpy() or
-    .data_ptr(), which would give it a copy of its own and leave this view pointing at
-    memory freed once the clones are gone): only owner(), make_tensors and the mutation
-    check touch it, and they only read it."""
-    if arr.dtype != np.float64 or arr.size < SHARE_FROM:
-        return arr
-    import torch
-
-    if not hasattr(torch, "_lazy_clone"):
-        return arr
-    own = torch.from_numpy(np.ascontiguousarray(arr)).clone()
-    view = own.numpy()  # made before any clone exists; numpy never touches the tensor again
-    view.flags.writeable = False
-    key = id(view)
-    _BACKED[key] = (weakref.ref(view, lambda _: _BACKED.pop(key, None)), own)
-    return view
-
-
-_BACKED: dict = {}  # id(view) -> (weak reference to the view, its owning tensor): torch_backed's arrays only
-
-
-def owner(arr) -> Any:
-    """The tensor owning arr's memory when torch_backed made arr, else None (an array that
-    merely views some tensor, say a user's, is never cloned copy-on-write: a write to that
-    tensor would leave the view dangling)."""
-    entry = _BACKED.get(id(arr))
-    return entry[1] if entry is not None and entry[0]() is arr else None
-
-
-def make_tensors(spec: OpSpec, arrays: dict, dtype: str, device: str, grad: bool = True) -> dict:
-    """Fresh tensors for one call: leaves requiring grad for the wrt inputs.  A float64 CPU
-    input from torch_backed is a copy-on-write clone of its memory (see there), any other
-    a copy."""
-    import torch
-
-    td = torch_dtype(dtype)
-    out = {}
-    for name in spec.names:
-        arr = arrays[name]
-        own = owner(arr) if dtype == "float64" and device == "cpu" else None
-        t = torch._lazy_clone(own) if own is not None else torch.tensor(arr, dtype=td, device=device)
-        out[name] = t.requires_grad_(grad and name in spec.wrt)
-    return out
-
-
-def _floating_outputs(raw) -> list:
-    """The op's differentiable outputs: a tensor, or the floating tensors of a tuple/list."""
-    import torch
-
-    items = list(raw) if isinstance(raw, (tuple, list)) else [raw]
-    if not items or not any(isinstance(t, torch.Tensor) for t in items):
-        raise BadOutput(f"the op returned {type(raw).__name__}; expected a tensor or a tuple of tensors")
-    outs = [t for t in items if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())]
-    if not outs:
-        raise BadOutput("the op returned no floating-point tensor: there is nothing to differentiate")
-    complex_out = [t for t in outs if t.is_complex()]
-    if complex_out:
-        raise BadOutput("the op returned a complex tensor; gradcheck op checks real-valued ops")
-    if not any(t.numel() for t in outs):
-        raise BadOutput(f"the op returned only empty tensors (shapes {[list(t.shape) for t in outs]}): there is "
-                        "nothing to differentiate")
-    return outs
-
-
-def call(spec: OpSpec, tensors: dict, phase: str = "forward") -> list:
-    """Call the op; its floating outputs as a list.  Exceptions become OpRaised."""
-    try:
-        raw = spec.fn(*spec.arguments(tensors), **spec.kwargs)
-    except Exception as exc:  # the op's own failure is a verdict, not a crash
-        raise OpRaised(phase, exc) from exc
-    return _floating_outputs(raw)
-
-
-def flat_numpy(outputs: list, copy: bool = True) -> np.ndarray:
-    """Outputs concatenated into one float64 vector (the Jacobian's row space).  With
-    copy=False one float64 output on the CPU comes back as a read-only view of its memory."""
-    import torch
-
-    if not outputs:
-        return np.zeros(0)
-    if not copy and len(outputs) == 1:
-        flat = outputs[0].detach().reshape(-1).to(device="cpu", dtype=torch.float64).numpy()
-        flat.flags.writeable = False
-        return flat
-    return torch.cat([o.detach().reshape(-1).to(device="cpu", dtype=torch.float64) for o in outputs]).numpy()
-
-
-def vjp(outputs: list, inputs: list, grad_outputs: list, *, create_graph: bool = False, phase: str = "backward",
-        retain_graph: bool = True):
-    """torch.autograd.grad with the op's exceptions turned into OpRaised; None kept for
-    an input the backward gave no gradient.  Outputs outside autograd's graph (detached,
-    or integer-valued masks returned as floats) carry no gradient: they are left out, and
-    when none is left every gradient is None (finite differences then show whether that
-    is right).  retain_graph=False for the graph's last use: autograd then frees what the
-    forward saved for backward."""
-    import torch
-
-    keep = [k for k, o in enumerate(outputs) if o.requires_grad]
-    if not keep:
-        return tuple(None for _ in inputs)
-    try:
-        return torch.autograd.grad([outputs[k] for k in keep], inputs, grad_outputs=[grad_outputs[k] for k in keep],
-                                   retain_graph=retain_graph or create_graph, create_graph=create_graph,
-                                   allow_unused=True)
-    except Exception as exc:
-        raise OpRaised(phase, exc) from exc
-
-
-def unflatten(vec, outputs: list):
-    """Split a flat float64 vector (numpy or torch) into tensors shaped and typed like `outputs`."""
-    import torch
-
-    t = torch.as_tensor(vec)
-    out, start = [], 0
-    for o in outputs:
-        n = o.numel()
-        out.append(t[start:start + n].reshape(o.shape).to(device=o.device, dtype=o.dtype).contiguous())
-        start += n
-    return out
-
-
-def grads_numpy(grads, tensors: list) -> list:
-    """Gradients as flat float64 numpy vectors; None stays None."""
-    import torch
-
-    return [None if g is None else _strided(g).detach().reshape(-1).to(device="cpu", dtype=torch.float64).numpy()
-            .copy() for g in grads]
-
-
-def _strided(g):
-    """A gradient in torch's ordinary (strided) layout: a sparse one made dense."""
-    import torch
-
-    return g if g.layout == torch.strided else g.to_dense()
 
 
 class VJPMany:
@@ -375,7 +132,7 @@ def _concat(grads, sizes, copy: bool = True) -> np.ndarray:
     parts = []
     for g, n in zip(grads, sizes):
         parts.append(np.zeros(n) if g is None else
-                     _strided(g).detach().reshape(-1).to(device="cpu", dtype=torch.float64).numpy())
+                     strided(g).detach().reshape(-1).to(device="cpu", dtype=torch.float64).numpy())
     if len(parts) == 1 and not copy:
         return parts[0]
     return np.concatenate(parts) if parts else np.zeros(0)
@@ -451,7 +208,7 @@ class BatchedForward:
         def one(xb):
             tensors = dict(fixed)
             tensors[self.name] = xb
-            outs = _floating_outputs(self.spec.fn(*self.spec.arguments(tensors), **self.spec.kwargs))
+            outs = floating_outputs(self.spec.fn(*self.spec.arguments(tensors), **self.spec.kwargs))
             return tuple(outs)
 
         fixed = self._inputs()
@@ -471,7 +228,7 @@ class BatchedForward:
         tensors[self.name] = self._rows_tensor(rows, padded, share)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            outs = _floating_outputs(self.spec.fn(*self.spec.arguments(tensors), **self.spec.kwargs))
+            outs = floating_outputs(self.spec.fn(*self.spec.arguments(tensors), **self.spec.kwargs))
         self.calls += 1
         return self._collect(outs, b)
 

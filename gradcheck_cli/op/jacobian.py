@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradcheck_cli.ops_runner import CHUNK_ELEMENTS, BatchedForward, VJPMany
+from gradcheck_cli.op.batched import BatchedForward, VJPMany
+from gradcheck_cli.op.runner import CHUNK_ELEMENTS
 from gradcheck_cli.tolerances import DTYPE_EPS, FD_SCHEMES
 
 EPS = DTYPE_EPS

@@ -1,6 +1,6 @@
 """--mode full: every Jacobian entry of every output w.r.t. every differentiable input.
 
-Finite differences give the structural nonzeros and their values (ops_jacobian.fd_entries);
+Finite differences give the structural nonzeros and their values (jacobian.fd_entries);
 backward calls seeded by groups of rows give autograd's entries; a group whose entries
 disagree, or that leaks gradient onto elements the op does not depend on, is redone one
 row at a time so every failure names exact entries.
@@ -13,11 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradcheck_cli import ops_compare as oc
-from gradcheck_cli.ops_checks import ReferenceJacobian, double_backward, vjp_checks
-from gradcheck_cli.ops_jacobian import (EPS, FDEntries, Grouping, fd_entries, group_rows, one_hot_rows,
-                                        seed_vectors)
-from gradcheck_cli.ops_runner import BatchedForward, OpRaised, VJPMany, flat_numpy
+from gradcheck_cli.op import verdict as oc
+from gradcheck_cli.op.batched import BatchedForward, VJPMany
+from gradcheck_cli.op.checks import ReferenceJacobian, vjp_checks
+from gradcheck_cli.op.jacobian import EPS, FDEntries, Grouping, fd_entries, group_rows, one_hot_rows, seed_vectors
+from gradcheck_cli.op.order2 import double_backward
+from gradcheck_cli.op.runner import OpRaised, flat_numpy
 
 REFINE_ROWS = 2048  # one-hot backward calls spent localizing failures
 
@@ -190,9 +191,9 @@ def run_full(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -
             pt.fail("op_error", f"the op raised near the point, during finite differences ({exc.phase}): "
                                 f"{exc.message}")
         else:
-            from gradcheck_cli.ops import _op_raised
+            from gradcheck_cli.op.state import op_raised
 
-            _op_raised(pt, exc)
+            op_raised(pt, exc)
         return ()
     pt.extra["calls"] = {"forward_rows": int(sum(fd.rows_evaluated for fd in fds.values())),
                          "jacobian_backward": vjps.calls}
@@ -202,9 +203,6 @@ def run_full(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -
     if opts.order == 2:
         _order2(pt, layout, refs, f64 is not None)
     return results
-
-
-_INFO = {"nondeterministic_within_tolerance"}
 
 
 def _batching_agrees(batch: BatchedForward, fd: FDEntries, e: InputEntries, v: oc.Verdict) -> bool:
@@ -251,7 +249,7 @@ def apply_backward_checks(pt, res) -> None:
     if res is None or any(d.code in ("op_error", "wrong_shape") for d in pt.diags):
         return
     for d in res.diagnostics:
-        (pt.note if d.code in _INFO else pt.fail)(d.code, d.message, d.wrt)
+        (pt.note if d.code in oc.INFO_CODES else pt.fail)(d.code, d.message, d.wrt)
     pt.extra.setdefault("calls", {})["checks_backward"] = res.calls
 
 
@@ -309,7 +307,7 @@ def _results(pt, layout, fds, entries, verdicts, unlocalized, sym, vjps, offsets
             wrt=w, shape=shape, input_shape=in_shape, output_shape=tuple(layout.report_shape),
             autograd=A.reshape(shape), symbolic=None if sym is None else sym[w].reshape(shape),
             finite_difference=F.reshape(shape), fd_error_estimate=E.reshape(shape), fd_computed=None,
-            max_abs_error=oc._max(v.abs_err), max_rel_error=oc._max(v.rel_err), reference=v.primary,
+            max_abs_error=oc.max_error(v.abs_err), max_rel_error=oc.max_error(v.rel_err), reference=v.primary,
             worst_index=worst_index, passed=passed, tolerance=dict(pt.tol), errors=v.errors,
             failed_elements=int((~v.ok).sum()), layout=layout,
             details={"method": {"fd_batching": fd.mode, "fd_groups": fd.groups, "fd_rows": fd.rows_evaluated,
@@ -361,7 +359,7 @@ def _input_diagnostics(pt, w, k, layout, fd, e, v, in_shape, missing, have_sym) 
         pt.fail("gradient_mismatch", f"d/d{w}: {n_bad} of {e.rows.size} Jacobian entries out of tolerance; "
                                      f"worst: {worst}", w)
         pt.diags.extend(oc.classify(w, e.auto, ref_vals, v.allowed, e.cols, np.asarray(pt.ref_arrays[w]),
-                                    _broadcast_factor(layout, in_shape)))
+                                    broadcast_factor(layout, in_shape)))
     if v.kink.any():
         i = int(np.flatnonzero(v.kink)[0])
         pt.note("non_differentiable", (
@@ -374,7 +372,7 @@ def _input_diagnostics(pt, w, k, layout, fd, e, v, in_shape, missing, have_sym) 
             f"{v.reference_disagreement} entries (is the reference the op's exact forward?)"), w)
 
 
-def _broadcast_factor(layout, in_shape: tuple) -> float | None:
+def broadcast_factor(layout, in_shape: tuple) -> float | None:
     if len(layout.shapes) != 1:
         return None
     out_shape = layout.shapes[0]

@@ -17,7 +17,7 @@ Random directions are re-drawn from their generator's saved state instead of kep
 (ExactRows), finite differences evaluate one point per call and keep only running
 combinations (direction_fd), and every backward call comes before the forward calls: the
 graph, with what the op saved for it, is released before the finite differences.  The
-determinism check, which runs first (ops_checks.determinism), frees its first forward's
+determinism check, which runs first (determinism.py), frees its first forward's
 graph before the second forward.  Peak at 1e6 elements: the vectors a bare script holds to
 run the op's forward and two backward calls (input, output, saved tensors, grad_output,
 one gradient, a backward's temporaries), with a strided grad_output (twice the output's
@@ -30,11 +30,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradcheck_cli import ops_compare as oc
-from gradcheck_cli.ops_jacobian import EPS, Direction, direction_fd, step_sizes
-from gradcheck_cli.ops_checks import rounding_allowed
-from gradcheck_cli.ops_runner import (RELEASE_FROM, STREAM_ELEMENTS, BatchedForward, OpRaised, VJPMany,
-                                     flat_numpy, release_freed_memory)
+from gradcheck_cli.op import verdict as oc
+from gradcheck_cli.op.batched import BatchedForward, VJPMany
+from gradcheck_cli.op.determinism import rounding_allowed
+from gradcheck_cli.op.jacobian import EPS, Direction, direction_fd, step_sizes
+from gradcheck_cli.op.memory import RELEASE_FROM, release_freed_memory
+from gradcheck_cli.op.runner import STREAM_ELEMENTS, OpRaised, flat_numpy
 from gradcheck_cli.report import Diagnostic
 
 PROJECTIONS = 4
@@ -146,7 +147,7 @@ class ExactRows:
 def run_fast(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -> tuple:
     """Fast-mode gradient results for the point (diagnostics go to pt); memory as the module
     docstring says."""
-    from gradcheck_cli.ops_full import _broadcast_factor, apply_backward_checks, backward_checks
+    from gradcheck_cli.op.full import apply_backward_checks, backward_checks, broadcast_factor
 
     spec, opts = pt.prep.spec, pt.opts
     wrt = list(spec.wrt)
@@ -190,11 +191,11 @@ def run_fast(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -
         for w in wrt:
             results.append(_one_input(pt, w, layout, batches[w], f0, projections, rows, sampled.pop(w), sizes[w],
                                       None if sym is None else sym[w], eps_dtype, vjps,
-                                      _broadcast_factor(layout, tuple(np.shape(pt.arrays[w])))))
+                                      broadcast_factor(layout, tuple(np.shape(pt.arrays[w])))))
     except OpRaised as exc:
-        from gradcheck_cli.ops import _op_raised
+        from gradcheck_cli.op.state import op_raised
 
-        _op_raised(pt, exc)
+        op_raised(pt, exc)
         return ()
     pt.extra["calls"] = {"forward_rows": int(sum(b.calls for b in batches.values())),
                          "jacobian_backward": vjps.calls}
@@ -203,7 +204,7 @@ def run_fast(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -
     del projections
     apply_backward_checks(pt, checks)
     if opts.order == 2:
-        from gradcheck_cli.ops_checks import double_backward
+        from gradcheck_cli.op.order2 import double_backward
 
         outcome = double_backward(spec, pt.arrays, pt.ref_arrays, opts.dtype, opts.device, rng.standard_normal(m),
                                   tol, opts.eps, rng, f64 is not None, None)
@@ -249,7 +250,7 @@ def _batches(pt, wrt: list, fd_dtype: str, layout, rng) -> dict:
     a call (n + m at the element cap) batching gains nothing: plain calls, no probes."""
     import torch
 
-    from gradcheck_cli.ops_runner import torch_dtype
+    from gradcheck_cli.dtypes import torch_dtype
 
     spec, opts = pt.prep.spec, pt.opts
     td = torch_dtype(fd_dtype)
@@ -284,7 +285,7 @@ def _one_input(pt, w, layout, batch, f0, projections, rows, smp: Sampled, n, sym
     if sym is not None:
         refs.append(("symbolic", s_sym, np.zeros(PROJECTIONS)))
     proj_ok = np.isfinite(s_ad)
-    rounding = tol["output"] * v_f0 * norms  # see ops_compare
+    rounding = tol["output"] * v_f0 * norms  # see verdict.py
     for label, s_ref, err in refs:
         allowed = (tol["atol"] + tol["rtol"] * np.abs(s_ref) + tol["scale"] * terms + rounding
                    + oc.FD_SAFETY * err)
@@ -332,8 +333,8 @@ def _one_input(pt, w, layout, batch, f0, projections, rows, smp: Sampled, n, sym
     return oc.OpGradientResult(
         wrt=w, shape=(k,), input_shape=in_shape, output_shape=tuple(layout.report_shape),
         autograd=auto.reshape(-1), symbolic=sym_vals, finite_difference=fd_vals.reshape(-1),
-        fd_error_estimate=fd_err.reshape(-1), fd_computed=None, max_abs_error=oc._max(v.abs_err),
-        max_rel_error=oc._max(v.rel_err), reference=v.primary, worst_index=None if worst is None else (worst,),
+        fd_error_estimate=fd_err.reshape(-1), fd_computed=None, max_abs_error=oc.max_error(v.abs_err),
+        max_rel_error=oc.max_error(v.rel_err), reference=v.primary, worst_index=None if worst is None else (worst,),
         passed=passed, tolerance=dict(tol), errors=v.errors, failed_elements=int((~v.ok).sum()), layout=layout,
         entries=pairs, details={"sampled": True, "projections": {"autograd": s_ad, "finite_difference": s_fd,
                                                                  "passed": bool(proj_ok.all())},

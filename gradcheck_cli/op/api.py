@@ -1,0 +1,206 @@
+"""`gradcheck op`: the CI gate for custom ops -- their backward (and forward) against
+references.
+
+    report = check_op_target("samples/ops/swish.py:Swish", [("x", "randn(4, 5)")], [],
+                             reference="x*sigmoid(x)")
+    report = check_op(Swish.apply, torch.randn(4, 5, dtype=torch.float64))
+
+At each point the op is run forward in --dtype (inputs from --at, in order), and then:
+
+* its Jacobian (every output w.r.t. every differentiable input) from backward calls is
+  compared with finite differences of the op itself in float64 (re-run in float64; in its
+  own dtype only when it cannot run in float64) and, with --reference, with the exact
+  derivatives of the expression -- every entry in full mode (jacobian.py explains
+  how sparsity keeps that cheap), random projections plus sampled rows in fast mode;
+* the forward against --reference, elementwise;
+* grad_output variety, determinism, input mutation (checks.py, determinism.py, mutation.py);
+* --order 2: double backward against finite differences of the backward.
+
+An op that raises is a failed check with the op's message (exit 1); an op that cannot be
+found or imported is the user's input error (exit 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from gradcheck_cli.errors import UserInputError
+from gradcheck_cli.op.point import check_point
+from gradcheck_cli.op.verdict import OP_TOLERANCES
+from gradcheck_cli.report import CheckResult, Report
+from gradcheck_cli.shared import SharedOptions, validate_shared, worst_of_points
+from gradcheck_cli.values import Value, parse_values
+
+MODES = ("auto", "full", "fast")
+
+
+@dataclass(frozen=True)
+class OpOptions(SharedOptions):
+    """Everything `gradcheck op` can be told, validated."""
+
+    mode: str = "auto"
+
+    def validate(self) -> "OpOptions":
+        from gradcheck_cli.op.jacobian import OP_SCHEMES
+
+        validate_shared(self, tuple(OP_TOLERANCES), OP_SCHEMES)
+        if self.mode not in MODES:
+            raise UserInputError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise UserInputError("--device cuda: no CUDA device is available to torch here")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        return {"auto": "central", "complex": "richardson"}.get(self.fd, self.fd)
+
+
+@dataclass
+class PreparedOp:
+    """An op with its inputs: everything that does not change between points."""
+
+    spec: Any  # runner.OpSpec
+    values: dict  # name -> Value
+    reference: Any  # reference.Reference | None
+    name: str
+
+
+# ---- entry points ------------------------------------------------------------------------
+
+def check_op_target(target: str, at: list, kw: list, *, wrt: Iterable[str] | None = None,
+                    reference: str | None = None, mode: str = "auto", dtype: str = "float64", fd: str = "auto",
+                    eps: float | None = None, atol: float | None = None, rtol: float | None = None,
+                    points: int = 0, seed: int = 0, order: int = 1, device: str = "cpu",
+                    base_dir: str | None = None, name: str | None = None) -> Report:
+    """`gradcheck op TARGET`: load FILE.py:ATTR or module:ATTR, read --at (positional inputs,
+    in order) and --kw (keyword arguments, passed as is), and check the op.  Raises
+    UserInputError for input that cannot be used (exit 2); a wrong op is a failed Report."""
+    from gradcheck_cli.op.loading import load_target, parse_kw
+    from gradcheck_cli.op.runner import OpSpec
+
+    opts = OpOptions(dtype=dtype, fd=fd, eps=eps, atol=atol, rtol=rtol, points=points, seed=seed, order=order,
+                     mode=mode, device=device).validate()
+    at = list(at or [])
+    if not at:
+        raise UserInputError("gradcheck op needs the op's inputs: give them in order with --at NAME=VALUE")
+    values = parse_values(at, seed)
+    kwargs = {}
+    for k, v in (kw or []):
+        if k in kwargs:
+            raise UserInputError(f"--kw {k!r} is given twice")
+        if k in values:
+            raise UserInputError(f"{k!r} is given both as --at (an input) and --kw (a keyword argument)")
+        kwargs[k] = parse_kw(k, v)
+    names = tuple(values)
+    chosen = _choose_wrt(names, wrt)
+    fn, label = load_target(target, base_dir)
+    spec = OpSpec(fn, label, names, kwargs, names, chosen)
+    ref = _reference(reference, values)
+    values = _torch_backed(values)  # the input is valid; the numpy originals go
+    prep = PreparedOp(spec, values, ref, name or target)
+    return Report((run_points(prep, opts),))
+
+
+def check_op(fn, *tensors, reference: str | None = None, order: int = 1, names: Iterable[str] | None = None,
+             wrt: Iterable[str] | None = None, kwargs: dict | None = None, dtype: str | None = None,
+             device: str | None = None, mode: str = "auto", fd: str = "auto", eps: float | None = None,
+             atol: float | None = None, rtol: float | None = None, points: int = 0, seed: int = 0,
+             name: str | None = None) -> Report:
+    """Check `fn` (a callable or a torch.autograd.Function subclass) at the given inputs.
+
+    Floating-point tensors among the positional arguments are the op's inputs, named
+    x0, x1, ... (or `names`).  The differentiated ones are `wrt` when given, else those
+    with requires_grad=True when any has it, else every floating tensor.  Other
+    arguments (ints, integer tensors, ...) and `kwargs` are passed as is.  The op runs
+    in `dtype` (default: the inputs' dtype) on `device` (default: the inputs' device);
+    references are always float64.  Returns a Report; never raises on a wrong op."""
+    import torch
+
+    from gradcheck_cli.op.loading import as_callable
+    from gradcheck_cli.op.memory import torch_backed
+    from gradcheck_cli.op.runner import Fixed, OpSpec
+
+    label = name or getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+    call_fn = as_callable(fn, label)
+    given = list(names) if names is not None else None
+    slots, values, marked, first = [], {}, [], None
+    for arg in tensors:
+        if isinstance(arg, torch.Tensor) and arg.is_floating_point():
+            k = len(values)
+            nm = given[k] if given is not None and k < len(given) else f"x{k}"
+            if nm in values:
+                raise UserInputError(f"input name {nm!r} is used twice")
+            arr = torch_backed(arg.detach().to(device="cpu", dtype=torch.float64).numpy().copy())
+            values[nm] = Value(nm, arr, f"tensor{list(arr.shape)}", False)
+            slots.append(nm)
+            if arg.requires_grad:
+                marked.append(nm)
+            if first is None:
+                first = arg
+        else:
+            slots.append(Fixed(arg))
+    if not values:
+        raise UserInputError("check_op needs at least one floating-point tensor input")
+    if given is not None and len(given) != len(values):
+        raise UserInputError(f"names= gives {len(given)} name(s) for {len(values)} floating tensor input(s)")
+    dtype = dtype or _dtype_name(first.dtype)
+    device = device or first.device.type
+    opts = OpOptions(dtype=dtype, fd=fd, eps=eps, atol=atol, rtol=rtol, points=points, seed=seed, order=order,
+                     mode=mode, device=device).validate()
+    chosen = _choose_wrt(tuple(values), wrt if wrt is not None else (marked or None))
+    spec = OpSpec(call_fn, label, tuple(slots), dict(kwargs or {}), tuple(values), chosen)
+    ref = _reference(reference, values)
+    return Report((run_points(PreparedOp(spec, values, ref, label), opts),))
+
+
+def _dtype_name(td) -> str:
+    import torch
+
+    names = {torch.float64: "float64", torch.float32: "float32", torch.float16: "float16",
+             torch.bfloat16: "bfloat16"}
+    if td not in names:
+        raise UserInputError(f"inputs of dtype {td} are not supported (float64, float32, float16, bfloat16)")
+    return names[td]
+
+
+def _choose_wrt(names: tuple, wrt) -> tuple:
+    chosen = tuple(names if wrt is None else wrt)
+    if not chosen:
+        raise UserInputError("--wrt names no input")
+    for w in chosen:
+        if w not in names:
+            raise UserInputError(f"--wrt {w!r}: the op has no input {w!r} (its inputs: {', '.join(names)})")
+    if len(set(chosen)) != len(chosen):
+        raise UserInputError("--wrt names an input twice")
+    return chosen  # --wrt order: gradients and Hessian rows follow it, as the contract says
+
+
+def _torch_backed(values: dict) -> dict:
+    """The values, large float64 arrays moved into memory torch owns (memory.torch_backed)
+    and the numpy originals released."""
+    from dataclasses import replace
+
+    from gradcheck_cli.op.memory import RELEASE_FROM, release_freed_memory, torch_backed
+
+    if sum(v.array.size for v in values.values()) >= RELEASE_FROM:
+        release_freed_memory()  # before the copies are made, so the originals' memory goes back
+    return {k: replace(v, array=torch_backed(v.array)) for k, v in values.items()}
+
+
+def _reference(text: str | None, values: dict):
+    if text is None:
+        return None
+    from gradcheck_cli.op.reference import parse_reference
+
+    return parse_reference(text, {k: tuple(v.array.shape) for k, v in values.items()})
+
+
+# ---- points ------------------------------------------------------------------------------
+
+def run_points(prep: PreparedOp, opts: OpOptions) -> CheckResult:
+    """The given point, then --points random ones; the worst is reported."""
+    return worst_of_points(lambda arrays: check_point(prep, arrays, opts), prep.values, opts.seed, opts.points)

@@ -1,0 +1,149 @@
+"""Determinism: the op run twice at the same point, its forwards and three backward
+calls compared within what rounding allows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gradcheck_cli.op.jacobian import EPS, Direction
+from gradcheck_cli.op.memory import PIECE
+from gradcheck_cli.op.runner import OpRaised, call, flat_numpy, make_tensors, unflatten, vjp
+from gradcheck_cli.op.verdict import input_label
+from gradcheck_cli.report import Diagnostic
+
+
+@dataclass
+class DeterminismOutcome:
+    diagnostics: list = field(default_factory=list)
+    record: dict | None = None  # {"runs": 3, "max_spread": {input: spread}, "forward_spread": spread}
+    calls: int = 0
+    usable: bool = True  # False: the op raised or misbehaved on its second forward; no graph is left
+
+
+def rounding_allowed(g: np.ndarray, tol: dict, dtype: str) -> np.ndarray:
+    """What two runs of the same backward may differ by, per element of its result g:
+    atol + rtol |g| + a term of the largest |g| (reduction order), at least 16 ulps of dtype."""
+    scale = float(np.max(np.abs(g))) if g.size and np.all(np.isfinite(g)) else 0.0
+    allowed = np.abs(g)
+    allowed *= tol["rtol"]
+    np.add(tol["atol"], allowed, out=allowed)
+    allowed += max(tol["scale"], 16 * EPS[dtype]) * scale
+    return allowed
+
+
+def determinism(spec, arrays: dict, dtype: str, device: str, outs: list, tensors: dict, tol: dict,
+                seed: int, inspect_inputs=None) -> DeterminismOutcome:
+    """The op run twice on the same inputs: the two forwards must agree, and so must three
+    backward calls with one random grad_output v: on the first forward's graph, on the
+    second's, and on the second's again (within rounding_allowed).
+
+    Run before every other check, so that no more than the checks' usual few vectors are
+    ever held: the first graph's backward frees what its forward saved, the second forward
+    follows, and `outs` and `tensors` are then replaced in place by the second forward's
+    (the first one's memory is released, and every later check uses the second graph).
+    Raises OpRaised when the first graph's backward raises (as any check's would); a
+    second forward that raises or returns something else is a failed check, and then
+    `usable` is False.  `inspect_inputs(tensors)` is called on the first forward's inputs
+    after its backward, before they are released (the mutation check)."""
+    from gradcheck_cli.op.runner import BadOutput, grads_numpy
+
+    res = DeterminismOutcome()
+    wrt = list(spec.wrt)
+    m = sum(int(o.numel()) for o in outs)
+    direction = Direction(np.random.default_rng([seed, 11]), m)
+
+    def run(graph, leaves, retain=True):
+        res.calls += 1
+        inputs = [leaves[w] for w in wrt]
+        got = grads_numpy(vjp(graph, inputs, unflatten(direction.again(), graph), retain_graph=retain), inputs)
+        return {w: (np.zeros(t.numel()) if g is None else g) for w, g, t in zip(wrt, got, inputs)}
+
+    first = run(outs, tensors, retain=False)  # the first graph's last use: autograd frees what it saved
+    if inspect_inputs is not None:
+        inspect_inputs(tensors)
+    try:
+        second_tensors = make_tensors(spec, arrays, dtype, device)
+        second = call(spec, second_tensors, "forward (run again)")
+        if [tuple(o.shape) for o in second] != [tuple(o.shape) for o in outs]:
+            raise BadOutput(f"its outputs have other shapes than the first time: {[list(o.shape) for o in second]} "
+                            f"instead of {[list(o.shape) for o in outs]}")
+    except OpRaised as exc:
+        res.diagnostics.append(Diagnostic("op_error", f"the op raised when run again on the same inputs "
+                                                      f"({exc.phase}): {exc.message}"))
+        res.usable = False
+        return res
+    except BadOutput as exc:
+        res.diagnostics.append(Diagnostic("bad_output", f"run again on the same inputs, the op misbehaves: {exc}"))
+        res.usable = False
+        return res
+    a, b = flat_numpy(outs, copy=False), flat_numpy(second, copy=False)
+    forward_diff = value_spread(a, b)
+    scale = max((float(np.max(np.abs(p), initial=0.0, where=np.isfinite(p))) for p in
+                 (b[i:i + PIECE] for i in range(0, b.size, PIECE))), default=0.0)
+    del a, b
+    outs[:] = second  # from here on the first forward's outputs are released
+    tensors.clear()
+    tensors.update(second_tensors)
+    del second, second_tensors
+    # rounding from a reduction order: 64 ulps of float32 (or of the op's dtype, when coarser)
+    if not forward_diff <= 64 * max(EPS[dtype], 2.0**-23) * max(scale, 1e-30):  # nan (one side only) included
+        res.diagnostics.append(Diagnostic(
+            "nondeterministic", f"the forward gives different outputs on identical inputs (spread {forward_diff:.3g})"))
+    ref = run(outs, tensors)  # the second graph's: the reference
+    first = {w: _differing(g, ref[w]) for w, g in first.items()}  # the first run, kept where it differs
+    third = run(outs, tensors)
+    spreads = {}
+    for w in wrt:
+        g = ref[w]
+        allowed = rounding_allowed(g, tol, dtype)
+        idx, vals = first[w]
+        diff = np.abs(third[w] - g)
+        diff[idx] = np.maximum(diff[idx], np.abs(vals - g[idx]))
+        diff[~np.isfinite(g)] = 0.0  # non-finite entries: reported as nonfinite
+        spread = float(np.nanmax(diff)) if diff.size else 0.0
+        if np.any(np.isnan(diff)):
+            spread = float("nan")
+        spreads[w] = spread
+        bad = ~(diff <= allowed)
+        del diff, allowed
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            k = np.searchsorted(idx, j)
+            first_j = vals[k] if k < idx.size and idx[k] == j else g[j]
+            shape = tuple(tensors[w].shape)
+            res.diagnostics.append(Diagnostic("nondeterministic", (
+                f"d/d{w}: the backward gives different results on the same inputs and grad_output (spread "
+                f"{spread:.3g}; first forward, second forward, second again at {input_label(w, shape, j)}: "
+                f"{first_j:.10g}, {g[j]:.10g}, {third[w][j]:.10g})"), w))
+        elif spread > 0:
+            res.diagnostics.append(Diagnostic("nondeterministic_within_tolerance", (
+                f"d/d{w}: repeated backward runs differ by up to {spread:.3g} (within tolerance: rounding from "
+                "a non-deterministic reduction order, e.g. atomic adds)"), w))
+        del bad
+    res.record = {"runs": 3, "max_spread": spreads, "forward_spread": forward_diff}
+    return res
+
+
+def _differing(a: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, values) where a is not ref (nan counts as differing); elsewhere a is ref."""
+    idx = np.flatnonzero(a != ref)
+    return idx, a[idx]
+
+
+def value_spread(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest |a - b|: 0 where both are equal (the same infinity, or both nan), nan where
+    one is nan and the other is not, inf where one is infinite and the other is not."""
+    if a.shape != b.shape:
+        return float("inf")
+    worst = 0.0
+    with np.errstate(invalid="ignore"):
+        for start in range(0, a.size, PIECE):  # a piece at a time: no full-size temporaries
+            x, y = a[start:start + PIECE], b[start:start + PIECE]
+            d = np.abs(x - y)
+            d[(x == y) | (np.isnan(x) & np.isnan(y))] = 0.0
+            if np.isnan(d).any():
+                return float("nan")
+            worst = max(worst, float(d.max()))
+    return worst

@@ -1,0 +1,145 @@
+"""--order 2: double backward against central differences of the float64 backward, and
+the backward's derivative in grad_output (forward-over-reverse's J u)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradcheck_cli.op.jacobian import EPS, step_sizes
+from gradcheck_cli.op.runner import OpRaised, call, make_tensors, unflatten, vjp
+from gradcheck_cli.op.verdict import FD_SAFETY, input_label
+from gradcheck_cli.report import Diagnostic
+
+MAX_ORDER2_ELEMENTS = 160  # flattened inputs for a full double-backward matrix; more are sampled
+ORDER2_SAMPLE = 48
+
+
+@dataclass
+class Order2Outcome:
+    passed: bool
+    diagnostics: list
+    hessian: dict | None
+
+
+def double_backward(spec, arrays: dict, ref_arrays: dict, dtype: str, device: str, v: np.ndarray,
+                    tol: dict, eps: float | None, rng: np.random.Generator, f64_ok: bool,
+                    jac_u: tuple | None) -> Order2Outcome:
+    """d/dx (v^T J(x)) by double backward in `dtype` against central differences of the
+    float64 backward (step halving for the error estimate); and d/dv <u, v^T J> = J u.
+    `jac_u` is (u_per_input dict, expected J u, allowed) from the first-order reference."""
+    import torch
+
+    wrt = list(spec.wrt)
+    diags: list[Diagnostic] = []
+    sizes = [int(np.prod(np.shape(arrays[w]))) for w in wrt]
+    n = sum(sizes)
+    labels = [input_label(w, tuple(np.shape(arrays[w])), j) for w, s in zip(wrt, sizes) for j in range(s)]
+    sample = np.arange(n) if n <= MAX_ORDER2_ELEMENTS else np.sort(rng.choice(n, ORDER2_SAMPLE, replace=False))
+    try:
+        tensors = make_tensors(spec, arrays, dtype, device)
+        outs = call(spec, tensors)
+        inputs = [tensors[w] for w in wrt]
+        vt = [t.requires_grad_(True) for t in unflatten(v, outs)]
+        grads = vjp(outs, inputs, vt, create_graph=True, phase="backward (create_graph)")
+        flat = torch.cat([(torch.zeros_like(x) if g is None else g).reshape(-1) for g, x in zip(grads, inputs)])
+        rows = np.zeros((sample.size, n))
+        reached = False  # whether autograd's graph of the backward reaches the inputs at all
+        for r, i in enumerate(sample):
+            if not flat.requires_grad:
+                break
+            second = torch.autograd.grad(flat[int(i)], inputs, retain_graph=True, allow_unused=True)
+            reached = reached or any(g is not None for g in second)
+            rows[r] = np.concatenate([np.zeros(s) if g is None else
+                                      g.detach().reshape(-1).to("cpu", torch.float64).numpy()
+                                      for g, s in zip(second, sizes)])
+        wrt_v = None
+        if jac_u is not None and flat.requires_grad:
+            u = torch.as_tensor(np.concatenate([jac_u[0][w] for w in wrt]), dtype=flat.dtype, device=flat.device)
+            gv = torch.autograd.grad((flat * u).sum(), vt, retain_graph=True, allow_unused=True)
+            wrt_v = np.concatenate([np.zeros(o.numel()) if g is None else
+                                    g.detach().reshape(-1).to("cpu", torch.float64).numpy() for g, o in zip(gv, outs)])
+    except OpRaised as exc:
+        return Order2Outcome(False, [Diagnostic("double_backward_error", f"double backward raised: {exc.message}")],
+                             None)
+    except Exception as exc:  # torch's own refusal (e.g. @once_differentiable) is the op's failure
+        from gradcheck_cli.op.runner import describe_exception
+
+        return Order2Outcome(False, [Diagnostic("double_backward_error", (
+            f"the backward cannot be differentiated: {describe_exception(exc)}"))], None)
+    ad_block = rows[:, sample]
+    fd_block, fd_err = _fd_of_backward(spec, ref_arrays if f64_ok else arrays, "float64" if f64_ok else dtype,
+                                       device, v, wrt, sizes, sample, eps)
+    if fd_block is None:
+        return Order2Outcome(False, [Diagnostic("double_backward_error", fd_err)], None)
+    scale = np.maximum(np.max(np.abs(fd_block), axis=1, keepdims=True), np.max(np.abs(fd_block), axis=0, keepdims=True))
+    allowed = tol["atol"] + tol["rtol"] * np.abs(fd_block) + tol["scale"] * scale + FD_SAFETY * fd_err
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(ad_block - fd_block) <= allowed)
+    passed = not bad.any()
+    if not passed:
+        i, j = (int(k) for k in np.argwhere(bad)[0])
+        hint = (" (a common cause: a tensor computed in forward and saved with save_for_backward is a constant "
+                "to double backward, since forward runs without autograd; recompute it from the inputs inside "
+                "backward)") if reached else \
+            (" (the backward's result does not require grad w.r.t. the inputs: it is computed outside autograd, "
+             "e.g. @once_differentiable, .detach(), .data or no_grad)")
+        diags.append(Diagnostic("double_backward_mismatch", (
+            f"d/d{labels[sample[j]]} of (v^T J)[{labels[sample[i]]}]: double backward {ad_block[i, j]:.10g} vs "
+            f"finite differences of the backward {fd_block[i, j]:.10g} (allowed {allowed[i, j]:.3g}); "
+            f"{int(bad.sum())} of {bad.size} entries out of tolerance{hint}")))
+    if wrt_v is not None and jac_u is not None:
+        expected, allowed_v = jac_u[1], jac_u[2]
+        bad_v = ~(np.abs(wrt_v - expected) <= allowed_v)
+        if bad_v.any():
+            passed = False
+            k = int(np.flatnonzero(bad_v)[0])
+            diags.append(Diagnostic("double_backward_mismatch", (
+                f"the derivative of the backward w.r.t. grad_output is wrong at output element {k}: "
+                f"{wrt_v[k]:.10g}, expected J u = {expected[k]:.10g}")))
+    if n > MAX_ORDER2_ELEMENTS:
+        diags.append(Diagnostic("order2_sampled", f"double backward checked on {sample.size} of {n} input "
+                                                  "elements (a seeded sample)"))
+    hessian = {"autograd": ad_block, "finite_difference": fd_block, "symbolic": None, "passed": passed,
+               "labels": [labels[i] for i in sample], "wrt": wrt, "of": "sum(v * out), v a random grad_output",
+               "max_abs_error": float(np.nanmax(np.abs(ad_block - fd_block))) if ad_block.size else 0.0}
+    return Order2Outcome(passed, diags, hessian)
+
+
+def _fd_of_backward(spec, arrays, dtype, device, v, wrt, sizes, sample, eps):
+    """Columns `sample` of d(v^T J)/dx by central differences of the backward, with step halving."""
+    import torch
+
+    base = np.concatenate([np.asarray(arrays[w], dtype=np.float64).reshape(-1) for w in wrt])
+    bounds = np.cumsum([0] + sizes)
+    eps_dtype = EPS[dtype]
+    h = step_sizes(base, "central", eps, eps_dtype)
+
+    def backward_at(point: np.ndarray) -> np.ndarray:
+        moved = dict(arrays)
+        for k, w in enumerate(wrt):
+            moved[w] = point[bounds[k]:bounds[k + 1]].reshape(np.shape(arrays[w]))
+        tensors = make_tensors(spec, moved, dtype, device)
+        outs = call(spec, tensors, "forward (finite differences of the backward)")
+        grads = vjp(outs, [tensors[w] for w in wrt], unflatten(v, outs), phase="backward (finite differences)")
+        return np.concatenate([np.zeros(s) if g is None else g.detach().reshape(-1).to("cpu", torch.float64).numpy()
+                               for g, s in zip(grads, sizes)])
+
+    cols, errs = np.zeros((sample.size, sample.size)), np.zeros((sample.size, sample.size))
+    try:
+        g0 = backward_at(base)
+        for c, j in enumerate(sample):
+            vals = {}
+            for d in (1, -1, 2, -2):
+                p = base.copy()
+                p[j] += d * h[j]
+                vals[d] = backward_at(p)[sample]
+            d1 = (vals[1] - vals[-1]) / (2 * h[j])
+            d2 = (vals[2] - vals[-2]) / (4 * h[j])
+            noise = 4 * eps_dtype * (np.abs(g0[sample]) + np.abs(vals[1])) / h[j]
+            cols[:, c] = d1
+            errs[:, c] = np.abs(d1 - d2) / 3 + noise
+    except OpRaised as exc:
+        return None, f"the op raised while differencing its backward: {exc.message}"
+    return cols, errs

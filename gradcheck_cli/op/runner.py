@@ -1,0 +1,197 @@
+"""Calling the op under test (the "call" stage): building its inputs, reading its
+outputs, and backward (vector-Jacobian) calls; batched.py batches both.
+
+Everything that touches the user's code goes through here, so every exception the op
+raises is caught in one place and turned into `OpRaised` (a failed check, exit 1) with
+the op's own message and the line of the user's file it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from gradcheck_cli.dtypes import torch_dtype
+from gradcheck_cli.op.memory import owner
+
+CHUNK_ELEMENTS = 4_000_000  # input + output elements per batched forward call
+# fast mode's cap: a batched call holds a few copies of its rows, so at 1e6-element inputs
+# one row per call keeps the working set a small multiple of the input (issue 7)
+STREAM_ELEMENTS = 1_000_000
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class OpRaised(Exception):
+    """The op raised while we called it.  `phase` says when ('forward', 'backward', ...)."""
+
+    def __init__(self, phase: str, exc: BaseException):
+        super().__init__(f"{phase}: {exc}")
+        self.phase = phase
+        self.exc = exc
+        self.message = describe_exception(exc)
+
+
+class BadOutput(Exception):
+    """The op returned something that is not a floating tensor or a tuple of them."""
+
+
+def describe_exception(exc: BaseException) -> str:
+    """'ValueError: the message (at swish.py:14, in backward)': the op's own words and the
+    innermost line of user code (not torch's, not ours) it was raised from."""
+    text = f"{type(exc).__name__}: {exc}".strip()
+    if len(text) > 600:
+        text = text[:600] + " ..."
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
+    torch_dir = _torch_dir()
+    user = [f for f in frames if not _inside(f.filename, _PACKAGE_DIR) and not _inside(f.filename, torch_dir)]
+    if user:
+        f = user[-1]
+        text += f" (at {os.path.basename(f.filename)}:{f.lineno}, in {f.name})"
+    return text
+
+
+def _torch_dir() -> str:
+    import torch
+
+    return os.path.dirname(os.path.abspath(torch.__file__))
+
+
+def _inside(path: str, folder: str) -> bool:
+    try:
+        return os.path.commonpath([os.path.abspath(path), folder]) == folder
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """A positional argument passed to the op as is (not an input we vary)."""
+
+    value: Any
+
+
+@dataclass
+class OpSpec:
+    """What to call and how: the callable, its positional slots, keyword arguments, and
+    which inputs are differentiated."""
+
+    fn: Callable
+    label: str
+    slots: tuple  # per positional argument: an input name (str) or Fixed(value)
+    kwargs: dict
+    names: tuple  # floating inputs, in positional order
+    wrt: tuple
+
+    def arguments(self, tensors: dict) -> list:
+        return [tensors[s] if isinstance(s, str) else s.value for s in self.slots]
+
+
+def make_tensors(spec: OpSpec, arrays: dict, dtype: str, device: str, grad: bool = True) -> dict:
+    """Fresh tensors for one call: leaves requiring grad for the wrt inputs.  A float64 CPU
+    input from torch_backed is a copy-on-write clone of its memory (see there), any other
+    a copy."""
+    import torch
+
+    td = torch_dtype(dtype)
+    out = {}
+    for name in spec.names:
+        arr = arrays[name]
+        own = owner(arr) if dtype == "float64" and device == "cpu" else None
+        t = torch._lazy_clone(own) if own is not None else torch.tensor(arr, dtype=td, device=device)
+        out[name] = t.requires_grad_(grad and name in spec.wrt)
+    return out
+
+
+def floating_outputs(raw) -> list:
+    """The op's differentiable outputs: a tensor, or the floating tensors of a tuple/list."""
+    import torch
+
+    items = list(raw) if isinstance(raw, (tuple, list)) else [raw]
+    if not items or not any(isinstance(t, torch.Tensor) for t in items):
+        raise BadOutput(f"the op returned {type(raw).__name__}; expected a tensor or a tuple of tensors")
+    outs = [t for t in items if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())]
+    if not outs:
+        raise BadOutput("the op returned no floating-point tensor: there is nothing to differentiate")
+    complex_out = [t for t in outs if t.is_complex()]
+    if complex_out:
+        raise BadOutput("the op returned a complex tensor; gradcheck op checks real-valued ops")
+    if not any(t.numel() for t in outs):
+        raise BadOutput(f"the op returned only empty tensors (shapes {[list(t.shape) for t in outs]}): there is "
+                        "nothing to differentiate")
+    return outs
+
+
+def call(spec: OpSpec, tensors: dict, phase: str = "forward") -> list:
+    """Call the op; its floating outputs as a list.  Exceptions become OpRaised."""
+    try:
+        raw = spec.fn(*spec.arguments(tensors), **spec.kwargs)
+    except Exception as exc:  # the op's own failure is a verdict, not a crash
+        raise OpRaised(phase, exc) from exc
+    return floating_outputs(raw)
+
+
+def flat_numpy(outputs: list, copy: bool = True) -> np.ndarray:
+    """Outputs concatenated into one float64 vector (the Jacobian's row space).  With
+    copy=False one float64 output on the CPU comes back as a read-only view of its memory."""
+    import torch
+
+    if not outputs:
+        return np.zeros(0)
+    if not copy and len(outputs) == 1:
+        flat = outputs[0].detach().reshape(-1).to(device="cpu", dtype=torch.float64).numpy()
+        flat.flags.writeable = False
+        return flat
+    return torch.cat([o.detach().reshape(-1).to(device="cpu", dtype=torch.float64) for o in outputs]).numpy()
+
+
+def vjp(outputs: list, inputs: list, grad_outputs: list, *, create_graph: bool = False, phase: str = "backward",
+        retain_graph: bool = True):
+    """torch.autograd.grad with the op's exceptions turned into OpRaised; None kept for
+    an input the backward gave no gradient.  Outputs outside autograd's graph (detached,
+    or integer-valued masks returned as floats) carry no gradient: they are left out, and
+    when none is left every gradient is None (finite differences then show whether that
+    is right).  retain_graph=False for the graph's last use: autograd then frees what the
+    forward saved for backward."""
+    import torch
+
+    keep = [k for k, o in enumerate(outputs) if o.requires_grad]
+    if not keep:
+        return tuple(None for _ in inputs)
+    try:
+        return torch.autograd.grad([outputs[k] for k in keep], inputs, grad_outputs=[grad_outputs[k] for k in keep],
+                                   retain_graph=retain_graph or create_graph, create_graph=create_graph,
+                                   allow_unused=True)
+    except Exception as exc:
+        raise OpRaised(phase, exc) from exc
+
+
+def unflatten(vec, outputs: list):
+    """Split a flat float64 vector (numpy or torch) into tensors shaped and typed like `outputs`."""
+    import torch
+
+    t = torch.as_tensor(vec)
+    out, start = [], 0
+    for o in outputs:
+        n = o.numel()
+        out.append(t[start:start + n].reshape(o.shape).to(device=o.device, dtype=o.dtype).contiguous())
+        start += n
+    return out
+
+
+def grads_numpy(grads, tensors: list) -> list:
+    """Gradients as flat float64 numpy vectors; None stays None."""
+    import torch
+
+    return [None if g is None else strided(g).detach().reshape(-1).to(device="cpu", dtype=torch.float64).numpy()
+            .copy() for g in grads]
+
+
+def strided(g):
+    """A gradient in torch's ordinary (strided) layout: a sparse one made dense."""
+    import torch
+
+    return g if g.layout == torch.strided else g.to_dense()

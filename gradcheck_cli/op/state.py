@@ -1,0 +1,84 @@
+"""What one point's checks share (Point) and the small verdicts every stage records
+the same way: an op that raised, a non-finite output, an input whose gradient was never
+computed."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gradcheck_cli.op.verdict import OutputLayout
+from gradcheck_cli.report import Diagnostic, GradientResult
+
+
+@dataclass
+class Point:
+    """What one point's checks share."""
+
+    prep: Any  # api.PreparedOp
+    opts: Any  # api.OpOptions
+    arrays: dict  # the point, float64
+    ref_arrays: dict  # the point as the dtype represents it, float64
+    tol: dict
+    rng: np.random.Generator
+    diags: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+    failed: bool = False
+    determinism: Any = None  # determinism.DeterminismOutcome, reported after the Jacobian's diagnostics
+
+    def fail(self, code: str, message: str, wrt: str | None = None) -> None:
+        self.failed = True
+        self.diags.append(Diagnostic(code, message, wrt))
+
+    def note(self, code: str, message: str, wrt: str | None = None) -> None:
+        self.diags.append(Diagnostic(code, message, wrt))
+
+
+def finite_output(pt: Point, value: dict, layout: OutputLayout, second: bool = False) -> bool:
+    """Whether the forward output is finite (else a failed check: no gradient means anything).
+    `second`: the output of determinism's second call, the first call's having been finite."""
+    flat = np.asarray(value["torch"]).reshape(-1)
+    bad = np.flatnonzero(~np.isfinite(flat))
+    if bad.size:
+        where = f"at {layout.label(int(bad[0]))} ({flat[bad[0]]:.6g})"
+        pt.fail("nonfinite", (
+            f"the forward output in {pt.opts.dtype} is finite on the first call but not on a second call at the same "
+            f"point, {where}: the op is not deterministic" if second else
+            f"the forward output in {pt.opts.dtype} is not finite {where}; the gradient of an undefined value means "
+            "nothing (pick another point)"))
+    return not bad.size
+
+
+def not_computed(wrt: str, in_shape: tuple, tol: dict) -> GradientResult:
+    """A gradient entry for an input whose gradient could not be computed (see diagnostics)."""
+    nan = float("nan")
+    return GradientResult(wrt=wrt, shape=tuple(in_shape), input_shape=tuple(in_shape), output_shape=(),
+                          autograd=None, symbolic=None, finite_difference=None, fd_error_estimate=None,
+                          fd_computed=None, max_abs_error=nan, max_rel_error=nan, reference="none",
+                          worst_index=None, passed=False, tolerance={k: v for k, v in tol.items()
+                                                                     if isinstance(v, (int, float))})
+
+
+def layout_of(outs: list) -> OutputLayout:
+    shapes = tuple(tuple(o.shape) for o in outs)
+    offsets = tuple(int(x) for x in np.cumsum([0] + [math.prod(s) for s in shapes])[:-1])
+    return OutputLayout(shapes, offsets)
+
+
+def report_values(flat: np.ndarray, layout: OutputLayout) -> np.ndarray:
+    return np.asarray(flat).reshape(layout.report_shape)
+
+
+def op_raised(pt: Point, exc) -> None:
+    text = str(exc.exc)
+    if "leaf Variable that requires grad is being used in an in-place operation" in text:
+        pt.fail("input_mutated", f"the op modifies its input in place ({exc.message}); ops must not mutate "
+                                 "their inputs")
+    elif "returned an invalid gradient" in text:
+        pt.fail("wrong_shape" if "shape" in text else "wrong_gradient_metadata",
+                f"the backward returned a gradient of the wrong shape, dtype or device: {exc.message}")
+    else:
+        pt.fail("op_error", f"the op raised in {exc.phase}: {exc.message}")

@@ -15,6 +15,7 @@ from typing import List, Optional
 import typer
 
 from gradcheck_cli.errors import UserInputError
+from gradcheck_cli.output import write_stdout
 from gradcheck_cli.tolerances import describe as describe_tolerances
 from gradcheck_cli.tolerances import describe_op as describe_op_tolerances
 
@@ -117,55 +118,69 @@ def _stdout_to_stderr():
             os.close(saved)
 
 
-def write_stdout(text: str) -> None:
-    """Write all of `text` to stdout, or raise BrokenPipeError.
-
-    Under PYTHONUNBUFFERED=1 (or `python -u`, common in CI images) sys.stdout sits on the
-    raw file, whose write() may be partial (the reader went away, a signal arrived), and
-    TextIOWrapper drops the rest silently: a truncated JSON report and exit 0.  Writing the
-    bytes in a loop finishes a partial write, and a closed pipe raises on the next one.
-    """
-    sys.stdout.flush()
-    buffer = getattr(sys.stdout, "buffer", None)
-    if buffer is None:  # a stdout replaced by a text-only object: it has no partial writes to undo
-        sys.stdout.write(text)
-        return
-    data = memoryview(text.encode(sys.stdout.encoding or "utf-8", errors=sys.stdout.errors or "strict"))
-    while data:
-        written = buffer.write(data)
-        if written is None:  # a non-blocking stdout that is full: wait for the reader
-            import time
-
-            time.sleep(0.001)
-            continue
-        data = data[written:]
-    buffer.flush()
-
-
 def _emit(report, as_json: bool, junit: Optional[Path], summary: bool = False) -> None:
-    """Write the report (table or JSON) to stdout and JUnit to a file; exit with its code.
-    `summary`: one row per check plus the failed checks' tables (for `run`)."""
+    """Write JUnit to its file (atomically) and the report (table or JSON) to stdout; exit
+    with the report's code.  `summary`: one row per check plus the failed checks' tables
+    (for `run`).  A write that fails after the checks ran still delivers what it can and
+    keeps the verdict: exit 1 stays 1; a passing run whose report could not be written
+    exits 2, never 0."""
+    problems = []
     if junit is not None:
         from gradcheck_cli.render import junit as junit_render
 
         try:
             junit_render.write(report, junit)
-        except UserInputError as err:  # an unwritable --junit path: exit 2 with one message
-            raise _fail(err) from None
-    if as_json:
-        from gradcheck_cli.render import json_out
+        except UserInputError as err:
+            problems.append(err.render())
+    try:
+        if as_json:
+            from gradcheck_cli.render import json_out
 
-        write_stdout(json_out.render(report) + "\n")
-    elif summary:
-        from gradcheck_cli.render import summary as summary_render
+            write_stdout(json_out.render(report) + "\n")
+        elif summary:
+            from gradcheck_cli.render import summary as summary_render
 
-        summary_render.render(report)
-    else:
-        from gradcheck_cli.render import table
+            summary_render.render(report)
+        else:
+            from gradcheck_cli.render import table
 
-        table.render(report)
-    sys.stdout.flush()
-    raise typer.Exit(report.exit_code)
+            table.render(report)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        problems.append(f"cannot write the report to stdout: {exc.strerror or exc}")
+        _stdout_to_devnull()
+    for problem in problems:
+        typer.echo(f"gradcheck: error: {problem}", err=True)
+    code = report.exit_code
+    raise typer.Exit(2 if problems and code == 0 else code)
+
+
+def _stdout_to_devnull() -> None:
+    """After a failed write: what is left in stdout's buffer goes nowhere, quietly (the
+    interpreter's last flush would otherwise complain about it)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _prepare_junit(junit: Optional[Path]) -> None:
+    """An unwritable --junit path is found before any check runs (exit 2 at once)."""
+    if junit is not None:
+        from gradcheck_cli.output import prepare_file
+
+        prepare_file(junit, "--junit")
+
+
+def _check_timeout(timeout: Optional[float]) -> None:
+    import math
+
+    if timeout is not None and not (math.isfinite(timeout) and timeout >= 0):
+        raise UserInputError(f"--timeout must be a number of seconds >= 0 (0: no limit), got {timeout!r}")
 
 
 def _progress(label: str, enabled: bool):
@@ -211,6 +226,7 @@ def check(
     try:
         from gradcheck_cli.checker import check_expression
 
+        _prepare_junit(junit)
         with _stdout_to_stderr():
             report = check_expression(expr, _assignments(at), wrt=_split_wrt(wrt), loss=loss, target=target,
                                       dtype=dtype, fd=fd, eps=eps, atol=atol, rtol=rtol, points=points,
@@ -244,20 +260,50 @@ def op(
     seed: int = typer.Option(0, "--seed", help="seed of the value generators and random projections"),
     order: int = typer.Option(1, "--order", help="2 also checks double backward"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    timeout: float = typer.Option(300.0, "--timeout", metavar="SECONDS", help="stop the check after this long "
+                                  "(it fails as timeout); 0: no limit"),
     as_json: bool = typer.Option(False, "--json", help="the JSON report on stdout, and nothing else"),
     junit: Optional[Path] = typer.Option(None, "--junit", help="also write a JUnit XML report"),
 ) -> None:
-    """The CI gate for a custom op: its backward (and forward) against references."""
-    _load_engines()
-    try:
-        from gradcheck_cli.op.api import check_op_target
+    """The CI gate for a custom op: its backward (and forward) against references.
 
+    The op runs in a worker process: an op that exits, crashes, hangs past --timeout or
+    changes global state fails its check (exit 1) and the report still comes out."""
+    try:
+        from gradcheck_cli.suite import workers
+
+        workers.warm_up()  # torch and SymPy load in the worker's server while we validate
+        from gradcheck_cli.op.api import OpOptions
+        from gradcheck_cli.suite.failures import failed_check, message_for, op_inputs
+
+        OpOptions(dtype=dtype, fd=fd, eps=eps, atol=atol, rtol=rtol, points=points, seed=seed, order=order,
+                  mode=mode, device=device).validate(probe_device=False)
+        _check_timeout(timeout)
+        at_items, kw_items, wrt_names = _assignments(at), _assignments(kw), _split_wrt(wrt)
+        inputs = op_inputs(at_items, wrt_names)  # the values' syntax, checked before torch loads
+        _prepare_junit(junit)
+        job = ("op", dict(target=target, at=at_items, kw=kw_items, wrt=wrt_names, reference=reference, mode=mode,
+                          dtype=dtype, fd=fd, eps=eps, atol=atol, rtol=rtol, points=points, seed=seed, order=order,
+                          device=device))
         with _stdout_to_stderr():
-            report = check_op_target(target, _assignments(at), _assignments(kw), wrt=_split_wrt(wrt),
-                                     reference=reference, mode=mode, dtype=dtype, fd=fd, eps=eps, atol=atol,
-                                     rtol=rtol, points=points, seed=seed, order=order, device=device)
+            outcome, interrupted = workers.run_one(job, timeout or None)
+        if outcome is not None and outcome.kind == "user_error":
+            raise workers.rebuild_user_error(outcome.payload)
     except UserInputError as err:
         raise _fail(err) from None
+    from gradcheck_cli.report import Report
+
+    if interrupted is not None:
+        import signal
+
+        report = Report((), {"command": "op", "interrupted": signal.Signals(interrupted).name, "checks_not_run": 1},
+                        interrupted=interrupted)
+    elif outcome.kind == "result":
+        report = Report((outcome.payload,))
+    else:
+        code, message = message_for(outcome)
+        report = Report((failed_check(target, "op", dtype, inputs, code, message,
+                                      {"op": target, "duration_s": outcome.seconds}),))
     _emit(report, as_json, junit)
 
 
@@ -278,18 +324,36 @@ def run(
     order: Optional[int] = typer.Option(None, "--order", help="default order"),
     mode: Optional[str] = typer.Option(None, "--mode", help="default op mode"),
     device: Optional[str] = typer.Option(None, "--device", help="default op device"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", metavar="SECONDS", help="default time limit per "
+                                            "check (300; spec key timeout; 0: no limit): a check past it is "
+                                            "stopped and fails as timeout"),
+    allow_empty: bool = typer.Option(False, "--allow-empty", help="exit 0 when the selection holds no check "
+                                     "(an empty shard); without it that is exit 2"),
     as_json: bool = typer.Option(False, "--json", help="the JSON report on stdout, and nothing else"),
-    junit: Optional[Path] = typer.Option(None, "--junit", help="also write a JUnit XML report"),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="also write a JUnit XML report (updated as "
+                                         "checks finish)"),
 ) -> None:
-    """Every check in TOML spec files (folders are searched for *.toml)."""
-    defaults = {k: v for k, v in dict(dtype=dtype, fd=fd, eps=eps, atol=atol, rtol=rtol, points=points,
-                                      seed=seed, order=order, mode=mode, device=device).items() if v is not None}
-    try:
-        from gradcheck_cli.suite.runner import run_paths
+    """Every check in TOML spec files (folders are searched for *.toml).
 
+    Each check runs in a worker process: one that exits, crashes or hangs past its timeout
+    fails (worker_crashed, timeout) and the others go on.  SIGINT / SIGTERM stop the run,
+    write the partial report (marked interrupted) and exit 130 / 143."""
+    defaults = {k: v for k, v in dict(dtype=dtype, fd=fd, eps=eps, atol=atol, rtol=rtol, points=points,
+                                      seed=seed, order=order, mode=mode, device=device,
+                                      timeout=timeout).items() if v is not None}
+    try:
+        from gradcheck_cli.suite import workers
+        from gradcheck_cli.suite.run import run_paths
+        from gradcheck_cli.suite.stream import ReportStream
+
+        workers.warm_up()  # torch and SymPy load in the worker's server while the specs are read
+        _check_timeout(timeout)
+        _prepare_junit(junit)
+        stream = ReportStream(junit) if junit is not None else None
         with _stdout_to_stderr():
             report = run_paths([str(p) for p in paths], defaults, shard=shard, jobs=jobs, fail_fast=fail_fast,
-                               progress=_progress("running checks", True), on_ready=_load_engines)
+                               progress=_progress("running checks", True), allow_empty=allow_empty,
+                               on_result=stream.update if stream else None)
     except UserInputError as err:
         raise _fail(err) from None
     _emit(report, as_json, junit, summary=True)
@@ -331,6 +395,9 @@ def schema() -> None:
 
 def main() -> None:
     """Console entry point: typer, plus a quiet exit when the reader closes the pipe."""
+    from gradcheck_cli.output import ensure_std_streams
+
+    ensure_std_streams()
     try:
         app()
     except BrokenPipeError:

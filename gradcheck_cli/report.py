@@ -161,18 +161,25 @@ class Report:
 
     checks: tuple
     meta: dict = field(default_factory=dict)
+    interrupted: int | None = None  # the signal (SIGINT 2, SIGTERM 15) that stopped the run early
 
     @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
+        return self.interrupted is None and all(c.passed for c in self.checks)
 
     @property
     def exit_code(self) -> int:
+        """0 every check ran and passed; 1 a check failed; 128 + the signal when the run was
+        interrupted (130 for SIGINT, 143 for SIGTERM), whatever the checks that ran found."""
+        if self.interrupted is not None:
+            return 128 + self.interrupted
         return 0 if self.passed else 1
 
     def to_dict(self) -> dict:
         out = {"schema_version": SCHEMA_VERSION, "passed": self.passed,
                "checks": [c.to_dict() for c in self.checks]}
+        if self.interrupted is not None:
+            out["interrupted"] = True
         if self.meta:
             out["meta"] = jsonable(self.meta)
         return out

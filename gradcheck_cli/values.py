@@ -233,3 +233,26 @@ def redraw(value: Value, rng: np.random.Generator) -> np.ndarray:
         return rng.standard_normal(shape) if value.generator == "randn" else rng.random(shape)
     base = value.array
     return base + rng.standard_normal(shape) * np.maximum(0.5, 0.25 * np.abs(base))
+
+
+def shape_of(name: str, raw: Any) -> tuple:
+    """The shape `raw` would have, validated like parse_value but without drawing it (a
+    randn(1000, 1000) costs nothing here): for a report of a check that never ran."""
+    if isinstance(raw, (bool, int, float)) or not isinstance(raw, (str, list)):
+        return tuple(parse_value(name, raw, np.random.default_rng(0)).array.shape)
+    text = repr(raw) if isinstance(raw, list) else raw.strip()
+    p = _ValueParser(name, text)
+    tok = p.peek()
+    if tok is not None and tok[0] == "name" and tok[1] in GENERATORS and tok[1] != "linspace":
+        generator = p.take("name")
+        p.take(text="(")
+        args: list[float] = []
+        while p.peek() and p.peek()[1] != ")":
+            args.append(p.number())
+            if p.peek() and p.peek()[1] == ",":
+                p.take(text=",")
+        p.take(text=")")
+        shape = _dims(p, args, generator)
+        _check_size(name, shape)
+        return shape
+    return tuple(parse_value(name, raw, np.random.default_rng(0)).array.shape)

@@ -227,7 +227,10 @@ OP_ROWS = [
 
 
 def _snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): (p.is_dir(), p.stat().st_size if p.is_file() else 0, p.stat().st_mtime_ns)
+    """Every entry under `folder` with its size and modification time (a folder's own
+    mtime left out: a temporary file made and removed inside it leaves no trace)."""
+    return {str(p.relative_to(folder)): (p.is_dir(), p.stat().st_size if p.is_file() else 0,
+                                         0 if p.is_dir() else p.stat().st_mtime_ns)
             for p in folder.rglob("*")}
 
 

@@ -79,5 +79,11 @@ def test_characters_xml_cannot_hold_do_not_break_the_file():
 
 
 def test_write_to_an_unwritable_path_is_a_user_error(tmp_path, mixed_report):
+    (tmp_path / "a-file").write_text("not a folder")
     with pytest.raises(UserInputError, match="cannot write --junit file"):
-        junit.write(mixed_report, tmp_path / "missing-dir" / "report.xml")
+        junit.write(mixed_report, tmp_path / "a-file" / "report.xml")
+
+
+def test_write_creates_the_missing_folder(tmp_path, mixed_report):
+    junit.write(mixed_report, tmp_path / "missing-dir" / "report.xml")
+    assert ET.parse(tmp_path / "missing-dir" / "report.xml").getroot().tag == "testsuites"

@@ -246,12 +246,17 @@ def test_op_that_cannot_be_imported_exits_2_naming_the_check(tmp_path):
     assert "s.toml: check 'ghost' (#1)" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_an_empty_shard_passes_and_says_so(tmp_path):
+def test_an_empty_shard_is_exit_2_unless_allowed(tmp_path):
+    """A CI job that checks nothing must not pass (issue 11); --allow-empty accepts it."""
     (tmp_path / "s.toml").write_text('[[check]]\nname = "only"\nexpr = "x**2"\nat = { x = 1.0 }\n')
     from gradcheck_cli.suite.shard import shard_of
 
     empty = next(k for k in (1, 2) if shard_of("only", 2) != k)
     result = invoke("run", tmp_path, "--shard", f"{empty}/2")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert f"--shard {empty}/2: this shard holds none of the 1 check(s)" in result.stderr
+    assert "--allow-empty" in result.stderr and "Traceback" not in result.stderr
+    result = invoke("run", tmp_path, "--shard", f"{empty}/2", "--allow-empty")
     assert result.exit_code == 0
     assert f"no checks in shard {empty}/2" in result.stdout
 

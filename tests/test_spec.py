@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gradcheck_cli import suite as spec_mod
+from gradcheck_cli.report import Report
 from gradcheck_cli.errors import SpecError, UserInputError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -369,7 +370,9 @@ def test_checks_sharing_an_expression_share_one_sympy_model(tmp_path, monkeypatc
         expr = "tanh(x)*exp(-x**2)"
         at = { x = [1.0, 2.0] }
         """)
-    report = spec_mod.run_paths([str(path)], {})
+    specs, _ = spec_mod.load([str(path)])
+    runner = spec_mod.Runner()  # what each worker process keeps across its checks
+    report = Report(tuple(runner.run(spec) for spec in specs))
     assert report.passed
     assert len(builds) == 2  # one model per (expression, shapes), not per check
     # d/dx tanh(x) e^{-x^2} = (sech^2 x - 2x tanh x) e^{-x^2}, by hand

@@ -30,6 +30,7 @@ from gradcheck_cli.op.point import check_point
 from gradcheck_cli.op.verdict import OP_TOLERANCES
 from gradcheck_cli.report import CheckResult, Report
 from gradcheck_cli.shared import SharedOptions, validate_shared, worst_of_points
+from gradcheck_cli.torch_state import preserved_state
 from gradcheck_cli.values import Value, parse_values
 
 MODES = ("auto", "full", "fast")
@@ -41,13 +42,16 @@ class OpOptions(SharedOptions):
 
     mode: str = "auto"
 
-    def validate(self) -> "OpOptions":
+    def validate(self, probe_device: bool = True) -> "OpOptions":
+        """Raise UserInputError for an option that cannot be used.  probe_device=False
+        skips asking torch for a CUDA device: a process that forks workers must not
+        initialize CUDA (the worker that runs the check asks)."""
         from gradcheck_cli.op.jacobian import OP_SCHEMES
 
         validate_shared(self, tuple(OP_TOLERANCES), OP_SCHEMES)
         if self.mode not in MODES:
             raise UserInputError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.device == "cuda":
+        if self.device == "cuda" and probe_device:
             import torch
 
             if not torch.cuda.is_available():
@@ -78,7 +82,17 @@ def check_op_target(target: str, at: list, kw: list, *, wrt: Iterable[str] | Non
                     base_dir: str | None = None, name: str | None = None) -> Report:
     """`gradcheck op TARGET`: load FILE.py:ATTR or module:ATTR, read --at (positional inputs,
     in order) and --kw (keyword arguments, passed as is), and check the op.  Raises
-    UserInputError for input that cannot be used (exit 2); a wrong op is a failed Report."""
+    UserInputError for input that cannot be used (exit 2); a wrong op is a failed Report.
+    Global torch state the op changes is restored afterwards (a global_state_changed note)."""
+    with preserved_state() as changes:
+        report = _check_target(target, at, kw, wrt=wrt, reference=reference, mode=mode, dtype=dtype, fd=fd,
+                               eps=eps, atol=atol, rtol=rtol, points=points, seed=seed, order=order, device=device,
+                               base_dir=base_dir, name=name)
+    return with_state_note(report, changes)
+
+
+def _check_target(target, at, kw, *, wrt, reference, mode, dtype, fd, eps, atol, rtol, points, seed, order, device,
+                  base_dir, name) -> Report:
     from gradcheck_cli.op.loading import load_target, parse_kw
     from gradcheck_cli.op.runner import OpSpec
 
@@ -117,7 +131,32 @@ def check_op(fn, *tensors, reference: str | None = None, order: int = 1, names: 
     with requires_grad=True when any has it, else every floating tensor.  Other
     arguments (ints, integer tensors, ...) and `kwargs` are passed as is.  The op runs
     in `dtype` (default: the inputs' dtype) on `device` (default: the inputs' device);
-    references are always float64.  Returns a Report; never raises on a wrong op."""
+    references are always float64.  Returns a Report; never raises on a wrong op.  Global
+    torch state the op changes (grad mode, default dtype, RNG, threads, ...) is restored
+    afterwards and named in a global_state_changed note."""
+    with preserved_state() as changes:
+        report = _check_callable(fn, tensors, reference=reference, order=order, names=names, wrt=wrt,
+                                 kwargs=kwargs, dtype=dtype, device=device, mode=mode, fd=fd, eps=eps, atol=atol,
+                                 rtol=rtol, points=points, seed=seed, name=name)
+    return with_state_note(report, changes)
+
+
+def with_state_note(report: Report, changes: list) -> Report:
+    """The report with a global_state_changed note on its check when the op changed state."""
+    if not changes:
+        return report
+    from dataclasses import replace
+
+    from gradcheck_cli.report import Diagnostic
+    from gradcheck_cli.torch_state import describe
+
+    (check,) = report.checks
+    note = Diagnostic("global_state_changed", describe(changes))
+    return replace(report, checks=(replace(check, diagnostics=check.diagnostics + (note,)),))
+
+
+def _check_callable(fn, tensors, *, reference, order, names, wrt, kwargs, dtype, device, mode, fd, eps, atol, rtol,
+                    points, seed, name) -> Report:
     import torch
 
     from gradcheck_cli.op.loading import as_callable

@@ -19,6 +19,7 @@ from gradcheck_cli.op.runner import (
     floating_outputs,
     strided,
     unflatten,
+    user_failures,
     vjp,
 )
 from gradcheck_cli.tolerances import DTYPE_EPS
@@ -115,7 +116,7 @@ class VJPMany:
                     self.checked = True
                     result[1:stop] = got[1:]
                 done = stop
-        except Exception:  # the backward does not run under vmap: plain calls do the rest
+        except user_failures():  # the backward does not run under vmap: plain calls do the rest
             self.batched = False
         return done
 
@@ -268,7 +269,7 @@ class BatchedForward:
         for mode, fn in (("vmap", self._vmap), ("native", self._native)):
             try:
                 got = fn(probes)
-            except Exception:  # this batched form does not apply to the op: try the next
+            except user_failures():  # this batched form does not apply to the op: try the next
                 continue
             if _same_rows(got, expected, self.dtype):
                 self.mode = mode
@@ -299,7 +300,7 @@ class BatchedForward:
         if rows.shape[0] <= per_call:
             try:
                 return batched(rows, scratch)
-            except Exception:  # a batch size the probe did not see broke it: fall back for good
+            except user_failures():  # a batch size the probe did not see broke it: fall back for good
                 self.mode = "loop"
                 return self(rows)
         out = np.empty((rows.shape[0], self.m))
@@ -307,7 +308,7 @@ class BatchedForward:
             block = rows[start:start + per_call]
             try:
                 out[start:start + len(block)] = batched(block, scratch)
-            except Exception:  # a batch size the probe did not see broke it: fall back for good
+            except user_failures():  # a batch size the probe did not see broke it: fall back for good
                 self.mode = "loop"
                 out[start:] = self(rows[start:])
                 return out

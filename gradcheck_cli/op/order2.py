@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gradcheck_cli.op.jacobian import EPS, step_sizes
-from gradcheck_cli.op.runner import OpRaised, call, make_tensors, unflatten, vjp
+from gradcheck_cli.op.runner import OpRaised, call, make_tensors, unflatten, user_failures, vjp
 from gradcheck_cli.op.verdict import FD_SAFETY, input_label
 from gradcheck_cli.report import Diagnostic
 
@@ -63,7 +63,7 @@ def double_backward(spec, arrays: dict, ref_arrays: dict, dtype: str, device: st
     except OpRaised as exc:
         return Order2Outcome(False, [Diagnostic("double_backward_error", f"double backward raised: {exc.message}")],
                              None)
-    except Exception as exc:  # torch's own refusal (e.g. @once_differentiable) is the op's failure
+    except user_failures() as exc:  # torch's own refusal (e.g. @once_differentiable) is the op's failure
         from gradcheck_cli.op.runner import describe_exception
 
         return Order2Outcome(False, [Diagnostic("double_backward_error", (

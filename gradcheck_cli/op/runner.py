@@ -25,6 +25,24 @@ STREAM_ELEMENTS = 1_000_000
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+# What the op may raise that is its own failure (a verdict, exit 1), never the run's end:
+# sys.exit() and GeneratorExit inside a forward or backward included.  KeyboardInterrupt
+# joins them in worker processes, where a real Ctrl-C never arrives (the parent handles
+# it); in process it stays the user's way to stop.
+_USER_FAILURES: list = [Exception, SystemExit, GeneratorExit]
+
+
+def user_failures() -> tuple:
+    """The exception types an op's failure is caught as (see catch_keyboard_interrupt)."""
+    return tuple(_USER_FAILURES)
+
+
+def catch_keyboard_interrupt() -> None:
+    """In a worker process: KeyboardInterrupt raised by user code is the op's failure too."""
+    if KeyboardInterrupt not in _USER_FAILURES:
+        _USER_FAILURES.append(KeyboardInterrupt)
+
+
 class OpRaised(Exception):
     """The op raised while we called it.  `phase` says when ('forward', 'backward', ...)."""
 
@@ -129,7 +147,7 @@ def call(spec: OpSpec, tensors: dict, phase: str = "forward") -> list:
     """Call the op; its floating outputs as a list.  Exceptions become OpRaised."""
     try:
         raw = spec.fn(*spec.arguments(tensors), **spec.kwargs)
-    except Exception as exc:  # the op's own failure is a verdict, not a crash
+    except user_failures() as exc:  # the op's own failure is a verdict, not a crash
         raise OpRaised(phase, exc) from exc
     return floating_outputs(raw)
 
@@ -165,7 +183,7 @@ def vjp(outputs: list, inputs: list, grad_outputs: list, *, create_graph: bool =
         return torch.autograd.grad([outputs[k] for k in keep], inputs, grad_outputs=[grad_outputs[k] for k in keep],
                                    retain_graph=retain_graph or create_graph, create_graph=create_graph,
                                    allow_unused=True)
-    except Exception as exc:
+    except user_failures() as exc:
         raise OpRaised(phase, exc) from exc
 
 

@@ -13,6 +13,7 @@ of surfacing halfway through a CI job.  shard.py selects a shard; runner.py runs
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -23,16 +24,19 @@ from gradcheck_cli.suite.validate import type_name, validate_value
 EXPRESSION_ONLY = ("loss", "target")
 OP_ONLY = ("kw", "reference", "mode")
 OPTION_KEYS = ("at", "kw", "wrt", "loss", "target", "dtype", "fd", "eps", "atol", "rtol", "points", "seed",
-               "order", "reference", "mode", "device")
+               "order", "reference", "mode", "device", "timeout")
 CHECK_KEYS = ("name", "expr", "op") + OPTION_KEYS
 # Keys a [defaults] table may set: options that make sense for many checks at once.
-DEFAULT_KEYS = ("wrt", "loss", "dtype", "fd", "eps", "atol", "rtol", "points", "seed", "order", "mode", "device")
+DEFAULT_KEYS = ("wrt", "loss", "dtype", "fd", "eps", "atol", "rtol", "points", "seed", "order", "mode", "device",
+                "timeout")
 TOP_LEVEL_KEYS = ("check", "defaults")
 # Options `gradcheck run` itself may pass as defaults (its command-line flags).
-CLI_DEFAULT_KEYS = ("dtype", "fd", "eps", "atol", "rtol", "points", "seed", "order", "mode", "device")
+CLI_DEFAULT_KEYS = ("dtype", "fd", "eps", "atol", "rtol", "points", "seed", "order", "mode", "device", "timeout")
+TIMEOUT_S = 300.0  # seconds a check may run (in its worker) before it is stopped; 0: no limit
 
 BUILTIN_DEFAULTS = {"dtype": "float64", "fd": "auto", "eps": None, "atol": None, "rtol": None, "points": 0,
-                    "seed": 0, "order": 1, "mode": "auto", "device": "cpu", "loss": "none"}
+                    "seed": 0, "order": 1, "mode": "auto", "device": "cpu", "loss": "none",
+                    "timeout": TIMEOUT_S}
 
 
 @dataclass(frozen=True)
@@ -68,8 +72,7 @@ def discover(paths: Iterable[str]) -> list[tuple[Path, bool]]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            inner = [p for p in path.rglob("*.toml")
-                     if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts[:-1])]
+            inner = _toml_files(path)
             candidates = [(p, False) for p in sorted(inner, key=lambda p: p.relative_to(path).parts)]
             if not candidates:
                 raise SpecError(f"{raw}: no *.toml spec files in this folder")
@@ -82,6 +85,20 @@ def discover(paths: Iterable[str]) -> list[tuple[Path, bool]]:
             if key not in seen:
                 seen.add(key)
                 found.append((p, explicit))
+    return found
+
+
+def _toml_files(folder: Path) -> list[Path]:
+    """Every *.toml file under `folder` (hidden folders skipped).  A subfolder that cannot
+    be read is an error: skipping it would pass a CI job that checked less than it says."""
+    def unreadable(exc: OSError) -> None:
+        where = Path(exc.filename).as_posix() if exc.filename else folder.as_posix()
+        raise SpecError(f"{where}: cannot read this folder ({exc.strerror}); its spec files would be skipped")
+
+    found = []
+    for root, dirs, files in os.walk(folder, onerror=unreadable):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(root) / f for f in files if f.endswith(".toml") and (Path(root) / f).is_file()]
     return found
 
 
@@ -103,6 +120,8 @@ def read_toml(path: Path) -> dict:
         raise SpecError(f"{path.as_posix()}: not valid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise SpecError(f"{path.as_posix()}: not valid TOML: the file is not UTF-8") from None
+    except RecursionError:  # tomllib recurses once per level of nested arrays / tables
+        raise SpecError(f"{path.as_posix()}: not valid TOML here: its arrays or tables are nested too deeply") from None
     except OSError as exc:
         raise SpecError(f"{path.as_posix()}: cannot read the file: {exc.strerror}") from None
 

@@ -126,7 +126,7 @@ def _validators() -> dict:
         "wrt": _wrt, "target": _value,
         "loss": _enum(LOSSES), "dtype": _enum(DTYPES), "fd": _enum(SCHEMES), "mode": _enum(MODES),
         "device": _enum(DEVICES),
-        "eps": _positive_number, "atol": _nonneg_number, "rtol": _nonneg_number,
+        "eps": _positive_number, "atol": _nonneg_number, "rtol": _nonneg_number, "timeout": _nonneg_number,
         "points": _integer(0, MAX_POINTS), "seed": _integer(0, 2**63 - 1), "order": _integer(1, 2),
     }
 

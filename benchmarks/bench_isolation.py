@@ -1,0 +1,104 @@
+"""The cost of running every check in a worker process (issue 11), side by side.
+
+Baseline: the same checks run the way `gradcheck run` ran them before isolation, one
+after another in one process (torch and SymPy imported once, a Runner caching parsed
+expressions and SymPy models), started as a fresh process like the CLI.  Ours: the CLI
+with --jobs 1 and --jobs 2 (a forkserver that imports torch and SymPy once; workers
+forked from it).  Suites: samples/specs, and 200 small checks (160 expressions, 40 ops).
+
+    python benchmarks/bench_isolation.py             # best of 3, medians beside
+    python benchmarks/bench_isolation.py --repeat 5
+
+Goals: the 200-check suite with --jobs 1 at most 1.3x the in-process baseline, and
+--jobs 2 faster than --jobs 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GOAL_RATIO = 1.3
+EXPRESSIONS = ["sigmoid(x)", "tanh(x)*x", "softplus(x)", "x*sigmoid(x)", "logsumexp(x)", "norm(x)",
+               "mean(x**2)", "sum(sin(x)*exp(x))", "log1p(exp(x))", "sqrt(x**2 + 1)"]
+OPS = ["samples/ops/swish.py:Swish", "torch.nn.functional:softplus", "torch:tanh", "torch.nn.functional:silu"]
+
+IN_PROCESS = """
+import sys
+import sympy, torch
+from gradcheck_cli.suite import Runner, load
+specs, _ = load(sys.argv[1:])
+runner = Runner()
+failed = sum(not runner.run(spec).passed for spec in specs)
+sys.exit(1 if failed else 0)
+"""
+
+
+def write_suite(folder: Path, n_expr: int = 160, n_ops: int = 40) -> int:
+    lines = []
+    for i in range(n_expr):
+        expr = EXPRESSIONS[i % len(EXPRESSIONS)]
+        lines += ["[[check]]", f'name = "expr-{i:03d}"', f'expr = "{expr}"', f'at = {{ x = "randn({3 + i % 4})" }}',
+                  f"seed = {i}", ""]
+    for i in range(n_ops):
+        op = OPS[i % len(OPS)]
+        target = str(ROOT / op) if op.startswith("samples") else op
+        lines += ["[[check]]", f'name = "op-{i:03d}"', f'op = "{target}"', f'at = {{ x = "randn({2 + i % 5}, 3)" }}',
+                  f"seed = {i}", ""]
+    (folder / "suite.toml").write_text("\n".join(lines), encoding="utf-8")
+    return n_expr + n_ops
+
+
+def gradcheck_command() -> list[str]:
+    exe = shutil.which("gradcheck", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "gradcheck_cli"]
+
+
+def timed(argv: list[str], repeat: int) -> list[float]:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
+        times.append(time.perf_counter() - start)
+        if proc.returncode != 0:
+            sys.exit(f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    cmd = gradcheck_command()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        n = write_suite(Path(tmp))
+        for label, path in (("samples/specs", str(ROOT / "samples" / "specs")), (f"{n} checks", tmp)):
+            base = timed([sys.executable, "-c", IN_PROCESS, path], args.repeat)
+            one = timed(cmd + ["run", path, "--jobs", "1"], args.repeat)
+            two = timed(cmd + ["run", path, "--jobs", "2"], args.repeat)
+            rows.append((label, base, one, two))
+    print(f"python {sys.version.split()[0]}; best of {args.repeat} (median)")
+    print(f"{'suite':<16}{'in process (before)':>22}{'--jobs 1':>18}{'--jobs 2':>18}{'1 / before':>12}{'2 / 1':>8}")
+    for label, base, one, two in rows:
+        def cell(t):
+            return f"{min(t):.2f} s ({statistics.median(t):.2f})"
+        print(f"{label:<16}{cell(base):>22}{cell(one):>18}{cell(two):>18}{min(one) / min(base):>11.2f}x"
+              f"{min(two) / min(one):>7.2f}x")
+    label, base, one, two = rows[-1]
+    ratio = min(one) / min(base)
+    print(f"goal: {label} with --jobs 1 <= {GOAL_RATIO}x in process: {ratio:.2f}x "
+          f"{'met' if ratio <= GOAL_RATIO else 'NOT MET'}; --jobs 2 faster than --jobs 1: "
+          f"{'met' if min(two) < min(one) else 'NOT MET'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

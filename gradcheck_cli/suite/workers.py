@@ -1,0 +1,448 @@
+"""Worker processes: where every check's user code runs (`gradcheck op`, `gradcheck run`).
+
+An op can do anything: call sys.exit or os._exit, crash the interpreter, loop forever,
+leave a thread running, change torch's global state.  None of it may take the run down,
+hang CI, or change another check's verdict.  So:
+
+* checks run in worker processes forked from a server process that imported torch and
+  SymPy once (multiprocessing's forkserver).  Never a fork of the parent: a process whose
+  OpenMP pool has run deadlocks a forked child, and the parent never imports user code.
+  Forking a worker costs milliseconds, so one that died or misbehaved is replaced;
+* the parent waits on every worker's result pipe, output pipe and process sentinel, the
+  running checks' deadlines, and a signal wake-up fd, all at once;
+* a worker that dies is that check's failure (worker_crashed, with the exit status or
+  the signal); a check past its timeout is killed (timeout); the other checks go on;
+* a worker's stdout and stderr (what the op prints) are relayed to the parent's stderr:
+  stdout carries the report and nothing else;
+* a worker retires after a check that left threads running (none of them runs during
+  another check) and always ends with os._exit, so a non-daemon thread cannot hold it;
+* workers ignore SIGINT (a Ctrl-C reaches the whole process group: the parent decides)
+  and die with the server (PR_SET_PDEATHSIG), which exits when the parent does.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+PRELOAD = ["numpy", "torch", "sympy", "gradcheck_cli.suite.workers", "gradcheck_cli.suite.runner",
+           "gradcheck_cli.op.api", "gradcheck_cli.checker", "gradcheck_cli.engines.symbolic",
+           "gradcheck_cli.engines.finite_diff", "gradcheck_cli.engines.autograd"]
+GRACE_S = 2.0  # how long a worker told to exit may take before it is killed
+
+
+@dataclass
+class Task:
+    """One unit of work for a worker: `job` is plain data (see execute)."""
+
+    key: Any  # the caller's handle (a check's index)
+    job: tuple
+    timeout: float | None  # seconds; None or 0: no limit
+
+
+@dataclass
+class Outcome:
+    """What became of a task: 'result' (payload: the job's return value), 'user_error'
+    (payload: (class name, message, source, column)), 'internal_error' (payload: the
+    traceback), 'crashed' (payload: a description of the exit), 'timeout' (payload: the
+    seconds allowed)."""
+
+    kind: str
+    payload: Any
+    seconds: float = 0.0
+
+
+# ---- the worker's side -------------------------------------------------------------------
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def worker_main(jobs, results, output, threads: int) -> None:
+    """A worker's life: take (cwd, environ, job) messages until told to stop or its parent
+    goes; answer each with (kind, payload, retire)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
+    os.dup2(output.fileno(), 1)  # what the op prints goes to the parent, which relays it to stderr
+    os.dup2(output.fileno(), 2)
+    output.close()
+    sys.stdout = sys.stderr = open(1, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
+    import torch
+
+    from gradcheck_cli.op.runner import catch_keyboard_interrupt
+
+    torch.set_num_threads(max(1, threads))
+    catch_keyboard_interrupt()
+    import gc
+
+    gc.freeze()  # torch's and SymPy's objects, from the server: out of the collector's way
+    state: dict = {}
+    while True:
+        try:
+            message = jobs.recv()
+        except (EOFError, OSError):
+            os._exit(0)
+        if message is None:
+            os._exit(0)
+        cwd, environ, job = message
+        before = set(threading.enumerate())
+        reply = _run_job(state, cwd, environ, job)
+        left = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        try:
+            sys.stdout.flush()
+            results.send((*reply, bool(left)))
+        except Exception as exc:  # noqa: BLE001 -- an unpicklable result is our failure, reported
+            results.send(("internal_error", f"the check's result could not be sent back: {exc!r}", bool(left)))
+        if left:  # the check's threads must not run during the next check: this worker retires
+            os._exit(0)
+
+
+def _run_job(state: dict, cwd: str, environ: dict, job: tuple) -> tuple:
+    from gradcheck_cli.errors import UserInputError
+
+    try:
+        os.chdir(cwd)
+        if os.environ != environ:
+            os.environ.clear()
+            os.environ.update(environ)
+        return "result", execute(state, job)
+    except UserInputError as err:
+        return "user_error", (type(err).__name__, err.message, err.source, err.column)
+    except BaseException as exc:  # noqa: BLE001 -- whatever escaped is this check's failure, never the run's
+        if isinstance(exc, (SystemExit, KeyboardInterrupt, GeneratorExit)):
+            return "internal_error", f"user code raised {type(exc).__name__}({exc}) outside the op's calls"
+        return "internal_error", "".join(traceback.format_exception(exc))
+
+
+def execute(state: dict, job: tuple) -> Any:
+    """Run one job in this process: ("spec", CheckSpec) -> CheckResult; ("load", target,
+    base_dir) -> None (the op can be imported); ("op", kwargs) -> CheckResult of
+    check_op_target(**kwargs)."""
+    kind = job[0]
+    if kind == "spec":
+        from gradcheck_cli.suite.runner import Runner
+
+        runner = state.setdefault("runner", Runner())
+        return runner.run(job[1])
+    if kind == "load":
+        from gradcheck_cli.op.loading import load_target
+
+        load_target(job[1], job[2])
+        return None
+    if kind == "op":
+        from gradcheck_cli.op.api import check_op_target
+
+        (result,) = check_op_target(**job[1]).checks
+        return result
+    raise ValueError(f"unknown job {kind!r}")
+
+
+# ---- the parent's side -------------------------------------------------------------------
+
+_CONTEXT: list = []
+
+
+def _context():
+    """The forkserver context, its server preloading torch and SymPy (started on first use)."""
+    if not _CONTEXT:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)
+        _CONTEXT.append(ctx)
+    return _CONTEXT[0]
+
+
+def warm_up() -> None:
+    """Start the server now, so its imports overlap with the parent's own work."""
+    from multiprocessing import forkserver
+
+    _context()
+    forkserver.ensure_running()
+
+
+@dataclass
+class Worker:
+    process: Any
+    jobs: Any  # Connection: parent -> worker
+    results: Any  # Connection: worker -> parent
+    output: Any  # Connection whose fd carries the worker's stdout/stderr
+    task: Task | None = None
+    started: float = 0.0
+
+
+def _spawn(threads: int) -> Worker:
+    ctx = _context()
+    jobs_r, jobs_w = ctx.Pipe(duplex=False)
+    results_r, results_w = ctx.Pipe(duplex=False)
+    out_r, out_w = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=worker_main, args=(jobs_r, results_w, out_w, threads), daemon=True,
+                       name="gradcheck-worker")
+    proc.start()
+    for end in (jobs_r, results_w, out_w):
+        end.close()
+    return Worker(proc, jobs_w, results_r, out_r)
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """'killed by signal SIGSEGV (11)' / 'exited with status 0'."""
+    if exitcode is None:
+        return "stopped without an exit status"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = {signal.SIGKILL: " (out of memory? the kernel's OOM killer sends SIGKILL)",
+                signal.SIGSEGV: " (a segmentation fault in native code)",
+                signal.SIGABRT: " (abort(), e.g. a failed C++ assertion)"}.get(-exitcode, "")
+        return f"killed by signal {name} ({-exitcode}){hint}"
+    return f"exited with status {exitcode} (sys.exit or os._exit in user code?)"
+
+
+class _Signals:
+    """SIGINT / SIGTERM recorded instead of raised, with a wake-up fd for wait()."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self.active = threading.current_thread() is threading.main_thread()
+        self.read_fd = self.write_fd = None
+
+    def __enter__(self):
+        if not self.active:
+            return self
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self.write_fd, False)
+        self.old_fd = signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
+        self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is None:
+            self.received = signum
+
+    def __exit__(self, *exc):
+        if not self.active:
+            return False
+        for s, h in self.old.items():
+            signal.signal(s, h)
+        signal.set_wakeup_fd(self.old_fd)
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+        return False
+
+
+@dataclass
+class Pool:
+    """Up to `size` workers running tasks; see run()."""
+
+    size: int
+    threads: int = 1
+    idle: list = field(default_factory=list)
+    busy: list = field(default_factory=list)
+
+    def run(self, tasks: Iterable[Task], on_outcome: Callable[[Task, Outcome], None],
+            wanted: Callable[[Task], bool] = lambda task: True) -> int | None:
+        """Run the tasks, at most `size` at a time, in the order given; on_outcome after
+        each.  Tasks no longer `wanted` (asked after every outcome) are dropped, or killed
+        when running.  Returns the signal (SIGINT, SIGTERM) that stopped the run early,
+        after killing every running task, else None."""
+        pending = deque(tasks)
+        cwd, environ = os.getcwd(), dict(os.environ)
+        with _Signals() as signals:
+            while pending or self.busy:
+                if signals.received is not None:
+                    self._kill_busy()
+                    return signals.received
+                while pending and len(self.busy) < self.size:
+                    self._start(pending.popleft(), cwd, environ)
+                for worker, outcome in self._wait(signals):
+                    on_outcome(worker.task, outcome)
+                    worker.task = None
+                pending = deque(t for t in pending if wanted(t))
+                for worker in [w for w in self.busy if not wanted(w.task)]:
+                    self._kill(worker)
+            return signals.received
+
+    def _start(self, task: Task, cwd: str, environ: dict) -> None:
+        worker = self.idle.pop() if self.idle else _spawn(self.threads)
+        worker.task, worker.started = task, time.perf_counter()
+        try:
+            worker.jobs.send((cwd, environ, task.job))
+        except (OSError, EOFError):  # it died while idle: the next one takes the task
+            self._discard(worker)
+            worker = _spawn(self.threads)
+            worker.task, worker.started = task, time.perf_counter()
+            worker.jobs.send((cwd, environ, task.job))
+        self.busy.append(worker)
+
+    def _wait(self, signals: _Signals) -> list:
+        from multiprocessing.connection import wait
+
+        now = time.perf_counter()
+        deadlines = [w.started + w.task.timeout for w in self.busy if w.task.timeout]
+        timeout = max(0.0, min(deadlines) - now) if deadlines else None
+        handles = {}
+        for w in self.busy:
+            handles[w.results] = (w, "result")
+            handles[w.output] = (w, "output")
+            handles[w.process.sentinel] = (w, "exit")
+        if signals.read_fd is not None:
+            handles[signals.read_fd] = (None, "signal")
+        ready = wait(list(handles), timeout)
+        done = []
+        for handle in ready:
+            worker, what = handles[handle]
+            if what == "signal":
+                try:
+                    os.read(signals.read_fd, 512)
+                except OSError:
+                    pass
+            elif what == "output":
+                self._relay(worker)
+        for handle in ready:
+            worker, what = handles[handle]
+            if worker is None or worker.task is None or worker in (w for w, _ in done):
+                continue
+            if what == "result":
+                done.append((worker, self._receive(worker)))
+            elif what == "exit" and not worker.results.poll():
+                self._relay(worker, drain=True)
+                outcome = Outcome("crashed", describe_exit(self._reap(worker)), self._elapsed(worker))
+                self._discard(worker)
+                done.append((worker, outcome))
+        now = time.perf_counter()
+        for worker in list(self.busy):
+            if worker.task is not None and worker.task.timeout and now - worker.started >= worker.task.timeout \
+                    and worker not in (w for w, _ in done):
+                self._kill(worker)
+                done.append((worker, Outcome("timeout", worker.task.timeout, self._elapsed(worker))))
+        return done
+
+    def _elapsed(self, worker: Worker) -> float:
+        return round(time.perf_counter() - worker.started, 4)
+
+    def _receive(self, worker: Worker) -> Outcome:
+        try:
+            kind, payload, retire = worker.results.recv()
+        except (EOFError, OSError):
+            self._relay(worker, drain=True)
+            outcome = Outcome("crashed", describe_exit(self._reap(worker)), self._elapsed(worker))
+            self._discard(worker)
+            return outcome
+        outcome = Outcome(kind, payload, self._elapsed(worker))
+        self.busy.remove(worker)
+        self._relay(worker, drain=True)  # it flushed before answering: what it printed is here
+        if retire:
+            self._reap(worker)
+            self._close(worker)
+        else:
+            self.idle.append(worker)
+        return outcome
+
+    def _relay(self, worker: Worker, drain: bool = False) -> None:
+        """Copy what the worker printed to our stderr (all of it, when `drain`)."""
+        fd = worker.output.fileno()
+        while True:
+            if drain and not worker.output.poll(0):
+                return
+            try:
+                data = os.read(fd, 65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if not data:
+                return
+            try:
+                sys.stderr.write(data.decode("utf-8", errors="replace"))
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            if not drain:
+                return
+
+    def _reap(self, worker: Worker) -> int | None:
+        worker.process.join(GRACE_S)
+        if worker.process.exitcode is None:
+            worker.process.kill()
+            worker.process.join()
+        return worker.process.exitcode
+
+    def _kill(self, worker: Worker) -> None:
+        worker.process.kill()
+        worker.process.join()
+        self._relay(worker, drain=True)
+        self._discard(worker)
+
+    def _kill_busy(self) -> None:
+        for worker in list(self.busy):
+            self._kill(worker)
+
+    def _discard(self, worker: Worker) -> None:
+        if worker in self.busy:
+            self.busy.remove(worker)
+        self._close(worker)
+
+    def _close(self, worker: Worker) -> None:
+        for conn in (worker.jobs, worker.results, worker.output):
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Tell idle workers to exit; kill any that do not within GRACE_S, and busy ones."""
+        self._kill_busy()
+        for worker in self.idle:
+            try:
+                worker.jobs.send(None)
+            except (OSError, EOFError):
+                pass
+        deadline = time.perf_counter() + GRACE_S
+        for worker in self.idle:
+            worker.process.join(max(0.0, deadline - time.perf_counter()))
+            if worker.process.exitcode is None:
+                worker.process.kill()
+                worker.process.join()
+            self._relay(worker, drain=True)
+            self._close(worker)
+        self.idle.clear()
+
+    def __enter__(self) -> "Pool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def rebuild_user_error(payload):
+    """The UserInputError a worker raised, from the plain data it sent."""
+    from gradcheck_cli import errors
+
+    cls_name, message, source, column = payload
+    cls = getattr(errors, cls_name, errors.UserInputError)
+    return cls(message, source=source, column=column)
+
+
+def run_one(job: tuple, timeout: float | None) -> tuple[Outcome, int | None]:
+    """One job in one fresh worker: (its outcome, the signal that interrupted it or None)."""
+    got: list = []
+    with Pool(1, threads=os.cpu_count() or 1) as pool:
+        interrupted = pool.run([Task(0, job, timeout)], lambda task, outcome: got.append(outcome))
+    return (got[0] if got else None), interrupted

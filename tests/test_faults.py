@@ -345,9 +345,11 @@ def test_a_signal_writes_the_partial_report_and_leaves_nothing_running(ops_dir, 
     assert report["meta"]["interrupted"] == signal.Signals(sig).name
     cases = junit_cases(ET.parse(junit).getroot())
     assert {"quick-1", "quick-2"} <= set(cases) and cases["(run interrupted)"].find("error") is not None
-    time.sleep(0.5)
     workers = [int(p) for p in pids.read_text().split()]
     assert not any(_alive(p) for p in workers), "a worker survived its parent"
+    deadline = time.monotonic() + 10
+    while _running_in_group(proc.pid) and time.monotonic() < deadline:  # the server exits after its workers
+        time.sleep(0.1)
     assert _running_in_group(proc.pid) == [], "processes of the run are still alive"
     assert b"Traceback" not in err
 
@@ -369,6 +371,8 @@ def test_workers_die_with_a_parent_killed_by_sigkill(ops_dir, tmp_path):
     while _alive(worker) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(worker), "the worker outlived a parent killed with SIGKILL"
+    while _running_in_group(proc.pid) and time.monotonic() < deadline:  # the server follows its workers
+        time.sleep(0.1)
     assert _running_in_group(proc.pid) == []
 
 

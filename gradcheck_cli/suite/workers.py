@@ -17,7 +17,8 @@ hang CI, or change another check's verdict.  So:
 * a worker retires after a check that left threads running (none of them runs during
   another check) and always ends with os._exit, so a non-daemon thread cannot hold it;
 * workers ignore SIGINT (a Ctrl-C reaches the whole process group: the parent decides)
-  and die with the server (PR_SET_PDEATHSIG), which exits when the parent does.
+  and exit the moment the parent goes, even when it is killed with SIGKILL (a lifeline
+  pipe only the parent holds), or the server does (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -71,12 +72,28 @@ def _die_with_parent() -> None:
             pass
 
 
-def worker_main(jobs, results, output, threads: int) -> None:
+def _watch_parent(lifeline) -> None:
+    """Exit the moment the parent goes, even mid-check: `lifeline`'s other end is held by
+    the parent alone, so it reads EOF when the parent dies (even by SIGKILL).  (The server
+    cannot tell: every worker holds its alive-pipe, so PR_SET_PDEATHSIG alone is not enough.)"""
+    def watch() -> None:
+        try:
+            while True:
+                lifeline.recv_bytes()
+        except (EOFError, OSError):
+            pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="gradcheck-lifeline", daemon=True).start()
+
+
+def worker_main(jobs, results, output, lifeline, threads: int) -> None:
     """A worker's life: take (cwd, environ, job) messages until told to stop or its parent
     goes; answer each with (kind, payload, retire)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()
+    _watch_parent(lifeline)
     os.dup2(output.fileno(), 1)  # what the op prints goes to the parent, which relays it to stderr
     os.dup2(output.fileno(), 2)
     output.close()
@@ -181,6 +198,7 @@ class Worker:
     jobs: Any  # Connection: parent -> worker
     results: Any  # Connection: worker -> parent
     output: Any  # Connection whose fd carries the worker's stdout/stderr
+    lifeline: Any  # Connection never written: the worker exits when it closes (watch_parent)
     task: Task | None = None
     started: float = 0.0
 
@@ -190,12 +208,13 @@ def _spawn(threads: int) -> Worker:
     jobs_r, jobs_w = ctx.Pipe(duplex=False)
     results_r, results_w = ctx.Pipe(duplex=False)
     out_r, out_w = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=worker_main, args=(jobs_r, results_w, out_w, threads), daemon=True,
+    life_r, life_w = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=worker_main, args=(jobs_r, results_w, out_w, life_r, threads), daemon=True,
                        name="gradcheck-worker")
     proc.start()
-    for end in (jobs_r, results_w, out_w):
+    for end in (jobs_r, results_w, out_w, life_r):
         end.close()
-    return Worker(proc, jobs_w, results_r, out_r)
+    return Worker(proc, jobs_w, results_r, out_r, life_w)
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -400,7 +419,7 @@ class Pool:
         self._close(worker)
 
     def _close(self, worker: Worker) -> None:
-        for conn in (worker.jobs, worker.results, worker.output):
+        for conn in (worker.jobs, worker.results, worker.output, worker.lifeline):
             try:
                 conn.close()
             except OSError:

@@ -95,6 +95,16 @@ def numdifftools_row() -> tuple[float, float | None, str]:
     return t_ours, t_theirs, f"max rel err: ours {err_ours:.1e}, numdifftools {err_theirs:.1e}"
 
 
+def worker_peak_rss_mb(cmd: list[str]) -> float:
+    """Peak resident memory of the worker process that ran gradcheck's check (MiB, from the
+    JSON report: the check runs in a worker forked from a server, which the parent never
+    waits for, so RUSAGE_CHILDREN would see only the parent)."""
+    import json
+
+    out = subprocess.run(cmd + ["--json"], capture_output=True, text=True).stdout
+    return float(json.loads(out)["checks"][0]["worker_peak_rss_mib"])
+
+
 def peak_rss_mb(cmd: list[str]) -> float:
     """Peak resident memory of a child process, in MiB (ru_maxrss of the largest child)."""
     code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
@@ -140,7 +150,7 @@ def memory_row(repeat: int) -> dict:
     out = {k: [] for k in runs}
     for _ in range(repeat):
         for k, cmd in runs.items():
-            out[k].append(peak_rss_mb(cmd))
+            out[k].append(worker_peak_rss_mb(cmd) if k == "ours" else peak_rss_mb(cmd))
     row = {k: statistics.median(v) for k, v in out.items()}
     row["floor_range"] = (min(out["floor"]), max(out["floor"]))
     row["inputs"] = 1e6 * 8 / 2**20

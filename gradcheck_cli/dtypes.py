@@ -25,6 +25,8 @@ def rounded(arrays: dict, dtype: str) -> dict:
 
 
 def torch_version() -> str:
+    """torch's version as a plain str (torch's own TorchVersion would make every report
+    that records it import torch when unpickled, in the process that renders it)."""
     import torch
 
-    return torch.__version__
+    return str(torch.__version__)

@@ -332,10 +332,11 @@ def test_a_signal_writes_the_partial_report_and_leaves_nothing_running(ops_dir, 
                                                    "--jobs", jobs],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             env=clean_env(GRADCHECK_TEST_PIDS=str(pids)), start_new_session=True)
+    busy = int(jobs)  # every worker on a slow check: the quick ones are done
     deadline = time.monotonic() + 60
-    while not pids.read_text().strip() and time.monotonic() < deadline:
+    while len(pids.read_text().split()) < busy and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert pids.read_text().strip(), "the slow check never started"
+    assert len(pids.read_text().split()) == busy, "the slow checks never started"
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == code, err.decode()

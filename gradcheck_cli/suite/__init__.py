@@ -5,6 +5,7 @@
     shard.py     --shard K/N by a stable hash of the check's name
     run.py       running a suite: preflight, scheduling, --fail-fast, interrupted runs
     workers.py   the worker processes: isolation, timeouts, crashes, signals
+    child.py     a worker process's side: one job after another
     runner.py    one check in this process (a worker's): Runner
     failures.py  the reports of checks that did not finish
     stream.py    the JUnit file kept up to date while checks run

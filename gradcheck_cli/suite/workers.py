@@ -1,4 +1,5 @@
-"""Worker processes: where every check's user code runs (`gradcheck op`, `gradcheck run`).
+"""Worker processes: where every check's user code runs (`gradcheck op`, `gradcheck run`);
+this is the parent's side, child.py the worker's.
 
 An op can do anything: call sys.exit or os._exit, crash the interpreter, loop forever,
 leave a thread running, change torch's global state.  None of it may take the run down,
@@ -23,17 +24,18 @@ hang CI, or change another check's verdict.  So:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
 import time
-import traceback
+import types
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-PRELOAD = ["numpy", "torch", "sympy", "gradcheck_cli.suite.workers", "gradcheck_cli.suite.runner",
+PRELOAD = ["numpy", "torch", "sympy", "gradcheck_cli.suite.child", "gradcheck_cli.suite.runner",
            "gradcheck_cli.op.api", "gradcheck_cli.checker", "gradcheck_cli.engines.symbolic",
            "gradcheck_cli.engines.finite_diff", "gradcheck_cli.engines.autograd"]
 GRACE_S = 2.0  # how long a worker told to exit may take before it is killed
@@ -59,116 +61,6 @@ class Outcome:
     payload: Any
     seconds: float = 0.0
 
-
-# ---- the worker's side -------------------------------------------------------------------
-
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-
-
-def _watch_parent(lifeline) -> None:
-    """Exit the moment the parent goes, even mid-check: `lifeline`'s other end is held by
-    the parent alone, so it reads EOF when the parent dies (even by SIGKILL).  (The server
-    cannot tell: every worker holds its alive-pipe, so PR_SET_PDEATHSIG alone is not enough.)"""
-    def watch() -> None:
-        try:
-            while True:
-                lifeline.recv_bytes()
-        except (EOFError, OSError):
-            pass
-        os._exit(1)
-
-    threading.Thread(target=watch, name="gradcheck-lifeline", daemon=True).start()
-
-
-def worker_main(jobs, results, output, lifeline, threads: int) -> None:
-    """A worker's life: take (cwd, environ, job) messages until told to stop or its parent
-    goes; answer each with (kind, payload, retire)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _die_with_parent()
-    _watch_parent(lifeline)
-    os.dup2(output.fileno(), 1)  # what the op prints goes to the parent, which relays it to stderr
-    os.dup2(output.fileno(), 2)
-    output.close()
-    sys.stdout = sys.stderr = open(1, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
-    import torch
-
-    from gradcheck_cli.op.runner import catch_keyboard_interrupt
-
-    torch.set_num_threads(max(1, threads))
-    catch_keyboard_interrupt()
-    import gc
-
-    gc.freeze()  # torch's and SymPy's objects, from the server: out of the collector's way
-    state: dict = {}
-    while True:
-        try:
-            message = jobs.recv()
-        except (EOFError, OSError):
-            os._exit(0)
-        if message is None:
-            os._exit(0)
-        cwd, environ, job = message
-        before = set(threading.enumerate())
-        reply = _run_job(state, cwd, environ, job)
-        left = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-        try:
-            sys.stdout.flush()
-            results.send((*reply, bool(left)))
-        except Exception as exc:  # noqa: BLE001 -- an unpicklable result is our failure, reported
-            results.send(("internal_error", f"the check's result could not be sent back: {exc!r}", bool(left)))
-        if left:  # the check's threads must not run during the next check: this worker retires
-            os._exit(0)
-
-
-def _run_job(state: dict, cwd: str, environ: dict, job: tuple) -> tuple:
-    from gradcheck_cli.errors import UserInputError
-
-    try:
-        os.chdir(cwd)
-        if os.environ != environ:
-            os.environ.clear()
-            os.environ.update(environ)
-        return "result", execute(state, job)
-    except UserInputError as err:
-        return "user_error", (type(err).__name__, err.message, err.source, err.column)
-    except BaseException as exc:  # noqa: BLE001 -- whatever escaped is this check's failure, never the run's
-        if isinstance(exc, (SystemExit, KeyboardInterrupt, GeneratorExit)):
-            return "internal_error", f"user code raised {type(exc).__name__}({exc}) outside the op's calls"
-        return "internal_error", "".join(traceback.format_exception(exc))
-
-
-def execute(state: dict, job: tuple) -> Any:
-    """Run one job in this process: ("spec", CheckSpec) -> CheckResult; ("load", target,
-    base_dir) -> None (the op can be imported); ("op", kwargs) -> CheckResult of
-    check_op_target(**kwargs)."""
-    kind = job[0]
-    if kind == "spec":
-        from gradcheck_cli.suite.runner import Runner
-
-        runner = state.setdefault("runner", Runner())
-        return runner.run(job[1])
-    if kind == "load":
-        from gradcheck_cli.op.loading import load_target
-
-        load_target(job[1], job[2])
-        return None
-    if kind == "op":
-        from gradcheck_cli.op.api import check_op_target
-
-        (result,) = check_op_target(**job[1]).checks
-        return result
-    raise ValueError(f"unknown job {kind!r}")
-
-
-# ---- the parent's side -------------------------------------------------------------------
 
 _CONTEXT: list = []
 
@@ -209,12 +101,30 @@ def _spawn(threads: int) -> Worker:
     results_r, results_w = ctx.Pipe(duplex=False)
     out_r, out_w = ctx.Pipe(duplex=False)
     life_r, life_w = ctx.Pipe(duplex=False)
+    from gradcheck_cli.suite.child import worker_main
+
     proc = ctx.Process(target=worker_main, args=(jobs_r, results_w, out_w, life_r, threads), daemon=True,
                        name="gradcheck-worker")
-    proc.start()
+    with _main_module_hidden():
+        proc.start()
     for end in (jobs_r, results_w, out_w, life_r):
         end.close()
     return Worker(proc, jobs_w, results_r, out_r, life_w)
+
+
+@contextlib.contextmanager
+def _main_module_hidden():
+    """multiprocessing would re-run the parent's __main__ script in every worker (a user's
+    script without an `if __name__ == "__main__"` guard would run again, and the console
+    script loads typer and rich for nothing): workers need only gradcheck_cli, so they
+    are started while __main__ is an empty module."""
+    real = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if real is not None:
+            sys.modules["__main__"] = real
 
 
 def describe_exit(exitcode: int | None) -> str:

@@ -16,13 +16,13 @@ Goals: the 200-check suite with --jobs 1 at most 1.3x the in-process baseline, a
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_suite import gradcheck_command, timed  # noqa: E402  (the same timing as the suite benchmark)
 
 ROOT = Path(__file__).resolve().parent.parent
 GOAL_RATIO = 1.3
@@ -54,22 +54,6 @@ def write_suite(folder: Path, n_expr: int = 160, n_ops: int = 40) -> int:
                   f"seed = {i}", ""]
     (folder / "suite.toml").write_text("\n".join(lines), encoding="utf-8")
     return n_expr + n_ops
-
-
-def gradcheck_command() -> list[str]:
-    exe = shutil.which("gradcheck", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "gradcheck_cli"]
-
-
-def timed(argv: list[str], repeat: int) -> list[float]:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
-        times.append(time.perf_counter() - start)
-        if proc.returncode != 0:
-            sys.exit(f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return times
 
 
 def main() -> int:

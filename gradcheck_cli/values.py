@@ -167,6 +167,24 @@ def _generate(p: _ValueParser, generator: str, args: list[float], rng: np.random
     return (np.zeros if generator == "zeros" else np.ones)(shape, dtype=np.float64)
 
 
+def _generator_call(p: _ValueParser) -> tuple[str, list[float]]:
+    """`randn(2, 3)` -> ("randn", [2.0, 3.0]): the whole value, read to its end."""
+    generator = p.take("name")
+    if generator not in GENERATORS:
+        raise p.fail(f"unknown generator {generator!r} (known: {', '.join(GENERATORS)})")
+    p.take(text="(")
+    args: list[float] = []
+    while p.peek() and p.peek()[1] != ")":
+        args.append(p.number())
+        if p.peek() and p.peek()[1] == ",":
+            p.take(text=",")
+        elif p.peek() and p.peek()[1] != ")":  # randn(2 3) is a typo, not randn(2, 3)
+            raise p.fail(f"expected ',' or ')', found {p.peek()[1]!r}")
+    p.take(text=")")
+    p.done()
+    return generator, args
+
+
 def parse_value(name: str, raw: Any, rng: np.random.Generator) -> Value:
     """Read one value given as text (CLI) or as a TOML number, list or string."""
     if isinstance(raw, bool):
@@ -188,19 +206,7 @@ def parse_value(name: str, raw: Any, rng: np.random.Generator) -> Value:
     if tok is None:
         raise p.fail("empty value")
     if tok[0] == "name":
-        generator = p.take("name")
-        if generator not in GENERATORS:
-            raise p.fail(f"unknown generator {generator!r} (known: {', '.join(GENERATORS)})")
-        p.take(text="(")
-        args: list[float] = []
-        while p.peek() and p.peek()[1] != ")":
-            args.append(p.number())
-            if p.peek() and p.peek()[1] == ",":
-                p.take(text=",")
-            elif p.peek() and p.peek()[1] != ")":  # randn(2 3) is a typo, not randn(2, 3)
-                raise p.fail(f"expected ',' or ')', found {p.peek()[1]!r}")
-        p.take(text=")")
-        p.done()
+        generator, args = _generator_call(p)
         return Value(name, _generate(p, generator, args, rng), text, True, generator)
     data = p.nested()
     p.done()
@@ -244,14 +250,7 @@ def shape_of(name: str, raw: Any) -> tuple:
     p = _ValueParser(name, text)
     tok = p.peek()
     if tok is not None and tok[0] == "name" and tok[1] in GENERATORS and tok[1] != "linspace":
-        generator = p.take("name")
-        p.take(text="(")
-        args: list[float] = []
-        while p.peek() and p.peek()[1] != ")":
-            args.append(p.number())
-            if p.peek() and p.peek()[1] == ",":
-                p.take(text=",")
-        p.take(text=")")
+        generator, args = _generator_call(p)
         shape = _dims(p, args, generator)
         _check_size(name, shape)
         return shape

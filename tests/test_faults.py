@@ -56,6 +56,9 @@ def segfault(x):
 def aborts(x):
     os.abort()
 
+def kills_itself(x):
+    os.kill(os.getpid(), 9)
+
 def loops(x):
     while True:
         pass
@@ -129,10 +132,32 @@ def suite_of_20(bad: str) -> list[tuple[str, str]]:
     return checks
 
 
+def workers_alive() -> list:
+    """Worker processes still running: children of the workers' server (which lives as long
+    as this test session), zombies aside."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    if server is None:
+        return []
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == server and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
 def run_suite(run_cli, strict_json, folder: Path, checks, *extra) -> tuple[int, dict, str, ET.Element]:
     (folder / "suite.toml").write_text(spec_text(checks))
     junit = folder / "junit.xml"
     code, out, err = run_cli("run", str(folder / "suite.toml"), "--json", "--junit", str(junit), *extra)
+    assert workers_alive() == [], "a worker outlived the run"
     return code, strict_json(out), err, ET.parse(junit).getroot()
 
 
@@ -159,6 +184,7 @@ def codes(check: dict) -> set:
     ("hard_exit", "worker_crashed", "exited with status 0"),
     ("segfault", "worker_crashed", "SIGSEGV"),
     ("aborts", "worker_crashed", "SIGABRT"),
+    ("kills_itself", "worker_crashed", "SIGKILL"),
 ])
 def test_an_op_that_exits_or_crashes_fails_its_check_with_a_report(run_cli, strict_json, ops_dir, tmp_path, attr,
                                                                     code, fragment):
@@ -174,6 +200,7 @@ def test_an_op_that_exits_or_crashes_fails_its_check_with_a_report(run_cli, stri
     (case,) = junit_cases(ET.parse(junit).getroot()).values()
     assert case.find("failure") is not None
     assert "Traceback" not in err
+    assert workers_alive() == []
 
 
 def test_an_op_that_exits_at_import_fails_its_check(run_cli, strict_json, ops_dir):
@@ -202,6 +229,7 @@ def test_a_bad_timeout_is_a_user_error(run_cli, ops_dir, value):
 @pytest.mark.parametrize("jobs", ["1", "2"])
 @pytest.mark.parametrize("bad, code", [
     ("segfault", "worker_crashed"), ("aborts", "worker_crashed"), ("hard_exit", "worker_crashed"),
+    ("kills_itself", "worker_crashed"),
     ("exits", "op_error"), ("loops", "timeout"),
 ])
 def test_one_faulty_check_in_twenty_is_named_and_the_others_run(run_cli, strict_json, ops_dir, bad, code, jobs):
@@ -353,6 +381,26 @@ def test_a_signal_writes_the_partial_report_and_leaves_nothing_running(ops_dir, 
         time.sleep(0.1)
     assert _running_in_group(proc.pid) == [], "processes of the run are still alive"
     assert b"Traceback" not in err
+
+
+def test_a_signal_during_gradcheck_op_writes_an_interrupted_report(ops_dir, tmp_path):
+    pids = tmp_path / "pids"
+    pids.write_text("")
+    junit = tmp_path / "r.xml"
+    proc = subprocess.Popen(gradcheck_command() + ["op", str(ops_dir / "faulty.py:slow"), "--at", "x=1", "--json",
+                                                   "--junit", str(junit)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            env=clean_env(GRADCHECK_TEST_PIDS=str(pids)), start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not pids.read_text().strip() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err.decode()
+    report = json.loads(out)
+    assert report["interrupted"] is True and report["checks"] == [] and report["meta"]["checks_not_run"] == 1
+    assert junit_cases(ET.parse(junit).getroot())["(run interrupted)"].find("error") is not None
+    assert not _alive(int(pids.read_text().split()[0]))
 
 
 def test_workers_die_with_a_parent_killed_by_sigkill(ops_dir, tmp_path):

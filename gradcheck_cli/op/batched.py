@@ -17,7 +17,7 @@ from gradcheck_cli.op.runner import (
     call,
     flat_numpy,
     floating_outputs,
-    strided,
+    grad_numpy,
     unflatten,
     user_failures,
     vjp,
@@ -90,7 +90,7 @@ class VJPMany:
         col = 0
         for g, n in zip(grads, self.sizes):
             if g is not None:
-                got[:, col:col + n] = g.detach().reshape(block.shape[0], -1).to("cpu", torch.float64).numpy()
+                got[:, col:col + n] = grad_numpy(g, rows=block.shape[0])
             col += n
         return got
 
@@ -128,12 +128,10 @@ def _agree(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _concat(grads, sizes, copy: bool = True) -> np.ndarray:
-    import torch
 
     parts = []
     for g, n in zip(grads, sizes):
-        parts.append(np.zeros(n) if g is None else
-                     strided(g).detach().reshape(-1).to(device="cpu", dtype=torch.float64).numpy())
+        parts.append(np.zeros(n) if g is None else grad_numpy(g))
     if len(parts) == 1 and not copy:
         return parts[0]
     return np.concatenate(parts) if parts else np.zeros(0)

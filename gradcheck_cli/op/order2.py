@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gradcheck_cli.op.jacobian import EPS, step_sizes
-from gradcheck_cli.op.runner import OpRaised, call, make_tensors, unflatten, user_failures, vjp
+from gradcheck_cli.op.runner import OpRaised, call, grad_numpy, make_tensors, unflatten, user_failures, vjp
 from gradcheck_cli.op.verdict import FD_SAFETY, input_label
 from gradcheck_cli.report import Diagnostic
 
@@ -51,15 +51,12 @@ def double_backward(spec, arrays: dict, ref_arrays: dict, dtype: str, device: st
                 break
             second = torch.autograd.grad(flat[int(i)], inputs, retain_graph=True, allow_unused=True)
             reached = reached or any(g is not None for g in second)
-            rows[r] = np.concatenate([np.zeros(s) if g is None else
-                                      g.detach().reshape(-1).to("cpu", torch.float64).numpy()
-                                      for g, s in zip(second, sizes)])
+            rows[r] = np.concatenate([np.zeros(s) if g is None else grad_numpy(g) for g, s in zip(second, sizes)])
         wrt_v = None
         if jac_u is not None and flat.requires_grad:
             u = torch.as_tensor(np.concatenate([jac_u[0][w] for w in wrt]), dtype=flat.dtype, device=flat.device)
             gv = torch.autograd.grad((flat * u).sum(), vt, retain_graph=True, allow_unused=True)
-            wrt_v = np.concatenate([np.zeros(o.numel()) if g is None else
-                                    g.detach().reshape(-1).to("cpu", torch.float64).numpy() for g, o in zip(gv, outs)])
+            wrt_v = np.concatenate([np.zeros(o.numel()) if g is None else grad_numpy(g) for g, o in zip(gv, outs)])
     except OpRaised as exc:
         return Order2Outcome(False, [Diagnostic("double_backward_error", f"double backward raised: {exc.message}")],
                              None)
@@ -109,7 +106,6 @@ def double_backward(spec, arrays: dict, ref_arrays: dict, dtype: str, device: st
 
 def _fd_of_backward(spec, arrays, dtype, device, v, wrt, sizes, sample, eps):
     """Columns `sample` of d(v^T J)/dx by central differences of the backward, with step halving."""
-    import torch
 
     base = np.concatenate([np.asarray(arrays[w], dtype=np.float64).reshape(-1) for w in wrt])
     bounds = np.cumsum([0] + sizes)
@@ -123,8 +119,7 @@ def _fd_of_backward(spec, arrays, dtype, device, v, wrt, sizes, sample, eps):
         tensors = make_tensors(spec, moved, dtype, device)
         outs = call(spec, tensors, "forward (finite differences of the backward)")
         grads = vjp(outs, [tensors[w] for w in wrt], unflatten(v, outs), phase="backward (finite differences)")
-        return np.concatenate([np.zeros(s) if g is None else g.detach().reshape(-1).to("cpu", torch.float64).numpy()
-                               for g, s in zip(grads, sizes)])
+        return np.concatenate([np.zeros(s) if g is None else grad_numpy(g) for g, s in zip(grads, sizes)])
 
     cols, errs = np.zeros((sample.size, sample.size)), np.zeros((sample.size, sample.size))
     try:

@@ -202,14 +202,25 @@ def unflatten(vec, outputs: list):
 
 def grads_numpy(grads, tensors: list) -> list:
     """Gradients as flat float64 numpy vectors; None stays None."""
+
+    return [None if g is None else grad_numpy(g).copy() for g in grads]
+
+
+def materialized(g):
+    """A gradient as an ordinary dense tensor: a sparse one made dense, a ZeroTensor (what
+    torch's own formulas return for a derivative that is 0 everywhere, e.g. torch.sgn on
+    real input) made real zeros.  Every gradient is read through here or grad_numpy."""
     import torch
 
-    return [None if g is None else strided(g).detach().reshape(-1).to(device="cpu", dtype=torch.float64).numpy()
-            .copy() for g in grads]
-
-
-def strided(g):
-    """A gradient in torch's ordinary (strided) layout: a sparse one made dense."""
-    import torch
-
+    if g._is_zerotensor():
+        return torch.zeros(g.shape, dtype=g.dtype, device=g.device)
     return g if g.layout == torch.strided else g.to_dense()
+
+
+def grad_numpy(g, rows: int | None = None) -> np.ndarray:
+    """A gradient as float64 numpy: flat, or (rows, -1) for a batched one.  It may share
+    memory with the gradient: copy before writing."""
+    import torch
+
+    g = materialized(g).detach()
+    return (g.reshape(-1) if rows is None else g.reshape(rows, -1)).to(device="cpu", dtype=torch.float64).numpy()

@@ -630,7 +630,7 @@ def test_no_colour_when_piped_or_no_color():
 # ---- spec files --------------------------------------------------------------------------
 
 def _strip(check: dict) -> dict:
-    drop = ("duration_s", "name", "spec_file", "op", "calls")
+    drop = ("duration_s", "worker_peak_rss_mib", "name", "spec_file", "op", "calls")
     return {k: v for k, v in check.items() if k not in drop}
 
 

@@ -49,3 +49,77 @@ def test_a_wrong_gradient_next_to_a_zero_tensor_is_still_caught():
 
     report = gradcheck_cli.check_op(HalfRound.apply, x64(0.3, -1.2, 2.2))
     assert not report.passed and "gradient_mismatch" in report.checks[0].codes()
+
+
+class SortWithIndices(torch.autograd.Function):
+    """sort(x) and its indices as floats, the indices marked non-differentiable: torch's
+    own sort / native_layer_norm's mean and rstd have outputs like these."""
+
+    @staticmethod
+    def forward(ctx, x):
+        values, indices = torch.sort(x)
+        ctx.save_for_backward(indices)
+        idx = indices.to(x.dtype)
+        ctx.mark_non_differentiable(idx)
+        return values, idx
+
+    @staticmethod
+    def backward(ctx, g_values, g_idx):
+        (indices,) = ctx.saved_tensors
+        return torch.zeros_like(g_values).scatter(0, indices, g_values)
+
+
+def test_outputs_that_do_not_require_grad_are_not_checked():
+    report = gradcheck_cli.check_op(SortWithIndices.apply, x64(0.3, -1.2, 2.2, 0.1))
+    (check,) = report.checks
+    assert report.passed, [d.message for d in check.diagnostics]
+    note = next(d.message for d in check.diagnostics if d.code == "non_differentiable_output")
+    assert "output(s) 1 [4]" in note
+    assert check.gradients[0].shape == (4, 4)  # the Jacobian of the sorted values only
+
+
+def test_a_wrong_gradient_beside_a_non_differentiable_output_is_caught():
+    class Wrong(SortWithIndices):
+        @staticmethod
+        def backward(ctx, g_values, g_idx):
+            (indices,) = ctx.saved_tensors
+            return 2 * torch.zeros_like(g_values).scatter(0, indices, g_values)
+
+    assert not gradcheck_cli.check_op(Wrong.apply, x64(0.3, -1.2, 2.2, 0.1)).passed
+
+
+def test_layer_norm_statistics_are_not_compared():
+    x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    report = gradcheck_cli.check_op(torch.native_layer_norm, x, [4], w, b, 1e-5)
+    assert report.passed, [d.message for d in report.checks[0].diagnostics]
+    assert "non_differentiable_output" in report.checks[0].codes()
+
+
+def running_mean_update(x, running):
+    """A batch mean that also updates running statistics in place, as batch norm does."""
+    with torch.no_grad():
+        running.mul_(0.9).add_(0.1 * x.detach().mean(0))
+    return x - x.mean(0)
+
+
+def test_a_buffer_updated_in_place_is_a_note_and_a_mutated_input_still_fails():
+    x = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    running = torch.zeros(2, dtype=torch.float64)
+    report = gradcheck_cli.check_op(running_mean_update, x, running)
+    (check,) = report.checks
+    assert report.passed and "buffer_mutated" in check.codes() and "input_mutated" not in check.codes()
+    both = gradcheck_cli.check_op(running_mean_update, x, running, wrt=["x0", "x1"])
+    assert not both.passed and "input_mutated" in both.checks[0].codes()
+
+
+@pytest.mark.parametrize("op, x", [
+    (lambda x: torch.nn.functional.pdist(x), torch.randn(1, 3, dtype=torch.float64)),  # one row: no pairs
+    (lambda x: x.repeat(0, 1), torch.randn(2, 3, dtype=torch.float64)),
+])
+def test_empty_outputs_of_non_empty_inputs_pass_with_a_note(op, x):
+    report = gradcheck_cli.check_op(op, x)
+    (check,) = report.checks
+    assert report.passed and "empty_output" in check.codes()
+    assert check.gradients[0].shape[0] == 0 and check.gradients[0].input_shape == tuple(x.shape)

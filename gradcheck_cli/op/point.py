@@ -19,7 +19,7 @@ from gradcheck_cli.shared import dedupe
 def check_point(prep, arrays: dict, opts) -> CheckResult:
     """Every check of the op at one point."""
     from gradcheck_cli.op import mutation
-    from gradcheck_cli.op.runner import BadOutput, OpRaised, call, flat_numpy, make_tensors
+    from gradcheck_cli.op.runner import BadOutput, EmptyOutput, OpRaised, call, flat_numpy, make_tensors
 
     started = time.perf_counter()
     spec = prep.spec
@@ -35,9 +35,14 @@ def check_point(prep, arrays: dict, opts) -> CheckResult:
         before = mutation.snapshot(tensors, arrays, opts.dtype)  # no copy: the arrays they came from
         fixed_before = _fixed_snapshot(spec)
         try:
-            outs = call(spec, tensors)
+            outs = _differentiable_outputs(pt, call(spec, tensors))
         except OpRaised as exc:
             op_raised(pt, exc)
+            outs = None
+        except EmptyOutput as exc:
+            pt.note("empty_output", f"{exc}: its Jacobian has no entries, so there is nothing to compare; the check "
+                                    "passes")
+            gradients = tuple(_empty_gradient(w, np.shape(arrays[w]), pt.tol) for w in spec.wrt)
             outs = None
         except BadOutput as exc:
             pt.fail("bad_output", str(exc))
@@ -79,6 +84,36 @@ def check_point(prep, arrays: dict, opts) -> CheckResult:
     point = {k: np.asarray(v) for k, v in arrays.items()}
     return CheckResult(prep.name, "op", passed, opts.dtype, point, value, tuple(gradients), tuple(dedupe(pt.diags)),
                        pt.extra)
+
+
+def _differentiable_outputs(pt, outs: list) -> list:
+    """The outputs to check: those that require grad, when some do and some do not (the
+    choice is kept in the spec, for every later call).  When none does, all are checked:
+    finite differences then show whether a zero gradient is right."""
+    spec = pt.prep.spec
+    if spec.outputs is not None:
+        return outs
+    keep = tuple(k for k, o in enumerate(outs) if o.requires_grad)
+    if keep and len(keep) < len(outs):
+        skipped = [f"{k} {list(outs[k].shape)}" for k in range(len(outs)) if k not in keep]
+        pt.note("non_differentiable_output", (
+            f"output(s) {', '.join(skipped)} do not require grad (marked non-differentiable, indices, statistics "
+            "such as mean/rstd): only the outputs that do are checked, as torch.autograd.gradcheck does"))
+        spec.outputs = keep
+        return [outs[k] for k in keep]
+    return outs
+
+
+def _empty_gradient(wrt: str, in_shape: tuple, tol: dict):
+    """The gradient entry of an input of an op whose outputs are all empty: no entries."""
+    from gradcheck_cli.report import GradientResult
+
+    empty = np.zeros((0,) + tuple(in_shape))
+    return GradientResult(wrt=wrt, shape=empty.shape, input_shape=tuple(in_shape), output_shape=(0,),
+                          autograd=empty, symbolic=None, finite_difference=empty, fd_error_estimate=empty,
+                          fd_computed=None, max_abs_error=0.0, max_rel_error=0.0, reference="finite_difference",
+                          worst_index=None, passed=True,
+                          tolerance={k: v for k, v in tol.items() if isinstance(v, (int, float))})
 
 
 def _digest(flat: np.ndarray) -> bytes | None:
@@ -141,10 +176,15 @@ def _check_mutation(pt: Point, tensors: dict, before: dict, fixed_before: dict, 
         if now.shape != snap.shape or not torch.equal(now.detach(), snap):
             names.append(f"argument {i}")
     for nm in names:
-        if any(d.code == "input_mutated" and d.wrt == nm for d in pt.diags):
+        if any(d.code in ("input_mutated", "buffer_mutated") and d.wrt == nm for d in pt.diags):
             continue
-        pt.fail("input_mutated", f"the caller's input {nm!r} was changed in place during the {phase}: ops must "
-                                 "not modify their inputs (clone first)", nm)
+        if nm in pt.prep.spec.wrt:
+            pt.fail("input_mutated", f"the caller's input {nm!r} was changed in place during the {phase}: ops "
+                                     "must not modify their inputs (clone first)", nm)
+        else:  # running statistics and other buffers: updated on purpose, never differentiated
+            pt.note("buffer_mutated", f"{nm!r}, which is not differentiated, was updated in place during the "
+                                      f"{phase} (like batch norm's running statistics); the gradients do not depend "
+                                      "on it, and every call gets the given values again", nm)
 
 
 def _output_metadata(pt: Point, outs: list, opts) -> None:

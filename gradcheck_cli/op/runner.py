@@ -103,9 +103,17 @@ class OpSpec:
     kwargs: dict
     names: tuple  # floating inputs, in positional order
     wrt: tuple
+    # which of the op's floating outputs are checked (None: all): those that require grad,
+    # fixed at the first forward (a mean/rstd statistic, sort indices, an output marked
+    # non-differentiable are not, as in torch.autograd.gradcheck)
+    outputs: tuple | None = None
 
     def arguments(self, tensors: dict) -> list:
         return [tensors[s] if isinstance(s, str) else s.value for s in self.slots]
+
+
+class EmptyOutput(Exception):
+    """Every output the op returned is empty: a valid op whose Jacobian has no entries."""
 
 
 def make_tensors(spec: OpSpec, arrays: dict, dtype: str, device: str, grad: bool = True) -> dict:
@@ -138,8 +146,7 @@ def floating_outputs(raw) -> list:
     if complex_out:
         raise BadOutput("the op returned a complex tensor; gradcheck op checks real-valued ops")
     if not any(t.numel() for t in outs):
-        raise BadOutput(f"the op returned only empty tensors (shapes {[list(t.shape) for t in outs]}): there is "
-                        "nothing to differentiate")
+        raise EmptyOutput(f"the op returned only empty tensors (shapes {[list(t.shape) for t in outs]})")
     return outs
 
 
@@ -149,7 +156,12 @@ def call(spec: OpSpec, tensors: dict, phase: str = "forward") -> list:
         raw = spec.fn(*spec.arguments(tensors), **spec.kwargs)
     except user_failures() as exc:  # the op's own failure is a verdict, not a crash
         raise OpRaised(phase, exc) from exc
-    return floating_outputs(raw)
+    outs = floating_outputs(raw)
+    if spec.outputs is not None:
+        if max(spec.outputs) >= len(outs):
+            raise BadOutput(f"the op returned {len(outs)} floating output(s) here, and more on its first call")
+        outs = [outs[k] for k in spec.outputs]
+    return outs
 
 
 def flat_numpy(outputs: list, copy: bool = True) -> np.ndarray:

@@ -1,0 +1,140 @@
+"""gradcheck op over PyTorch's own OpInfo corpus, beside torch.autograd.gradcheck (issue 12).
+
+Every op in `torch.testing._internal.common_methods_invocations.op_db` that supports
+autograd, its first sample input, float64 (and float32 with --dtype float32).  The ops are
+torch's own, so they are correct: every failed check is a false alarm of the gate, and
+every exception that escapes check_op is a crash.  Printed side by side: passes, false
+alarms (with their diagnostic codes), crashes, what was skipped and why, and the time of
+both tools.
+
+    python benchmarks/bench_opinfo.py                      # the whole corpus, float64
+    python benchmarks/bench_opinfo.py --dtype float32 --limit 150 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import time
+import traceback
+import warnings
+
+
+def cases(limit: int | None, seed: int, dtype_name: str):
+    """(name, fn, tensors, kwargs) for the ops gradcheck op can take today, else (name,
+    None, reason, None)."""
+    import torch
+    from torch.testing._internal.common_methods_invocations import op_db
+
+    dtype = {"float64": torch.float64, "float32": torch.float32}[dtype_name]
+    ops = [op for op in op_db if op.supports_autograd]
+    if limit:
+        import random
+
+        ops = random.Random(seed).sample(ops, min(limit, len(ops)))
+    for op in ops:
+        name = op.name + (f".{op.variant_test_name}" if op.variant_test_name else "")
+        if dtype not in op.supported_backward_dtypes("cpu"):
+            yield name, None, f"no {dtype_name} backward", None
+            continue
+        try:
+            sample = next(iter(op.sample_inputs("cpu", dtype, requires_grad=True)))
+        except Exception as exc:  # noqa: BLE001 -- the corpus's own problem
+            yield name, None, f"no sample ({type(exc).__name__})", None
+            continue
+        if not isinstance(sample.input, torch.Tensor):
+            yield name, None, "tensor-list input", None
+            continue
+        tensor_args = [a for a in sample.args if isinstance(a, torch.Tensor)]
+        if any(isinstance(v, torch.Tensor) and v.requires_grad for v in sample.kwargs.values()):
+            yield name, None, "tensor keyword argument", None
+            continue
+        if any(isinstance(a, (list, tuple)) and any(isinstance(t, torch.Tensor) for t in a) for a in sample.args):
+            yield name, None, "tensor list argument", None
+            continue
+        if sample.input.is_complex() or any(t.is_complex() for t in tensor_args):
+            yield name, None, "complex", None
+            continue
+        yield name, _bind(op, sample), (sample.input, *sample.args), dict(sample.kwargs)
+
+
+def _bind(op, sample):
+    def fn(*args, **kwargs):
+        return op(*args, **kwargs)
+
+    fn.__qualname__ = op.name
+    return fn
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    parser.add_argument("--limit", type=int, default=None, help="a seeded sample of this many ops")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-torch", action="store_true", help="skip torch.autograd.gradcheck's column")
+    args = parser.parse_args()
+    import torch
+
+    import gradcheck_cli
+
+    warnings.simplefilter("ignore")
+    tally = collections.Counter()
+    alarms, crashes, skipped = [], [], collections.Counter()
+    t_ours = t_torch = 0.0
+    for name, fn, tensors, kwargs in cases(args.limit, args.seed, args.dtype):
+        if fn is None:
+            skipped[tensors] += 1
+            continue
+        start = time.perf_counter()
+        try:
+            report = gradcheck_cli.check_op(fn, *tensors, kwargs=kwargs, dtype=args.dtype)
+        except Exception as exc:  # noqa: BLE001 -- what we are counting
+            t_ours += time.perf_counter() - start
+            crashes.append((name, f"{type(exc).__name__}: {exc}"[:160], traceback.format_exc(limit=-2)))
+            tally["crash"] += 1
+            continue
+        t_ours += time.perf_counter() - start
+        check = report.checks[0]
+        if report.passed:
+            tally["pass"] += 1
+        else:
+            tally["false alarm"] += 1
+            codes = sorted(check.codes() - {"symbolic_unavailable"})
+            alarms.append((name, codes, next((d.message for d in check.diagnostics
+                                              if d.code not in ("symbolic_unavailable", "warning")), "")[:200]))
+        if not args.no_torch and args.dtype == "float64":
+            start = time.perf_counter()
+            try:
+                inputs = tuple(t for t in tensors if isinstance(t, torch.Tensor))
+                positions = [i for i, t in enumerate(tensors) if isinstance(t, torch.Tensor)]
+
+                def call(*ts, _t=tensors, _p=positions, _fn=fn, _kw=kwargs):
+                    full = list(_t)
+                    for i, t in zip(_p, ts):
+                        full[i] = t
+                    return _fn(*full, **_kw)
+
+                torch.autograd.gradcheck(call, inputs, raise_exception=False)
+            except Exception:  # noqa: BLE001
+                pass
+            t_torch += time.perf_counter() - start
+    total = sum(tally.values())
+    print(f"torch {torch.__version__}; {args.dtype}; {total} ops checked, {sum(skipped.values())} skipped")
+    print(f"  pass {tally['pass']}   false alarms {tally['false alarm']}   crashes {tally['crash']}")
+    print(f"  time: gradcheck op {t_ours:.1f} s" + ("" if args.no_torch or args.dtype != "float64" else
+                                                   f"   torch.autograd.gradcheck {t_torch:.1f} s   ratio "
+                                                   f"{t_ours / max(t_torch, 1e-9):.2f}x"))
+    print("  skipped: " + ", ".join(f"{why} {n}" for why, n in skipped.most_common()))
+    by_code = collections.Counter(c for _, codes, _ in alarms for c in codes)
+    if alarms:
+        print("false alarms by diagnostic: " + ", ".join(f"{c} {n}" for c, n in by_code.most_common()))
+        for name, codes, message in alarms:
+            print(f"  ALARM {name}: {','.join(codes)}: {message}")
+    for name, message, _ in crashes:
+        print(f"  CRASH {name}: {message}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -123,3 +123,63 @@ def test_empty_outputs_of_non_empty_inputs_pass_with_a_note(op, x):
     (check,) = report.checks
     assert report.passed and "empty_output" in check.codes()
     assert check.gradients[0].shape[0] == 0 and check.gradients[0].input_shape == tuple(x.shape)
+
+
+def test_a_sparse_output_is_checked_as_its_dense_values():
+    report = gradcheck_cli.check_op(lambda x: (x * 3).to_sparse(), torch.randn(2, 3, dtype=torch.float64))
+    assert report.passed and report.checks[0].gradients[0].shape == (2, 3, 2, 3)
+    wrong = gradcheck_cli.check_op(lambda x: (x * 3).detach().to_sparse() + 0 * x.to_sparse(),
+                                   torch.randn(2, 3, dtype=torch.float64))
+    assert not wrong.passed
+
+
+def test_a_sparse_input_is_a_clear_refusal_not_a_crash():
+    with pytest.raises(gradcheck_cli.UserInputError, match="sparse inputs are not supported yet"):
+        gradcheck_cli.check_op(torch.sparse.mm, torch.eye(3, dtype=torch.float64).to_sparse_csr(),
+                               torch.randn(3, 2, dtype=torch.float64, requires_grad=True))
+
+
+def cosine_like_loss(x, y, target):
+    """The ±1 target of cosine_embedding_loss, compared with == 1: the output jumps at the
+    very point (any step moves target off 1), and its derivative is 0 almost everywhere,
+    so the backward returns None for it."""
+    return _JumpInTarget.apply(x, y, target)
+
+
+class _JumpInTarget(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, y, target):
+        ctx.save_for_backward(x, y, target)
+        return torch.where(target == 1, x * y, -x * y)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, y, target = ctx.saved_tensors
+        sign = torch.where(target == 1, 1.0, -1.0).to(g.dtype)
+        return g * sign * y, g * sign * x, None
+
+
+def test_a_none_gradient_where_the_derivative_is_zero_is_zeros():
+    x, y = x64(0.5, -1.0, 2.0), x64(1.5, 0.25, -0.75)
+    target = torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64, requires_grad=True)
+    for mode in ("full", "fast"):
+        report = gradcheck_cli.check_op(cosine_like_loss, x, y, target, mode=mode)
+        (check,) = report.checks
+        assert report.passed, [d.message for d in check.diagnostics]
+        assert "missing_gradient" not in check.codes()
+        if mode == "full":  # every entry differenced: the jump at the point is seen, and named
+            assert "none_gradient_zero" in check.codes()
+
+
+def test_a_none_gradient_where_the_output_depends_on_the_input_still_fails():
+    class Forgets(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, y):
+            return x * y
+
+        @staticmethod
+        def backward(ctx, g):
+            return g, None
+
+    report = gradcheck_cli.check_op(Forgets.apply, x64(1.0, 2.0), x64(3.0, 4.0))
+    assert not report.passed and "missing_gradient" in report.checks[0].codes()

@@ -168,6 +168,10 @@ def _check_callable(fn, tensors, *, reference, order, names, wrt, kwargs, dtype,
     given = list(names) if names is not None else None
     slots, values, marked, first = [], {}, [], None
     for arg in tensors:
+        if isinstance(arg, torch.Tensor) and arg.layout != torch.strided:
+            raise UserInputError(f"an input has layout {str(arg.layout).replace('torch.', '')}: sparse inputs are not "
+                                 "supported yet; check the op on dense inputs, or pass the sparse one as a keyword "
+                                 "argument")
         if isinstance(arg, torch.Tensor) and arg.is_floating_point():
             k = len(values)
             nm = given[k] if given is not None and k < len(given) else f"x{k}"

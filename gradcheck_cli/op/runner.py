@@ -140,6 +140,9 @@ def floating_outputs(raw) -> list:
     if not items or not any(isinstance(t, torch.Tensor) for t in items):
         raise BadOutput(f"the op returned {type(raw).__name__}; expected a tensor or a tuple of tensors")
     outs = [t for t in items if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())]
+    # a sparse output (to_sparse) is checked as its dense values: to_dense is differentiable
+    # and keeps every Jacobian entry where it was
+    outs = [t if t.layout == torch.strided else t.to_dense() for t in outs]
     if not outs:
         raise BadOutput("the op returned no floating-point tensor: there is nothing to differentiate")
     complex_out = [t for t in outs if t.is_complex()]

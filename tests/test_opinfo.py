@@ -5,8 +5,9 @@ alarm of the gate, unless torch.autograd.gradcheck fails on the same op and samp
 (then the op's gradient is not a known-correct one: `normal`'s derivative in its mean is
 defined as 0).  The whole corpus, with timings beside torch's: benchmarks/bench_opinfo.py.
 
-Complex ops are not checked yet (issue 12 is open for them): they are strict xfails here,
-so the day they pass this file says so.
+Complex ops are checked through their real views (view_as_real): both Wirtinger
+derivatives at once, as torch.autograd.gradcheck does.  Known false alarms of causes not
+fixed yet are strict xfails (KNOWN), so the day they pass this file says so.
 """
 
 from __future__ import annotations
@@ -40,8 +41,11 @@ BY_NAME = {_name(op): op for op in OPS}
 
 def _case(op, dtype):
     """(fn, tensors, kwargs) for the op's first sample, or a reason to skip it."""
-    if dtype not in op.supported_backward_dtypes("cpu"):
-        return f"{op.name} has no {dtype} backward"
+    supported = op.supported_backward_dtypes("cpu")
+    if dtype not in supported:  # a complex-only backward (istft): its complex counterpart
+        dtype = {torch.float64: torch.complex128, torch.float32: torch.complex64}[dtype]
+        if dtype not in supported:
+            return f"{op.name} has no backward in this dtype"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sample = next(iter(op.sample_inputs("cpu", dtype, requires_grad=True)), None)
@@ -59,20 +63,6 @@ def _case(op, dtype):
     return fn, (sample.input, *sample.args), dict(sample.kwargs)
 
 
-def _complex(op, dtype) -> bool:
-    case = _case(op, dtype)
-    if isinstance(case, str):
-        return False
-    fn, tensors, kwargs = case
-    if any(isinstance(t, torch.Tensor) and t.is_complex() for t in tensors):
-        return True
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        out = fn(*tensors, **kwargs)
-    outs = out if isinstance(out, (tuple, list)) else [out]
-    return any(isinstance(o, torch.Tensor) and o.is_complex() for o in outs)
-
-
 # Known false alarms, each a cause issue 12 names and this project has not fixed yet: strict
 # xfails, so that fixing the cause turns them into failures to remove from here.
 KNOWN = {"torch.ops.aten._safe_softmax.default": "-inf inputs are stepped by finite differences (issue 12)"}
@@ -83,9 +73,7 @@ def _params():
     for dtype in (torch.float64, torch.float32):
         for op in OPS:
             marks = []
-            if _complex(op, dtype):
-                marks.append(pytest.mark.xfail(strict=True, reason="complex ops are not checked yet (issue 12)"))
-            elif _name(op) in KNOWN:
+            if _name(op) in KNOWN:
                 marks.append(pytest.mark.xfail(strict=True, reason=KNOWN[_name(op)]))
             out.append(pytest.param(_name(op), dtype, id=f"{str(dtype)[6:]}-{_name(op)}", marks=marks))
     return out
@@ -117,9 +105,8 @@ def test_torchs_own_ops_pass(name, dtype):
     if isinstance(case, str):
         pytest.skip(case)
     fn, tensors, kwargs = case
-    dtype_name = str(dtype).replace("torch.", "")
-    try:
-        report = gradcheck_cli.check_op(fn, *tensors, kwargs=kwargs, dtype=dtype_name)
+    try:  # the dtype the sample's tensors have (a complex one's real view)
+        report = gradcheck_cli.check_op(fn, *tensors, kwargs=kwargs)
     except gradcheck_cli.UserInputError as err:  # a clear refusal (sparse inputs), never a crash
         pytest.skip(f"refused as not supported yet (issue 12): {err}")
     if report.passed:

@@ -166,18 +166,22 @@ def _check_callable(fn, tensors, *, reference, order, names, wrt, kwargs, dtype,
     label = name or getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
     call_fn = as_callable(fn, label)
     given = list(names) if names is not None else None
-    slots, values, marked, first = [], {}, [], None
+    slots, values, marked, first, complex_names = [], {}, [], None, set()
     for arg in tensors:
         if isinstance(arg, torch.Tensor) and arg.layout != torch.strided:
             raise UserInputError(f"an input has layout {str(arg.layout).replace('torch.', '')}: sparse inputs are not "
                                  "supported yet; check the op on dense inputs, or pass the sparse one as a keyword "
                                  "argument")
-        if isinstance(arg, torch.Tensor) and arg.is_floating_point():
+        if isinstance(arg, torch.Tensor) and (arg.is_floating_point() or arg.is_complex()):
             k = len(values)
             nm = given[k] if given is not None and k < len(given) else f"x{k}"
             if nm in values:
                 raise UserInputError(f"input name {nm!r} is used twice")
-            arr = torch_backed(arg.detach().to(device="cpu", dtype=torch.float64).numpy().copy())
+            real = arg.detach()
+            if arg.is_complex():  # held, differenced and reported as its real view (..., 2)
+                complex_names.add(nm)
+                real = torch.view_as_real(real.resolve_conj())
+            arr = torch_backed(real.to(device="cpu", dtype=torch.float64).numpy().copy())
             values[nm] = Value(nm, arr, f"tensor{list(arr.shape)}", False)
             slots.append(nm)
             if arg.requires_grad:
@@ -195,7 +199,8 @@ def _check_callable(fn, tensors, *, reference, order, names, wrt, kwargs, dtype,
     opts = OpOptions(dtype=dtype, fd=fd, eps=eps, atol=atol, rtol=rtol, points=points, seed=seed, order=order,
                      mode=mode, device=device).validate()
     chosen = _choose_wrt(tuple(values), wrt if wrt is not None else (marked or None))
-    spec = OpSpec(call_fn, label, tuple(slots), dict(kwargs or {}), tuple(values), chosen)
+    spec = OpSpec(call_fn, label, tuple(slots), dict(kwargs or {}), tuple(values), chosen,
+                  complex_inputs=frozenset(complex_names))
     ref = _reference(reference, values)
     return Report((run_points(PreparedOp(spec, values, ref, label), opts),))
 
@@ -204,7 +209,7 @@ def _dtype_name(td) -> str:
     import torch
 
     names = {torch.float64: "float64", torch.float32: "float32", torch.float16: "float16",
-             torch.bfloat16: "bfloat16"}
+             torch.bfloat16: "bfloat16", torch.complex128: "float64", torch.complex64: "float32"}
     if td not in names:
         raise UserInputError(f"inputs of dtype {td} are not supported (float64, float32, float16, bfloat16)")
     return names[td]

@@ -91,6 +91,12 @@ def _differentiable_outputs(pt, outs: list) -> list:
     choice is kept in the spec, for every later call).  When none does, all are checked:
     finite differences then show whether a zero gradient is right."""
     spec = pt.prep.spec
+    if (spec.complex_inputs or spec.complex_outputs) and not any(d.code == "complex_as_real" for d in pt.diags):
+        parts = ([f"inputs {', '.join(sorted(spec.complex_inputs))}"] if spec.complex_inputs else []) + (
+            ["its complex outputs"] if spec.complex_outputs else [])
+        pt.note("complex_as_real", f"{' and '.join(parts)} are checked as real and imaginary parts (the last "
+                                   "dimension of 2, as torch.view_as_real lays them out): the real Jacobian "
+                                   "holds both Wirtinger derivatives, as torch.autograd.gradcheck checks them")
     if spec.outputs is not None:
         return outs
     keep = tuple(k for k, o in enumerate(outs) if o.requires_grad)

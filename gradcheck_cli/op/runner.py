@@ -107,9 +107,18 @@ class OpSpec:
     # fixed at the first forward (a mean/rstd statistic, sort indices, an output marked
     # non-differentiable are not, as in torch.autograd.gradcheck)
     outputs: tuple | None = None
+    # complex inputs: held and differenced as their real views (..., 2), handed to the op as
+    # complex (view_as_complex); complex outputs are read as real views (view_as_real).  The
+    # real Jacobian of that map is what torch.autograd.gradcheck checks for complex ops
+    # (Wirtinger and conjugate-Wirtinger derivatives together)
+    complex_inputs: frozenset = frozenset()
+    complex_outputs: bool = False
 
     def arguments(self, tensors: dict) -> list:
-        return [tensors[s] if isinstance(s, str) else s.value for s in self.slots]
+        import torch
+
+        return [(torch.view_as_complex(tensors[s]) if s in self.complex_inputs else tensors[s])
+                if isinstance(s, str) else s.value for s in self.slots]
 
 
 class EmptyOutput(Exception):
@@ -145,21 +154,25 @@ def floating_outputs(raw) -> list:
     outs = [t if t.layout == torch.strided else t.to_dense() for t in outs]
     if not outs:
         raise BadOutput("the op returned no floating-point tensor: there is nothing to differentiate")
-    complex_out = [t for t in outs if t.is_complex()]
-    if complex_out:
-        raise BadOutput("the op returned a complex tensor; gradcheck op checks real-valued ops")
+    outs = [torch.view_as_real(t.resolve_conj()) if t.is_complex() else t for t in outs]
     if not any(t.numel() for t in outs):
         raise EmptyOutput(f"the op returned only empty tensors (shapes {[list(t.shape) for t in outs]})")
     return outs
 
 
 def call(spec: OpSpec, tensors: dict, phase: str = "forward") -> list:
-    """Call the op; its floating outputs as a list.  Exceptions become OpRaised."""
+    """Call the op; its floating outputs as a list (complex ones as real views).
+    Exceptions become OpRaised."""
+    import torch
+
     try:
         raw = spec.fn(*spec.arguments(tensors), **spec.kwargs)
     except user_failures() as exc:  # the op's own failure is a verdict, not a crash
         raise OpRaised(phase, exc) from exc
     outs = floating_outputs(raw)
+    if not spec.complex_outputs and any(isinstance(t, torch.Tensor) and t.is_complex()
+                                        for t in (raw if isinstance(raw, (tuple, list)) else [raw])):
+        spec.complex_outputs = True
     if spec.outputs is not None:
         if max(spec.outputs) >= len(outs):
             raise BadOutput(f"the op returned {len(outs)} floating output(s) here, and more on its first call")

@@ -247,3 +247,30 @@ def test_complex_outputs_of_real_inputs_are_checked():
             return (g * torch.exp(-1j * x)).real
 
     assert not gradcheck_cli.check_op(WrongPolar.apply, x64(0.5, 1.25, 2.0)).passed
+
+
+@pytest.mark.parametrize("mode", ["full", "fast"])
+def test_infinite_inputs_are_not_stepped(mode):
+    """A -inf mask before softmax: stepping it gives NaN (or nothing); its columns are left
+    out, the others are compared, and a wrong backward is still caught."""
+    x = torch.tensor([[0.5, float("-inf"), 1.0], [float("-inf"), -0.2, 0.3]], dtype=torch.float64,
+                     requires_grad=True)
+    report = gradcheck_cli.check_op(lambda t: torch.softmax(t, -1), x, mode=mode)
+    (check,) = report.checks
+    assert report.passed, [d.message for d in check.diagnostics]
+    assert "nonfinite_input" in check.codes() and "2 element(s)" in next(
+        d.message for d in check.diagnostics if d.code == "nonfinite_input")
+
+    class TwiceSoftmax(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            y = torch.softmax(t, -1)
+            ctx.save_for_backward(y)
+            return y
+
+        @staticmethod
+        def backward(ctx, g):
+            (y,) = ctx.saved_tensors
+            return 2 * y * (g - (g * y).sum(-1, keepdim=True))
+
+    assert not gradcheck_cli.check_op(TwiceSoftmax.apply, x, mode=mode).passed

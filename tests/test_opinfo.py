@@ -65,7 +65,7 @@ def _case(op, dtype):
 
 # Known false alarms, each a cause issue 12 names and this project has not fixed yet: strict
 # xfails, so that fixing the cause turns them into failures to remove from here.
-KNOWN = {"torch.ops.aten._safe_softmax.default": "-inf inputs are stepped by finite differences (issue 12)"}
+KNOWN: dict = {}
 
 
 def _params():

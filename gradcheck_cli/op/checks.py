@@ -45,8 +45,10 @@ class ReferenceJacobian:
         av = np.abs(v)
         allowed = (np.bincount(self.cols, weights=av[self.rows] * self.allowed, minlength=self.n)
                    + float(av @ self.floor_row) + float(av.sum()) * self.floor_col)
-        if self.noise is not None:
-            allowed = allowed + FD_SAFETY * float(av @ self.noise) / self.steps
+        if self.noise is not None:  # a column never stepped (a non-finite input element) is not compared
+            with np.errstate(divide="ignore", invalid="ignore"):
+                fd_term = np.where(self.steps > 0, FD_SAFETY * float(av @ self.noise) / self.steps, np.inf)
+            allowed = allowed + fd_term
         return expected, allowed
 
 

@@ -58,16 +58,17 @@ class Projection:
     terms: dict  # input -> sum |v^T J| |u|, the size of the numbers summed
 
 
-def _draw_projections(rng, vjps: VJPMany, m: int, sizes: dict, offsets: dict) -> list:
+def _draw_projections(rng, vjps: VJPMany, m: int, sizes: dict, offsets: dict, fixed: dict) -> list:
     """PROJECTIONS times: draw v, one backward call for v^T J, then draw u per input and
-    reduce.  Only the directions' generator states are kept."""
+    reduce (u is 0 on `fixed` elements, which are never stepped).  Only the directions'
+    generator states are kept."""
     out = []
     for _ in range(PROJECTIONS):
         v = Direction(rng, m)
         g = vjps.one(v.draw(rng))
         proj = Projection(v, {}, {}, {}, {})
         for w, n in sizes.items():
-            d = Direction(rng, n)
+            d = Direction(rng, n, None if w not in fixed else ~fixed[w])
             u = d.draw(rng)
             gw = g[offsets[w]:offsets[w] + n]
             proj.u[w], proj.norm[w] = d, float(np.max(np.abs(u))) if n else 0.0
@@ -147,7 +148,7 @@ class ExactRows:
 def run_fast(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -> tuple:
     """Fast-mode gradient results for the point (diagnostics go to pt); memory as the module
     docstring says."""
-    from gradcheck_cli.op.full import apply_backward_checks, backward_checks, broadcast_factor
+    from gradcheck_cli.op.full import nonfinite_inputs, apply_backward_checks, backward_checks, broadcast_factor
 
     spec, opts = pt.prep.spec, pt.opts
     wrt = list(spec.wrt)
@@ -175,11 +176,12 @@ def run_fast(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -
         # 1. backward calls: projections v^T J, the sampled rows and grad_output variety
         # (which need no finite differences in fast mode; their diagnostics are added after
         # the Jacobian's, as ever)
-        projections = _draw_projections(rng, vjps, m, sizes, offsets)
+        nonfinite_inputs(pt, wrt)
+        projections = _draw_projections(rng, vjps, m, sizes, offsets, pt.fixed)
         rows = np.sort(rng.choice(m, size=min(m, SAMPLED_ROWS), replace=False))
         exact = ExactRows(vjps, rows, m)
         exact.fill(sizes, offsets)
-        sampled = {w: _sample(pt, exact, offsets[w], sizes[w], layout, rows) for w in wrt}
+        sampled = {w: _sample(pt, exact, offsets[w], sizes[w], layout, rows, pt.fixed.get(w)) for w in wrt}
         del exact
         checks = backward_checks(pt, outs, tensors, layout, expect, {})  # jac_ok: unused without a Jacobian
         # the last backward call is done: the graph, and what the op saved for it, go now (the
@@ -228,16 +230,18 @@ class Sampled:
     rterms: np.ndarray  # (R,) |rows| . |u|
 
 
-def _sample(pt, exact: ExactRows, off: int, n: int, layout, rows: np.ndarray) -> Sampled:
+def _sample(pt, exact: ExactRows, off: int, n: int, layout, rows: np.ndarray, fixed: np.ndarray | None) -> Sampled:
     """The columns the sampled rows touch, plus a few random ones (at most `limit`), and the
-    remainder direction over every other element (drawn here)."""
+    remainder direction over every other element (drawn here); never a `fixed` element."""
     cols = np.flatnonzero(exact.touched_at(off, n))
     extra = pt.rng.choice(n, size=min(n, EXTRA_COLUMNS), replace=False)
     cols = np.union1d(cols, extra)
+    if fixed is not None:
+        cols = cols[~fixed[cols]]
     limit = int(min(MAX_COLUMNS, max(16, COLUMN_BUDGET // (4 * (n + layout.m)))))
     if cols.size > limit:  # the rest is covered, in aggregate, by the remainder direction
         cols = np.sort(pt.rng.choice(cols, size=limit, replace=False))
-    rest = np.ones(n, dtype=bool)
+    rest = np.ones(n, dtype=bool) if fixed is None else ~fixed
     rest[cols] = False
     remainder = Direction(pt.rng, n, rest) if rest.any() else None
     del rest

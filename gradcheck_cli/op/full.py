@@ -65,7 +65,20 @@ class InputEntries:
     hi: np.ndarray
 
 
-def _entries(ad: Autograd, fd: FDEntries, off: int, sym: np.ndarray | None, m: int) -> InputEntries:
+def _entries(ad: Autograd, fd: FDEntries, off: int, sym: np.ndarray | None, m: int,
+             fixed: np.ndarray | None = None) -> InputEntries:
+    """Every entry to compare: finite differences' nonzeros, autograd's where finite
+    differences saw none, and --reference's.  Columns in `fixed` (non-finite input
+    elements, never stepped) are left out."""
+    e = _all_entries(ad, fd, off, sym, m)
+    if fixed is None or not fixed.any():
+        return e
+    keep = ~fixed[e.cols]
+    return InputEntries(*(None if a is None else a[keep] for a in (e.rows, e.cols, e.auto, e.fd, e.fd_err, e.sym,
+                                                                    e.lo, e.hi)))
+
+
+def _all_entries(ad: Autograd, fd: FDEntries, off: int, sym: np.ndarray | None, m: int) -> InputEntries:
     n = fd.n_in
     g = ad.grouping
     pos = ad.row_lookup(m)
@@ -161,6 +174,7 @@ def run_full(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -
     pt.extra["fd_scheme"] = scheme
     fds: dict[str, FDEntries] = {}
     batches: dict[str, BatchedForward] = {}
+    nonfinite_inputs(pt, wrt)
     inputs = [tensors[w] for w in wrt]
     vjps = VJPMany(outs, inputs)
     try:
@@ -203,6 +217,19 @@ def run_full(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -
     if opts.order == 2:
         _order2(pt, layout, refs, f64 is not None)
     return results
+
+
+def nonfinite_inputs(pt, wrt: list) -> None:
+    """Infinite or NaN input elements (a -inf mask before softmax) are never stepped, and
+    their Jacobian columns are not compared: pt.fixed[w] marks them."""
+    pt.fixed = {}
+    for w in wrt:
+        bad = ~np.isfinite(np.ravel(pt.ref_arrays[w]))
+        if bad.any():
+            pt.fixed[w] = bad
+            pt.note("nonfinite_input", f"{int(bad.sum())} element(s) of {w!r} are infinite or NaN (first at "
+                                       f"{oc.input_label(w, np.shape(pt.ref_arrays[w]), int(np.flatnonzero(bad)[0]))}"
+                                       "): they are not stepped, and their Jacobian columns are not compared", w)
 
 
 def _batching_agrees(batch: BatchedForward, fd: FDEntries, e: InputEntries, v: oc.Verdict) -> bool:
@@ -257,7 +284,8 @@ def _localize(pt, ad: Autograd, vjps: VJPMany, fds: dict, offsets: dict, sizes: 
     """Judge every input; redo failing groups one row at a time (bounded); judge again."""
     spent = 0
     while True:
-        entries = {w: _entries(ad, fd, offsets[w], None if sym is None else sym[w], m) for w, fd in fds.items()}
+        entries = {w: _entries(ad, fd, offsets[w], None if sym is None else sym[w], m, pt.fixed.get(w))
+                   for w, fd in fds.items()}
         verdicts = {w: oc.judge(e.rows, e.cols, m, fds[w].n_in, e.auto, e.fd, e.fd_err, e.sym, pt.tol, e.lo, e.hi,
                                 pt.tol["output"] * np.abs(fds[w].f0[e.rows]))
                     for w, e in entries.items()}

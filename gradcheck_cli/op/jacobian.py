@@ -51,11 +51,13 @@ def default_step(scheme: str, eps_dtype: float) -> float:
 
 
 def step_sizes(x: np.ndarray, scheme: str, eps: float | None, eps_dtype: float) -> np.ndarray:
-    """h per element: relative step times max(1, |x|), made exactly representable."""
+    """h per element: relative step times max(1, |x|), made exactly representable; 0 for an
+    infinite or NaN element (a -inf mask is never stepped: x + h is still -inf, or NaN)."""
     rel = default_step(scheme, eps_dtype) if eps is None else eps
-    h = rel * np.maximum(1.0, np.abs(x))
-    exact = (x + h) - x
-    return np.where(exact > 0, exact, h)
+    with np.errstate(invalid="ignore"):
+        h = rel * np.maximum(1.0, np.abs(x))
+        exact = (x + h) - x
+    return np.where(np.isfinite(x), np.where(exact > 0, exact, h), 0.0)
 
 
 @dataclass
@@ -379,7 +381,11 @@ def direction_fd(batch: BatchedForward, x: np.ndarray, direction: Direction, nor
     n = x.size
     norm = max(float(norm), 1e-300)
     rel = default_step("central", eps_dtype) if eps is None else eps
-    t = rel * max(1.0, float(np.max(np.abs(x))) if x.size else 1.0)
+    biggest = float(np.max(np.abs(x))) if x.size else 1.0
+    if not np.isfinite(biggest):  # non-finite elements are never stepped (u is 0 there)
+        finite = np.abs(x[np.isfinite(x)])
+        biggest = float(np.max(finite)) if finite.size else 1.0
+    t = rel * max(1.0, biggest)
     deltas = (1, -1, 2, -2)
 
     def points(ds, outs):  # x + d t u/norm for each d, the direction drawn once for them all

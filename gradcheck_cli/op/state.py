@@ -27,6 +27,7 @@ class Point:
     diags: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
     failed: bool = False
+    fixed: dict = field(default_factory=dict)  # input -> columns not compared (non-finite elements)
     determinism: Any = None  # determinism.DeterminismOutcome, reported after the Jacobian's diagnostics
 
     def fail(self, code: str, message: str, wrt: str | None = None) -> None:

@@ -69,9 +69,11 @@ def _sample_dtype(op, dtype):
 
 def _bind(op, sample):
     """The op as torch's own gradient tests call it: through its gradcheck_wrapper (which,
-    for example, makes a Hermitian input out of the one it is given)."""
+    for example, makes a Hermitian input out of the one it is given) and the sample's
+    output_process_fn_grad (which, for eig, keeps what does not depend on an eigenvector's
+    phase)."""
     def fn(*args, **kwargs):
-        return op.gradcheck_wrapper(op.get_op(), *args, **kwargs)
+        return sample.output_process_fn_grad(op.gradcheck_wrapper(op.get_op(), *args, **kwargs))
 
     fn.__qualname__ = op.name
     return fn

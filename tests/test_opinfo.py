@@ -58,7 +58,7 @@ def _case(op, dtype):
         return "tensor lists and tensor keyword arguments are not supported yet (issue 12)"
 
     def fn(*args, **kwargs):
-        return op.gradcheck_wrapper(op.get_op(), *args, **kwargs)
+        return sample.output_process_fn_grad(op.gradcheck_wrapper(op.get_op(), *args, **kwargs))
 
     return fn, (sample.input, *sample.args), dict(sample.kwargs)
 

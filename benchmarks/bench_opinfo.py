@@ -44,15 +44,6 @@ def cases(limit: int | None, seed: int, dtype_name: str):
         except Exception as exc:  # noqa: BLE001 -- the corpus's own problem
             yield name, None, f"no sample ({type(exc).__name__})", None
             continue
-        if not isinstance(sample.input, torch.Tensor):
-            yield name, None, "tensor-list input", None
-            continue
-        if any(isinstance(v, torch.Tensor) and v.requires_grad for v in sample.kwargs.values()):
-            yield name, None, "tensor keyword argument", None
-            continue
-        if any(isinstance(a, (list, tuple)) and any(isinstance(t, torch.Tensor) for t in a) for a in sample.args):
-            yield name, None, "tensor list argument", None
-            continue
         yield name, _bind(op, sample), (sample.input, *sample.args), dict(sample.kwargs)
 
 
@@ -86,6 +77,8 @@ def torch_verdict(fn, tensors: tuple, kwargs: dict) -> tuple[bool | None, float]
 
     positions = [i for i, t in enumerate(tensors) if isinstance(t, torch.Tensor) and t.requires_grad]
     inputs = tuple(tensors[i].detach().double().requires_grad_(True) for i in positions)
+    if not inputs:  # a list input, or inputs only by keyword: torch's gradcheck takes them as they are
+        return None, 0.0
 
     def call(*ts):
         full = [t.detach().double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors]

@@ -274,3 +274,31 @@ def test_infinite_inputs_are_not_stepped(mode):
             return 2 * y * (g - (g * y).sum(-1, keepdim=True))
 
     assert not gradcheck_cli.check_op(TwiceSoftmax.apply, x, mode=mode).passed
+
+
+def test_tensors_inside_a_list_are_inputs():
+    a, b = x64(0.5, -1.0), x64(2.0, 0.25)
+    report = gradcheck_cli.check_op(torch.stack, [a, b], kwargs={"dim": 1})
+    (check,) = report.checks
+    assert report.passed and [g.wrt for g in check.gradients] == ["x0", "x1"]
+
+    def wrong_cat(tensors):
+        first, second = tensors
+        return torch.cat([first, second.detach() + 0 * second])  # the second one's gradient is lost
+
+    assert not gradcheck_cli.check_op(wrong_cat, (a, b)).passed
+
+
+def test_a_tensor_keyword_argument_that_requires_grad_is_checked_too():
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64)  # does not require grad: passed as it is
+    report = gradcheck_cli.check_op(torch.nn.functional.layer_norm, x, [3], kwargs={"weight": w, "bias": b})
+    (check,) = report.checks
+    assert report.passed and [g.wrt for g in check.gradients] == ["x0", "weight"]
+
+    def ignores_weight_grad(x, shape, weight=None):
+        return torch.nn.functional.layer_norm(x, shape) * weight.detach() + 0 * weight
+
+    bad = gradcheck_cli.check_op(ignores_weight_grad, x, [3], kwargs={"weight": w})
+    assert not bad.passed and any(g.wrt == "weight" and not g.passed for g in bad.checks[0].gradients)

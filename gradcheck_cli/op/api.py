@@ -161,35 +161,47 @@ def _check_callable(fn, tensors, *, reference, order, names, wrt, kwargs, dtype,
 
     from gradcheck_cli.op.loading import as_callable
     from gradcheck_cli.op.memory import torch_backed
-    from gradcheck_cli.op.runner import Fixed, OpSpec
+    from gradcheck_cli.op.runner import Fixed, OpSpec, Several
 
     label = name or getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
     call_fn = as_callable(fn, label)
     given = list(names) if names is not None else None
-    slots, values, marked, first, complex_names = [], {}, [], None, set()
-    for arg in tensors:
+    values, marked, found, complex_names = {}, [], [], set()
+
+    def take(arg, nm=None):
+        """The slot of one argument: an input name, Several (a list of them), or Fixed."""
+        if isinstance(arg, (list, tuple)) and any(isinstance(t, torch.Tensor) for t in arg):
+            return Several(type(arg), tuple(take(t) for t in arg))
         if isinstance(arg, torch.Tensor) and arg.layout != torch.strided:
             raise UserInputError(f"an input has layout {str(arg.layout).replace('torch.', '')}: sparse inputs are not "
                                  "supported yet; check the op on dense inputs, or pass the sparse one as a keyword "
-                                 "argument")
-        if isinstance(arg, torch.Tensor) and (arg.is_floating_point() or arg.is_complex()):
-            k = len(values)
-            nm = given[k] if given is not None and k < len(given) else f"x{k}"
-            if nm in values:
-                raise UserInputError(f"input name {nm!r} is used twice")
-            real = arg.detach()
-            if arg.is_complex():  # held, differenced and reported as its real view (..., 2)
-                complex_names.add(nm)
-                real = torch.view_as_real(real.resolve_conj())
-            arr = torch_backed(real.to(device="cpu", dtype=torch.float64).numpy().copy())
-            values[nm] = Value(nm, arr, f"tensor{list(arr.shape)}", False)
-            slots.append(nm)
-            if arg.requires_grad:
-                marked.append(nm)
-            if first is None:
-                first = arg
-        else:
-            slots.append(Fixed(arg))
+                                 "argument that does not require grad")
+        if not (isinstance(arg, torch.Tensor) and (arg.is_floating_point() or arg.is_complex())):
+            return Fixed(arg)
+        k = len(values)
+        nm = nm or (given[k] if given is not None and k < len(given) else f"x{k}")
+        if nm in values:
+            raise UserInputError(f"input name {nm!r} is used twice")
+        real = arg.detach()
+        if arg.is_complex():  # held, differenced and reported as its real view (..., 2)
+            complex_names.add(nm)
+            real = torch.view_as_real(real.resolve_conj())
+        values[nm] = Value(nm, torch_backed(real.to(device="cpu", dtype=torch.float64).numpy().copy()),
+                           f"tensor{list(real.shape)}", False)
+        if arg.requires_grad:
+            marked.append(nm)
+        found.append(arg)
+        return nm
+
+    slots = [take(arg) for arg in tensors]
+    keywords = dict(kwargs or {})
+    keyword_inputs = set()
+    for key, val in keywords.items():  # a tensor keyword argument that requires grad is an input too
+        if isinstance(val, torch.Tensor) and val.requires_grad or isinstance(val, (list, tuple)) and any(
+                isinstance(t, torch.Tensor) and t.requires_grad for t in val):
+            keywords[key] = take(val, key if isinstance(val, torch.Tensor) else None)
+            keyword_inputs.add(key)
+    first = found[0] if found else None
     if not values:
         raise UserInputError("check_op needs at least one floating-point tensor input")
     if given is not None and len(given) != len(values):
@@ -199,8 +211,8 @@ def _check_callable(fn, tensors, *, reference, order, names, wrt, kwargs, dtype,
     opts = OpOptions(dtype=dtype, fd=fd, eps=eps, atol=atol, rtol=rtol, points=points, seed=seed, order=order,
                      mode=mode, device=device).validate()
     chosen = _choose_wrt(tuple(values), wrt if wrt is not None else (marked or None))
-    spec = OpSpec(call_fn, label, tuple(slots), dict(kwargs or {}), tuple(values), chosen,
-                  complex_inputs=frozenset(complex_names))
+    spec = OpSpec(call_fn, label, tuple(slots), keywords, tuple(values), chosen,
+                  complex_inputs=frozenset(complex_names), keyword_inputs=frozenset(keyword_inputs))
     ref = _reference(reference, values)
     return Report((run_points(PreparedOp(spec, values, ref, label), opts),))
 

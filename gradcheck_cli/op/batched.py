@@ -16,7 +16,8 @@ from gradcheck_cli.op.runner import (
     OpSpec,
     call,
     flat_numpy,
-    floating_outputs,
+    checked_outputs,
+    invoke,
     grad_numpy,
     unflatten,
     user_failures,
@@ -207,7 +208,7 @@ class BatchedForward:
         def one(xb):
             tensors = dict(fixed)
             tensors[self.name] = xb
-            outs = floating_outputs(self.spec.fn(*self.spec.arguments(tensors), **self.spec.kwargs))
+            outs = checked_outputs(self.spec, invoke(self.spec, tensors))
             return tuple(outs)
 
         fixed = self._inputs()
@@ -227,7 +228,7 @@ class BatchedForward:
         tensors[self.name] = self._rows_tensor(rows, padded, share)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            outs = floating_outputs(self.spec.fn(*self.spec.arguments(tensors), **self.spec.kwargs))
+            outs = checked_outputs(self.spec, invoke(self.spec, tensors))
         self.calls += 1
         return self._collect(outs, b)
 

@@ -92,6 +92,15 @@ class Fixed:
     value: Any
 
 
+@dataclass(frozen=True)
+class Several:
+    """A list or tuple argument whose items are inputs (names) or Fixed values: torch.cat's
+    list of tensors, a tuple of weights."""
+
+    kind: type  # list or tuple
+    items: tuple
+
+
 @dataclass
 class OpSpec:
     """What to call and how: the callable, its positional slots, keyword arguments, and
@@ -113,12 +122,25 @@ class OpSpec:
     # (Wirtinger and conjugate-Wirtinger derivatives together)
     complex_inputs: frozenset = frozenset()
     complex_outputs: bool = False
+    keyword_inputs: frozenset = frozenset()  # kwargs whose value is an input (a name) or a list of them
 
-    def arguments(self, tensors: dict) -> list:
+    def _value(self, slot, tensors: dict):
         import torch
 
-        return [(torch.view_as_complex(tensors[s]) if s in self.complex_inputs else tensors[s])
-                if isinstance(s, str) else s.value for s in self.slots]
+        if isinstance(slot, str):
+            return torch.view_as_complex(tensors[slot]) if slot in self.complex_inputs else tensors[slot]
+        if isinstance(slot, Several):
+            return slot.kind(self._value(item, tensors) for item in slot.items)
+        return slot.value
+
+    def arguments(self, tensors: dict) -> list:
+        """The positional arguments of one call: inputs (also inside lists) from `tensors`."""
+        return [self._value(s, tensors) for s in self.slots]
+
+    def keywords(self, tensors: dict) -> dict:
+        """The keyword arguments of one call: tensor inputs given by keyword from `tensors`."""
+        return {k: self._value(v, tensors) if isinstance(v, (str, Several)) and k in self.keyword_inputs else v
+                for k, v in self.kwargs.items()}
 
 
 class EmptyOutput(Exception):
@@ -160,15 +182,12 @@ def floating_outputs(raw) -> list:
     return outs
 
 
-def call(spec: OpSpec, tensors: dict, phase: str = "forward") -> list:
-    """Call the op; its floating outputs as a list (complex ones as real views).
-    Exceptions become OpRaised."""
+def checked_outputs(spec: OpSpec, raw) -> list:
+    """The outputs of one call that the checks read: the floating ones (complex as real
+    views), those chosen at the first forward (spec.outputs).  Every way of calling the op
+    (plain, vmap, broadcast) reads its outputs through here."""
     import torch
 
-    try:
-        raw = spec.fn(*spec.arguments(tensors), **spec.kwargs)
-    except user_failures() as exc:  # the op's own failure is a verdict, not a crash
-        raise OpRaised(phase, exc) from exc
     outs = floating_outputs(raw)
     if not spec.complex_outputs and any(isinstance(t, torch.Tensor) and t.is_complex()
                                         for t in (raw if isinstance(raw, (tuple, list)) else [raw])):
@@ -178,6 +197,21 @@ def call(spec: OpSpec, tensors: dict, phase: str = "forward") -> list:
             raise BadOutput(f"the op returned {len(outs)} floating output(s) here, and more on its first call")
         outs = [outs[k] for k in spec.outputs]
     return outs
+
+
+def invoke(spec: OpSpec, tensors: dict):
+    """The op's raw return value for these input tensors (no exception handling)."""
+    return spec.fn(*spec.arguments(tensors), **spec.keywords(tensors))
+
+
+def call(spec: OpSpec, tensors: dict, phase: str = "forward") -> list:
+    """Call the op; its checked outputs as a list (complex ones as real views).
+    Exceptions become OpRaised."""
+    try:
+        raw = invoke(spec, tensors)
+    except user_failures() as exc:  # the op's own failure is a verdict, not a crash
+        raise OpRaised(phase, exc) from exc
+    return checked_outputs(spec, raw)
 
 
 def flat_numpy(outputs: list, copy: bool = True) -> np.ndarray:

@@ -132,14 +132,9 @@ def suite_of_20(bad: str) -> list[tuple[str, str]]:
     return checks
 
 
-def workers_alive() -> list:
-    """Worker processes still running: children of the workers' server (which lives as long
-    as this test session), zombies aside."""
-    from multiprocessing import forkserver
-
-    server = getattr(forkserver._forkserver, "_forkserver_pid", None)
-    if server is None:
-        return []
+def running_where(test) -> list:
+    """Pids of running processes whose (parent pid, process group) pass `test`; zombies
+    waiting for a parent that does not reap them (as in some containers) are dead."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -148,9 +143,20 @@ def workers_alive() -> list:
                     fields = f.read().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[1]) == server and fields[0] != "Z":
+            if fields[0] != "Z" and test(int(fields[1]), int(fields[2])):
                 found.append(int(entry))
     return found
+
+
+def workers_alive() -> list:
+    """Worker processes still running: children of the workers' server (which lives as long
+    as this test session), zombies aside."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    if server is None:
+        return []
+    return running_where(lambda ppid, pgid: ppid == server)
 
 
 def run_suite(run_cli, strict_json, folder: Path, checks, *extra) -> tuple[int, dict, str, ET.Element]:
@@ -333,19 +339,8 @@ def _alive(pid: int) -> bool:
 
 
 def _running_in_group(pgid: int) -> list:
-    """Processes of process group `pgid` that are still running (zombies waiting for a
-    parent that does not reap them, as in some containers, are dead)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                found.append(int(entry))
-    return found
+    """Processes of process group `pgid` that are still running."""
+    return running_where(lambda ppid, group: group == pgid)
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

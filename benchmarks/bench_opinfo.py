@@ -19,11 +19,14 @@ import sys
 import time
 import traceback
 import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from opinfo_cases import bind, first_sample, op_name, sample_dtype, torch_verdict  # noqa: E402  (shared harness)
 
 
 def cases(limit: int | None, seed: int, dtype_name: str):
-    """(name, fn, tensors, kwargs) for the ops gradcheck op can take today, else (name,
-    None, reason, None)."""
+    """(name, fn, tensors, kwargs) for every op, else (name, None, reason, None)."""
     import torch
     from torch.testing._internal.common_methods_invocations import op_db
 
@@ -34,64 +37,26 @@ def cases(limit: int | None, seed: int, dtype_name: str):
 
         ops = random.Random(seed).sample(ops, min(limit, len(ops)))
     for op in ops:
-        name = op.name + (f".{op.variant_test_name}" if op.variant_test_name else "")
-        use = _sample_dtype(op, dtype)
+        name = op_name(op)
+        use = sample_dtype(op, dtype)
         if use is None:
             yield name, None, f"no {dtype_name} backward", None
             continue
         try:
-            sample = next(iter(op.sample_inputs("cpu", use, requires_grad=True)))
+            sample = first_sample(op, use)
         except Exception as exc:  # noqa: BLE001 -- the corpus's own problem
             yield name, None, f"no sample ({type(exc).__name__})", None
             continue
-        yield name, _bind(op, sample), (sample.input, *sample.args), dict(sample.kwargs)
+        if sample is None:
+            yield name, None, "no sample (StopIteration)", None
+            continue
+        yield name, bind(op, sample), (sample.input, *sample.args), dict(sample.kwargs)
 
 
-def _sample_dtype(op, dtype):
-    """`dtype`, or its complex counterpart for ops whose backward is complex only (istft)."""
-    import torch
-
-    supported = op.supported_backward_dtypes("cpu")
-    if dtype in supported:
-        return dtype
-    counterpart = {torch.float64: torch.complex128, torch.float32: torch.complex64}[dtype]
-    return counterpart if counterpart in supported else None
-
-
-def _bind(op, sample):
-    """The op as torch's own gradient tests call it: through its gradcheck_wrapper (which,
-    for example, makes a Hermitian input out of the one it is given) and the sample's
-    output_process_fn_grad (which, for eig, keeps what does not depend on an eigenvector's
-    phase)."""
-    def fn(*args, **kwargs):
-        return sample.output_process_fn_grad(op.gradcheck_wrapper(op.get_op(), *args, **kwargs))
-
-    fn.__qualname__ = op.name
-    return fn
-
-
-def torch_verdict(fn, tensors: tuple, kwargs: dict) -> tuple[bool | None, float]:
-    """torch.autograd.gradcheck on the same op and sample, in float64: (passed, seconds);
-    None when it cannot run it."""
-    import torch
-
-    positions = [i for i, t in enumerate(tensors) if isinstance(t, torch.Tensor) and t.requires_grad]
-    inputs = tuple(tensors[i].detach().double().requires_grad_(True) for i in positions)
-    if not inputs:  # a list input, or inputs only by keyword: torch's gradcheck takes them as they are
-        return None, 0.0
-
-    def call(*ts):
-        full = [t.detach().double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors]
-        for i, t in zip(positions, ts):
-            full[i] = t
-        return fn(*full, **kwargs)
-
-    start = time.perf_counter()
-    try:
-        ok = torch.autograd.gradcheck(call, inputs, raise_exception=False)
-    except Exception:  # noqa: BLE001
-        ok = None
-    return ok, time.perf_counter() - start
+def torch_ok(fn, tensors: tuple, kwargs: dict) -> tuple[bool | None, float]:
+    """torch's verdict as (passed, seconds); None when it could not run."""
+    verdict, seconds = torch_verdict(fn, tensors, kwargs)
+    return {"pass": True, "fail": False}.get(verdict), seconds
 
 
 def main() -> int:
@@ -127,11 +92,11 @@ def main() -> int:
             continue
         t_ours += time.perf_counter() - start
         check = report.checks[0]
-        torch_ok, seconds = (None, 0.0) if args.no_torch else torch_verdict(fn, tensors, kwargs)
+        torch_passed, seconds = (None, 0.0) if args.no_torch else torch_ok(fn, tensors, kwargs)
         t_torch += seconds
         if report.passed:
             tally["pass"] += 1
-        elif torch_ok is False:  # torch's own gradcheck also finds the gradient wrong: not a known-correct op
+        elif torch_passed is False:  # torch's own gradcheck also finds the gradient wrong: not a known-correct op
             tally["both fail"] += 1
             both.append(name)
         else:

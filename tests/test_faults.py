@@ -26,17 +26,8 @@ FAULTY_OPS = '''
 import ctypes, os, sys, threading, time
 import torch
 
-class Swish(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x * torch.sigmoid(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        s = torch.sigmoid(x)
-        return g * (s + x * s * (1 - s))
+sys.path.insert(0, SAMPLE_OPS)
+from swish import Swish  # the sample op users copy: a correct custom Function
 
 def good(x):
     return torch.tanh(x) * x
@@ -66,23 +57,20 @@ def loops(x):
 def interrupts(x):
     raise KeyboardInterrupt
 
-class ExitInBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x * 2
+def raising_in_backward(exc):
+    class Doubling(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
 
-    @staticmethod
-    def backward(ctx, g):
-        sys.exit(0)
+        @staticmethod
+        def backward(ctx, g):
+            raise exc
 
-class GeneratorExitInBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x * 2
+    return Doubling
 
-    @staticmethod
-    def backward(ctx, g):
-        raise GeneratorExit
+ExitInBackward = raising_in_backward(SystemExit(0))
+GeneratorExitInBackward = raising_in_backward(GeneratorExit())
 
 def leaves_thread(x):
     threading.Thread(target=time.sleep, args=(3600,), name="stray-worker", daemon=False).start()
@@ -106,12 +94,13 @@ def slow(x):
 '''
 
 IMPORT_EXIT = "import os\nos._exit(0)\n"
+SAMPLE_OPS = Path(__file__).resolve().parent.parent / "samples" / "ops"
 
 
 @pytest.fixture(scope="module")
 def ops_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("faulty")
-    (d / "faulty.py").write_text(FAULTY_OPS)
+    (d / "faulty.py").write_text(FAULTY_OPS.replace("SAMPLE_OPS", repr(str(SAMPLE_OPS))))
     (d / "exits_on_import.py").write_text(IMPORT_EXIT + "def f(x):\n    return x\n")
     return d
 

@@ -13,49 +13,37 @@ fixed yet are strict xfails (KNOWN), so the day they pass this file says so.
 from __future__ import annotations
 
 import random
-import warnings
 
 import pytest
 import torch
 
 import gradcheck_cli
 
+from opinfo_cases import bind, first_sample, op_name, sample_dtype, torch_verdict
 from torch.testing._internal import common_methods_invocations as opinfo  # needs expecttest ('.[test]')
 
 SLICE = 160
 SEED = 0
 
 
-def _name(op) -> str:
-    return op.name + (f".{op.variant_test_name}" if op.variant_test_name else "")
-
-
 def _slice() -> list:
-    ops = sorted((op for op in opinfo.op_db if op.supports_autograd), key=_name)
+    ops = sorted((op for op in opinfo.op_db if op.supports_autograd), key=op_name)
     return random.Random(SEED).sample(ops, min(SLICE, len(ops)))
 
 
 OPS = _slice()
-BY_NAME = {_name(op): op for op in OPS}
+BY_NAME = {op_name(op): op for op in OPS}
 
 
 def _case(op, dtype):
     """(fn, tensors, kwargs) for the op's first sample, or a reason to skip it."""
-    supported = op.supported_backward_dtypes("cpu")
-    if dtype not in supported:  # a complex-only backward (istft): its complex counterpart
-        dtype = {torch.float64: torch.complex128, torch.float32: torch.complex64}[dtype]
-        if dtype not in supported:
-            return f"{op.name} has no backward in this dtype"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sample = next(iter(op.sample_inputs("cpu", dtype, requires_grad=True)), None)
+    use = sample_dtype(op, dtype)
+    if use is None:
+        return f"{op.name} has no backward in this dtype"
+    sample = first_sample(op, use)
     if sample is None:
         return f"{op.name} has no sample"
-
-    def fn(*args, **kwargs):
-        return sample.output_process_fn_grad(op.gradcheck_wrapper(op.get_op(), *args, **kwargs))
-
-    return fn, (sample.input, *sample.args), dict(sample.kwargs)
+    return bind(op, sample), (sample.input, *sample.args), dict(sample.kwargs)
 
 
 # Known false alarms, each a cause issue 12 names and this project has not fixed yet: strict
@@ -68,28 +56,14 @@ def _params():
     for dtype in (torch.float64, torch.float32):
         for op in OPS:
             marks = []
-            if _name(op) in KNOWN:
-                marks.append(pytest.mark.xfail(strict=True, reason=KNOWN[_name(op)]))
-            out.append(pytest.param(_name(op), dtype, id=f"{str(dtype)[6:]}-{_name(op)}", marks=marks))
+            if op_name(op) in KNOWN:
+                marks.append(pytest.mark.xfail(strict=True, reason=KNOWN[op_name(op)]))
+            out.append(pytest.param(op_name(op), dtype, id=f"{str(dtype)[6:]}-{op_name(op)}", marks=marks))
     return out
 
 
 def _torch_also_fails(fn, tensors, kwargs) -> bool:
-    positions = [i for i, t in enumerate(tensors) if isinstance(t, torch.Tensor) and t.requires_grad]
-    inputs = tuple(tensors[i].detach().double().requires_grad_(True) for i in positions)
-    if not inputs:  # a list input: no verdict of torch's to lean on
-        return False
-
-    def call(*ts):
-        full = [t.detach().double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors]
-        for i, t in zip(positions, ts):
-            full[i] = t
-        return fn(*full, **kwargs)
-
-    try:
-        return not torch.autograd.gradcheck(call, inputs, raise_exception=False)
-    except Exception:  # noqa: BLE001 -- torch cannot check it either
-        return True
+    return torch_verdict(fn, tensors, kwargs)[0] in ("fail", "raised")
 
 
 def test_the_slice_is_large_enough():

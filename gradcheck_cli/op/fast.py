@@ -148,7 +148,8 @@ class ExactRows:
 def run_fast(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -> tuple:
     """Fast-mode gradient results for the point (diagnostics go to pt); memory as the module
     docstring says."""
-    from gradcheck_cli.op.full import nonfinite_inputs, apply_backward_checks, backward_checks, broadcast_factor
+    from gradcheck_cli.op.full import apply_backward_checks, backward_checks, broadcast_factor
+    from gradcheck_cli.op.state import nonfinite_inputs
 
     spec, opts = pt.prep.spec, pt.opts
     wrt = list(spec.wrt)

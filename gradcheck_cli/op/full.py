@@ -19,6 +19,7 @@ from gradcheck_cli.op.checks import ReferenceJacobian, vjp_checks
 from gradcheck_cli.op.jacobian import EPS, FDEntries, Grouping, fd_entries, group_rows, one_hot_rows, seed_vectors
 from gradcheck_cli.op.order2 import double_backward
 from gradcheck_cli.op.runner import OpRaised, flat_numpy
+from gradcheck_cli.op.state import nonfinite_inputs
 
 REFINE_ROWS = 2048  # one-hot backward calls spent localizing failures
 
@@ -217,19 +218,6 @@ def run_full(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -
     if opts.order == 2:
         _order2(pt, layout, refs, f64 is not None)
     return results
-
-
-def nonfinite_inputs(pt, wrt: list) -> None:
-    """Infinite or NaN input elements (a -inf mask before softmax) are never stepped, and
-    their Jacobian columns are not compared: pt.fixed[w] marks them."""
-    pt.fixed = {}
-    for w in wrt:
-        bad = ~np.isfinite(np.ravel(pt.ref_arrays[w]))
-        if bad.any():
-            pt.fixed[w] = bad
-            pt.note("nonfinite_input", f"{int(bad.sum())} element(s) of {w!r} are infinite or NaN (first at "
-                                       f"{oc.input_label(w, np.shape(pt.ref_arrays[w]), int(np.flatnonzero(bad)[0]))}"
-                                       "): they are not stepped, and their Jacobian columns are not compared", w)
 
 
 def _batching_agrees(batch: BatchedForward, fd: FDEntries, e: InputEntries, v: oc.Verdict) -> bool:

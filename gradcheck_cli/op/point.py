@@ -35,7 +35,9 @@ def check_point(prep, arrays: dict, opts) -> CheckResult:
         before = mutation.snapshot(tensors, arrays, opts.dtype)  # no copy: the arrays they came from
         fixed_before = _fixed_snapshot(spec)
         try:
-            outs = _differentiable_outputs(pt, call(spec, tensors))
+            outs = call(spec, tensors)
+            _complex_note(pt)
+            outs = _differentiable_outputs(pt, outs)
         except OpRaised as exc:
             op_raised(pt, exc)
             outs = None
@@ -91,12 +93,6 @@ def _differentiable_outputs(pt, outs: list) -> list:
     choice is kept in the spec, for every later call).  When none does, all are checked:
     finite differences then show whether a zero gradient is right."""
     spec = pt.prep.spec
-    if (spec.complex_inputs or spec.complex_outputs) and not any(d.code == "complex_as_real" for d in pt.diags):
-        parts = ([f"inputs {', '.join(sorted(spec.complex_inputs))}"] if spec.complex_inputs else []) + (
-            ["its complex outputs"] if spec.complex_outputs else [])
-        pt.note("complex_as_real", f"{' and '.join(parts)} are checked as real and imaginary parts (the last "
-                                   "dimension of 2, as torch.view_as_real lays them out): the real Jacobian "
-                                   "holds both Wirtinger derivatives, as torch.autograd.gradcheck checks them")
     if spec.outputs is not None:
         return outs
     keep = tuple(k for k, o in enumerate(outs) if o.requires_grad)
@@ -108,6 +104,18 @@ def _differentiable_outputs(pt, outs: list) -> list:
         spec.outputs = keep
         return [outs[k] for k in keep]
     return outs
+
+
+def _complex_note(pt) -> None:
+    """Say how complex inputs and outputs are checked (runner.OpSpec keeps which are)."""
+    spec = pt.prep.spec
+    if not (spec.complex_inputs or spec.complex_outputs):
+        return
+    parts = ([f"inputs {', '.join(sorted(spec.complex_inputs))}"] if spec.complex_inputs else []) + (
+        ["its complex outputs"] if spec.complex_outputs else [])
+    pt.note("complex_as_real", f"{' and '.join(parts)} are checked as real and imaginary parts (the last dimension "
+                               "of 2, as torch.view_as_real lays them out): the real Jacobian holds both Wirtinger "
+                               "derivatives, as torch.autograd.gradcheck checks them")
 
 
 def _empty_gradient(wrt: str, in_shape: tuple, tol: dict):

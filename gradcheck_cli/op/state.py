@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from gradcheck_cli.op.verdict import OutputLayout
+from gradcheck_cli.op.verdict import OutputLayout, input_label
 from gradcheck_cli.report import Diagnostic, GradientResult
 
 
@@ -83,3 +83,16 @@ def op_raised(pt: Point, exc) -> None:
                 f"the backward returned a gradient of the wrong shape, dtype or device: {exc.message}")
     else:
         pt.fail("op_error", f"the op raised in {exc.phase}: {exc.message}")
+
+
+def nonfinite_inputs(pt, wrt: list) -> None:
+    """Infinite or NaN input elements (a -inf mask before softmax) are never stepped, and
+    their Jacobian columns are not compared: pt.fixed[w] marks them."""
+    pt.fixed = {}
+    for w in wrt:
+        bad = ~np.isfinite(np.ravel(pt.ref_arrays[w]))
+        if bad.any():
+            pt.fixed[w] = bad
+            pt.note("nonfinite_input", f"{int(bad.sum())} element(s) of {w!r} are infinite or NaN (first at "
+                                       f"{input_label(w, np.shape(pt.ref_arrays[w]), int(np.flatnonzero(bad)[0]))}"
+                                       "): they are not stepped, and their Jacobian columns are not compared", w)

@@ -11,10 +11,11 @@ from gradcheck_cli.report import CheckResult, Diagnostic
 TRACEBACK_LINES = 12  # of an internal error's traceback, in its diagnostic
 
 
-def message_for(outcome) -> tuple[str, str]:
-    """(code, message) for a workers.Outcome that is not a result."""
+def message_for(outcome, doing: str = "running this check") -> tuple[str, str]:
+    """(code, message) for a workers.Outcome that is not a result; `doing`: what the worker
+    was doing for the check."""
     if outcome.kind == "crashed":
-        return "worker_crashed", (f"the worker process running this check {outcome.payload}; the check did not "
+        return "worker_crashed", (f"the worker process {doing} {outcome.payload}; the check did not "
                                   "finish. The other checks ran in other processes")
     if outcome.kind == "timeout":
         return "timeout", (f"the check ran past its timeout of {outcome.payload:g} s and was stopped (an infinite "

@@ -126,9 +126,7 @@ def _failed(spec: CheckSpec, runner: Runner, outcome, phase: str | None = None):
     """The failed CheckResult of a check that did not finish (failures.py)."""
     from gradcheck_cli.suite.failures import failed_check, message_for, op_inputs
 
-    code, message = message_for(outcome)
-    if phase:
-        message = message.replace("running this check", f"{phase} for this check", 1)
+    code, message = message_for(outcome, f"{phase} for this check" if phase else "running this check")
     o = spec.options
     if spec.kind == "op":
         inputs = op_inputs(list(o.get("at", {}).items()), o.get("wrt"))

@@ -34,7 +34,7 @@ class ReportStream:
         from gradcheck_cli.report import Report
 
         try:
-            write_atomically(self.path, render(Report(tuple(results), {"partial": True}), cache=self.cache),
+            write_atomically(self.path, render(Report(tuple(results)), cache=self.cache),
                              "--junit")
         except UserInputError as err:
             self.failed = True

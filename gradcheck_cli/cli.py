@@ -251,7 +251,10 @@ def op(
                                                                       "the inputs' names"),
     mode: str = typer.Option("auto", "--mode", help="full (every Jacobian entry), fast (random projections), "
                                                     "auto (by size)"),
-    dtype: str = _common_options()["dtype"],
+    dtype: str = typer.Option("float64", "--dtype", help="dtype the op runs in: float64, float32, float16, "
+                              "bfloat16, or complex128 / complex64 (every input complex: randn draws real and "
+                              "imaginary parts, complex(RE, IM) gives both; checked as real and imaginary parts, "
+                              "as torch.autograd.gradcheck checks complex ops). References are always float64"),
     fd: str = typer.Option("auto", "--fd", help=FD_HELP),
     eps: Optional[float] = typer.Option(None, "--eps", help=EPS_HELP),
     atol: Optional[float] = typer.Option(None, "--atol", help=OP_TOL_HELP),

@@ -5,6 +5,12 @@ call: `randn(d, ...)`, `rand(d, ...)`, `zeros(d, ...)`, `ones(d, ...)`,
 `linspace(a, b, n)`; `randn()` is a random scalar.  Generators draw from a private
 generator seeded by `--seed`, in the order the values are given, so the same command
 gives the same numbers.  Read by a small parser of its own: no eval.
+
+Complex values (`gradcheck op --dtype complex128|complex64` only): `complex(RE, IM)` with
+two values of one shape (`complex([1, 2], [0.5, -1])`, `complex(randn(3), zeros(3))`);
+there `randn(d, ...)` and `rand(d, ...)` draw the real and the imaginary part, and a real
+literal is a complex value with imaginary part 0.  A complex value is held as its real
+view: a float64 array with a last dimension of 2 (real, imaginary), as torch.view_as_real.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class Value:
     text: str  # the user's spelling, for messages and reports
     generated: bool  # drawn by a generator (so --points may redraw it)
     generator: str = ""  # 'randn', 'rand', ... when generated
+    complex: bool = False  # array is the real view (..., 2) of a complex value
 
 
 def max_bytes() -> int:
@@ -169,6 +176,13 @@ def _generate(p: _ValueParser, generator: str, args: list[float], rng: np.random
 
 def _generator_call(p: _ValueParser) -> tuple[str, list[float]]:
     """`randn(2, 3)` -> ("randn", [2.0, 3.0]): the whole value, read to its end."""
+    call = _generator_args(p)
+    p.done()
+    return call
+
+
+def _generator_args(p: _ValueParser) -> tuple[str, list[float]]:
+    """`randn(2, 3)` -> ("randn", [2.0, 3.0]), read up to its closing parenthesis."""
     generator = p.take("name")
     if generator not in GENERATORS:
         raise p.fail(f"unknown generator {generator!r} (known: {', '.join(GENERATORS)})")
@@ -181,12 +195,58 @@ def _generator_call(p: _ValueParser) -> tuple[str, list[float]]:
         elif p.peek() and p.peek()[1] != ")":  # randn(2 3) is a typo, not randn(2, 3)
             raise p.fail(f"expected ',' or ')', found {p.peek()[1]!r}")
     p.take(text=")")
-    p.done()
     return generator, args
 
 
-def parse_value(name: str, raw: Any, rng: np.random.Generator) -> Value:
-    """Read one value given as text (CLI) or as a TOML number, list or string."""
+def _real_part(p: _ValueParser, rng: np.random.Generator, parts: int = 1) -> tuple[np.ndarray, bool, str]:
+    """One value inside complex(...) or a whole real one: (array, generated, generator).
+    parts=2 (a complex dtype): randn and rand draw real and imaginary parts, (..., 2)."""
+    tok = p.peek()
+    if tok is not None and tok[0] == "name":
+        generator, args = _generator_args(p)
+        if parts == 2 and generator in ("randn", "rand"):
+            array = _generate(p, generator, args + [2.0], rng)
+            return array, True, generator
+        return _generate(p, generator, args, rng), True, generator
+    data = p.nested()
+    try:
+        array = np.asarray(data, dtype=np.float64)
+    except ValueError:
+        raise p.fail("the nested lists are ragged (rows of different lengths)") from None
+    if array.size == 0:
+        raise p.fail("an empty list has nothing to differentiate")
+    _check_size(p.name, array.shape)
+    return array, False, ""
+
+
+def _complex_call(p: _ValueParser, rng: np.random.Generator) -> Value:
+    """complex(RE, IM): the real view (..., 2) of RE + i IM."""
+    p.take(text="complex")
+    p.take(text="(")
+    re_part, re_gen, generator = _real_part(p, rng)
+    p.take(text=",")
+    im_part, im_gen, im_generator = _real_part(p, rng)
+    p.take(text=")")
+    p.done()
+    if re_part.shape != im_part.shape:
+        raise p.fail(f"the real part has shape {tuple(re_part.shape)} and the imaginary part "
+                     f"{tuple(im_part.shape)}: they must match")
+    # --points redraws both parts from one generator: only when both came from it
+    generated = re_gen and im_gen and generator == im_generator and generator in ("randn", "rand")
+    return Value(p.name, np.stack([re_part, im_part], axis=-1), p.text, generated, generator if generated else "",
+                 True)
+
+
+def parse_value(name: str, raw: Any, rng: np.random.Generator, complex_: bool = False) -> Value:
+    """Read one value given as text (CLI) or as a TOML number, list or string; complex_
+    (a complex dtype): as a complex value, held as its real view (see the module docstring)."""
+    value = _parse_real(name, raw, rng, complex_)
+    if complex_ and not value.complex:
+        return Value(name, np.stack([value.array, np.zeros_like(value.array)], axis=-1), value.text, False, "", True)
+    return value
+
+
+def _parse_real(name: str, raw: Any, rng: np.random.Generator, complex_: bool) -> Value:
     if isinstance(raw, bool):
         raise UserInputError(f"value of {name!r} must be a number, a list or a generator, not a boolean")
     if isinstance(raw, (int, float)):
@@ -205,29 +265,26 @@ def parse_value(name: str, raw: Any, rng: np.random.Generator) -> Value:
     tok = p.peek()
     if tok is None:
         raise p.fail("empty value")
-    if tok[0] == "name":
-        generator, args = _generator_call(p)
-        return Value(name, _generate(p, generator, args, rng), text, True, generator)
-    data = p.nested()
+    if tok == ("name", "complex"):
+        if not complex_:
+            raise p.fail("complex values need a complex dtype (gradcheck op --dtype complex128 or complex64)")
+        return _complex_call(p, rng)
+    array, generated, generator = _real_part(p, rng, 2 if complex_ else 1)
     p.done()
-    try:
-        array = np.asarray(data, dtype=np.float64)
-    except ValueError:
-        raise p.fail("the nested lists are ragged (rows of different lengths)") from None
-    if array.size == 0:
-        raise p.fail("an empty list has nothing to differentiate")
-    _check_size(name, array.shape)
-    return Value(name, array, text, False)
+    if complex_ and generated and generator in ("randn", "rand"):  # drawn as (..., 2) by _real_part
+        return Value(name, array, text, True, generator, True)
+    return Value(name, array, text, generated, generator)
 
 
-def parse_values(items: list[tuple[str, Any]], seed: int) -> dict[str, Value]:
-    """Read every (name, raw) pair in order, drawing generators from one seeded stream."""
+def parse_values(items: list[tuple[str, Any]], seed: int, complex_: bool = False) -> dict[str, Value]:
+    """Read every (name, raw) pair in order, drawing generators from one seeded stream;
+    complex_: every value complex (held as its real view)."""
     rng = np.random.default_rng(seed)
     values: dict[str, Value] = {}
     for name, raw in items:
         if name in values:
             raise UserInputError(f"{name!r} is given twice")
-        values[name] = parse_value(name, raw, rng)
+        values[name] = parse_value(name, raw, rng, complex_)
     return values
 
 

@@ -34,6 +34,9 @@ from gradcheck_cli.torch_state import preserved_state
 from gradcheck_cli.values import Value, parse_values
 
 MODES = ("auto", "full", "fast")
+# op only: every floating input complex, held and differenced as its real view (..., 2) in
+# the real dtype of the same precision (runner.OpSpec.complex_inputs)
+COMPLEX_DTYPES = {"complex128": "float64", "complex64": "float32"}
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class OpOptions(SharedOptions):
         initialize CUDA (the worker that runs the check asks)."""
         from gradcheck_cli.op.jacobian import OP_SCHEMES
 
-        validate_shared(self, tuple(OP_TOLERANCES), OP_SCHEMES)
+        validate_shared(self, tuple(OP_TOLERANCES) + tuple(COMPLEX_DTYPES), OP_SCHEMES)
         if self.mode not in MODES:
             raise UserInputError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.device == "cuda" and probe_device:
@@ -57,6 +60,13 @@ class OpOptions(SharedOptions):
             if not torch.cuda.is_available():
                 raise UserInputError("--device cuda: no CUDA device is available to torch here")
         return self
+
+    @property
+    def real(self) -> "OpOptions":
+        """These options with a complex dtype replaced by the real one the checks run in."""
+        from dataclasses import replace
+
+        return replace(self, dtype=COMPLEX_DTYPES[self.dtype]) if self.dtype in COMPLEX_DTYPES else self
 
     @property
     def scheme(self) -> str:
@@ -101,7 +111,11 @@ def _check_target(target, at, kw, *, wrt, reference, mode, dtype, fd, eps, atol,
     at = list(at or [])
     if not at:
         raise UserInputError("gradcheck op needs the op's inputs: give them in order with --at NAME=VALUE")
-    values = parse_values(at, seed)
+    complex_ = opts.dtype in COMPLEX_DTYPES
+    if complex_ and reference is not None:
+        raise UserInputError(f"--reference is a real expression and --dtype {opts.dtype} makes the inputs complex: "
+                             "complex ops are checked against finite differences of the op (drop --reference)")
+    values = parse_values(at, seed, complex_)
     kwargs = {}
     for k, v in (kw or []):
         if k in kwargs:
@@ -112,7 +126,7 @@ def _check_target(target, at, kw, *, wrt, reference, mode, dtype, fd, eps, atol,
     names = tuple(values)
     chosen = _choose_wrt(names, wrt)
     fn, label = load_target(target, base_dir)
-    spec = OpSpec(fn, label, names, kwargs, names, chosen)
+    spec = OpSpec(fn, label, names, kwargs, names, chosen, complex_inputs=frozenset(names if complex_ else ()))
     ref = _reference(reference, values)
     values = _torch_backed(values)  # the input is valid; the numpy originals go
     prep = PreparedOp(spec, values, ref, name or target)
@@ -167,6 +181,7 @@ def _check_callable(fn, tensors, *, reference, order, names, wrt, kwargs, dtype,
     call_fn = as_callable(fn, label)
     given = list(names) if names is not None else None
     values, marked, found, complex_names = {}, [], [], set()
+    make_complex = {"complex128": torch.complex128, "complex64": torch.complex64}.get(dtype)
 
     def take(arg, nm=None):
         """The slot of one argument: an input name, Several (a list of them), or Fixed."""
@@ -183,7 +198,9 @@ def _check_callable(fn, tensors, *, reference, order, names, wrt, kwargs, dtype,
         if nm in values:
             raise UserInputError(f"input name {nm!r} is used twice")
         real = arg.detach()
-        if arg.is_complex():  # held, differenced and reported as its real view (..., 2)
+        if make_complex is not None and not real.is_complex():  # --dtype complex: a real input is z + 0i
+            real = real.to(make_complex)
+        if real.is_complex():  # held, differenced and reported as its real view (..., 2)
             complex_names.add(nm)
             real = torch.view_as_real(real.resolve_conj())
         values[nm] = Value(nm, torch_backed(real.to(device="cpu", dtype=torch.float64).numpy().copy()),
@@ -213,6 +230,9 @@ def _check_callable(fn, tensors, *, reference, order, names, wrt, kwargs, dtype,
     chosen = _choose_wrt(tuple(values), wrt if wrt is not None else (marked or None))
     spec = OpSpec(call_fn, label, tuple(slots), keywords, tuple(values), chosen,
                   complex_inputs=frozenset(complex_names), keyword_inputs=frozenset(keyword_inputs))
+    if complex_names and reference is not None:
+        raise UserInputError("reference= is a real expression and the op has complex inputs: complex ops are checked "
+                             "against finite differences of the op (drop reference=)")
     ref = _reference(reference, values)
     return Report((run_points(PreparedOp(spec, values, ref, label), opts),))
 
@@ -262,5 +282,14 @@ def _reference(text: str | None, values: dict):
 # ---- points ------------------------------------------------------------------------------
 
 def run_points(prep: PreparedOp, opts: OpOptions) -> CheckResult:
-    """The given point, then --points random ones; the worst is reported."""
-    return worst_of_points(lambda arrays: check_point(prep, arrays, opts), prep.values, opts.seed, opts.points)
+    """The given point, then --points random ones; the worst is reported.  With complex
+    inputs the checks run in the real dtype of their views and the report names the
+    complex one (complex128 for float64 views)."""
+    from dataclasses import replace
+
+    real = opts.real
+    result = worst_of_points(lambda arrays: check_point(prep, arrays, real), prep.values, opts.seed, opts.points)
+    if prep.spec.complex_inputs:
+        named = {v: k for k, v in COMPLEX_DTYPES.items()}.get(real.dtype, real.dtype)
+        result = replace(result, dtype=named)
+    return result

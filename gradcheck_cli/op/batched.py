@@ -23,6 +23,7 @@ from gradcheck_cli.op.runner import (
     user_failures,
     vjp,
 )
+from gradcheck_cli.op.noise import STEPS_FROM, forward_noise, relative_noise
 from gradcheck_cli.tolerances import DTYPE_EPS
 
 
@@ -146,12 +147,13 @@ class BatchedForward:
 
     def __init__(self, spec: OpSpec, arrays: dict, name: str, dtype: str, device: str, out_shapes: list,
                  rng: np.random.Generator, *, max_elements: int = CHUNK_ELEMENTS, probes: int = 3,
-                 base: dict | None = None):
+                 base: dict | None = None, measure_noise: bool = True):
         """`arrays`: every input (float64); `name` is varied, the others stay fixed.
         `max_elements` caps input + output elements per batched call; `probes` random points
         (besides the point itself) test batching, and with 0 every call is a plain one (where
         one point fills a call, batching gains nothing); `base` may share the fixed inputs, already
-        as tensors in `dtype`, between several of these."""
+        as tensors in `dtype`, between several of these; `measure_noise`: estimate the
+        forward's own noise (noise.py) instead of assuming rounding."""
         import torch
 
         self.spec, self.name, self.dtype, self.device = spec, name, dtype, device
@@ -169,7 +171,18 @@ class BatchedForward:
         self.calls = 0
         self.mode = "loop"
         self.noise = np.zeros(self.m)  # per output: how far batched rows may differ from plain calls
+        self.noise_eps = 0.0  # the forward's own noise relative to its largest output (noise.py)
         self._choose(np.asarray(arrays[name], dtype=np.float64), rng, probes)
+        if measure_noise and self.n_in:
+            sigma, f = forward_noise(self, self.x(), DTYPE_EPS[dtype])
+            if sigma.size and sigma.any():  # beyond rounding: finite differences must allow for it
+                self.noise = np.maximum(self.noise, sigma)
+                self.noise_eps = relative_noise(sigma, f)
+
+    def effective_eps(self, eps_dtype: float) -> float:
+        """The precision finite differences of this forward can rely on: the dtype's, or the
+        forward's measured noise when that is far beyond it (the steps grow to suit)."""
+        return max(eps_dtype, self.noise_eps) if self.noise_eps > STEPS_FROM * eps_dtype else eps_dtype
 
     def x(self) -> np.ndarray:
         """The point of the varied input as the op sees it (rounded to its dtype), flat float64."""

@@ -34,6 +34,7 @@ from gradcheck_cli.op import verdict as oc
 from gradcheck_cli.op.batched import BatchedForward, VJPMany
 from gradcheck_cli.op.determinism import rounding_allowed
 from gradcheck_cli.op.jacobian import EPS, Direction, direction_fd, step_sizes
+from gradcheck_cli.op.noise import noise_note
 from gradcheck_cli.op.memory import RELEASE_FROM, release_freed_memory
 from gradcheck_cli.op.runner import STREAM_ELEMENTS, OpRaised, flat_numpy
 from gradcheck_cli.report import Diagnostic
@@ -192,6 +193,7 @@ def run_fast(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -
         batches = _batches(pt, wrt, fd_dtype, layout, rng)
         results = []
         for w in wrt:
+            noise_note(pt, w, batches[w], eps_dtype)
             results.append(_one_input(pt, w, layout, batches[w], f0, projections, rows, sampled.pop(w), sizes[w],
                                       None if sym is None else sym[w], eps_dtype, vjps,
                                       broadcast_factor(layout, tuple(np.shape(pt.arrays[w])))))
@@ -372,6 +374,7 @@ def _autograd_rows(exact: ExactRows, off: int, n: int, cols: np.ndarray, rows: n
 def _columns(batch: BatchedForward, x: np.ndarray, cols: np.ndarray, rows: np.ndarray, f0: np.ndarray,
              eps: float | None, eps_dtype: float):
     """Central differences (with step halving) of outputs `rows` w.r.t. elements `cols`: (R, C)."""
+    eps_dtype = batch.effective_eps(eps_dtype)
     h = step_sizes(x[cols], "central", eps, eps_dtype)  # elementwise: the same as for all of x
     deltas = np.array([1, -1, 2, -2])
     nd = deltas.size

@@ -18,6 +18,7 @@ from gradcheck_cli.op.batched import BatchedForward, VJPMany
 from gradcheck_cli.op.checks import ReferenceJacobian, vjp_checks
 from gradcheck_cli.op.jacobian import EPS, FDEntries, Grouping, fd_entries, group_rows, one_hot_rows, seed_vectors
 from gradcheck_cli.op.order2 import double_backward
+from gradcheck_cli.op.noise import noise_note
 from gradcheck_cli.op.runner import OpRaised, flat_numpy
 from gradcheck_cli.op.state import nonfinite_inputs
 
@@ -181,6 +182,7 @@ def run_full(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -
     try:
         for w in wrt:
             batches[w] = BatchedForward(spec, pt.ref_arrays, w, fd_dtype, opts.device, list(layout.shapes), pt.rng)
+            noise_note(pt, w, batches[w], EPS[fd_dtype])
             fds[w] = fd_entries(batches[w], pt.ref_arrays[w], f0, scheme, opts.eps, EPS[fd_dtype])
         sizes = {w: fds[w].n_in for w in wrt}
         offsets = dict(zip(wrt, np.cumsum([0] + [sizes[w] for w in wrt])[:-1].tolist()))

@@ -197,6 +197,7 @@ def fd_entries(batch: BatchedForward, x: np.ndarray, f0: np.ndarray, scheme: str
     """Finite-difference Jacobian w.r.t. one input (see the module docstring)."""
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     n, m = x.size, batch.m
+    eps_dtype = batch.effective_eps(eps_dtype)  # a noisy forward: steps (and rounding) sized for its noise
     h = step_sizes(x, scheme, eps, eps_dtype)
     deltas = DELTAS[scheme]
     disp = np.stack([batch._representable((x + d * h)[None])[0] - x for d in deltas])  # actual steps
@@ -380,6 +381,7 @@ def direction_fd(batch: BatchedForward, x: np.ndarray, direction: Direction, nor
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     n = x.size
     norm = max(float(norm), 1e-300)
+    eps_dtype = batch.effective_eps(eps_dtype)
     rel = default_step("central", eps_dtype) if eps is None else eps
     biggest = float(np.max(np.abs(x))) if x.size else 1.0
     if not np.isfinite(biggest):  # non-finite elements are never stepped (u is 0 there)

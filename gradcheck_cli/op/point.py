@@ -116,6 +116,11 @@ def _complex_note(pt) -> None:
     pt.note("complex_as_real", f"{' and '.join(parts)} are checked as real and imaginary parts (the last dimension "
                                "of 2, as torch.view_as_real lays them out): the real Jacobian holds both Wirtinger "
                                "derivatives, as torch.autograd.gradcheck checks them")
+    real_axis = sorted(k for k in spec.complex_inputs if k in spec.wrt and not np.any(pt.arrays[k][..., 1]))
+    if real_axis:
+        pt.note("complex_on_real_axis", f"{', '.join(real_axis)} {'has' if len(real_axis) == 1 else 'have'} imaginary "
+                                        "part 0 everywhere: on the real axis a backward that forgets a conj() can "
+                                        "give the right numbers; check at complex(RE, IM) or randn(...) too")
 
 
 def _empty_gradient(wrt: str, in_shape: tuple, tol: dict):

@@ -125,10 +125,9 @@ class OpSpec:
     keyword_inputs: frozenset = frozenset()  # kwargs whose value is an input (a name) or a list of them
 
     def _value(self, slot, tensors: dict):
-        import torch
 
         if isinstance(slot, str):
-            return torch.view_as_complex(tensors[slot]) if slot in self.complex_inputs else tensors[slot]
+            return as_complex(tensors[slot]) if slot in self.complex_inputs else tensors[slot]
         if isinstance(slot, Several):
             return slot.kind(self._value(item, tensors) for item in slot.items)
         return slot.value
@@ -141,6 +140,26 @@ class OpSpec:
         """The keyword arguments of one call: tensor inputs given by keyword from `tensors`."""
         return {k: self._value(v, tensors) if isinstance(v, (str, Several)) and k in self.keyword_inputs else v
                 for k, v in self.kwargs.items()}
+
+
+def as_complex(t):
+    """The complex tensor whose real view is `t` (..., 2): a view of it where the layout
+    allows (an op that writes into its input writes into ours, for the mutation check),
+    else a complex copy built differentiably (a non-contiguous variant, a vmap row)."""
+    import torch
+
+    if t.stride(-1) == 1 and t.storage_offset() % 2 == 0 and all(s % 2 == 0 for s in t.stride()[:-1]):
+        return torch.view_as_complex(t)
+    return torch.complex(t[..., 0], t[..., 1])
+
+
+def as_real(t):
+    """A complex output as real and imaginary parts (..., 2), the layout view_as_real has.
+    Built with stack, not view_as_real: view_as_real's backward views grad_output as complex
+    and refuses the non-contiguous grad_outputs the checks hand it."""
+    import torch
+
+    return torch.stack((t.real, t.imag), dim=-1)
 
 
 class EmptyOutput(Exception):
@@ -176,7 +195,7 @@ def floating_outputs(raw) -> list:
     outs = [t if t.layout == torch.strided else t.to_dense() for t in outs]
     if not outs:
         raise BadOutput("the op returned no floating-point tensor: there is nothing to differentiate")
-    outs = [torch.view_as_real(t.resolve_conj()) if t.is_complex() else t for t in outs]
+    outs = [as_real(t) if t.is_complex() else t for t in outs]
     if not any(t.numel() for t in outs):
         raise EmptyOutput(f"the op returned only empty tensors (shapes {[list(t.shape) for t in outs]})")
     return outs

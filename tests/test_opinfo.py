@@ -1,9 +1,12 @@
 """Zero false alarms on PyTorch's own ops (issue 12): check_op over a fixed, seeded slice of
 the OpInfo database (`torch.testing._internal.common_methods_invocations.op_db`), first
-sample input, float64 and float32.  torch's ops are correct, so a failed check is a false
-alarm of the gate, unless torch.autograd.gradcheck fails on the same op and sample too
-(then the op's gradient is not a known-correct one: `normal`'s derivative in its mean is
-defined as 0).  The whole corpus, with timings beside torch's: benchmarks/bench_opinfo.py.
+sample input, float64 and float32, and complex128 and complex64 for the ops with a complex
+backward.  torch's ops are correct, so a failed check is a false alarm of the gate, unless
+torch.autograd.gradcheck fails on the same op and sample too (then the op's gradient is
+not a known-correct one: `normal`'s derivative in its mean is defined as 0), or, in
+float32 and complex64, torch's own Jacobian in that dtype misses its float64 one beyond
+the tolerance (measured by torch alone: the op is ill-conditioned there in low precision,
+and no gate with that tolerance could pass it).  The whole corpus, with timings beside torch's: benchmarks/bench_opinfo.py.
 
 Complex ops are checked through their real views (view_as_real): both Wirtinger
 derivatives at once, as torch.autograd.gradcheck does.  Known false alarms of causes not
@@ -19,7 +22,7 @@ import torch
 
 import gradcheck_cli
 
-from opinfo_cases import bind, first_sample, op_name, sample_dtype, torch_verdict
+from opinfo_cases import bind, first_sample, low_precision_misses, op_name, sample_dtype, torch_verdict
 from torch.testing._internal import common_methods_invocations as opinfo  # needs expecttest ('.[test]')
 
 SLICE = 160
@@ -53,8 +56,10 @@ KNOWN: dict = {}
 
 def _params():
     out = []
-    for dtype in (torch.float64, torch.float32):
+    for dtype in (torch.float64, torch.float32, torch.complex128, torch.complex64):
         for op in OPS:
+            if dtype.is_complex and dtype not in op.supported_backward_dtypes("cpu"):
+                continue  # a real op: its complex case does not exist (not a skip)
             marks = []
             if op_name(op) in KNOWN:
                 marks.append(pytest.mark.xfail(strict=True, reason=KNOWN[op_name(op)]))
@@ -85,5 +90,10 @@ def test_torchs_own_ops_pass(name, dtype):
     if _torch_also_fails(fn, tensors, kwargs):
         pytest.skip("torch.autograd.gradcheck fails on this op and sample too: not a known-correct gradient")
     (check,) = report.checks
+    if dtype in (torch.float32, torch.complex64):
+        misses = low_precision_misses(fn, tensors, kwargs, check.gradients[0].tolerance)
+        if misses:  # torch's own low-precision Jacobian misses its float64 one: the op's numerics
+            pytest.skip(f"torch's own {dtype} Jacobian misses its float64 one at {misses} entries beyond the "
+                        "tolerance at this sample (ill-conditioned in low precision)")
     pytest.fail("false alarm: " + "; ".join(f"{d.code}: {d.message[:300]}" for d in check.diagnostics
                                            if d.code not in ("symbolic_unavailable", "warning")))

@@ -327,6 +327,7 @@ def _one_input(pt, w, layout, batch, f0, projections, rows, smp: Sampled, n, sym
                 w)
         if not any(d.wrt == w and d.code in ("scale_error", "wrong_sign", "broadcast_reduction") for d in pt.diags):
             pt.diags.extend(oc.classify(w, auto.reshape(-1), ref_vals, v.allowed, cc.reshape(-1), x, bfactor))
+        pt.diags.extend(oc.torch_tolerance_hint(w, auto.reshape(-1), ref_vals, v.ok, pt.opts))
     if not np.all(np.isfinite(auto)):
         pt.fail("nonfinite", f"autograd gives non-finite values for d/d{w} in {pt.opts.dtype}", w)
     if list(pt.prep.spec.wrt).index(w) in vjps.none:

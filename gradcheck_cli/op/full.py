@@ -380,6 +380,7 @@ def _input_diagnostics(pt, w, k, layout, fd, e, v, in_shape, missing, have_sym) 
                                      f"worst: {worst}", w)
         pt.diags.extend(oc.classify(w, e.auto, ref_vals, v.allowed, e.cols, np.asarray(pt.ref_arrays[w]),
                                     broadcast_factor(layout, in_shape)))
+        pt.diags.extend(oc.torch_tolerance_hint(w, e.auto, ref_vals, v.ok, pt.opts))
     if v.kink.any():
         i = int(np.flatnonzero(v.kink)[0])
         pt.note("non_differentiable", (

@@ -125,7 +125,6 @@ class OpSpec:
     keyword_inputs: frozenset = frozenset()  # kwargs whose value is an input (a name) or a list of them
 
     def _value(self, slot, tensors: dict):
-
         if isinstance(slot, str):
             return as_complex(tensors[slot]) if slot in self.complex_inputs else tensors[slot]
         if isinstance(slot, Several):

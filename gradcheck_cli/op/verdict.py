@@ -32,7 +32,7 @@ from gradcheck_cli.report import Diagnostic, GradientResult, json_number, jsonab
 from gradcheck_cli.tolerances import FD_SAFETY, OP_TOLERANCES  # data only, so `op --help` can show it
 
 # diagnostics that inform and do not fail the check
-INFO_CODES = frozenset({"nondeterministic_within_tolerance"})
+INFO_CODES = frozenset({"nondeterministic_within_tolerance", "within_torch_tolerance"})
 JSON_DENSE_LIMIT = 262_144  # Jacobian entries written as nested lists; larger ones as an entry list
 JSON_MAX_ENTRIES = 100_000
 
@@ -282,6 +282,35 @@ def judge(rows: np.ndarray, cols: np.ndarray, m: int, n: int, auto: np.ndarray, 
 
 
 # ---- naming the bug ----------------------------------------------------------------------
+
+TORCH_DEFAULT = {"atol": 1e-5, "rtol": 1e-3}  # torch.autograd.gradcheck's defaults
+
+
+def torch_tolerance_hint(wrt: str, auto: np.ndarray, ref: np.ndarray, ok: np.ndarray, opts) -> list[Diagnostic]:
+    """An info note when every failing float64 entry is within torch.autograd.gradcheck's
+    default tolerance: the gap is small and systematic, a real small bug or an op whose
+    forward is itself an approximation (an adaptive ODE solver: its forward's derivative
+    includes how its step sizes move with the input, which no backward differentiates).
+    Only under the default tolerances: a user who set them has chosen."""
+    if opts.dtype != "float64" or opts.atol is not None or opts.rtol is not None:
+        return []
+    bad = ~ok
+    if not bad.any():
+        return []
+    a, r = auto[bad], ref[bad]
+    with np.errstate(all="ignore"):
+        err = np.abs(a - r)
+        inside = np.all(np.isfinite(err) & (err <= TORCH_DEFAULT["atol"] + TORCH_DEFAULT["rtol"] * np.abs(r)))
+    if not inside:
+        return []
+    decade = 10.0 ** np.ceil(np.log10(max(float(err.max()), 1e-300)))
+    return [Diagnostic("within_torch_tolerance", (
+        f"d/d{wrt}: every out-of-tolerance entry is within torch.autograd.gradcheck's default tolerance (atol 1e-5, "
+        f"rtol 1e-3), far looser than this gate's float64 default; the largest gap is {float(err.max()):.3g}. If the "
+        "op's forward is itself an approximation (an adaptive ODE solver or a root finder stopped at a tolerance: "
+        "its computed output moves with the input through its step sizes, which no backward differentiates), its "
+        f"derivative is only as accurate as that tolerance: say so with --atol {decade:.0e} (or a spec's atol); "
+        "otherwise this is a small, real error in the backward"), wrt)]
 
 def classify(wrt: str, auto: np.ndarray, ref: np.ndarray, allowed: np.ndarray, cols: np.ndarray, x: np.ndarray,
              broadcast_factor: float | None) -> list[Diagnostic]:

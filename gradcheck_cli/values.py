@@ -6,6 +6,11 @@ call: `randn(d, ...)`, `rand(d, ...)`, `zeros(d, ...)`, `ones(d, ...)`,
 generator seeded by `--seed`, in the order the values are given, so the same command
 gives the same numbers.  Read by a small parser of its own: no eval.
 
+Integer and boolean tensors (class targets, indices, masks: never differentiated):
+`int([0, 2, 1])`, `int(3)`, `randint(low, high, d, ...)` (whole numbers drawn from
+[low, high), seeded like the others) and `bool([1, 0, 1])` or `bool([true, false])`.
+They keep their dtype (int64, bool) all the way to the op or the expression.
+
 Complex values (`gradcheck op --dtype complex128|complex64` only): `complex(RE, IM)` with
 two values of one shape (`complex([1, 2], [0.5, -1])`, `complex(randn(3), zeros(3))`);
 there `randn(d, ...)` and `rand(d, ...)` draw the real and the imaginary part, and a real
@@ -26,7 +31,9 @@ import numpy as np
 from gradcheck_cli.errors import UserInputError
 
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB of float64 per value; GRADCHECK_MAX_BYTES overrides
-GENERATORS = ("randn", "rand", "zeros", "ones", "linspace")
+GENERATORS = ("randn", "rand", "zeros", "ones", "linspace", "randint")
+KINDS = ("float", "int", "bool")  # what a Value holds: float64 numbers, int64 or bool tensors
+INT_LIMIT = 2**53  # whole numbers beyond this cannot come from a float literal exactly
 _TOKEN = re.compile(r"\s*(?:(?P<num>[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?inf|nan)|(?P<name>[A-Za-z_]\w*)"
                     r"|(?P<punct>[\[\](),]))")
 
@@ -41,6 +48,12 @@ class Value:
     generated: bool  # drawn by a generator (so --points may redraw it)
     generator: str = ""  # 'randn', 'rand', ... when generated
     complex: bool = False  # array is the real view (..., 2) of a complex value
+    kind: str = "float"  # 'float' | 'int' (int64 array) | 'bool' (bool array): int and bool are never differentiated
+
+    @property
+    def differentiable(self) -> bool:
+        """Whether this value can be differentiated (a float or complex value)."""
+        return self.kind == "float"
 
 
 def max_bytes() -> int:
@@ -109,7 +122,8 @@ class _ValueParser:
             raise self.fail("a number overflows float64")
         return value
 
-    def nested(self, depth: int = 0) -> Any:
+    def nested(self, depth: int = 0, words: bool = False) -> Any:
+        """A number or nested list of numbers; `words`: also true / false (bool values)."""
         if depth > 32:
             raise self.fail("lists nest more than 32 levels")
         tok = self.peek()
@@ -117,13 +131,16 @@ class _ValueParser:
             self.take(text="[")
             items = []
             while self.peek() and self.peek()[1] != "]":
-                items.append(self.nested(depth + 1))
+                items.append(self.nested(depth + 1, words))
                 if self.peek() and self.peek()[1] == ",":
                     self.take(text=",")
                 elif self.peek() and self.peek()[1] != "]":
                     raise self.fail(f"expected ',' or ']', found {self.peek()[1]!r}")
             self.take(text="]")
             return items
+        if words and tok and tok[0] == "name" and tok[1] in ("true", "false"):
+            self.take("name")
+            return 1.0 if tok[1] == "true" else 0.0
         return self.number()
 
     def done(self) -> None:
@@ -158,6 +175,19 @@ def _dims(p: _ValueParser, args: list[float], generator: str) -> tuple[int, ...]
 
 
 def _generate(p: _ValueParser, generator: str, args: list[float], rng: np.random.Generator) -> np.ndarray:
+    if generator == "randint":
+        if len(args) < 2:
+            raise p.fail("randint(low, high, d, ...) takes the range [low, high) and then the sizes")
+        low, high = args[0], args[1]
+        if not (float(low).is_integer() and float(high).is_integer() and abs(low) < INT_LIMIT
+                and abs(high) < INT_LIMIT):
+            raise p.fail(f"randint(low, high, ...) needs whole numbers, got {low:g} and {high:g}")
+        if high <= low:
+            raise p.fail(f"randint(low, high, ...) draws from [low, high): high must exceed low, got {low:g}, "
+                         f"{high:g}")
+        shape = _dims(p, args[2:], generator)
+        _check_size(p.name, shape)
+        return rng.integers(int(low), int(high), size=shape, dtype=np.int64)
     if generator == "linspace":
         if len(args) != 3:
             raise p.fail("linspace(a, b, n) takes three numbers")
@@ -185,7 +215,8 @@ def _generator_args(p: _ValueParser) -> tuple[str, list[float]]:
     """`randn(2, 3)` -> ("randn", [2.0, 3.0]), read up to its closing parenthesis."""
     generator = p.take("name")
     if generator not in GENERATORS:
-        raise p.fail(f"unknown generator {generator!r} (known: {', '.join(GENERATORS)})")
+        raise p.fail(f"unknown generator {generator!r} (known: {', '.join(GENERATORS)}; int(...) and bool(...) "
+                     "give integer and boolean tensors)")
     p.take(text="(")
     args: list[float] = []
     while p.peek() and p.peek()[1] != ")":
@@ -204,7 +235,7 @@ def _real_part(p: _ValueParser, rng: np.random.Generator, parts: int = 1) -> tup
     tok = p.peek()
     if tok is not None and tok[0] == "name":
         generator, args = _generator_args(p)
-        if parts == 2 and generator in ("randn", "rand"):
+        if parts == 2 and generator in ("randn", "rand"):  # (randint stays an integer tensor)
             array = _generate(p, generator, args + [2.0], rng)
             return array, True, generator
         return _generate(p, generator, args, rng), True, generator
@@ -228,6 +259,8 @@ def _complex_call(p: _ValueParser, rng: np.random.Generator) -> Value:
     im_part, im_gen, im_generator = _real_part(p, rng)
     p.take(text=")")
     p.done()
+    if "randint" in (generator, im_generator):
+        raise p.fail("complex(RE, IM) takes real values; randint draws an integer tensor")
     if re_part.shape != im_part.shape:
         raise p.fail(f"the real part has shape {tuple(re_part.shape)} and the imaginary part "
                      f"{tuple(im_part.shape)}: they must match")
@@ -237,11 +270,61 @@ def _complex_call(p: _ValueParser, rng: np.random.Generator) -> Value:
                  True)
 
 
+def _whole_numbers(p: _ValueParser, array: np.ndarray, kind: str) -> np.ndarray:
+    """The float64 numbers of int(...) / bool(...) as int64 / bool, each checked."""
+    if not np.all(np.isfinite(array)):
+        raise p.fail(f"{kind}(...) values must be finite")
+    if kind == "bool":
+        if not np.all((array == 0) | (array == 1)):
+            raise p.fail("bool(...) values are true/false or 1/0")
+        return array.astype(bool)
+    if not np.all(array == np.round(array)) or np.any(np.abs(array) >= INT_LIMIT):
+        bad = array.reshape(-1)[np.flatnonzero((array != np.round(array)) | (np.abs(array) >= INT_LIMIT))[0]]
+        raise p.fail(f"int(...) values are whole numbers below 2**53 in magnitude, got {bad:g}")
+    return array.astype(np.int64)
+
+
+def _kind_call(p: _ValueParser, rng: np.random.Generator) -> Value:
+    """int(NUMBER | LIST) or bool(NUMBER | LIST): an integer or boolean tensor."""
+    kind = p.take("name")
+    p.take(text="(")
+    tok = p.peek()
+    if tok is not None and tok[0] == "name" and tok[1] not in ("true", "false"):
+        raise p.fail(f"{kind}(...) takes a number or a list" + (" (randint(low, high, d, ...) draws integers)"
+                                                                 if kind == "int" else ""))
+    data = p.nested(words=kind == "bool")
+    p.take(text=")")
+    p.done()
+    try:
+        array = np.asarray(data, dtype=np.float64)
+    except ValueError:
+        raise p.fail("the nested lists are ragged (rows of different lengths)") from None
+    if array.size == 0:
+        raise p.fail("an empty list has no elements")
+    _check_size(p.name, array.shape)
+    return Value(p.name, _whole_numbers(p, array, kind), p.text, False, "", False, kind)
+
+
+def _from_array(name: str, raw: np.ndarray) -> Value:
+    """A numpy array from a Python caller: int and bool arrays keep their kind."""
+    text = f"array{list(raw.shape)}"
+    if raw.dtype == np.bool_:
+        return Value(name, raw.copy(), text, False, kind="bool")
+    if np.issubdtype(raw.dtype, np.integer):
+        return Value(name, raw.astype(np.int64), text, False, kind="int")
+    array = np.asarray(raw, dtype=np.float64)
+    if array.size == 0:
+        raise UserInputError(f"value {name!r} of shape {tuple(array.shape)} has no elements: "
+                             "there is nothing to differentiate")
+    return Value(name, array.copy(), text, False)
+
+
 def parse_value(name: str, raw: Any, rng: np.random.Generator, complex_: bool = False) -> Value:
-    """Read one value given as text (CLI) or as a TOML number, list or string; complex_
-    (a complex dtype): as a complex value, held as its real view (see the module docstring)."""
-    value = _parse_real(name, raw, rng, complex_)
-    if complex_ and not value.complex:
+    """Read one value given as text (CLI), as a TOML number, list or string, or as a numpy
+    array (Python callers); complex_ (a complex dtype): a float value becomes complex, held
+    as its real view (see the module docstring); int and bool values keep their kind."""
+    value = _from_array(name, raw) if isinstance(raw, np.ndarray) else _parse_real(name, raw, rng, complex_)
+    if complex_ and not value.complex and value.kind == "float":
         return Value(name, np.stack([value.array, np.zeros_like(value.array)], axis=-1), value.text, False, "", True)
     return value
 
@@ -269,8 +352,12 @@ def _parse_real(name: str, raw: Any, rng: np.random.Generator, complex_: bool) -
         if not complex_:
             raise p.fail("complex values need a complex dtype (gradcheck op --dtype complex128 or complex64)")
         return _complex_call(p, rng)
+    if tok in (("name", "int"), ("name", "bool")):
+        return _kind_call(p, rng)
     array, generated, generator = _real_part(p, rng, 2 if complex_ else 1)
     p.done()
+    if generator == "randint":
+        return Value(name, array, text, True, generator, False, "int")
     if complex_ and generated and generator in ("randn", "rand"):  # drawn as (..., 2) by _real_part
         return Value(name, array, text, True, generator, True)
     return Value(name, array, text, generated, generator)
@@ -292,6 +379,8 @@ def redraw(value: Value, rng: np.random.Generator) -> np.ndarray:
     """A new random point of the same shape, for --points: generators redraw themselves,
     fixed values are perturbed around the given ones (so a domain like x > 0 is kept)."""
     shape = value.array.shape
+    if value.kind != "float":  # class targets, indices, masks: the same at every point
+        return value.array
     if value.generated and value.generator in ("randn", "rand"):
         return rng.standard_normal(shape) if value.generator == "randn" else rng.random(shape)
     base = value.array
@@ -308,7 +397,7 @@ def shape_of(name: str, raw: Any) -> tuple:
     tok = p.peek()
     if tok is not None and tok[0] == "name" and tok[1] in GENERATORS and tok[1] != "linspace":
         generator, args = _generator_call(p)
-        shape = _dims(p, args, generator)
+        shape = _dims(p, args[2:] if generator == "randint" else args, generator)
         _check_size(name, shape)
         return shape
     return tuple(parse_value(name, raw, np.random.default_rng(0)).array.shape)

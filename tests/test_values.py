@@ -134,7 +134,7 @@ def test_distributions():
     ("linspace(0, 1)", "takes three numbers"),
     ("linspace(0, 1, 2.5)", "whole numbers"),
     ("randn(1,1,1,1,1,1,1,1,1)", "at most 8 dimensions"),
-    ("randx(3)", "unknown generator 'randx' (known: randn, rand, zeros, ones, linspace)"),
+    ("randx(3)", "unknown generator 'randx' (known: randn, rand, zeros, ones, linspace, randint; int(...)"),
     ("True", "unknown generator"),
     ("randn(2 3)", "expected ',' or ')'"),
     ("randn(2", "expected ')'"),
@@ -198,3 +198,77 @@ def test_bad_assignment(item, needle):
 def test_value_given_twice():
     with pytest.raises(UserInputError, match="'x' is given twice"):
         parse_values([("x", "1"), ("x", "2")], seed=0)
+
+
+# ---- integer and boolean tensors (class targets, indices, masks) -----------------------------------
+
+@pytest.mark.parametrize("raw,expected,kind", [
+    ("int([0, 2, 1])", np.array([0, 2, 1], dtype=np.int64), "int"),
+    ("int(3)", np.array(3, dtype=np.int64), "int"),
+    ("int([[1, -2], [3, 4]])", np.array([[1, -2], [3, 4]], dtype=np.int64), "int"),
+    ("int([1e3])", np.array([1000], dtype=np.int64), "int"),
+    ("bool([1, 0, 1])", np.array([True, False, True]), "bool"),
+    ("bool([true, false])", np.array([True, False]), "bool"),
+    ("bool(true)", np.array(True), "bool"),
+])
+def test_integer_and_boolean_values_keep_their_kind(raw, expected, kind):
+    v = value(raw)
+    assert v.kind == kind and not v.differentiable and v.array.dtype == expected.dtype
+    np.testing.assert_array_equal(v.array, expected)
+
+
+@pytest.mark.parametrize("raw,needle", [
+    ("int([0.5, 1])", "whole numbers below 2**53 in magnitude, got 0.5"),
+    ("int([1e17])", "whole numbers below 2**53"),
+    ("int([nan])", "must be finite"),
+    ("bool([2])", "true/false or 1/0"),
+    ("int([true])", "expected a number, found 'true'"),
+    ("int(randn(3))", "takes a number or a list (randint(low, high, d, ...) draws integers)"),
+    ("int([])", "no elements"),
+    ("int([[1], [2, 3]])", "ragged"),
+    ("int([1]) + 1", "unexpected '+ 1'"),
+    ("randint(5, 2, 3)", "high must exceed low"),
+    ("randint(0.5, 2, 3)", "needs whole numbers"),
+    ("randint(3)", "takes the range [low, high)"),
+    ("randint(0, 3, 2.5)", "sizes must be whole numbers"),
+])
+def test_integer_value_errors_say_what_is_wrong(raw, needle):
+    with pytest.raises(UserInputError) as err:
+        value(raw)
+    assert needle in str(err.value)
+
+
+def test_randint_draws_seeded_whole_numbers_in_range():
+    a, b = value("randint(0, 3, 1000)", seed=1), value("randint(0, 3, 1000)", seed=1)
+    assert a.kind == "int" and a.generated and a.array.dtype == np.int64 and a.array.shape == (1000,)
+    np.testing.assert_array_equal(a.array, b.array)
+    assert set(np.unique(a.array)) == {0, 1, 2}  # every class of [0, 3), nothing outside it
+
+
+def test_integer_values_are_not_redrawn_by_points():
+    from gradcheck_cli.values import redraw
+
+    v = value("int([0, 2, 1])")
+    assert redraw(v, np.random.default_rng(0)) is v.array
+
+
+def test_integer_values_stay_integers_under_a_complex_dtype():
+    v = parse_value("y", "int([0, 1])", np.random.default_rng(0), complex_=True)
+    assert v.kind == "int" and not v.complex and v.array.shape == (2,)
+    with pytest.raises(UserInputError, match="randint draws an integer tensor"):
+        parse_value("z", "complex(randint(0, 2, 3), zeros(3))", np.random.default_rng(0), complex_=True)
+
+
+@pytest.mark.parametrize("array,kind", [(np.array([0, 2]), "int"), (np.array([True]), "bool"),
+                                        (np.array([0.5, 1.5]), "float")])
+def test_numpy_arrays_from_python_callers_keep_their_kind(array, kind):
+    v = value(array)
+    assert v.kind == kind
+    np.testing.assert_array_equal(v.array, array)
+
+
+def test_shape_of_reads_randint_sizes_without_drawing():
+    from gradcheck_cli.values import shape_of
+
+    assert shape_of("y", "randint(0, 10, 1000, 1000)") == (1000, 1000)
+    assert shape_of("y", "int([[1, 2]])") == (1, 2)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["check_expression", "check_op", "assert_expression", "assert_op", "Report", "CheckResult",
-           "GradientResult", "Diagnostic", "UserInputError", "__version__"]
+__all__ = ["check_expression", "check_op", "check_module", "assert_expression", "assert_op", "assert_module",
+           "Report", "CheckResult", "GradientResult", "Diagnostic", "UserInputError", "__version__"]
 
 
 def check_expression(expr, at=None, **options):
@@ -30,6 +30,14 @@ def check_op(fn, *tensors, **options):
     return run(fn, *tensors, **options)
 
 
+def check_module(module, *inputs, **options):
+    """An nn.Module's gradients w.r.t. its inputs and every parameter that requires grad
+    (a Report); the module itself is never changed."""
+    from gradcheck_cli.op.api import check_module as run
+
+    return run(module, *inputs, **options)
+
+
 def assert_expression(expr, at=None, **options):
     """Like check_expression, but raise AssertionError with the rendered table on failure."""
     report = check_expression(expr, at, **options)
@@ -40,6 +48,13 @@ def assert_expression(expr, at=None, **options):
 def assert_op(fn, *tensors, **options):
     """Like check_op, but raise AssertionError with the rendered table on failure."""
     report = check_op(fn, *tensors, **options)
+    assert_passed(report)
+    return report
+
+
+def assert_module(module, *inputs, **options):
+    """Like check_module, but raise AssertionError with the rendered table on failure."""
+    report = check_module(module, *inputs, **options)
     assert_passed(report)
     return report
 

@@ -241,11 +241,20 @@ def check(
 @app.command()
 def op(
     target: str = typer.Argument(..., metavar="TARGET", help="FILE.py:ATTR or package.module:ATTR (a torch.autograd.Function "
-                                           "subclass is called through .apply)"),
+                                           "subclass is called through .apply; an nn.Module instance, class or "
+                                           "factory is checked with its parameters), or a torch.library operator: "
+                                           "torch.ops.NS.NAME or NS::NAME, after FILE.py: or package.module: when "
+                                           "that registers it"),
     at: Optional[List[str]] = _at_option(),
     kw: Optional[List[str]] = typer.Option(None, "--kw", metavar="NAME=VALUE",
-                                           help="a keyword argument passed as is: number, true/false, string, "
-                                                "or a list of numbers; repeatable"),
+                                           help="a keyword argument: a number, true/false, a string or a list of "
+                                                "numbers, passed as is; or a tensor in the value language "
+                                                "(randn(4), tensor([1,2]), int([0,2])), differentiated when --wrt "
+                                                "names it; repeatable"),
+    init: Optional[List[str]] = typer.Option(None, "--init", metavar="NAME=VALUE",
+                                             help="build an nn.Module class or factory with this keyword argument "
+                                                  "(values as --kw reads them); repeatable. A module's parameters "
+                                                  "are checked with its inputs"),
     wrt: Optional[str] = _common_options()["wrt"],
     reference: Optional[str] = typer.Option(None, "--reference", help="the expected forward, an expression in "
                                                                       "the inputs' names"),
@@ -283,11 +292,12 @@ def op(
                   mode=mode, device=device).validate(probe_device=False)
         _check_timeout(timeout)
         at_items, kw_items, wrt_names = _assignments(at), _assignments(kw), _split_wrt(wrt)
+        init_items = None if init is None else _assignments(init)
         inputs = op_inputs(at_items, wrt_names)  # the values' syntax, checked before torch loads
         _prepare_junit(junit)
         job = ("op", dict(target=target, at=at_items, kw=kw_items, wrt=wrt_names, reference=reference, mode=mode,
                           dtype=dtype, fd=fd, eps=eps, atol=atol, rtol=rtol, points=points, seed=seed, order=order,
-                          device=device))
+                          device=device, init=init_items))
         with _stdout_to_stderr():
             outcome, interrupted = workers.run_one(job, timeout or None)
         if outcome is not None and outcome.kind == "user_error":

@@ -10,6 +10,8 @@ Integer and boolean tensors (class targets, indices, masks: never differentiated
 `int([0, 2, 1])`, `int(3)`, `randint(low, high, d, ...)` (whole numbers drawn from
 [low, high), seeded like the others) and `bool([1, 0, 1])` or `bool([true, false])`.
 They keep their dtype (int64, bool) all the way to the op or the expression.
+`tensor(X)` is X itself: how a `--kw` value says "a tensor" of a literal list (a plain
+list there is a Python list, as the contract says of --kw).
 
 Complex values (`gradcheck op --dtype complex128|complex64` only): `complex(RE, IM)` with
 two values of one shape (`complex([1, 2], [0.5, -1])`, `complex(randn(3), zeros(3))`);
@@ -354,13 +356,30 @@ def _parse_real(name: str, raw: Any, rng: np.random.Generator, complex_: bool) -
         return _complex_call(p, rng)
     if tok in (("name", "int"), ("name", "bool")):
         return _kind_call(p, rng)
+    wrapped = tok == ("name", "tensor")  # tensor(X): X itself (a --kw tensor from a literal list)
+    if wrapped:
+        p.take("name")
+        p.take(text="(")
     array, generated, generator = _real_part(p, rng, 2 if complex_ else 1)
+    if wrapped:
+        p.take(text=")")
     p.done()
     if generator == "randint":
         return Value(name, array, text, True, generator, False, "int")
     if complex_ and generated and generator in ("randn", "rand"):  # drawn as (..., 2) by _real_part
         return Value(name, array, text, True, generator, True)
     return Value(name, array, text, generated, generator)
+
+
+TENSOR_CALLS = GENERATORS + ("int", "bool", "tensor", "complex")
+_TENSOR_TEXT = re.compile(r"\s*(?:" + "|".join(TENSOR_CALLS) + r")\s*\(")
+
+
+def is_tensor_text(text: Any) -> bool:
+    """Whether a --kw value (or a spec's kw string) is a tensor in the value language:
+    a generator call, int(...), bool(...), tensor(...) or complex(...).  A plain list
+    stays a Python list of numbers, as the contract says of --kw."""
+    return isinstance(text, str) and _TENSOR_TEXT.match(text) is not None
 
 
 def parse_values(items: list[tuple[str, Any]], seed: int, complex_: bool = False) -> dict[str, Value]:

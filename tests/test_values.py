@@ -272,3 +272,21 @@ def test_shape_of_reads_randint_sizes_without_drawing():
 
     assert shape_of("y", "randint(0, 10, 1000, 1000)") == (1000, 1000)
     assert shape_of("y", "int([[1, 2]])") == (1, 2)
+
+
+@pytest.mark.parametrize("text,is_tensor", [
+    ("randn(4)", True), (" int([0, 1])", True), ("bool([1])", True), ("tensor([1, 2])", True),
+    ("randint(0, 3, 2)", True), ("zeros (2)", True), ("[1, 2]", False), ("1.5", False), ("mean", False),
+    ("'randn(4)'", False), ("randomize", False), (3, False),
+])
+def test_tensor_text_is_what_a_kw_value_makes_a_tensor(text, is_tensor):
+    from gradcheck_cli.values import is_tensor_text
+
+    assert is_tensor_text(text) is is_tensor
+
+
+def test_tensor_of_a_literal_list_is_that_list():
+    v = value("tensor([[1, 2], [3, 4]])")
+    assert v.kind == "float" and v.array.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    with pytest.raises(UserInputError, match="expected"):
+        value("tensor([1, 2]")

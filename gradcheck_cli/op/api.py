@@ -31,7 +31,7 @@ from gradcheck_cli.op.verdict import OP_TOLERANCES
 from gradcheck_cli.report import CheckResult, Report
 from gradcheck_cli.shared import SharedOptions, validate_shared, worst_of_points
 from gradcheck_cli.torch_state import preserved_state
-from gradcheck_cli.values import Value, parse_values
+from gradcheck_cli.values import Value
 
 MODES = ("auto", "full", "fast")
 # op only: every floating input complex, held and differenced as its real view (..., 2) in
@@ -89,22 +89,27 @@ def check_op_target(target: str, at: list, kw: list, *, wrt: Iterable[str] | Non
                     reference: str | None = None, mode: str = "auto", dtype: str = "float64", fd: str = "auto",
                     eps: float | None = None, atol: float | None = None, rtol: float | None = None,
                     points: int = 0, seed: int = 0, order: int = 1, device: str = "cpu",
-                    base_dir: str | None = None, name: str | None = None) -> Report:
-    """`gradcheck op TARGET`: load FILE.py:ATTR or module:ATTR, read --at (positional inputs,
-    in order) and --kw (keyword arguments, passed as is), and check the op.  Raises
+                    base_dir: str | None = None, name: str | None = None, init: list | None = None) -> Report:
+    """`gradcheck op TARGET`: load FILE.py:ATTR, module:ATTR or a torch.library operator
+    (torch.ops.NS.NAME, NS::NAME), build an nn.Module class or factory with `init` (--init
+    NAME=VALUE pairs), read --at (positional inputs, in order; int(...)/bool(...) values are
+    integer/boolean tensors) and --kw (keyword arguments; value-language tensors become
+    tensors), check the call against the op's signature, and check the op.  Raises
     UserInputError for input that cannot be used (exit 2); a wrong op is a failed Report.
     Global torch state the op changes is restored afterwards (a global_state_changed note)."""
     with preserved_state() as changes:
         report = _check_target(target, at, kw, wrt=wrt, reference=reference, mode=mode, dtype=dtype, fd=fd,
                                eps=eps, atol=atol, rtol=rtol, points=points, seed=seed, order=order, device=device,
-                               base_dir=base_dir, name=name)
+                               base_dir=base_dir, name=name, init=init)
     return with_state_note(report, changes)
 
 
 def _check_target(target, at, kw, *, wrt, reference, mode, dtype, fd, eps, atol, rtol, points, seed, order, device,
-                  base_dir, name) -> Report:
-    from gradcheck_cli.op.loading import load_target, parse_kw
+                  base_dir, name, init) -> Report:
+    from gradcheck_cli.op.binding import build_call, choose_wrt
+    from gradcheck_cli.op.loading import load_object, parse_kw
     from gradcheck_cli.op.runner import OpSpec
+    from gradcheck_cli.op.targets import resolve
 
     opts = OpOptions(dtype=dtype, fd=fd, eps=eps, atol=atol, rtol=rtol, points=points, seed=seed, order=order,
                      mode=mode, device=device).validate()
@@ -115,20 +120,18 @@ def _check_target(target, at, kw, *, wrt, reference, mode, dtype, fd, eps, atol,
     if complex_ and reference is not None:
         raise UserInputError(f"--reference is a real expression and --dtype {opts.dtype} makes the inputs complex: "
                              "complex ops are checked against finite differences of the op (drop --reference)")
-    values = parse_values(at, seed, complex_)
-    kwargs = {}
-    for k, v in (kw or []):
-        if k in kwargs:
-            raise UserInputError(f"--kw {k!r} is given twice")
-        if k in values:
-            raise UserInputError(f"{k!r} is given both as --at (an input) and --kw (a keyword argument)")
-        kwargs[k] = parse_kw(k, v)
-    names = tuple(values)
-    chosen = _choose_wrt(names, wrt)
-    fn, label = load_target(target, base_dir)
-    spec = OpSpec(fn, label, names, kwargs, names, chosen, complex_inputs=frozenset(names if complex_ else ()))
-    ref = _reference(reference, values)
-    values = _torch_backed(values)  # the input is valid; the numpy originals go
+    init_kwargs = None if init is None else {k: parse_kw(k, v) for k, v in init}
+    obj, label = load_object(target, base_dir)
+    loaded = resolve(obj, label, init_kwargs, seed)
+    call = build_call(loaded, at, list(kw or []), seed=seed, complex_=complex_, device=opts.device,
+                      dtype=opts.real.dtype)
+    names = tuple(call.values)
+    chosen = choose_wrt(call, wrt, complex_)
+    spec = OpSpec(call.fn, label, tuple(call.slots), call.kwargs, names, chosen,
+                  complex_inputs=frozenset(k for k, v in call.values.items() if v.complex),
+                  keyword_inputs=frozenset(call.keyword_inputs), given=call.given, target=loaded)
+    ref = _reference(reference, call.values)
+    values = _torch_backed(call.values)  # the input is valid; the numpy originals go
     prep = PreparedOp(spec, values, ref, name or target)
     return Report((run_points(prep, opts),))
 
@@ -148,11 +151,50 @@ def check_op(fn, *tensors, reference: str | None = None, order: int = 1, names: 
     references are always float64.  Returns a Report; never raises on a wrong op.  Global
     torch state the op changes (grad mode, default dtype, RNG, threads, ...) is restored
     afterwards and named in a global_state_changed note."""
+    import torch
+
+    if isinstance(fn, torch.nn.Module):  # its parameters are inputs too
+        return check_module(fn, *tensors, reference=reference, order=order, names=names, wrt=wrt, kwargs=kwargs,
+                            dtype=dtype, device=device, mode=mode, fd=fd, eps=eps, atol=atol, rtol=rtol,
+                            points=points, seed=seed, name=name)
     with preserved_state() as changes:
         report = _check_callable(fn, tensors, reference=reference, order=order, names=names, wrt=wrt,
                                  kwargs=kwargs, dtype=dtype, device=device, mode=mode, fd=fd, eps=eps, atol=atol,
                                  rtol=rtol, points=points, seed=seed, name=name)
     return with_state_note(report, changes)
+
+
+def check_module(module, *inputs, reference: str | None = None, order: int = 1, names: Iterable[str] | None = None,
+                 wrt: Iterable[str] | None = None, kwargs: dict | None = None, dtype: str | None = None,
+                 device: str | None = None, mode: str = "auto", fd: str = "auto", eps: float | None = None,
+                 atol: float | None = None, rtol: float | None = None, points: int = 0, seed: int = 0,
+                 name: str | None = None) -> Report:
+    """Check an nn.Module: gradients w.r.t. its floating inputs AND every parameter that
+    requires grad (named as named_parameters() names them: weight, layer1.bias), or
+    `wrt`.  The module is not touched: a copy in the check's dtype (default: the first
+    floating input's, else the parameters') is called with torch.func.functional_call;
+    buffers are fixed.  Inputs are named after forward's parameters (or `names`)."""
+    import torch
+
+    from gradcheck_cli.op.module import input_names, prepare_module
+
+    floating = [t for t in inputs if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())]
+    first_param = next(iter(module.parameters()), None)
+    sample = floating[0] if floating else first_param
+    if sample is None:
+        raise UserInputError("check_module needs a floating-point input or parameter")
+    dtype = dtype or _dtype_name(sample.dtype)
+    device = device or sample.device.type
+    prepared = prepare_module(module, COMPLEX_DTYPES.get(dtype, dtype), device, name)
+    names = list(names) if names is not None else input_names(module, len(floating))
+    for taken in list(names) + list(kwargs or {}):
+        if taken in prepared.parameters:
+            raise UserInputError(f"{taken!r} is a parameter of the module; name the inputs otherwise")
+    params = {k: v.clone().requires_grad_(True) for k, v in prepared.parameters.items()}
+    chosen = list(wrt) if wrt is not None else list(names) + list(prepared.trainable)
+    return check_op(prepared.op, *inputs, reference=reference, order=order, names=names, wrt=chosen,
+                    kwargs={**(kwargs or {}), **params}, dtype=dtype, device=device, mode=mode, fd=fd, eps=eps,
+                    atol=atol, rtol=rtol, points=points, seed=seed, name=prepared.label)
 
 
 def with_state_note(report: Report, changes: list) -> Report:
@@ -173,12 +215,15 @@ def _check_callable(fn, tensors, *, reference, order, names, wrt, kwargs, dtype,
                     points, seed, name) -> Report:
     import torch
 
-    from gradcheck_cli.op.loading import as_callable
     from gradcheck_cli.op.memory import torch_backed
     from gradcheck_cli.op.runner import Fixed, OpSpec, Several
+    from gradcheck_cli.op.signature import check_call
+    from gradcheck_cli.op.targets import resolve
 
     label = name or getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
-    call_fn = as_callable(fn, label)
+    loaded = resolve(fn, label)
+    check_call(loaded.signatures, label, [f"#{k}" for k in range(len(tensors))], list(kwargs or {}))
+    call_fn = loaded.fn
     given = list(names) if names is not None else None
     values, marked, found, complex_names = {}, [], [], set()
     make_complex = {"complex128": torch.complex128, "complex64": torch.complex64}.get(dtype)
@@ -211,6 +256,7 @@ def _check_callable(fn, tensors, *, reference, order, names, wrt, kwargs, dtype,
         return nm
 
     slots = [take(arg) for arg in tensors]
+    positional = len(values)
     keywords = dict(kwargs or {})
     keyword_inputs = set()
     for key, val in keywords.items():  # a tensor keyword argument that requires grad is an input too
@@ -221,15 +267,15 @@ def _check_callable(fn, tensors, *, reference, order, names, wrt, kwargs, dtype,
     first = found[0] if found else None
     if not values:
         raise UserInputError("check_op needs at least one floating-point tensor input")
-    if given is not None and len(given) != len(values):
-        raise UserInputError(f"names= gives {len(given)} name(s) for {len(values)} floating tensor input(s)")
+    if given is not None and len(given) != positional:
+        raise UserInputError(f"names= gives {len(given)} name(s) for {positional} floating tensor input(s)")
     dtype = dtype or _dtype_name(first.dtype)
     device = device or first.device.type
     opts = OpOptions(dtype=dtype, fd=fd, eps=eps, atol=atol, rtol=rtol, points=points, seed=seed, order=order,
                      mode=mode, device=device).validate()
     chosen = _choose_wrt(tuple(values), wrt if wrt is not None else (marked or None))
     spec = OpSpec(call_fn, label, tuple(slots), keywords, tuple(values), chosen,
-                  complex_inputs=frozenset(complex_names), keyword_inputs=frozenset(keyword_inputs))
+                  complex_inputs=frozenset(complex_names), keyword_inputs=frozenset(keyword_inputs), target=loaded)
     if complex_names and reference is not None:
         raise UserInputError("reference= is a real expression and the op has complex inputs: complex ops are checked "
                              "against finite differences of the op (drop reference=)")

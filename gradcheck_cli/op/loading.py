@@ -38,14 +38,28 @@ def is_file_target(where: str) -> bool:
     return where.endswith(".py") or "/" in where or "\\" in where
 
 
+# torch.library operators: `torch.ops.NS.NAME[.OVERLOAD]` or `NS::NAME[.OVERLOAD]`, optionally
+# after `FILE.py:` or `package.module:`, imported first so that it registers the operator
+_TORCH_OPS = re.compile(r"^(?:(?P<where>.+):)?torch\.ops\.(?P<ns>\w+)\.(?P<name>\w+)(?:\.(?P<overload>\w+))?$")
+_QUALIFIED = re.compile(r"^(?:(?P<where>.+?):)?(?P<ns>[A-Za-z_]\w*)::(?P<name>[A-Za-z_]\w*)(?:\.(?P<overload>\w+))?$")
+
+
 def load_target(target: str, base_dir: str | None = None) -> tuple[Callable, str]:
     """The callable a target names, and a label for reports.  A torch.autograd.Function
     subclass is returned as its .apply."""
+    obj, label = load_object(target, base_dir)
+    return as_callable(obj, label), label
+
+
+def load_object(target: str, base_dir: str | None = None) -> tuple[Any, str]:
+    """What a target names, as is (a function, a Function or Module class, a Module
+    instance, a torch.library operator), and a label for reports."""
+    text = target.strip()
+    m = _TORCH_OPS.match(text) or _QUALIFIED.match(text)
+    if m:
+        return _torch_operator(m, target, base_dir), target
     where, attr = split_target(target)
-    if is_file_target(where):
-        module = _import_file(where, base_dir)
-    else:
-        module = _import_module(where)
+    module = _import_where(where, base_dir)
     obj = module
     walked = []
     for part in attr.split("."):
@@ -57,7 +71,35 @@ def load_target(target: str, base_dir: str | None = None) -> tuple[Callable, str
             raise UserInputError(f"op target {target!r}: {owner} has no attribute {part!r}{hint}")
         obj = getattr(obj, part)
         walked.append(part)
-    return as_callable(obj, target), target
+    return obj, target
+
+
+def _import_where(where: str, base_dir: str | None):
+    return _import_file(where, base_dir) if is_file_target(where) else _import_module(where)
+
+
+def _torch_operator(m: re.Match, target: str, base_dir: str | None):
+    """The torch.library operator NS::NAME (an overload of it when named), after importing
+    the file or module given before it (which registers the operator)."""
+    import torch
+
+    if m.group("where"):
+        _import_where(m.group("where"), base_dir)
+    ns, name, overload = m.group("ns"), m.group("name"), m.group("overload")
+    try:
+        packet = getattr(getattr(torch.ops, ns), name)
+    except (AttributeError, RuntimeError):
+        hint = ("" if m.group("where") else
+                f"; give the file or module that registers it first, as FILE.py:{ns}::{name} or package.module:"
+                f"{ns}::{name}")
+        raise UserInputError(f"op target {target!r}: no operator {ns}::{name} is registered with torch{hint}") \
+            from None
+    if overload is None:
+        return packet
+    if overload not in packet.overloads():
+        raise UserInputError(f"op target {target!r}: {ns}::{name} has no overload {overload!r} (its overloads: "
+                             f"{', '.join(packet.overloads())})")
+    return getattr(packet, overload)
 
 
 def as_callable(obj: Any, label: str) -> Callable:
@@ -68,8 +110,8 @@ def as_callable(obj: Any, label: str) -> Callable:
         if issubclass(obj, torch.autograd.Function):
             return obj.apply
         if issubclass(obj, torch.nn.Module):
-            raise UserInputError(f"op target {label!r} is an nn.Module class; point at an instance, a function, "
-                                 "or a torch.autograd.Function subclass")
+            raise UserInputError(f"op target {label!r} is an nn.Module class: check it with gradcheck op (which "
+                                 "builds it, with --init NAME=VALUE arguments) or check_module(module, ...)")
         raise UserInputError(f"op target {label!r} is a class that is not a torch.autograd.Function; point at a "
                              "function, a Function subclass, or a callable instance")
     if not callable(obj):

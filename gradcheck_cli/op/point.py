@@ -83,7 +83,7 @@ def check_point(prep, arrays: dict, opts) -> CheckResult:
     value.setdefault("torch", None)  # null when the op raised before giving an output
     value["symbolic"] = value.get("reference")  # the --reference expression, evaluated exactly
     passed = not pt.failed and all(g.passed for g in gradients)
-    point = {k: np.asarray(v) for k, v in arrays.items()}
+    point = {**{k: np.asarray(v) for k, v in arrays.items()}, **spec.given}
     return CheckResult(prep.name, "op", passed, opts.dtype, point, value, tuple(gradients), tuple(dedupe(pt.diags)),
                        pt.extra)
 

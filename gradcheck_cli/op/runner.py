@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -123,6 +123,8 @@ class OpSpec:
     complex_inputs: frozenset = frozenset()
     complex_outputs: bool = False
     keyword_inputs: frozenset = frozenset()  # kwargs whose value is an input (a name) or a list of them
+    given: dict = field(default_factory=dict)  # int / bool values passed as they are, by name (for reports)
+    target: Any = None  # targets.OpTarget when known (a module, a torch.library operator, ...)
 
     def _value(self, slot, tensors: dict):
         if isinstance(slot, str):

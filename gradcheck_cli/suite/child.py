@@ -118,9 +118,9 @@ def execute(state: dict, job: tuple) -> Any:
         runner = state.setdefault("runner", Runner())
         return runner.run(job[1])
     if kind == "load":
-        from gradcheck_cli.op.loading import load_target
+        from gradcheck_cli.op.loading import load_object
 
-        load_target(job[1], job[2])
+        load_object(job[1], job[2])  # importable and found (a module class is built later, with its init)
         return None
     if kind == "op":
         from gradcheck_cli.op.api import check_op_target

@@ -71,7 +71,8 @@ class Runner:
                 spec.source, list(o.get("at", {}).items()), _kw_items(o.get("kw", {})), wrt=o.get("wrt"),
                 reference=o.get("reference"), mode=o["mode"], dtype=o["dtype"], fd=o["fd"], eps=o["eps"],
                 atol=o["atol"], rtol=o["rtol"], points=o["points"], seed=o["seed"], order=o["order"],
-                device=o["device"], base_dir=o["base_dir"], name=spec.name)
+                device=o["device"], base_dir=o["base_dir"], name=spec.name,
+                init=None if "init" not in o else _kw_items(o["init"]))
         except UserInputError as err:
             raise in_check(err, spec) from None
         (result,) = report.checks
@@ -79,10 +80,12 @@ class Runner:
 
 
 def _kw_items(kw: dict) -> list:
-    """Spec `kw` entries for the op.  A TOML string is a string: it is quoted so that
-    `kw = { mode = "1" }` passes "1", not the number 1 (unquoted text is read the way
-    --kw reads it)."""
-    return [(k, f'"{v}"' if isinstance(v, str) else v) for k, v in kw.items()]
+    """Spec `kw` (and `init`) entries for the op.  A TOML string is a string: it is quoted so
+    that `kw = { mode = "1" }` passes "1", not the number 1 (unquoted text is read the way
+    --kw reads it) -- except a tensor in the value language (`kw = { weight = "randn(4)" }`)."""
+    from gradcheck_cli.values import is_tensor_text
+
+    return [(k, f'"{v}"' if isinstance(v, str) and not is_tensor_text(v) else v) for k, v in kw.items()]
 
 
 def in_check(err: UserInputError, spec: CheckSpec) -> UserInputError:

@@ -22,8 +22,8 @@ from gradcheck_cli.errors import SpecError, UserInputError
 from gradcheck_cli.suite.validate import type_name, validate_value
 
 EXPRESSION_ONLY = ("loss", "target")
-OP_ONLY = ("kw", "reference", "mode")
-OPTION_KEYS = ("at", "kw", "wrt", "loss", "target", "dtype", "fd", "eps", "atol", "rtol", "points", "seed",
+OP_ONLY = ("kw", "init", "reference", "mode")
+OPTION_KEYS = ("at", "kw", "init", "wrt", "loss", "target", "dtype", "fd", "eps", "atol", "rtol", "points", "seed",
                "order", "reference", "mode", "device", "timeout")
 CHECK_KEYS = ("name", "expr", "op") + OPTION_KEYS
 # Keys a [defaults] table may set: options that make sense for many checks at once.

@@ -117,6 +117,7 @@ def _validators() -> dict:
         "name": _string, "expr": _string, "op": _string, "reference": _string,
         "at": _table_of(_is_value, "a number, an array of numbers or a value string like \"randn(3)\""),
         "kw": _table_of(_is_kw, "a number, a boolean, a string or an array of numbers"),
+        "init": _table_of(_is_kw, "a number, a boolean, a string or an array of numbers"),
         "wrt": _wrt, "target": _value,
         "loss": _enum(LOSSES), "dtype": _enum(DTYPES), "fd": _enum(SCHEMES), "mode": _enum(MODES),
         "device": _enum(DEVICES),

@@ -18,6 +18,7 @@ import numpy as np
 
 from gradcheck_cli.op.jacobian import Direction
 from gradcheck_cli.op.runner import OpRaised, grads_numpy, unflatten, vjp
+from gradcheck_cli.op.undefined import undefined_checks
 from gradcheck_cli.op.verdict import FD_SAFETY, input_label
 from gradcheck_cli.report import Diagnostic
 
@@ -161,6 +162,11 @@ def vjp_checks(outs: list, inputs: list, wrt: list, expect, jac_ok: dict, m: int
             del e1, a1, fin
         del g2, v2, v1
         _one_hot(res, run, expect, wrt, jac_ok, m, rng, label, fail)
+        # its own generator: the draws of the checks after it stay as they were
+        found, calls = undefined_checks(outs, inputs, wrt, expect, jac_ok, layout, np.random.default_rng(m), tol)
+        res.calls += calls
+        for d in found:
+            fail(d.code, d.message, d.wrt)
     except OpRaised as exc:
         fail("op_error", f"the op raised in {exc.phase}: {exc.message}")
         return res

@@ -33,6 +33,7 @@ import numpy as np
 from gradcheck_cli.op import verdict as oc
 from gradcheck_cli.op.batched import BatchedForward, VJPMany
 from gradcheck_cli.op.determinism import rounding_allowed
+from gradcheck_cli.op.forward_ad import apply_projections
 from gradcheck_cli.op.jacobian import EPS, Direction, direction_fd, step_sizes
 from gradcheck_cli.op.noise import noise_note
 from gradcheck_cli.op.memory import RELEASE_FROM, release_freed_memory
@@ -150,7 +151,7 @@ def run_fast(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -
     """Fast-mode gradient results for the point (diagnostics go to pt); memory as the module
     docstring says."""
     from gradcheck_cli.op.full import apply_backward_checks, backward_checks, broadcast_factor
-    from gradcheck_cli.op.state import nonfinite_inputs
+    from gradcheck_cli.op.state import batched_disagreement, nonfinite_inputs
 
     spec, opts = pt.prep.spec, pt.opts
     wrt = list(spec.wrt)
@@ -204,12 +205,13 @@ def run_fast(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -
         return ()
     pt.extra["calls"] = {"forward_rows": int(sum(b.calls for b in batches.values())),
                          "jacobian_backward": vjps.calls}
+    batched_disagreement(pt, vjps)
     pt.extra["fd_batching"] = {w: batches[w].mode for w in wrt}
     pt.extra["sampled_rows"] = [layout.label(int(o)) for o in rows]
     del projections
     apply_backward_checks(pt, checks)
     if opts.order == 2:
-        from gradcheck_cli.op.order2 import double_backward
+        from gradcheck_cli.op.order2 import apply_forward_over_reverse, double_backward
 
         outcome = double_backward(spec, pt.arrays, pt.ref_arrays, opts.dtype, opts.device, rng.standard_normal(m),
                                   tol, opts.eps, rng, f64 is not None, None)
@@ -217,6 +219,7 @@ def run_fast(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -
             (pt.note if d.code == "order2_sampled" else pt.fail)(d.code, d.message, d.wrt)
         if outcome.hessian is not None:
             pt.extra["hessian"] = outcome.hessian
+        apply_forward_over_reverse(pt, rng.standard_normal(m), f64 is not None)
     return tuple(results)
 
 
@@ -308,6 +311,8 @@ def _one_input(pt, w, layout, batch, f0, projections, rows, smp: Sampled, n, sym
                 pt.diags.extend(oc.classify(w, s_ad, s_ref, allowed, np.zeros(PROJECTIONS, dtype=np.int64),
                                             np.zeros(1), bfactor))
         proj_ok &= good
+        if label == "finite differences":
+            apply_projections(pt, w, projections, s_ref, allowed)
     # 2. sampled rows: exact autograd rows, finite differences on the columns they touch
     cols, auto = smp.cols, smp.auto
     fd_vals, fd_err = _columns(batch, x, cols, rows, f0, pt.opts.eps, eps_dtype)  # (R, C)

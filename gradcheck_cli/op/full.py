@@ -17,10 +17,11 @@ from gradcheck_cli.op import verdict as oc
 from gradcheck_cli.op.batched import BatchedForward, VJPMany
 from gradcheck_cli.op.checks import ReferenceJacobian, vjp_checks
 from gradcheck_cli.op.jacobian import EPS, FDEntries, Grouping, fd_entries, group_rows, one_hot_rows, seed_vectors
-from gradcheck_cli.op.order2 import double_backward
+from gradcheck_cli.op import forward_ad
+from gradcheck_cli.op.order2 import apply_forward_over_reverse, double_backward
 from gradcheck_cli.op.noise import noise_note
 from gradcheck_cli.op.runner import OpRaised, flat_numpy
-from gradcheck_cli.op.state import nonfinite_inputs
+from gradcheck_cli.op.state import batched_disagreement, nonfinite_inputs
 
 REFINE_ROWS = 2048  # one-hot backward calls spent localizing failures
 
@@ -214,9 +215,11 @@ def run_full(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -
         return ()
     pt.extra["calls"] = {"forward_rows": int(sum(fd.rows_evaluated for fd in fds.values())),
                          "jacobian_backward": vjps.calls}
+    batched_disagreement(pt, vjps)
     pt.extra["fd_batching"] = {w: fds[w].mode for w in wrt}
     results, refs, jac_ok = _results(pt, layout, fds, entries, verdicts, unlocalized, sym, vjps, offsets, grouping)
     run_backward_checks(pt, outs, tensors, layout, lambda w, v, g: refs[w].vjp(v), jac_ok)
+    forward_ad.apply_full(pt, refs, outs, tensors, layout, jac_ok)
     if opts.order == 2:
         _order2(pt, layout, refs, f64 is not None)
     return results
@@ -424,4 +427,5 @@ def _order2(pt, layout, refs: dict, f64_ok: bool) -> None:
         (pt.note if d.code == "order2_sampled" else pt.fail)(d.code, d.message, d.wrt)
     if outcome.hessian is not None:
         pt.extra["hessian"] = outcome.hessian
+    apply_forward_over_reverse(pt, v, f64_ok)
 

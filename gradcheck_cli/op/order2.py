@@ -138,3 +138,79 @@ def _fd_of_backward(spec, arrays, dtype, device, v, wrt, sizes, sample, eps):
     except OpRaised as exc:
         return None, f"the op raised while differencing its backward: {exc.message}"
     return cols, errs
+
+
+def forward_over_reverse_check(spec, arrays: dict, ref_arrays: dict, dtype: str, device: str, v: np.ndarray,
+                               tol: dict, eps: float | None, rng: np.random.Generator, f64_ok: bool) -> list:
+    """d/dt [v^T J(x + t u)] by forward AD through the backward (forward-over-reverse, what
+    torch.func's jacfwd(jacrev(f)) Hessians run) against central differences of the
+    backward along the same random u, with step halving.  Diagnostics: nothing when they
+    agree, forward_ad_unsupported when the backward has no forward-mode formulas."""
+    from gradcheck_cli.op.forward_ad import Unsupported, forward_over_reverse
+
+    wrt = list(spec.wrt)
+    sizes = [int(np.prod(np.shape(arrays[w]))) for w in wrt]
+    finite = np.concatenate([np.isfinite(np.asarray(ref_arrays[w], dtype=np.float64).reshape(-1)) for w in wrt])
+    u_flat = np.where(finite, rng.standard_normal(sum(sizes)), 0.0)  # a non-finite element is never stepped
+    bounds = np.cumsum([0] + sizes)
+    u = {w: u_flat[bounds[k]:bounds[k + 1]] for k, w in enumerate(wrt)}
+    try:
+        got = forward_over_reverse(spec, arrays, dtype, device, v, u)
+    except Unsupported as exc:
+        return [Diagnostic("forward_ad_unsupported", f"forward-over-reverse was not checked: the backward has no "
+                                                     f"forward-mode AD ({exc})")]
+    except OpRaised as exc:
+        return [Diagnostic("double_backward_error", f"forward-over-reverse raised: {exc.message}")]
+    expected, err = _fd_of_backward_along(spec, ref_arrays if f64_ok else arrays, "float64" if f64_ok else dtype,
+                                          device, v, wrt, sizes, u_flat, eps)
+    if expected is None:
+        return [Diagnostic("double_backward_error", err)]
+    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    allowed = tol["atol"] + tol["rtol"] * np.abs(expected) + tol["scale"] * scale + FD_SAFETY * err
+    bad = ~(np.abs(got - expected) <= allowed)
+    if not bad.any():
+        return []
+    k = int(np.argmax(np.where(bad, np.abs(got - expected) / np.maximum(allowed, 1e-300), -1)))
+    labels = [input_label(w, tuple(np.shape(arrays[w])), j) for w, n in zip(wrt, sizes) for j in range(n)]
+    return [Diagnostic("forward_over_reverse_mismatch", (
+        f"forward-over-reverse (forward-mode AD through the backward) gives {got[k]:.10g} for d/dt of "
+        f"(v^T J)[{labels[k]}] along a random direction, finite differences of the backward {expected[k]:.10g} "
+        f"(allowed {allowed[k]:.3g}); {int(bad.sum())} of {bad.size} elements disagree: the backward's own "
+        "derivatives (its forward-mode formulas, or a jvp it calls) are wrong"))]
+
+
+def _fd_of_backward_along(spec, arrays, dtype, device, v, wrt, sizes, u, eps):
+    """d/dt (v^T J)(x + t u) by central differences of the backward with step halving."""
+    base = np.concatenate([np.asarray(arrays[w], dtype=np.float64).reshape(-1) for w in wrt])
+    bounds = np.cumsum([0] + sizes)
+    eps_dtype = EPS[dtype]
+    norm = max(float(np.max(np.abs(u))), 1e-300) if u.size else 1.0
+    finite = np.abs(base[np.isfinite(base)])
+    h = float(step_sizes(np.array([float(finite.max()) if finite.size else 0.0]), "central", eps, eps_dtype)[0]) / norm
+
+    def backward_at(point):
+        moved = dict(arrays)
+        for k, w in enumerate(wrt):
+            moved[w] = point[bounds[k]:bounds[k + 1]].reshape(np.shape(arrays[w]))
+        tensors = make_tensors(spec, moved, dtype, device)
+        outs = call(spec, tensors, "forward (finite differences of the backward)")
+        grads = vjp(outs, [tensors[w] for w in wrt], unflatten(v, outs), phase="backward (finite differences)")
+        return np.concatenate([np.zeros(s) if g is None else grad_numpy(g) for g, s in zip(grads, sizes)])
+
+    try:
+        vals = {d: backward_at(base + d * h * u) for d in (1, -1, 2, -2)}
+    except OpRaised as exc:
+        return None, f"the op raised while differencing its backward: {exc.message}"
+    d1 = (vals[1] - vals[-1]) / (2 * h)
+    d2 = (vals[2] - vals[-2]) / (4 * h)
+    noise = 4 * eps_dtype * (np.abs(vals[1]) + np.abs(vals[-1])) / h
+    return d1, np.abs(d1 - d2) / 3 + noise
+
+
+def apply_forward_over_reverse(pt, v: np.ndarray, f64_ok: bool) -> None:
+    """forward_over_reverse_check's diagnostics into the point's report (--order 2)."""
+    opts = pt.opts
+    rng = np.random.default_rng([opts.seed, 6])  # its own stream: the other checks' draws stay as they were
+    for d in forward_over_reverse_check(pt.prep.spec, pt.arrays, pt.ref_arrays, opts.dtype, opts.device, v, pt.tol,
+                                        opts.eps, rng, f64_ok):
+        (pt.note if d.code == "forward_ad_unsupported" else pt.fail)(d.code, d.message, d.wrt)

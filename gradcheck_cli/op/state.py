@@ -96,3 +96,11 @@ def nonfinite_inputs(pt, wrt: list) -> None:
             pt.note("nonfinite_input", f"{int(bad.sum())} element(s) of {w!r} are infinite or NaN (first at "
                                        f"{input_label(w, np.shape(pt.ref_arrays[w]), int(np.flatnonzero(bad)[0]))}"
                                        "): they are not stepped, and their Jacobian columns are not compared", w)
+
+
+def batched_disagreement(pt, vjps) -> None:
+    """A backward that answers differently under vmap than in a plain call fails: jacrev,
+    vmap over grad_outputs and is_grads_batched users would get wrong gradients (the
+    plain calls' gradients are the ones the Jacobian checks used)."""
+    if vjps.disagreement:
+        pt.fail("batched_grad_mismatch", vjps.disagreement + "; the Jacobian above was checked with plain calls")

@@ -1,0 +1,240 @@
+"""Forward-mode AD (a Function's `jvp`, torch ops' forward formulas), checked like the
+backward: J u by forward AD along random directions u against the reference Jacobian
+(finite differences, --reference) entry by entry, and against the backward (v . J u must
+equal (v^T J) . u: forward and reverse mode describe one Jacobian).  A wrong jvp fails
+with jvp_mismatch; an op without forward AD gets a note, not a failure (forward AD is
+optional for an op, as in torch.autograd.gradcheck's check_forward_ad).
+
+--order 2 adds forward-over-reverse: d/dt [v^T J(x + t u)] by forward AD through the
+backward, against central differences of the backward along u (order2.py holds the
+double-backward check beside it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradcheck_cli.op.runner import OpRaised, call, grad_numpy, make_tensors, unflatten, user_failures, vjp
+from gradcheck_cli.op.verdict import FD_SAFETY
+from gradcheck_cli.report import Diagnostic
+
+DIRECTIONS = 1  # random tangents per point (full mode: a wrong jvp column shows along any dense u)
+# what an op without forward-mode AD raises (a Function without jvp; a torch op without a formula)
+_UNSUPPORTED = ("must implement the jvp function", "forward ad", "forward-mode", "forward mode", "not implemented")
+
+
+class Unsupported(Exception):
+    """The op has no forward-mode AD; the message says why (the op's own words)."""
+
+
+@dataclass
+class JVPOutcome:
+    diagnostics: list
+    calls: int = 0
+    ran: bool = False
+
+
+def tangents(spec, arrays: dict, dtype: str, device: str, directions: dict, phase: str = "forward-mode AD"):
+    """J u: the op's outputs' tangents (one flat float64 vector) for input tangents
+    `directions` (input name -> flat float64 array; inputs not named get none)."""
+    import torch
+    import torch.autograd.forward_ad as fwad
+
+    _load_decompositions()
+    tensors = make_tensors(spec, arrays, dtype, device, grad=False)
+    try:
+        with fwad.dual_level():
+            for w, u in directions.items():
+                t = tensors[w]
+                tensors[w] = fwad.make_dual(t, torch.as_tensor(u, dtype=t.dtype, device=t.device).reshape(t.shape))
+            outs = call(spec, tensors, phase)
+            found = [fwad.unpack_dual(o).tangent for o in outs]
+            if directions and all(t is None for t in found):  # nothing carried a tangent through the op
+                raise Unsupported("its outputs carry no tangent: forward-mode AD is not implemented along its path")
+            parts = [torch.zeros(o.numel(), dtype=torch.float64) if tan is None else
+                     tan.detach().reshape(-1).to(device="cpu", dtype=torch.float64) for o, tan in zip(outs, found)]
+    except OpRaised as exc:
+        if _unsupported(exc.exc):
+            raise Unsupported(exc.message) from None
+        raise
+    return torch.cat(parts).numpy() if parts else np.zeros(0)
+
+
+def _load_decompositions() -> None:
+    """torch loads its forward-AD decompositions on the first make_dual, and that import
+    warns (torch.jit.script is deprecated): load them now, quietly, so the warning is not
+    reported as the op's."""
+    import warnings
+
+    import torch.autograd.forward_ad as fwad
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loader = getattr(fwad, "_maybe_load_decompositions", None)
+        if loader is not None:
+            loader()
+
+
+def _unsupported(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, NotImplementedError) or any(s in text for s in _UNSUPPORTED[1:4]) or \
+        _UNSUPPORTED[0] in text
+
+
+def jacobian_times(refs: dict, u: dict, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """J u from the reference Jacobians (checks.ReferenceJacobian per input) and the error
+    each element may carry: (expected (m,), allowed (m,))."""
+    expected, allowed = np.zeros(m), np.zeros(m)
+    for w, r in refs.items():
+        uw = u[w]
+        au = np.abs(uw)
+        expected += np.bincount(r.rows, weights=r.values * uw[r.cols], minlength=m)
+        allowed += np.bincount(r.rows, weights=r.allowed * au[r.cols], minlength=m)
+        allowed += r.floor_row * au.sum() + float(au @ r.floor_col)
+        if r.noise is not None and r.steps is not None:  # finite differences' rounding, as in the vjp check
+            with np.errstate(divide="ignore", invalid="ignore"):
+                allowed += FD_SAFETY * r.noise * float(np.sum(np.where(r.steps > 0, au / r.steps, 0.0)))
+    return expected, allowed
+
+
+def check_full(pt, refs: dict, outs: list, tensors: dict, layout, jac_ok: dict) -> JVPOutcome:
+    """Full mode: DIRECTIONS random tangents; J u by forward AD against the reference
+    Jacobian entry by entry, and v . J u against the backward's (v^T J) . u."""
+    spec, opts = pt.prep.spec, pt.opts
+    wrt = list(spec.wrt)
+    rng = np.random.default_rng([opts.seed, 5])  # its own stream: the other checks' draws stay as they were
+    res = JVPOutcome([])
+    m = layout.m
+    for _ in range(DIRECTIONS):
+        u = {w: rng.standard_normal(refs[w].n) * _stepped(pt, w, refs[w].n) for w in wrt}
+        try:
+            ju = tangents(spec, pt.arrays, opts.dtype, opts.device, u)
+        except Unsupported as exc:
+            res.diagnostics.append(Diagnostic("forward_ad_unsupported", (
+                f"the op has no forward-mode AD ({exc}); JVPs were not checked (a Function needs a jvp "
+                "staticmethod for torch.func.jvp, jacfwd and forward-over-reverse Hessians)")))
+            return res
+        except OpRaised as exc:
+            res.diagnostics.append(Diagnostic("op_error", f"the op raised in {exc.phase}: {exc.message}"))
+            return res
+        res.calls += 1
+        res.ran = True
+        if all(jac_ok.get(w, False) for w in wrt):  # the reference is trusted only where the backward agreed
+            expected, allowed = jacobian_times(refs, u, m)
+            bad = ~(np.abs(ju - expected) <= allowed) & np.isfinite(expected)
+            if bad.any():
+                k = int(np.argmax(np.where(bad, np.abs(ju - expected) / np.maximum(allowed, 1e-300), -1)))
+                res.diagnostics.append(Diagnostic("jvp_mismatch", (
+                    f"forward-mode AD (the op's jvp) gives J u = {ju[k]:.10g} at {layout.label(k)} along a random "
+                    f"direction u, where the Jacobian gives {expected[k]:.10g} (allowed {allowed[k]:.3g}); "
+                    f"{int(bad.sum())} of {m} elements disagree, although the backward agrees with the Jacobian")))
+                return res
+        _consistency(res, pt, outs, tensors, refs, u, ju, rng, layout)
+        if any(d.code == "jvp_mismatch" for d in res.diagnostics):
+            return res
+    return res
+
+
+def _stepped(pt, w: str, n: int) -> np.ndarray:
+    """1 where the input element is finite (stepped by finite differences), else 0."""
+    fixed = pt.fixed.get(w)
+    return np.ones(n) if fixed is None else (~fixed).astype(float)
+
+
+def _consistency(res, pt, outs, tensors, refs, u, ju, rng, layout) -> None:
+    """v . (J u) from forward AD against (v^T J) . u from one backward call."""
+    wrt = list(pt.prep.spec.wrt)
+    m = layout.m
+    v = rng.standard_normal(m)
+    g = vjp(outs, [tensors[w] for w in wrt], unflatten(v, outs), phase="backward (forward/reverse consistency)")
+    res.calls += 1
+    reverse = sum(float(np.dot(np.zeros(refs[w].n) if gw is None else grad_numpy(gw), u[w])) for w, gw in zip(wrt, g))
+    forward = float(np.dot(v, ju))
+    _, allowed_ju = jacobian_times(refs, u, m)
+    allowed = float(np.abs(v) @ allowed_ju)
+    for w in wrt:
+        _, a = refs[w].vjp(v)
+        allowed += float(np.abs(u[w]) @ np.where(np.isfinite(a), a, 0.0))
+    if not abs(forward - reverse) <= allowed:
+        res.diagnostics.append(Diagnostic("jvp_mismatch", (
+            f"forward and reverse mode disagree: v . (J u) = {forward:.10g} by forward-mode AD but (v^T J) . u = "
+            f"{reverse:.10g} by the backward, for random u and v (allowed {allowed:.3g}): the jvp and the backward "
+            "describe different Jacobians")))
+
+
+def check_projection(spec, arrays: dict, dtype: str, device: str, w: str, u: np.ndarray, v: np.ndarray):
+    """Fast mode: v . (J u) by forward AD along one projection's u (input w): a float, or
+    raises Unsupported / OpRaised."""
+    return float(np.dot(v, tangents(spec, arrays, dtype, device, {w: u})))
+
+
+def forward_over_reverse(spec, arrays: dict, dtype: str, device: str, v: np.ndarray, u: dict) -> np.ndarray:
+    """d/dt [v^T J(x + t u)] by forward AD through the backward (the Hessian of v . f
+    times u), all wrt inputs concatenated: raises Unsupported where the backward has no
+    forward-mode formulas."""
+    import torch
+    import torch.autograd.forward_ad as fwad
+
+    wrt = list(spec.wrt)
+    _load_decompositions()
+    tensors = make_tensors(spec, arrays, dtype, device)
+    try:
+        with fwad.dual_level():
+            duals = {w: fwad.make_dual(tensors[w], torch.as_tensor(u[w], dtype=tensors[w].dtype,
+                                                                   device=tensors[w].device).reshape(tensors[w].shape))
+                     for w in wrt}
+            outs = call(spec, {**tensors, **duals}, "forward (forward-over-reverse)")
+            grads = vjp(outs, [tensors[w] for w in wrt], unflatten(v, outs), phase="backward (forward-over-reverse)")
+            parts = []
+            for g, w in zip(grads, wrt):
+                tan = None if g is None else fwad.unpack_dual(g).tangent
+                parts.append(np.zeros(tensors[w].numel()) if tan is None else grad_numpy(tan).copy())
+    except OpRaised as exc:
+        if _unsupported(exc.exc):
+            raise Unsupported(exc.message) from None
+        raise
+    except user_failures() as exc:  # torch's own refusal inside the backward
+        if _unsupported(exc):
+            raise Unsupported(str(exc)) from None
+        raise OpRaised("forward-over-reverse", exc) from exc
+    return np.concatenate(parts)
+
+
+def apply_full(pt, refs: dict, outs: list, tensors: dict, layout, jac_ok: dict) -> None:
+    """check_full's diagnostics and calls into the point's report."""
+    if any(d.code in ("op_error", "wrong_shape") for d in pt.diags):
+        return
+    res = check_full(pt, refs, outs, tensors, layout, jac_ok)
+    for d in res.diagnostics:
+        (pt.note if d.code == "forward_ad_unsupported" else pt.fail)(d.code, d.message, d.wrt)
+    pt.extra["forward_ad"] = "checked" if res.ran else "unsupported"
+    calls = pt.extra.setdefault("calls", {})
+    calls["forward_ad"] = calls.get("forward_ad", 0) + res.calls
+
+
+def apply_projections(pt, w: str, projections: list, s_fd: np.ndarray, allowed: np.ndarray, used: int = 1) -> None:
+    """Fast mode: v . (J u) by forward AD for the first `used` projections of input w
+    against their finite differences (the same allowed error as the backward's)."""
+    spec, opts = pt.prep.spec, pt.opts
+    if pt.extra.get("forward_ad") == "unsupported":
+        return
+    for k, p in enumerate(projections[:used]):
+        try:
+            got = check_projection(spec, pt.arrays, opts.dtype, opts.device, w, p.u[w].again(), p.v.again())
+        except Unsupported as exc:
+            pt.note("forward_ad_unsupported", f"the op has no forward-mode AD ({exc}); JVPs were not checked")
+            pt.extra["forward_ad"] = "unsupported"
+            return
+        except OpRaised as exc:
+            pt.fail("op_error", f"the op raised in {exc.phase}: {exc.message}")
+            return
+        calls = pt.extra.setdefault("calls", {})
+        calls["forward_ad"] = calls.get("forward_ad", 0) + 1
+        pt.extra["forward_ad"] = "checked"
+        if not abs(got - s_fd[k]) <= allowed[k]:
+            pt.fail("jvp_mismatch", (
+                f"d/d{w}: forward-mode AD (the op's jvp) gives v . (J u) = {got:.10g} for random projection #{k}, "
+                f"finite differences {s_fd[k]:.10g} (allowed {allowed[k]:.3g})"), w)
+            return

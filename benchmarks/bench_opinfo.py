@@ -1,7 +1,7 @@
 """gradcheck op over PyTorch's own OpInfo corpus, beside torch.autograd.gradcheck (issue 12).
 
 Every op in `torch.testing._internal.common_methods_invocations.op_db` that supports
-autograd, its first sample input, in float64 (default), float32, complex128 or complex64
+autograd, its first sample input, in float64 (default), float32, complex128, complex64, bfloat16 or float16
 (--dtype; the complex runs take the ops that have a complex backward).  The ops are
 torch's own, so they are correct: every failed check is a false alarm of the gate, unless
 torch.autograd.gradcheck fails the same op and sample too, or (float32, complex64) the
@@ -26,7 +26,8 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from opinfo_cases import bind, first_sample, low_precision_misses, op_name, sample_dtype, torch_verdict  # noqa: E402  (shared harness)
+from opinfo_cases import (bind, first_sample, low_precision_misses, nonfinite_forward, op_name,  # noqa: E402  (shared harness)
+                          sample_dtype, torch_verdict)
 
 
 def cases(limit: int | None, seed: int, dtype_name: str):
@@ -35,7 +36,7 @@ def cases(limit: int | None, seed: int, dtype_name: str):
     from torch.testing._internal.common_methods_invocations import op_db
 
     dtype = {"float64": torch.float64, "float32": torch.float32, "complex128": torch.complex128,
-             "complex64": torch.complex64}[dtype_name]
+             "complex64": torch.complex64, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype_name]
     ops = [op for op in op_db if op.supports_autograd]
     if limit:
         import random
@@ -66,7 +67,8 @@ def torch_ok(fn, tensors: tuple, kwargs: dict) -> tuple[bool | None, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dtype", default="float64", choices=["float64", "float32", "complex128", "complex64"])
+    parser.add_argument("--dtype", default="float64", choices=["float64", "float32", "complex128", "complex64",
+                                                               "bfloat16", "float16"])
     parser.add_argument("--limit", type=int, default=None, help="a seeded sample of this many ops")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-torch", action="store_true", help="skip torch.autograd.gradcheck's column")
@@ -78,7 +80,7 @@ def main() -> int:
     warnings.simplefilter("ignore")
     tally = collections.Counter()
     alarms, crashes, skipped, both, imprecise = [], [], collections.Counter(), [], []
-    low = args.dtype in ("float32", "complex64")  # where the op's own numerics can fail a check
+    low = args.dtype in ("float32", "complex64", "bfloat16", "float16")  # where the op's own numerics can fail a check
     t_ours = t_torch = 0.0
     for name, fn, tensors, kwargs in cases(args.limit, args.seed, args.dtype):
         if fn is None:
@@ -105,6 +107,10 @@ def main() -> int:
         elif torch_passed is False:  # torch's own gradcheck also finds the gradient wrong: not a known-correct op
             tally["both fail"] += 1
             both.append(name)
+        elif low and nonfinite_forward(fn, tensors, kwargs):
+            # the op's own forward overflows in this dtype at a sample made for float64 (torch alone)
+            tally["imprecise"] += 1
+            imprecise.append(f"{name} (forward not finite in {args.dtype})")
         elif low and (misses := low_precision_misses(fn, tensors, kwargs, check.gradients[0].tolerance)):
             # torch's own Jacobian in this dtype misses its float64 one beyond the tolerance
             # (torch alone): the failed check reports the op's numerics at this sample

@@ -50,6 +50,13 @@ def wide(t):
     return t.to(torch.complex128 if t.is_complex() else torch.float64)
 
 
+def _low() -> dict:
+    import torch
+
+    return {torch.float32: torch.float32, torch.complex64: torch.float32, torch.bfloat16: torch.bfloat16,
+            torch.float16: torch.float16}
+
+
 def low_precision_misses(fn, tensors: tuple, kwargs: dict, tol: dict) -> int | None:
     """How many entries of torch's own Jacobian in the sample's (low) dtype miss torch's own
     Jacobian in float64 / complex128 at the same point by more than `tol` allows (the gate's
@@ -61,13 +68,14 @@ def low_precision_misses(fn, tensors: tuple, kwargs: dict, tol: dict) -> int | N
     positions = [i for i, t in enumerate(tensors) if isinstance(t, torch.Tensor) and t.requires_grad]
     if not positions:
         return None
+    LOW = _low()
 
     def jac(low: bool):
         def f(*reals):
             full = list(tensors)
             for i, r in zip(positions, reals):
                 t = tensors[i]
-                r = r.to(torch.float32 if low and t.dtype in (torch.float32, torch.complex64) else r.dtype)
+                r = r.to(LOW.get(t.dtype, r.dtype) if low else r.dtype)
                 full[i] = torch.view_as_complex(r.contiguous()) if t.is_complex() else r
             out = fn(*full, **kwargs)
             outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,))
@@ -119,3 +127,25 @@ def torch_verdict(fn, tensors: tuple, kwargs: dict) -> tuple[str, float]:
     except Exception:  # noqa: BLE001 -- torch cannot check it either
         verdict = "raised"
     return verdict, time.perf_counter() - start
+
+
+def nonfinite_forward(fn, tensors: tuple, kwargs: dict) -> bool:
+    """Whether the op's own forward, in the sample's dtype, is not finite where its float64
+    forward is (a sample made for float64 outside a low precision's range: atanh at 0.999
+    is 1.0 in bfloat16).  Torch alone, no gradcheck code."""
+    import torch
+
+    def finite(ts):
+        out = fn(*ts, **kwargs)
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        return all(bool(torch.isfinite(o).all()) for o in outs if isinstance(o, torch.Tensor) and
+                   (o.is_floating_point() or o.is_complex()))
+
+    try:
+        with torch.no_grad():
+            low = finite(tensors)
+            high = finite(tuple(wide(t) if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())
+                                else t for t in tensors))
+    except Exception:  # noqa: BLE001 -- not measurable here
+        return False
+    return high and not low

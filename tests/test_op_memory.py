@@ -24,7 +24,7 @@ import torch
 import op_zoo
 from gradcheck_cli.op import checks as ops_checks, determinism, fast as ops_fast, memory
 from gradcheck_cli.op.api import check_op
-from gradcheck_cli.op.jacobian import Direction, direction_fd
+from gradcheck_cli.op.directions import Direction, direction_fd
 from gradcheck_cli.op.batched import BatchedForward
 from gradcheck_cli.op.runner import OpSpec
 

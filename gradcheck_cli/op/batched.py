@@ -297,7 +297,9 @@ class BatchedForward:
         del scale
         probes = self._representable(probes)
         expected = np.stack([self._plain(p) for p in probes])
-        for mode, fn in (("vmap", self._vmap), ("native", self._native)):
+        forms = (("vmap", self._vmap), ("native", self._native)) if _has_batching_rule(self.spec) else \
+            (("native", self._native),)
+        for mode, fn in forms:
             try:
                 got = fn(probes)
             except user_failures():  # this batched form does not apply to the op: try the next
@@ -348,6 +350,19 @@ class BatchedForward:
     def rows_per_call(self) -> int:
         """Points per batched call under the element cap (at least one)."""
         return max(1, self.max_elements // max(1, self.n_in + self.m))
+
+
+def _has_batching_rule(spec: OpSpec) -> bool:
+    """False for a torch.library operator without a vmap rule: torch would run it row by
+    row anyway (its fallback, which warns on stderr from C++), so plain calls do the same
+    without the noise."""
+    target = getattr(spec, "target", None)
+    overload = getattr(target, "overload", None)
+    if overload is None or not target.custom_operator:
+        return True
+    import torch
+
+    return bool(torch._C._dispatch_has_kernel_for_dispatch_key(overload.name(), "FuncTorchBatched"))
 
 
 def _same_rows(got: np.ndarray, expected: np.ndarray, dtype: str) -> bool:

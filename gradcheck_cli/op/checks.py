@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradcheck_cli.op.jacobian import Direction
+from gradcheck_cli.op.directions import Direction
 from gradcheck_cli.op.runner import OpRaised, grads_numpy, unflatten, vjp
 from gradcheck_cli.op.undefined import undefined_checks
 from gradcheck_cli.op.verdict import FD_SAFETY, input_label

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradcheck_cli.op.jacobian import EPS, Direction
+from gradcheck_cli.op.directions import Direction
+from gradcheck_cli.op.jacobian import EPS
 from gradcheck_cli.op.memory import PIECE
 from gradcheck_cli.op.runner import OpRaised, call, flat_numpy, make_tensors, unflatten, vjp
 from gradcheck_cli.op.verdict import input_label

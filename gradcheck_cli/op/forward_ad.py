@@ -62,6 +62,16 @@ def tangents(spec, arrays: dict, dtype: str, device: str, directions: dict, phas
     return torch.cat(parts).numpy() if parts else np.zeros(0)
 
 
+def unsupported_message(exc: Exception) -> str:
+    """The note for an op without forward-mode AD: short, since most custom Functions are."""
+    text = str(exc)
+    if "jvp function" in text:
+        why = "a torch.autograd.Function without a jvp staticmethod"
+    else:
+        why = text.split(". ")[0][:160]
+    return f"JVPs not checked: the op has no forward-mode AD ({why}); torch.func.jvp and jacfwd cannot use it"
+
+
 def _load_decompositions() -> None:
     """torch loads its forward-AD decompositions on the first make_dual, and that import
     warns (torch.jit.script is deprecated): load them now, quietly, so the warning is not
@@ -112,9 +122,7 @@ def check_full(pt, refs: dict, outs: list, tensors: dict, layout, jac_ok: dict) 
         try:
             ju = tangents(spec, pt.arrays, opts.dtype, opts.device, u)
         except Unsupported as exc:
-            res.diagnostics.append(Diagnostic("forward_ad_unsupported", (
-                f"the op has no forward-mode AD ({exc}); JVPs were not checked (a Function needs a jvp "
-                "staticmethod for torch.func.jvp, jacfwd and forward-over-reverse Hessians)")))
+            res.diagnostics.append(Diagnostic("forward_ad_unsupported", unsupported_message(exc)))
             return res
         except OpRaised as exc:
             res.diagnostics.append(Diagnostic("op_error", f"the op raised in {exc.phase}: {exc.message}"))
@@ -224,7 +232,7 @@ def apply_projections(pt, w: str, projections: list, s_fd: np.ndarray, allowed: 
         try:
             got = check_projection(spec, pt.arrays, opts.dtype, opts.device, w, p.u[w].again(), p.v.again())
         except Unsupported as exc:
-            pt.note("forward_ad_unsupported", f"the op has no forward-mode AD ({exc}); JVPs were not checked")
+            pt.note("forward_ad_unsupported", unsupported_message(exc))
             pt.extra["forward_ad"] = "unsupported"
             return
         except OpRaised as exc:

@@ -376,7 +376,10 @@ def _input_diagnostics(pt, w, k, layout, fd, e, v, in_shape, missing, have_sym) 
             f"autograd gives {e.auto[bad]:.6g} for d{layout.label(int(e.rows[bad]))}/"
             f"d{oc.input_label(w, in_shape, int(e.cols[bad]))} where {against} give(s) {ref_vals[bad]:.6g}"
             + (f" (the backward overflows in {pt.opts.dtype})" if np.isfinite(ref_vals[bad]) else "")), w)
-    if not v.passed:
+    if v.bias is not None and v.ok.all():
+        d = oc.systematic_diagnostic(w, v.bias, pt.opts.dtype)
+        pt.fail(d.code, d.message, d.wrt)
+    elif not v.passed:
         n_bad = int((~v.ok).sum())
         worst = oc.worst_entries(v, e.auto, ref_vals, layout, w, in_shape, against)
         pt.fail("gradient_mismatch", f"d/d{w}: {n_bad} of {e.rows.size} Jacobian entries out of tolerance; "

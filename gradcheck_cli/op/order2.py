@@ -146,7 +146,7 @@ def forward_over_reverse_check(spec, arrays: dict, ref_arrays: dict, dtype: str,
     torch.func's jacfwd(jacrev(f)) Hessians run) against central differences of the
     backward along the same random u, with step halving.  Diagnostics: nothing when they
     agree, forward_ad_unsupported when the backward has no forward-mode formulas."""
-    from gradcheck_cli.op.forward_ad import Unsupported, forward_over_reverse
+    from gradcheck_cli.op.forward_ad import Unsupported, forward_over_reverse, unsupported_message
 
     wrt = list(spec.wrt)
     sizes = [int(np.prod(np.shape(arrays[w]))) for w in wrt]
@@ -157,8 +157,8 @@ def forward_over_reverse_check(spec, arrays: dict, ref_arrays: dict, dtype: str,
     try:
         got = forward_over_reverse(spec, arrays, dtype, device, v, u)
     except Unsupported as exc:
-        return [Diagnostic("forward_ad_unsupported", f"forward-over-reverse was not checked: the backward has no "
-                                                     f"forward-mode AD ({exc})")]
+        return [Diagnostic("forward_ad_unsupported", "forward-over-reverse not checked: "
+                                                     + unsupported_message(exc).split(": ", 1)[1])]
     except OpRaised as exc:
         return [Diagnostic("double_backward_error", f"forward-over-reverse raised: {exc.message}")]
     expected, err = _fd_of_backward_along(spec, ref_arrays if f64_ok else arrays, "float64" if f64_ok else dtype,

@@ -10,6 +10,7 @@ import numpy as np
 
 from gradcheck_cli.dtypes import rounded, torch_version
 from gradcheck_cli.op.gradients import check_gradients
+from gradcheck_cli.op.registration import registration_checks
 from gradcheck_cli.op.state import Point, finite_output, layout_of, not_computed, op_raised, report_values
 from gradcheck_cli.op.verdict import OutputLayout, op_tolerance
 from gradcheck_cli.report import CheckResult
@@ -69,6 +70,7 @@ def check_point(prep, arrays: dict, opts) -> CheckResult:
                 gradients = check_gradients(pt, tensors, outs, layout, value, adopt,
                                              lambda t, phase: _check_mutation(pt, t, before, fixed_before, phase))
                 _check_mutation(pt, tensors, before, fixed_before, "backward")
+            registration_checks(pt)  # custom torch.library operators only, once per check
             shared = digest["shared"]
             if shared is not None and _digest(np.asarray(value["torch"]).reshape(-1)) != shared:
                 _reused_output(pt, arrays, layout, value)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from gradcheck_cli.op.registration import no_autograd_message
 from gradcheck_cli.op.verdict import OutputLayout, input_label
 from gradcheck_cli.report import Diagnostic, GradientResult
 
@@ -78,6 +79,9 @@ def op_raised(pt: Point, exc) -> None:
     if "leaf Variable that requires grad is being used in an in-place operation" in text:
         pt.fail("input_mutated", f"the op modifies its input in place ({exc.message}); ops must not mutate "
                                  "their inputs")
+    elif no_autograd_message(text):
+        pt.fail("autograd_not_registered", f"the op has no autograd formula ({exc.message}); register one with "
+                                           "torch.library.register_autograd (or write it as a torch.autograd.Function)")
     elif "returned an invalid gradient" in text:
         pt.fail("wrong_shape" if "shape" in text else "wrong_gradient_metadata",
                 f"the backward returned a gradient of the wrong shape, dtype or device: {exc.message}")

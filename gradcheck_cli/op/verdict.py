@@ -29,7 +29,7 @@ import numpy as np
 
 from gradcheck_cli.compare import elementwise_errors, max_error  # the same elementwise errors as expression checks
 from gradcheck_cli.report import Diagnostic, GradientResult, json_number, jsonable
-from gradcheck_cli.tolerances import FD_SAFETY, OP_TOLERANCES  # data only, so `op --help` can show it
+from gradcheck_cli.tolerances import FD_SAFETY, OP_TOLERANCES, SYSTEMATIC  # data only, so `op --help` can show it
 
 # diagnostics that inform and do not fail the check
 INFO_CODES = frozenset({"nondeterministic_within_tolerance", "within_torch_tolerance"})
@@ -46,6 +46,8 @@ def op_tolerance(dtype: str, atol: float | None = None, rtol: float | None = Non
         tol["output"] = 0.0
     if rtol is not None:
         tol["rtol"] = float(rtol)
+    if dtype in SYSTEMATIC and atol is None and rtol is None:
+        tol["systematic"] = SYSTEMATIC[dtype]
     tol["fd_safety"] = FD_SAFETY
     return tol
 
@@ -218,6 +220,7 @@ class Verdict:
     kink: np.ndarray
     primary: str
     reference_disagreement: int = 0
+    bias: tuple | None = None  # (median ratio - 1, allowed, entries) when a systematic error failed it
 
     def worst(self) -> int | None:
         """Index (into the entry arrays) of the worst entry."""
@@ -277,8 +280,47 @@ def judge(rows: np.ndarray, cols: np.ndarray, m: int, n: int, auto: np.ndarray, 
         allowed_primary = allowed
     disagreement = int(np.sum(goods["finite_difference"] != goods["symbolic"])) if len(goods) == 2 else 0
     primary = "symbolic" if sym is not None else ("finite_difference" if fd is not None else "none")
-    return Verdict(bool(ok.all()), rows, cols, ok, ratio, allowed_primary, abs_e, rel_e, errors, kink, primary,
-                   disagreement)
+    ref = sym if sym is not None else fd
+    bias = systematic_error(auto, ref, scale, extra, kink, tol) if ref is not None and "systematic" in tol else None
+    return Verdict(bool(ok.all()) and bias is None, rows, cols, ok, ratio, allowed_primary, abs_e, rel_e, errors,
+                   kink, primary, disagreement, bias)
+
+
+MIN_SYSTEMATIC_ENTRIES = 4
+
+
+def systematic_error(auto: np.ndarray, ref: np.ndarray, scale: np.ndarray, extra: np.ndarray | None,
+                     kink: np.ndarray, tol: dict):
+    """(bias, allowed, entries) when autograd is off the reference by one factor beyond what
+    low-precision rounding explains, else None.  Over the significant entries, rounding
+    errors scatter both ways around 1 in autograd / reference; a scale error moves their
+    median.  Significant: finite, off kinks, at least atol, a tenth of the largest entry of
+    their row or column, and twice the rounding of the saved output they may be computed
+    from (`extra`: a saturated tanh's 1 - tanh^2 is 0 in bfloat16, an output near 1e4
+    is known to 64 units: such entries say nothing about a 2% factor)."""
+    with np.errstate(all="ignore"):
+        mag = np.abs(ref)
+        use = (np.isfinite(auto) & np.isfinite(ref) & ~kink & (mag > 0) & (mag >= tol["atol"])
+               & (mag >= 0.1 * scale))
+        if extra is not None:
+            use &= mag >= 2 * extra
+        k = auto[use] / ref[use]
+    if k.size < MIN_SYSTEMATIC_ENTRIES:
+        return None
+    median = float(np.median(k))
+    spread = 1.4826 * float(np.median(np.abs(k - median)))  # the scatter of one ratio, robustly
+    allowed = max(tol["systematic"], 3 * spread / np.sqrt(k.size))
+    bias = median - 1.0
+    return (bias, allowed, int(k.size)) if abs(bias) > allowed else None
+
+
+def systematic_diagnostic(wrt: str, bias: tuple, dtype: str) -> Diagnostic:
+    """The scale_error a systematic bias test found, with its numbers."""
+    b, allowed, count = bias
+    return Diagnostic("scale_error", (
+        f"d/d{wrt}: autograd is {1 + b:.4g}x the reference over its {count} significant entries (median; "
+        f"{b:+.2%}), a systematic error that {dtype} rounding of the computation does not explain (it scatters both "
+        f"ways; allowed {allowed:.2%}), though each entry alone is within the elementwise tolerance"), wrt)
 
 
 # ---- naming the bug ----------------------------------------------------------------------

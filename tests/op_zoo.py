@@ -88,17 +88,37 @@ class SoftmaxFn(torch.autograd.Function):
 
 class SinSquared(torch.autograd.Function):
     """y = sin(x)²; dy/dx = 2 sin x cos x = sin 2x, written with differentiable ops so
-    double backward works: d²y/dx² = 2 cos 2x."""
+    double backward and forward-over-reverse work: d²y/dx² = 2 cos 2x; with its jvp."""
 
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
+        ctx.save_for_forward(x)
         return torch.sin(x) ** 2
 
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
         return g * torch.sin(2 * x)
+
+    @staticmethod
+    def jvp(ctx, t):
+        (x,) = ctx.saved_tensors
+        return t * torch.sin(2 * x)
+
+
+class TimesSum(torch.autograd.Function):
+    """y = x * sum(x): every output depends on every input (dense Jacobian rows)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x.sum()
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * x.sum() + (g * x).sum()  # d/dx_j of x_i s = s [i = j] + x_i
 
 
 class PermutedSumX(torch.autograd.Function):

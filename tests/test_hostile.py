@@ -155,7 +155,7 @@ ROWS = [
     row("at-huge-dimension-beside-zero", at("randn(0,1e300)"), "GiB"),
     row("at-huge-linspace", at("linspace(0,1,1e12)"), "GiB"),
     row("at-too-many-dimensions", at("randn(2,2,2,2,2,2,2,2,2)"), "at most 8 dimensions"),
-    row("at-unknown-generator", at("randint(3)"), "unknown generator 'randint'"),
+    row("at-unknown-generator", at("randperm(3)"), "unknown generator 'randperm'"),
     row("at-empty-list", at("[]"), "nothing to differentiate"),
     row("at-overflow", at("1e999", "x"), "overflows float64"),
     row("at-deep-list", at("[" * 40 + "1" + "]" * 40), "nest more than"),

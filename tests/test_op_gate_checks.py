@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import gradcheck_cli
+import op_zoo
 
 
 def x64(*shape, seed=0):
@@ -91,29 +92,8 @@ def test_an_op_without_forward_ad_gets_a_note_not_a_failure():
     assert check.extra["forward_ad"] == "unsupported"
 
 
-class SinSquared(torch.autograd.Function):
-    """sin(x)**2 with a backward built from torch ops (so double backward and
-    forward-over-reverse differentiate it), and a jvp."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        ctx.save_for_forward(x)
-        return torch.sin(x) ** 2
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g * torch.sin(2 * x)
-
-    @staticmethod
-    def jvp(ctx, t):
-        (x,) = ctx.saved_tensors
-        return t * torch.sin(2 * x)
-
-
 def test_forward_over_reverse_is_checked_with_order_2():
-    (check,) = gradcheck_cli.check_op(SinSquared, x64(5), order=2).checks
+    (check,) = gradcheck_cli.check_op(op_zoo.SinSquared, x64(5), order=2).checks
     assert check.passed, [(d.code, d.message[:200]) for d in check.diagnostics]
     assert "forward_over_reverse_mismatch" not in check.codes()
 
@@ -165,20 +145,6 @@ def test_undefined_grad_outputs(fn, passes, mode):
     assert torch_says(fn.apply, x, check_undefined_grad=True) is passes
 
 
-class DenseSquare(torch.autograd.Function):
-    """x * sum(x): a dense Jacobian, whose rows come from batched backward calls."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x * x.sum()
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g * x.sum() + (g * x).sum()
-
-
 def test_a_backward_that_differs_under_vmap_is_reported(monkeypatch):
     """A Python Function's backward runs row by row under vmap, so the bug class lives in
     C++ batching rules (and register_vmap rules of custom ops); here the batched backward
@@ -188,11 +154,11 @@ def test_a_backward_that_differs_under_vmap_is_reported(monkeypatch):
     plain = VJPMany._batched
     monkeypatch.setattr(VJPMany, "_batched", lambda self, block: plain(self, block) * 1.01)
     x = x64(8)
-    (check,) = gradcheck_cli.check_op(DenseSquare, x, mode="full").checks
+    (check,) = gradcheck_cli.check_op(op_zoo.TimesSum, x, mode="full").checks
     assert not check.passed and "batched_grad_mismatch" in check.codes()
     assert all(g.passed for g in check.gradients)  # the Jacobian itself was checked with plain calls
     monkeypatch.setattr(VJPMany, "_batched", plain)
-    assert gradcheck_cli.check_op(DenseSquare, x, mode="full").passed
+    assert gradcheck_cli.check_op(op_zoo.TimesSum, x, mode="full").passed
 
 
 # ---- real call signatures from the command line ------------------------------------------------

@@ -178,18 +178,7 @@ def test_streaming_fast_mode_passes_order2_and_reports_a_wrong_second_derivative
 
 # ---- sampled rows: sparse rows are kept, dense ones computed again ----------------------------
 
-class TimesSum(torch.autograd.Function):
-    """y = x * sum(x): every output depends on every input (dense Jacobian rows)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x * x.sum()
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g * x.sum() + (g * x).sum()  # d/dx_j of x_i s = s [i = j] + x_i
+TimesSum = op_zoo.TimesSum
 
 
 class TimesSumNoCross(TimesSum):

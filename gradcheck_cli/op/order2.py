@@ -108,18 +108,9 @@ def _fd_of_backward(spec, arrays, dtype, device, v, wrt, sizes, sample, eps):
     """Columns `sample` of d(v^T J)/dx by central differences of the backward, with step halving."""
 
     base = np.concatenate([np.asarray(arrays[w], dtype=np.float64).reshape(-1) for w in wrt])
-    bounds = np.cumsum([0] + sizes)
     eps_dtype = EPS[dtype]
     h = step_sizes(base, "central", eps, eps_dtype)
-
-    def backward_at(point: np.ndarray) -> np.ndarray:
-        moved = dict(arrays)
-        for k, w in enumerate(wrt):
-            moved[w] = point[bounds[k]:bounds[k + 1]].reshape(np.shape(arrays[w]))
-        tensors = make_tensors(spec, moved, dtype, device)
-        outs = call(spec, tensors, "forward (finite differences of the backward)")
-        grads = vjp(outs, [tensors[w] for w in wrt], unflatten(v, outs), phase="backward (finite differences)")
-        return np.concatenate([np.zeros(s) if g is None else grad_numpy(g) for g, s in zip(grads, sizes)])
+    backward_at = _backward_at(spec, arrays, dtype, device, v, wrt, sizes)
 
     cols, errs = np.zeros((sample.size, sample.size)), np.zeros((sample.size, sample.size))
     try:
@@ -182,20 +173,11 @@ def forward_over_reverse_check(spec, arrays: dict, ref_arrays: dict, dtype: str,
 def _fd_of_backward_along(spec, arrays, dtype, device, v, wrt, sizes, u, eps):
     """d/dt (v^T J)(x + t u) by central differences of the backward with step halving."""
     base = np.concatenate([np.asarray(arrays[w], dtype=np.float64).reshape(-1) for w in wrt])
-    bounds = np.cumsum([0] + sizes)
     eps_dtype = EPS[dtype]
     norm = max(float(np.max(np.abs(u))), 1e-300) if u.size else 1.0
     finite = np.abs(base[np.isfinite(base)])
     h = float(step_sizes(np.array([float(finite.max()) if finite.size else 0.0]), "central", eps, eps_dtype)[0]) / norm
-
-    def backward_at(point):
-        moved = dict(arrays)
-        for k, w in enumerate(wrt):
-            moved[w] = point[bounds[k]:bounds[k + 1]].reshape(np.shape(arrays[w]))
-        tensors = make_tensors(spec, moved, dtype, device)
-        outs = call(spec, tensors, "forward (finite differences of the backward)")
-        grads = vjp(outs, [tensors[w] for w in wrt], unflatten(v, outs), phase="backward (finite differences)")
-        return np.concatenate([np.zeros(s) if g is None else grad_numpy(g) for g, s in zip(grads, sizes)])
+    backward_at = _backward_at(spec, arrays, dtype, device, v, wrt, sizes)
 
     try:
         vals = {d: backward_at(base + d * h * u) for d in (1, -1, 2, -2)}
@@ -214,3 +196,19 @@ def apply_forward_over_reverse(pt, v: np.ndarray, f64_ok: bool) -> None:
     for d in forward_over_reverse_check(pt.prep.spec, pt.arrays, pt.ref_arrays, opts.dtype, opts.device, v, pt.tol,
                                         opts.eps, rng, f64_ok):
         (pt.note if d.code == "forward_ad_unsupported" else pt.fail)(d.code, d.message, d.wrt)
+
+
+def _backward_at(spec, arrays: dict, dtype: str, device: str, v: np.ndarray, wrt: list, sizes: list):
+    """point (all wrt inputs, flat) -> v^T J there, flat: the backward as a function to difference."""
+    bounds = np.cumsum([0] + sizes)
+
+    def backward_at(point: np.ndarray) -> np.ndarray:
+        moved = dict(arrays)
+        for k, w in enumerate(wrt):
+            moved[w] = point[bounds[k]:bounds[k + 1]].reshape(np.shape(arrays[w]))
+        tensors = make_tensors(spec, moved, dtype, device)
+        outs = call(spec, tensors, "forward (finite differences of the backward)")
+        grads = vjp(outs, [tensors[w] for w in wrt], unflatten(v, outs), phase="backward (finite differences)")
+        return np.concatenate([np.zeros(s) if g is None else grad_numpy(g) for g, s in zip(grads, sizes)])
+
+    return backward_at

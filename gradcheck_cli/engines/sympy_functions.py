@@ -98,14 +98,14 @@ def _ties(fn, args, k):
     return hit[k] / sp.Add(*hit)
 
 
-class amax(sp.Function):
+class amax_ties(sp.Function):
     """The largest of its arguments (torch.amax): ties share the derivative evenly."""
 
     def fdiff(self, argindex=1):
         return _ties(self, self.args, argindex - 1)
 
 
-class amin(sp.Function):
+class amin_ties(sp.Function):
     """The smallest of its arguments (torch.amin): ties share the derivative evenly."""
 
     def fdiff(self, argindex=1):
@@ -120,8 +120,10 @@ def _np_min(*xs):
     return np.min(np.stack(np.broadcast_arrays(*[np.asarray(x, dtype=np.float64) for x in xs])), axis=0)
 
 
-NUMPY_FUNCTIONS.update({"stopmax": _np_max, "amax": _np_max, "amin": _np_min})
-MPMATH_FUNCTIONS.update({"stopmax": lambda *xs: max(xs), "amax": lambda *xs: max(xs), "amin": lambda *xs: min(xs)})
+# (not named amax / amin: SymPy's printers know those names as array functions)
+NUMPY_FUNCTIONS.update({"stopmax": _np_max, "amax_ties": _np_max, "amin_ties": _np_min})
+MPMATH_FUNCTIONS.update({"stopmax": lambda *xs: max(xs), "amax_ties": lambda *xs: max(xs),
+                         "amin_ties": lambda *xs: min(xs)})
 
 
 def exact(v: float) -> sp.Expr:

@@ -91,7 +91,7 @@ class TensorOps:
         if name == "norm":
             return fns.norm_sqrt(sp.Add(*[i**2 for i in items]))
         if name in ("amax", "amin"):
-            return items[0] if n == 1 else (fns.amax if name == "amax" else fns.amin)(*items)
+            return items[0] if n == 1 else (fns.amax_ties if name == "amax" else fns.amin_ties)(*items)
         if name == "logsumexp":
             return self._logsumexp(items)
         mean = self.share(sp.Add(*items) / n)

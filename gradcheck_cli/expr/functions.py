@@ -324,7 +324,7 @@ _ROWS = [
          shape=rules.cross_entropy, analytic=False,
          index_form="cross_entropy(z, y) = (1/N) sum_i (logsumexp_c z[i, c] - z[i, y[i]])"),
     _row("nll", 2, "structured", "nll(logp, target)", "-onehot(target) / N (torch's nll_loss, mean)",
-         lambda t, L, lp, y: L.nll(lp, y), lambda sp, T, lp, y: T.nll(lp, y), shape=rules.nll,
+         lambda t, L, lp, y: L.nll(lp, y), lambda sp, T, lp, y: T.nll(lp, y), shape=rules.nll, analytic=False,
          index_form="nll(logp, y) = -(1/N) sum_i logp[i, y[i]]"),
     _row("reshape", 1, "structured", "reshape(x, d0, d1, ...)", "the gradient reshaped back",
          lambda t, L, x, sizes: L.reshape(x, sizes), lambda sp, T, x, sizes: T.reshape(x, sizes),

@@ -153,9 +153,13 @@ for lbl, x in [("1.5", 1.5), ("-2", -2.0), ("-1e8", -1e8)]:
              lambda x: x if x > 0 else x / 5, lambda x: {"x": mp.mpf(1) if x > 0 else mp.mpf(1) / 5}))
 add(Case("leaky_relu", "default-slope-at--3", "leaky_relu(x)", {"x": -3.0}, lambda x: x / 100,
          lambda x: {"x": mp.mpf(1) / 100}))
-# elu(0): the derivative is 1 from both sides (alpha 1), only the second derivative jumps
-for lbl, x in [("0.7", 0.7), ("-1.5", -1.5), ("-30", -30.0), ("0", 0.0), ("1e-10", 1e-10)]:
+for lbl, x in [("0.7", 0.7), ("-1.5", -1.5), ("-30", -30.0)]:
     add(unary("elu", lbl, x, lambda x: x if x > 0 else mp.expm1(x), lambda x: mp.mpf(1) if x > 0 else mp.exp(x)))
+# elu at 0: the derivative is 1 from both sides (alpha 1), but the second derivative jumps, so a
+# stencil across 0 loses its order and its error estimate: reported as a kink, never failed
+for lbl, x in [("0", 0.0), ("1e-10", 1e-10)]:
+    add(unary("elu", lbl, x, lambda x: x if x > 0 else mp.expm1(x), lambda x: mp.mpf(1) if x > 0 else mp.exp(x),
+              fd_rtol=None, extra_codes=("non_differentiable",)))
 for lbl, x in [("0.3", 0.3), ("-0.99", -0.99), ("2", 2.0), ("-7", -7.0)]:
     add(unary("hardtanh", lbl, x, lambda x: min(max(x, -1), 1), lambda x: ind(-1 < x < 1)))
 

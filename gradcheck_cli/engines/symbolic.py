@@ -128,15 +128,15 @@ def _broadcast_shape(a: tuple, b: tuple) -> tuple:
     return tuple(np.broadcast_shapes(a, b))
 
 
-def Evaluator(model, arrays: dict):  # noqa: N802  (constructs an evaluator, as the class once did)
-    """Numbers for a model at one point: `.value()` and `.gradients(wrt)`, in float64."""
-    if isinstance(model, Model):
-        return ElementEvaluator(model, arrays)
-    return model.at(arrays)
+class Evaluator:
+    """Numbers for a Model at one point: values, gradients, Jacobians, all in float64.
+    Given a TensorModel (build() of a structured expression), it gives that model's own
+    evaluator, with the same `.value()` and `.gradients(wrt)`."""
 
-
-class ElementEvaluator:
-    """Numbers for a Model at one point: values, gradients, Jacobians, all in float64."""
+    def __new__(cls, model, arrays: dict):
+        if not isinstance(model, Model):
+            return model.at(arrays)
+        return super().__new__(cls)
 
     def __init__(self, model: Model, arrays: dict):
         self.model = model

@@ -213,7 +213,8 @@ _ROWS = [
          params=Params(("slope",), (0, 1), "number")),
     _row("elu", 1, "elementwise", "elu(x)", "1 for x > 0, else exp(x) (alpha 1: continuous at 0)",
          lambda t, x: t.nn.functional.elu(x), lambda sp, f, x: sp.Piecewise((x, x > 0), (f.expm1(x), True)),
-         analytic=False),
+         # the derivative is continuous at 0, the second is not: a stencil across 0 loses its order
+         kinks=lambda t, x: (x,), kink_text="elu's second derivative jumps at 0", analytic=False),
     _row("hardtanh", 1, "elementwise", "hardtanh(x)", "1 for -1 < x < 1, else 0 (torch passes 0 at the bounds)",
          lambda t, x: t.nn.functional.hardtanh(x),
          lambda sp, f, x: sp.Piecewise((-1, x <= -1), (1, x >= 1), (x, True)),

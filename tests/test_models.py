@@ -3,13 +3,14 @@ dataset, softmax cross-entropy with class indices, a two-layer MLP, attention sc
 per-row layer norm and indexing -- each checked by all three methods with the symbolic
 column filled, against gradients derived by hand (numpy, written out below).
 
-Bugs are still caught: the same formulas as custom ops (tests/model_ops.py) with a
+Bugs are still caught: the same formulas as custom ops (samples/ops/model_ops.py) with a
 deliberately wrong backward fail `gradcheck op`, and the expression check's numbers equal
 the op check's for the correct versions.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,10 +18,13 @@ from typing import Callable
 import numpy as np
 import pytest
 
-import model_ops
 from gradcheck_cli import check_expression, check_op
 
 HERE = Path(__file__).resolve().parent
+SAMPLE_OPS = HERE.parent / "samples" / "ops"
+sys.path.insert(0, str(SAMPLE_OPS))  # the ops users copy from samples/ops (as op_zoo.py takes them)
+
+import model_ops  # noqa: E402  (samples/ops/model_ops.py)
 
 
 def sigmoid(z):
@@ -95,7 +99,7 @@ class Model:
     at: dict  # as a user types them (--at)
     wrt: tuple | None
     by_hand: Callable
-    plain: Callable  # the same formula in plain torch (tests/model_ops.py)
+    plain: Callable  # the same formula in plain torch (samples/ops/model_ops.py)
     wrong: type  # ... and a torch.autograd.Function with one mistake in its backward
     ints: tuple = ()  # inputs that hold class indices
 
@@ -202,9 +206,33 @@ def test_a_wrong_backward_fails_where_the_expression_passes(model):
 
 def test_the_op_gate_fails_the_wrong_logistic_backward_from_the_command_line(run_cli):
     model = MODELS[0]
-    args = ["op", f"{HERE / 'model_ops.py'}:WrongLogistic", "--wrt", "w,b"]
+    args = ["op", f"{SAMPLE_OPS / 'model_ops.py'}:WrongLogistic", "--wrt", "w,b"]
     for k, v in model.at.items():
         args += ["--at", f"{k}={v}"]
     code, out, err = run_cli(*args)
     assert code == 1, err
     assert "w" in out and "FAIL" in out
+
+
+def _page_examples() -> list:
+    """(command, the output samples/models.md shows) for every example on the page."""
+    import re
+
+    text = (HERE.parent / "samples" / "models.md").read_text(encoding="utf-8")
+    out = []
+    for block in re.findall(r"```text\n\$ (.*?)\n(.*?)```", text, re.S):
+        out.append(pytest.param(block[0], block[1].rstrip("\n"), id=block[0].split('"')[1][:40]))
+    return out
+
+
+@pytest.mark.parametrize("command, shown", _page_examples())
+def test_the_models_page_shows_what_the_commands_print(run_cli, command, shown):
+    """samples/models.md's outputs are real: the same verdict, exit code and first line."""
+    import shlex
+
+    code, out, err = run_cli(*shlex.split(command)[1:])
+    printed = (out + err).rstrip("\n").splitlines()
+    expected = shown.splitlines()
+    assert printed[0] == expected[0]
+    assert printed[-1] == expected[-1]
+    assert code == (2 if expected[0].startswith("gradcheck: error") else 1 if expected[-1].startswith("FAIL") else 0)

@@ -58,8 +58,16 @@ def _derivation(root, nodes, names, shapes, node_shapes, w) -> list[str]:
             lines.append(f"  G[{ir.to_source(seg)}] = {passed}    (through {names[id(node)]})")
             inner = [t for t in targets if t in ir.names_in(seg)]
             for name, f in _segment_formulas(seg, shapes, node_shapes, operand, inner).items():
-                lines.append(f"  {_lhs(name, w)} += ({f}) * G[{ir.to_source(seg)}]")
+                lines.append(f"  {_lhs(name, w)} += ({f}) * G[{ir.to_source(seg)}]"
+                             + _summed(shapes[name], node_shapes[id(operand)]))
     return lines
+
+
+def _summed(target_shape: tuple, seg_shape: tuple) -> str:
+    """Broadcasting's adjoint, said in words: a bias added to every row gets every row's sum."""
+    if tuple(target_shape) == tuple(seg_shape):
+        return ""
+    return f", summed over the broadcast dimensions to shape {list(target_shape)}"
 
 
 def _lhs(name: str, w: str) -> str:

@@ -2,8 +2,8 @@
 learner would write them by hand: a plain torch function (autograd does the backward)
 and a torch.autograd.Function whose hand-written backward has one classic mistake each.
 
-tests/test_models.py checks them with `gradcheck op` and compares the numbers with the
-expression checks of the same formulas.
+samples/models.md runs them with `gradcheck op`; tests/test_models.py checks them and
+compares the numbers with the expression checks of the same formulas.
 """
 
 from __future__ import annotations

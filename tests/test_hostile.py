@@ -46,7 +46,7 @@ control-escape-sequence control-c1-csi bidi-override-rlo fullwidth-x math-bold-x
 caret-power at-ragged at-negative-size at-huge-size at-huge-dimension-beside-zero opt-dtype opt-order-3
 opt-eps-zero opt-eps-nan opt-seed-text opt-unknown toml-broken-syntax toml-wrong-key toml-injection
 toml-100k-term-sum toml-100k-term-sum-unnamed toml-not-utf8 at-non-integer-size index-chain-5000
-matmul-giant-result reshape-huge-sizes
+matmul-giant-result
 """.split())  # the rows also run as a real process (op rows always are); the rest in process only
 
 

@@ -136,3 +136,27 @@ def test_elementwise_expressions_keep_the_per_element_model():
     grads = symbolic.Evaluator(model, {"x": prep.values["x"].array}).gradients(["x"])
     x = prep.values["x"].array
     np.testing.assert_allclose(grads["x"], 2 * (x - x.mean()) / x.size, rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize("expr, together", [
+    ("x*sin(y)", {"x", "y"}),
+    ("x[0] * y", {"y"}),
+    ("sum(x, 0) + y", {"y"}),
+    ("softmax(x, 0) * y", {"y"}),
+    ("(x @ y) * y", set()),
+    ("transpose(x) + y", {"y"}),
+])
+def test_finite_differences_perturb_together_only_through_elementwise_paths(expr, together):
+    """Perturbing every element at once is right only where output o sees one input element;
+    a structured function (indexing, a reduction over a dim, softmax, matmul) breaks that."""
+    from gradcheck_cli.engines.finite_diff import elementwise_only
+    from gradcheck_cli.expr import parse
+
+    assert elementwise_only(parse(expr)) == together
+
+
+def test_points_never_redraw_class_indices():
+    at = {"z": "randn(3, 4)", "y": "int([3, 0, 1])"}
+    check = check_expression("cross_entropy(z, y)", at, points=4).checks[0]
+    assert check.passed and check.extra["points_checked"] == 5
+    np.testing.assert_array_equal(np.asarray(check.point["y"]), [3, 0, 1])

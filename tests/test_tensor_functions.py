@@ -293,3 +293,19 @@ def test_every_structured_function_has_a_case():
 
     structured = {n for n, s in FUNCTIONS.items() if s.kind == "structured" or s.axis}
     assert structured <= COVERED, sorted(structured - COVERED)
+
+
+@pytest.mark.parametrize("case", params(CASES + INDEX_CASES))
+def test_complex_step_only_where_every_function_is_analytic(case):
+    """--fd complex runs the complex step through the structured functions the table calls
+    analytic (torch has their complex forms), and falls back to richardson, saying so, for
+    the others (softmax, max, var, the class losses, ...)."""
+    from gradcheck_cli.engines.finite_diff import non_analytic_calls
+    from gradcheck_cli.expr import parse
+
+    check = check_expression(case.expr, at=case.at, fd="complex").checks[0]
+    assert check.passed, [d.message for d in check.diagnostics]
+    if non_analytic_calls(parse(case.expr)):
+        assert check.extra["fd_scheme"] == "richardson" and "fd_fallback" in check.codes()
+    else:
+        assert check.extra["fd_scheme"] == "complex"

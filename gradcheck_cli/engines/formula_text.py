@@ -15,7 +15,7 @@ import dataclasses
 
 from gradcheck_cli.engines import symbolic
 from gradcheck_cli.expr import ir
-from gradcheck_cli.expr.functions import FUNCTIONS, spec_of, structured
+from gradcheck_cli.expr.functions import spec_of, structured
 
 MAX_FORMULA = 300  # characters of one per-element formula before it is elided
 
@@ -141,6 +141,3 @@ def _vjp(node, k: int, g: str, names: dict) -> str:
     ops = [o if o.isidentifier() else f"({o})" if len(o) < 40 else f"(operand {i + 1})"
            for i, o in enumerate(operands)]
     return rule.format(*ops, G=g, dim=dim)
-
-
-__all__ = ["formulas", "FUNCTIONS"]

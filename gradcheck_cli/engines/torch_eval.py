@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from gradcheck_cli.engines import torch_structured as L
 from gradcheck_cli.expr import ir
 from gradcheck_cli.expr.functions import FUNCTIONS, spec_of, structured
+from gradcheck_cli.expr.shapes import CLASS_TARGETS
 
 
 class Reducer:
@@ -84,7 +85,7 @@ class Layout:
 def class_targets(root: ir.Node) -> set:
     """ids of the variables a class loss takes as its target: they keep their integer dtype."""
     return {id(n.args[1]) for n in ir.preorder(root)
-            if isinstance(n, ir.Call) and n.func in ("cross_entropy", "nll") and isinstance(n.args[1], ir.Name)}
+            if isinstance(n, ir.Call) and n.func in CLASS_TARGETS and isinstance(n.args[1], ir.Name)}
 
 
 def evaluate(root: ir.Node, inputs: dict, torch, *, dtype, device="cpu", batched=False,

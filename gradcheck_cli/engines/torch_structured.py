@@ -10,9 +10,6 @@ F.cross_entropy, ...), so autograd checks torch's own backward formulas.
 
 from __future__ import annotations
 
-import math
-
-
 def _t():
     import torch
 
@@ -155,7 +152,3 @@ def cat(xs, dim: int = 0):
 def stack(xs, dim: int = 0):
     xs = same_batch(list(xs))
     return _t().stack(xs, dim=dim_of(xs[0], dim, extra=1))
-
-
-def numel(shape) -> int:
-    return math.prod(shape)

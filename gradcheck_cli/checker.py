@@ -12,6 +12,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from gradcheck_cli import check_notes as notes
 from gradcheck_cli import compare as cmp
 from gradcheck_cli.budget import OutOfTime, time_budget
 from gradcheck_cli.dtypes import rounded, torch_version
@@ -19,13 +20,12 @@ from gradcheck_cli.errors import UserInputError
 from gradcheck_cli.expr import ir, parse
 from gradcheck_cli.expr import shapes as shape_inference
 from gradcheck_cli.expr.functions import CONSTANTS, FUNCTIONS, KINK_CONVENTIONS
+from gradcheck_cli.check_notes import TARGET
 from gradcheck_cli.report import CheckResult, Diagnostic, GradientResult, Report
 from gradcheck_cli.shared import SharedOptions, dedupe, validate_seed, validate_shared, worst_of_points
-from gradcheck_cli.tolerances import DTYPE_EPS
 from gradcheck_cli.values import Value, parse_value, parse_values
 
 LOSSES = ("none", "bce", "bce_logits", "mse")
-TARGET = "target"
 SYMBOLIC_BUDGET_S = 20.0  # seconds of SymPy work before the symbolic column gives up
 # What SymPy (and its printers: lambdify cannot print zoo, x/0) may raise on an expression
 # it cannot handle: the symbolic column becomes null with a diagnostic, never a traceback.
@@ -110,28 +110,41 @@ def prepare(expr: str, at: Any = None, *, wrt: Iterable[str] | None = None, loss
     if unused:
         raise UserInputError("value given for " + ", ".join(repr(u) for u in unused) +
                              f", which the expression {expr!r} does not use")
-    default = [n for n in names if n != TARGET]
+    default = [n for n in names if n != TARGET and values[n].differentiable]
     chosen = list(default if wrt is None else wrt)
     if not chosen:
-        raise UserInputError("--wrt names no variable")
+        raise UserInputError("--wrt names no variable" if wrt is not None else
+                             "every variable holds integers or booleans (int(...), bool(...), randint(...)), "
+                             "which are never differentiated: there is nothing to differentiate")
     for w in chosen:
         if w not in names:
             raise UserInputError(f"--wrt {w!r}: the expression has no variable {w!r} "
                                  f"(its variables: {', '.join(names)})")
+        if not values[w].differentiable:
+            raise UserInputError(f"--wrt {w!r}: {w!r} holds {values[w].kind}s ({values[w].text}): class indices, "
+                                 "indices and masks are never differentiated; leave it out of --wrt")
     if len(set(chosen)) != len(chosen):
         raise UserInputError("--wrt names a variable twice")
     var_shapes = {n: tuple(values[n].array.shape) for n in names}
-    node_shapes = shape_inference.infer(root, var_shapes, expr)
+    kinds = {n: values[n].kind for n in names}
+    node_shapes = shape_inference.infer(root, var_shapes, expr, kinds)
+    shape_inference.check_class_targets(root, {n: values[n].array for n in names}, kinds, node_shapes, expr)
     ordered = {n: v for n, v in values.items() if n in names}  # the user's order, for the report
     return Prepared(expr, name or expr, root, ordered, chosen, loss, target_value,
                     node_shapes, var_shapes, ir.calls_in(root))
 
 
 def _external(v: Any) -> Any:
-    """Accept numpy arrays and torch tensors from Python callers, as lists."""
+    """Accept numpy arrays and torch tensors from Python callers: floating ones as lists,
+    integer and boolean ones as numpy arrays, which keep their kind (class targets, masks)."""
     if hasattr(v, "detach") and hasattr(v, "tolist"):
-        return v.detach().cpu().double().tolist()
+        t = v.detach().cpu()
+        if not (t.is_floating_point() or t.is_complex()):
+            return t.numpy()
+        return t.double().tolist()
     if isinstance(v, np.ndarray):
+        if v.dtype.kind in "biu":
+            return v
         return v.astype(np.float64).tolist()
     if isinstance(v, np.generic):
         return float(v)
@@ -142,14 +155,26 @@ def _symbolic_model(prep: Prepared, budget: float | None):
     if prep.model is None and prep.symbolic_error is None:
         from gradcheck_cli.engines import symbolic
 
+        from gradcheck_cli.engines.tensor_model import OverBudget
+
         try:
             with time_budget(budget):
                 prep.model = symbolic.build(prep.root, prep.node_shapes, prep.var_shapes)
+        except OverBudget as exc:
+            prep.symbolic_error = str(exc)
         except OutOfTime:
             prep.symbolic_error = f"SymPy did not finish building the expression within {budget:g} s"
         except SYMPY_FAILURES as exc:
             prep.symbolic_error = f"SymPy could not represent the expression ({type(exc).__name__}: {exc})"
     return prep.model
+
+
+def _rounded(arrays: dict, dtype: str) -> dict:
+    """The point as the dtype represents it; integer and boolean values stay as they are."""
+    whole = {k: v for k, v in arrays.items() if np.asarray(v).dtype.kind in "biu"}
+    if not whole or dtype == "float64":
+        return rounded(arrays, dtype)
+    return {**rounded({k: v for k, v in arrays.items() if k not in whole}, dtype), **whole}
 
 
 def check_at(prep: Prepared, arrays: dict, opts: Options) -> CheckResult:
@@ -158,7 +183,7 @@ def check_at(prep: Prepared, arrays: dict, opts: Options) -> CheckResult:
 
     started = time.perf_counter()
     diags: list[Diagnostic] = []
-    ref_arrays = rounded(arrays, opts.dtype)
+    ref_arrays = _rounded(arrays, opts.dtype)
     out_shape = prep.node_shapes[id(prep.root)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -179,7 +204,7 @@ def check_at(prep: Prepared, arrays: dict, opts: Options) -> CheckResult:
                     sym_value_ref = at_ref.value()
                     sym_grads = at_ref.gradients(prep.wrt)
                     if opts.formula:
-                        formulas = symbolic.formulas(model, prep.wrt)
+                        formulas = _formulas(prep, model)
             except OutOfTime:
                 symbolic_error = f"SymPy did not finish within {opts.symbolic_budget:g} s"
             except SYMPY_FAILURES as exc:
@@ -205,10 +230,10 @@ def check_at(prep: Prepared, arrays: dict, opts: Options) -> CheckResult:
                              formulas.get(w))
         gradients.append(g)
         diags.extend(extra)
-    diags.extend(_kink_diagnostics(prep, fd_results, auto.gradients, out_shape))
-    diags.extend(_sampling_diagnostics(prep, fd_results))
-    diags.extend(_value_diagnostics(prep, auto.value, sym_value, arrays, opts))
-    diags.extend(_rounding_diagnostics(arrays, ref_arrays, opts.dtype))
+    diags.extend(notes.kink_diagnostics(prep, fd_results, auto.gradients, out_shape))
+    diags.extend(notes.sampling_diagnostics(prep, fd_results))
+    diags.extend(notes.value_diagnostics(prep, auto.value, sym_value, arrays, opts))
+    diags.extend(notes.rounding_diagnostics(arrays, ref_arrays, opts.dtype))
     for w in auto.unused:
         diags.append(Diagnostic("no_dependence", f"autograd's graph does not reach {w!r} "
                                 "(unused, or only inside detach()): its gradient is 0", w))
@@ -231,6 +256,18 @@ def check_at(prep: Prepared, arrays: dict, opts: Options) -> CheckResult:
     point = {k: arrays[k] for k in prep.values if k != TARGET}
     return CheckResult(prep.name, "expression", passed, opts.dtype, point, value, tuple(gradients),
                        tuple(dedupe(diags)), extra)
+
+
+def _formulas(prep: Prepared, model) -> dict:
+    """--formula: per-element formulas, or index notation for structured expressions."""
+    from gradcheck_cli.engines import formula_text, symbolic
+
+    if isinstance(model, symbolic.Model):
+        return symbolic.formulas(model, prep.wrt)
+    try:
+        return formula_text.formulas(prep.root, prep.node_shapes, prep.var_shapes, prep.wrt)
+    except Exception as exc:  # a display aid: the check's numbers stand without it
+        return {w: f"(no formula: {type(exc).__name__}: {exc})" for w in prep.wrt}
 
 
 def _gradient(prep, w, auto, sym, fd, out_shape, tol, formula) -> tuple[GradientResult, list]:
@@ -257,108 +294,16 @@ def _gradient(prep, w, auto, sym, fd, out_shape, tol, formula) -> tuple[Gradient
     return g, result.diagnostics
 
 
-def _kink_diagnostics(prep, fd_results, auto_grads, out_shape) -> list[Diagnostic]:
-    out = []
-    for w, fd in fd_results.items():
-        if not fd.kinks or fd.kink_mask is None or not fd.kink_mask.any():
-            continue
-        funcs = ", ".join(f"{f} (column {c})" for f, c in fd.kinks)
-        detail = ""
-        if fd.forward_slope is not None:
-            shape = tuple(out_shape) + tuple(prep.var_shapes[w])
-            mask = fd.kink_mask.reshape(shape)
-            idx = tuple(int(i) for i in np.argwhere(mask)[0])
-            left = fd.backward_slope.reshape(shape)[idx]
-            right = fd.forward_slope.reshape(shape)[idx]
-            at = f"[{', '.join(map(str, idx))}]" if idx else ""
-            detail = (f"; one-sided slopes of d/d{w}{at}: left {left:.6g}, right {right:.6g}, "
-                      f"autograd {auto_grads[w][idx]:.6g}")
-        out.append(Diagnostic("non_differentiable", (
-            f"{funcs}: a kink at or within a finite-difference step of this point{detail}. Any value between the "
-            f"one-sided slopes is a valid (sub)gradient, so this is reported, not failed; {KINK_CONVENTIONS}"), w))
-    return out
 
 
-def _sampling_diagnostics(prep, fd_results) -> list[Diagnostic]:
-    out = []
-    for w, fd in fd_results.items():
-        if fd.sampled is not None:
-            n = math.prod(prep.var_shapes[w])
-            out.append(Diagnostic("fd_sampled", (
-                f"finite differences were computed for {fd.sampled.size} of {n} elements of {w!r} "
-                "(a seeded sample, to bound the cost); the others are null and compared with symbolic only"), w))
-    return out
 
 
-def _value_diagnostics(prep, torch_value, sym_value, arrays, opts) -> list[Diagnostic]:
-    out = []
-    if not np.all(np.isfinite(torch_value)):
-        out.append(Diagnostic("nonfinite", f"the forward value in {opts.dtype} is not finite "
-                                           f"({cmp.fmt_values(torch_value[~np.isfinite(torch_value)])})"))
-    if sym_value is None or not np.all(np.isfinite(sym_value)) or not np.all(np.isfinite(torch_value)):
-        return out
-    with np.errstate(all="ignore"):
-        rel = np.abs(torch_value - sym_value) / np.maximum(np.abs(sym_value), 1e-300)
-    worst = float(np.max(rel)) if rel.size else 0.0
-    limit = cmp.TOLERANCES[opts.dtype]["value_rtol"]
-    if worst <= limit:
-        return out
-    idx = np.unravel_index(int(np.argmax(rel)), rel.shape)
-    eps = DTYPE_EPS[opts.dtype]
-    message = (f"the {opts.dtype} forward value {float(torch_value[idx]):.6g} differs from the exact "
-               f"{float(sym_value[idx]):.9g} by {worst:.2%} ({worst / eps:,.0f}x {opts.dtype}'s epsilon)")
-    out.append(Diagnostic("precision_loss", message + _likely_cause(prep, arrays, opts.dtype)))
-    return out
 
 
-def _rounding_diagnostics(arrays: dict, ref_arrays: dict, dtype: str) -> list[Diagnostic]:
-    """Say where the dtype moved the point: references are evaluated where autograd was."""
-    if ref_arrays is arrays:
-        return []
-    moved = []
-    for name, original in arrays.items():
-        rounded = ref_arrays[name]
-        if name == TARGET or np.array_equal(original, rounded):
-            continue
-        i = int(np.argmax(np.abs(np.asarray(original) - rounded)))
-        moved.append(f"{name}={np.asarray(original).reshape(-1)[i]:.10g} as "
-                     f"{np.asarray(rounded).reshape(-1)[i]:.10g}")
-    if not moved:
-        return []
-    return [Diagnostic("input_rounded", f"{dtype} represents {', '.join(moved[:4])}"
-                       f"{' ...' if len(moved) > 4 else ''}; symbolic and finite differences are evaluated at "
-                       "that point, so they judge the backward pass, not the rounding of the inputs "
-                       "(value.symbolic is the exact value at the point as given)")]
 
 
-def _likely_cause(prep: Prepared, arrays: dict, dtype: str) -> str:
-    """Name the classic cause: bce's log(1-p) with p close to 1 (or log p with p close to 0)."""
-    for node in ir.preorder(prep.root):
-        if isinstance(node, ir.Call) and node.func == "bce":
-            p = _float64_value(node.args[0], arrays)
-            if p is None:
-                break
-            q = float(np.max(np.minimum(p, 1 - p)))
-            inner = node.args[0]
-            logit = ir.to_source(inner.args[0]) if isinstance(inner, ir.Call) and inner.func == "sigmoid" else \
-                f"logit({ir.to_source(inner)})"
-            target = prep.target.text if prep.target is not None else ir.to_source(node.args[1])
-            return (f". Likely cause: cancellation in log(1-p): p = {float(np.max(p)):.9g} here, so 1-p = {q:.3g} "
-                    f"keeps only a few significant digits in {dtype}. The stable form is "
-                    f"bce_logits({logit}, {target}), which never forms 1-p (--loss bce_logits on the logit)")
-    return ". Likely cause: rounding in the low-precision forward pass amplified by cancellation"
 
 
-def _float64_value(node: ir.Node, arrays: dict):
-    import torch
-
-    from gradcheck_cli.engines.torch_eval import evaluate
-
-    try:
-        inputs = {k: torch.tensor(v, dtype=torch.float64) for k, v in arrays.items()}
-        return evaluate(node, inputs, torch, dtype=torch.float64).numpy()
-    except Exception:  # a best-effort explanation; the check itself already ran
-        return None
 
 
 def _hessian_size(prep) -> int:

@@ -45,7 +45,8 @@ TOL_HELP = ("elementwise: |autograd - reference| <= atol + rtol*|reference| (+3x
 def _at_option():
     return typer.Option(None, "--at", metavar="NAME=VALUE",
                         help="a value: number, [nested,list], randn(d,...), rand(..), zeros(..), ones(..), "
-                             "linspace(a,b,n); repeatable")
+                             "linspace(a,b,n); int([..]), randint(lo,hi,d,...), bool([..]) for class indices "
+                             "and masks (never differentiated); repeatable")
 
 
 def _common_options():
@@ -217,12 +218,21 @@ def check(
     points: int = typer.Option(0, "--points", help="also check N random points (seeded); report the worst"),
     seed: int = typer.Option(0, "--seed", help="seed of the value generators and random points"),
     order: int = typer.Option(1, "--order", help="2 also checks the Hessian (double backward)"),
-    formula: bool = typer.Option(False, "--formula", help="print the symbolic derivative formulas"),
+    formula: bool = typer.Option(False, "--formula", help="print the symbolic derivative formulas (with matmul, "
+                                 "softmax, indexing, ...: the chain rule step by step, in index notation)"),
     as_json: bool = typer.Option(False, "--json", help="the JSON report on stdout, and nothing else"),
     junit: Optional[Path] = typer.Option(None, "--junit", help="also write a JUnit XML report"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda, for autograd"),
 ) -> None:
-    """Gradients of an expression by autograd, symbolic and finite differences, compared."""
+    """Gradients of an expression by autograd, symbolic and finite differences, compared.
+
+    Tensor expressions: A @ B (torch.matmul's rules), x.T or transpose(x[, d0, d1]), outer(a, b);
+    sum/mean/prod/logsumexp/norm/max/min/var/std(x[, dim]) (with a dim the reduced dimension is kept,
+    so x - mean(x, 1) broadcasts; var and std are unbiased, n - 1, as torch's default; max/min split
+    ties evenly); softmax/log_softmax(x[, dim]) (default -1); cross_entropy(logits, target) and
+    nll(logp, target) (mean over samples; class indices from --at y=int([...]), or probabilities);
+    gelu silu elu hardtanh leaky_relu(x[, slope]); x[0], X[:, 1], x[1:3]; reshape(x, 2, -1);
+    cat(a, b[, dim]); stack(a, b[, dim]). Dims, sizes and indices are integer literals."""
     try:
         from gradcheck_cli.checker import check_expression
 

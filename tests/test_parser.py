@@ -129,9 +129,16 @@ def test_unclosed_call_names_the_column_with_a_caret():
     ("__class__", "may not start with '__'", 1),
     ("x == 1", "'=='", 3),
     ("x != 1", "'!='", 3),
-    ("x[0]", "subscripts", 2),
+    ("x[y]", "tensor indices are not supported", 3),
+    ("[1, 2]", "list literals", 1),
+    ("x[1.5]", "whole-number literal", 3),
+    ("x]", "unmatched ']'", 2),
+    ("x[0", "expected ']' to close the '['", 4),
+    ("sum(x, y)", "the dim of sum() must be a whole-number literal", 8),
+    ("x.Tx", "attribute access", 2),
     ("x % 2", "'%'", 3),
-    ("a @ b", "dot(a, b)", 3),
+    ("a @ @b", "unexpected '@'", 5),
+    ("a : b", "slices are written inside brackets", 3),
     ("x; y", "one expression only", 2),
     ("'x'", "strings", 1),
     ("sin(x,)", "unexpected ')'", 7),
@@ -231,10 +238,28 @@ def test_long_sign_runs_do_not_recurse():
     assert shape(parse("-" * 5001 + "x")) == ("neg", "x")
 
 
-def test_every_function_parses_with_its_arity():
-    """A call with the arity of the table parses; one more argument is an error naming the arity."""
-    for name, spec in FUNCTIONS.items():
-        args = ["x < y"] + ["x"] * (spec.arity - 1) if name == "where" else ["x"] * spec.arity
-        assert isinstance(parse(f"{name}({', '.join(args)})"), ir.Call)
-        err = parse_error(f"{name}({', '.join(args + ['x'])})")
-        assert f"takes {spec.arity} argument" in err.message
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+def test_every_function_parses_with_its_arity(name):
+    """A call with the arity of the table parses; its literal parameters (dims, sizes, a
+    slope) are read as params, not operands; one argument too many is an error naming the
+    arity, and an expression where a literal belongs is an error naming the parameter."""
+    spec = FUNCTIONS[name]
+    args = ["x < y"] + ["x"] * (spec.arity - 1) if name == "where" else ["x"] * spec.arity
+    p = spec.params
+    if p is not None and not p.counts:  # reshape: at least one size
+        literal = ["2", "-1"]
+    elif p is not None:
+        literal = ["1" if p.kind == "int" else "0.5"] * max(p.counts)
+    else:
+        literal = []
+    call = parse(f"{name}({', '.join(args + literal)})")
+    assert isinstance(call, ir.Call) and len(call.args) == spec.arity
+    assert list(call.params) == [float(v) if p.kind == "number" else int(v) for v in literal]
+    if spec.variadic:
+        assert len(parse(f"{name}(x, y, z, 1)").args) == 3
+    elif p is None or p.counts:
+        err = parse_error(f"{name}({', '.join(args + literal + ['x'])})")
+        assert "takes" in err.message and str(spec.arity + (max(p.counts) if p else 0)) in err.message
+    if p is not None and not spec.variadic:  # (cat(x, y): y is a tensor, only a trailing integer is the dim)
+        err = parse_error(f"{name}({', '.join(args + ['y'] * max(1, max(p.counts or (1,))))})")
+        assert f"the {p.names[0]} of {name}() must be a" in err.message

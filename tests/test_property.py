@@ -40,6 +40,8 @@ def _extend(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
     or a call of any function in the table with exactly its arity."""
     calls = []
     for name, spec in sorted(FUNCTIONS.items()):
+        if spec.kind == "structured":  # shapes move: TENSOR_EXPRESSIONS below builds them shape by shape
+            continue
         if name == "where":
             calls.append(st.tuples(children, st.sampled_from(COMPARISONS), children, children, children).map(
                 lambda t: f"where({t[0]} {t[1]} {t[2]}, {t[3]}, {t[4]})"))
@@ -99,7 +101,7 @@ def test_random_bytes_only_raise_parse_error(data, encoding):
     _parse_only_own_errors(data.decode(encoding, errors="replace"))
 
 
-GRAMMAR_CHARS = "xy()+-*/,<>=.^[]:_ 0123456789eE" + "".join(sorted(set("".join(FUNCTIONS))))
+GRAMMAR_CHARS = "xy()+-*/,<>=.^[]:@T_ 0123456789eE" + "".join(sorted(set("".join(FUNCTIONS))))
 
 
 @settings(max_examples=200, **SETTINGS)
@@ -107,6 +109,12 @@ GRAMMAR_CHARS = "xy()+-*/,<>=.^[]:_ 0123456789eE" + "".join(sorted(set("".join(F
 @example("(" * 150 + "x" + ")" * 150)
 @example("x**" * 120 + "x")
 @example("9**9**9**9")
+@example("x[" * 30 + "0" + "]" * 30)
+@example("x" + "[0]" * 400)
+@example("x.T" * 400)
+@example("reshape(x, " + "9" * 40 + ")")
+@example("x[1:2:3:4]")
+@example("x[:, :, ::]")
 def test_near_grammar_strings_only_raise_parse_error(text):
     """Strings over the grammar's own alphabet hit far more parser paths than raw bytes."""
     _parse_only_own_errors(text)
@@ -194,3 +202,104 @@ def test_autograd_and_symbolic_agree(text, x, y):
         assert g.symbolic is not None, f"{text}: symbolic missing without a diagnostic ({codes})"
         ok, detail = _both_finite_agree(g.autograd, g.symbolic)
         assert ok, f"{text} at x={x!r}, y={y!r}: d/d{g.wrt}: {detail}"
+
+
+# -- tensor expressions: structured functions, shape by shape --------------------------------------
+
+TENSORS = {"X": (2, 3), "v": (3,), "w": (2,)}
+UNARY = ("tanh", "sigmoid", "sin", "exp", "softplus", "gelu", "silu", "elu", "hardtanh", "relu", "abs")
+
+
+def _shape_of(np_expr):
+    return tuple(np_expr.shape)
+
+
+def _binary(pair):
+    (a, sa), op, (b, sb) = pair
+    try:
+        return f"({a} {op} {b})", tuple(np.broadcast_shapes(sa, sb))
+    except ValueError:
+        return None
+
+
+def _matmul(pair):
+    (a, sa), (b, sb) = pair
+    if not sa or not sb:
+        return None
+    try:
+        return f"({a} @ {b})", tuple(np.matmul(np.zeros(sa), np.zeros(sb)).shape)
+    except ValueError:
+        return None
+
+
+def _along(t):
+    (a, sa), func, k = t
+    d = k % len(sa) - (len(sa) if k < 0 else 0)  # a dim in range, sometimes negative
+    keep = sa if func in ("softmax", "log_softmax") else sa[:d % len(sa)] + (1,) + sa[d % len(sa) + 1:]
+    if func in ("var", "std") and sa[d % len(sa)] < 2:
+        return None
+    return f"{func}({a}, {d})", keep
+
+
+def _index(t):
+    (a, sa), i = t
+    return f"({a})[{i % sa[0]}]", sa[1:]
+
+
+def _slice(t):
+    (a, sa), i = t
+    start = i % sa[-1]
+    return f"({a})[{', '.join([':'] * (len(sa) - 1) + [f'{start}:'])}]", sa[:-1] + (sa[-1] - start,)
+
+
+def _tensor_extend(children):
+    ranked = children.filter(lambda c: len(c[1]) >= 1)
+    return st.one_of(
+        st.tuples(st.sampled_from(UNARY), children).map(lambda t: (f"{t[0]}({t[1][0]})", t[1][1])),
+        st.tuples(children, st.sampled_from("+-*"), children).map(_binary).filter(bool),
+        st.tuples(children, children).map(_matmul).filter(bool),
+        children.map(lambda c: (f"transpose({c[0]})", c[1][:-2] + c[1][::-1][:2] if len(c[1]) >= 2 else c[1])),
+        st.tuples(ranked, st.sampled_from(("sum", "mean", "max", "min", "logsumexp", "var", "norm", "softmax",
+                                           "log_softmax", "prod")), st.integers(-2, 2)).map(_along).filter(bool),
+        st.tuples(ranked, st.integers(0, 5)).map(_index),
+        st.tuples(ranked, st.integers(0, 5)).map(_slice).filter(lambda c: c[1][-1:] != (0,)),
+        ranked.map(lambda c: (f"reshape({c[0]}, -1)", (int(np.prod(c[1])),))),
+        st.tuples(ranked, st.integers(0, 1)).map(
+            lambda t: (f"cat({t[0][0]}, {t[0][0]}, {t[1] % len(t[0][1])})",
+                       tuple(2 * n if k == t[1] % len(t[0][1]) else n for k, n in enumerate(t[0][1])))),
+        st.tuples(children, st.integers(0, 1)).map(
+            lambda t: (f"stack({t[0][0]}, {t[0][0]}, {t[1] % (len(t[0][1]) + 1)})",
+                       t[0][1][:t[1] % (len(t[0][1]) + 1)] + (2,) + t[0][1][t[1] % (len(t[0][1]) + 1):])),
+    )
+
+
+TENSOR_EXPRESSIONS = st.recursive(st.sampled_from([(k, v) for k, v in TENSORS.items()] + [("2", ())]),
+                                  _tensor_extend, max_leaves=4).filter(lambda c: int(np.prod(c[1])) <= 64)
+TENSOR_VALUES = {"X": [[0.5, -1.25, 2.0], [0.75, 1.5, -0.4]], "v": [0.3, -0.8, 1.1], "w": [1.3, -0.6]}
+
+
+@settings(max_examples=40, **SETTINGS)
+@given(TENSOR_EXPRESSIONS)
+@example(("softmax((X @ v) * w, 0)", (2,)))
+@example(("(X - mean(X, 1)) / sqrt(var(X, 1) + 1e-5)", (2, 3)))
+@example(("cat(X, X, 1)[1, 2:5] @ reshape(stack(v, v, 1), -1)[1:4]", ()))
+def test_tensor_expressions_agree_and_shapes_follow_torch(case):
+    """Random tensor expressions: the shape gradcheck infers is numpy's/torch's, autograd and
+    the exact symbolic model agree wherever both are finite, and the text prints back to
+    itself."""
+    from gradcheck_cli.checker import check_expression
+
+    text, shape = case
+    root = parse(text)
+    assert ir.to_source(parse(ir.to_source(root))) == ir.to_source(root)
+    names = ir.names_in(root)
+    assume(names)
+    report = check_expression(text, {n: TENSOR_VALUES[n] for n in names})
+    (check,) = report.checks
+    assert tuple(np.shape(check.value["torch"])) == shape
+    codes = check.codes()
+    assume(not (codes & {"non_differentiable", "masked_nan", "nonfinite"}))
+    assert "symbolic_unavailable" not in codes, [d.message for d in check.diagnostics]
+    for g in check.gradients:
+        ok, detail = _both_finite_agree(g.autograd, g.symbolic)
+        assert ok, f"{text}: d/d{g.wrt}: {detail}"

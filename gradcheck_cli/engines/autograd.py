@@ -28,8 +28,7 @@ def run(root: ir.Node, arrays: dict, wrt: list[str], dtype: str, *, device: str 
     import torch
 
     tdtype = torch_dtype(dtype)
-    leaves = {name: torch.tensor(arr, dtype=tdtype, device=device, requires_grad=name in wrt)
-              for name, arr in arrays.items()}
+    leaves = {name: _leaf(torch, arr, tdtype, device, name in wrt) for name, arr in arrays.items()}
     out = evaluate(root, leaves, torch, dtype=tdtype, device=device)
     value = out.detach().to(device="cpu", dtype=torch.float64).numpy()
     inputs = [leaves[w] for w in wrt]
@@ -42,6 +41,14 @@ def run(root: ir.Node, arrays: dict, wrt: list[str], dtype: str, *, device: str 
         hessian = None
     unused = tuple(w for w, x in zip(wrt, inputs) if not _reaches(out, x))
     return AutogradResult(value, gradients, hessian, unused)
+
+
+def _leaf(torch, arr, tdtype, device, requires_grad: bool):
+    """An input tensor: integer and boolean values (class targets, masks) keep their dtype."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind in "biu":
+        return torch.tensor(arr, device=device)
+    return torch.tensor(arr, dtype=tdtype, device=device, requires_grad=requires_grad)
 
 
 def _np(torch, t):

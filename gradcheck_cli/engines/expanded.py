@@ -8,66 +8,22 @@ import math
 import numpy as np
 import sympy as sp
 
-from gradcheck_cli.engines import sympy_functions as fns
-from gradcheck_cli.engines.symbolic import literal, numpy_lambdify, numpy_safe, power
+from gradcheck_cli.engines.sympy_base import numpy_lambdify, numpy_safe
+from gradcheck_cli.engines.sympy_tensor import TensorOps, expand
 from gradcheck_cli.expr import ir
-from gradcheck_cli.expr.functions import FUNCTIONS
 
 MAX_EXPANDED_ELEMENTS = 64
 
 
 def expand_scalar(root: ir.Node, var_shapes: dict) -> tuple[sp.Expr, dict]:
-    """The whole expression as one SymPy scalar in per-element symbols x_0, x_1, ...
-    (only for scalar results and few elements).  Returns (expr, {name: [symbols]})."""
-    elements = {name: np.array([sp.Symbol(f"{name}_{i}" if shape else name, real=True)
-                                for i in range(math.prod(shape))], dtype=object).reshape(shape)
-                for name, shape in var_shapes.items()}
-    out: dict[int, np.ndarray] = {}
-    vec = {}
-    for node in ir.postorder(root):
-        if isinstance(node, ir.Num):
-            e = np.array(literal(node), dtype=object)
-        elif isinstance(node, ir.Const):
-            e = np.array(sp.pi if node.name == "pi" else sp.E, dtype=object)
-        elif isinstance(node, ir.Name):
-            e = elements[node.name]
-        elif isinstance(node, ir.Unary):
-            e = -out[id(node.operand)]
-        elif isinstance(node, ir.Binary):
-            a, b = out[id(node.left)], out[id(node.right)]
-            e = {"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide,
-                 "**": _vectorize(vec, power)}[node.op](a, b)
-        elif isinstance(node, ir.Compare):
-            fn = {"<": sp.Lt, "<=": sp.Le, ">": sp.Gt, ">=": sp.Ge}[node.op]
-            e = _vectorize(vec, fn)(out[id(node.left)], out[id(node.right)])
-        else:
-            spec = FUNCTIONS[node.func]
-            args = [out[id(a)] for a in node.args]
-            summand = _vectorize(vec, lambda *xs, s=spec: s.sympy(sp, fns, *xs))(*args)
-            if spec.kind == "reduction":
-                items = list(np.asarray(summand, dtype=object).reshape(-1))
-                if spec.reducer == "sum":
-                    r = sp.Add(*items)
-                elif spec.reducer == "mean":
-                    r = sp.Add(*items) / len(items)
-                elif spec.reducer == "prod":
-                    r = sp.Mul(*items)
-                else:
-                    r = sp.log(sp.Add(*[sp.exp(i) for i in items]))
-                e = np.array(spec.post(sp, r) if spec.post else r, dtype=object)
-            else:
-                e = summand
-        out[id(node)] = np.asarray(e, dtype=object)
-    result = out[id(root)]
+    """The whole expression as one SymPy scalar in per-element symbols (only for scalar
+    results and few elements; structured functions included).  Returns (expr, {name: [symbols]})."""
+    elements = {name: np.array([sp.Symbol(f"__v{k}_{i}", real=True) for i in range(math.prod(shape))] + [None],
+                               dtype=object)[:-1].reshape(shape)
+                for k, (name, shape) in enumerate(var_shapes.items())}
+    result = expand(root, elements, TensorOps())
     return result.reshape(()).item() if result.size == 1 else result, \
         {name: list(arr.reshape(-1)) for name, arr in elements.items()}
-
-
-def _vectorize(cache: dict, fn):
-    key = id(fn)
-    if key not in cache:
-        cache[key] = np.vectorize(fn, otypes=[object])
-    return cache[key]
 
 
 def hessian(root: ir.Node, var_shapes: dict, arrays: dict, wrt: list[str]) -> np.ndarray | None:

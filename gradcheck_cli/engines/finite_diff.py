@@ -47,7 +47,7 @@ import numpy as np
 from gradcheck_cli.engines.fd_steps import EPS, PROBE_POINTS, STENCILS, Plan, make_plan, plan_rows, probe_noise
 from gradcheck_cli.engines.torch_eval import evaluate
 from gradcheck_cli.expr import ir
-from gradcheck_cli.expr.functions import FUNCTIONS
+from gradcheck_cli.expr.functions import FUNCTIONS, structured
 from gradcheck_cli.tolerances import FD_SCHEMES
 
 SCHEMES = FD_SCHEMES
@@ -92,10 +92,11 @@ def resolve_scheme(requested: str, root: ir.Node) -> tuple[str, str | None]:
 
 
 def elementwise_only(root: ir.Node) -> set[str]:
-    """Names that reach the result only through elementwise operations."""
+    """Names that reach the result only through elementwise operations (not through a
+    reduction, nor a structured function such as matmul, softmax or indexing)."""
     under_reduction: set[str] = set()
     for node in ir.preorder(root):
-        if isinstance(node, ir.Call) and FUNCTIONS[node.func].kind == "reduction":
+        if (isinstance(node, ir.Call) and FUNCTIONS[node.func].kind == "reduction") or structured(node):
             under_reduction.update(ir.names_in(node))
     return set(ir.names_in(root)) - under_reduction
 
@@ -108,7 +109,8 @@ class _Batch:
 
         self.torch, self.root, self.out_shape = torch, root, out_shape
         self.n_out = math.prod(out_shape)
-        self.rank = max([a.ndim for a in arrays.values()] + [len(out_shape)])
+        self.shapes = node_shapes(root, arrays)
+        self.rank = max([a.ndim for a in arrays.values()] + [len(out_shape)] + [len(s) for s in self.shapes.values()])
         self.max_numel = max(1, max_numel)
         self.use_complex = use_complex
         self.dtype = torch.complex128 if use_complex else torch.float64
@@ -118,13 +120,15 @@ class _Batch:
         if use_complex:  # where the real function is undefined, the complex step means nothing
             real = {name: t.real for name, t in self.inputs.items()}
             with torch.no_grad():
-                out = evaluate(root, real, torch, dtype=torch.float64, batched=True)
+                out = evaluate(root, real, torch, dtype=torch.float64, batched=True, shapes=self.shapes)
             self.real_f0 = out.reshape(1, -1).expand(1, self.n_out).numpy()
 
     def pad(self, a: np.ndarray):
-        t = self.torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
+        a = np.asarray(a)
+        whole = a.dtype.kind in "biu"  # class targets and masks keep their dtype
+        t = self.torch.from_numpy(np.ascontiguousarray(a, dtype=None if whole else np.float64))
         t = t.reshape((1,) * (self.rank - a.ndim) + tuple(a.shape))
-        return t.to(self.dtype)
+        return t if whole else t.to(self.dtype)
 
     def run(self, replace: dict):
         """Outputs (B, n_out) and kink offsets for inputs with `replace[name]` = (B, *shape) rows."""
@@ -135,7 +139,8 @@ class _Batch:
         kinks: list = []
         with self.torch.no_grad():
             out = evaluate(self.root, inputs, self.torch, dtype=self.torch.float64, batched=True,
-                           use_complex=self.use_complex, kinks=None if self.use_complex else kinks)
+                           use_complex=self.use_complex, kinks=None if self.use_complex else kinks,
+                           shapes=self.shapes)
         batch = max(t.shape[0] for t in inputs.values())
         out = out.reshape(out.shape[0] if out.ndim else 1, -1).expand(batch, self.n_out)
         return out.numpy(), kinks
@@ -156,6 +161,15 @@ class _Batch:
                     hits.append((rec.func, rec.pos + 1))
                 rows = flag if rows is None else (rows | flag)
         return rows, hits
+
+
+def node_shapes(root: ir.Node, arrays: dict) -> dict:
+    """Every node's shape (structured functions need them in batched evaluation)."""
+    from gradcheck_cli.expr.shapes import infer
+
+    kinds = {k: ("int" if np.asarray(a).dtype.kind in "iu" else "bool" if np.asarray(a).dtype == bool else "float")
+             for k, a in arrays.items()}
+    return infer(root, {k: np.asarray(a).shape for k, a in arrays.items()}, ir.to_source(root), kinds)
 
 
 def _as_rows(t) -> np.ndarray:

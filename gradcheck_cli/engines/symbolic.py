@@ -20,29 +20,13 @@ import numpy as np
 import sympy as sp
 
 from gradcheck_cli.engines import sympy_functions as fns
+from gradcheck_cli.engines.sympy_base import literal, numpy_lambdify, numpy_safe, power, real_constant  # noqa: F401
 from gradcheck_cli.expr import ir
 from gradcheck_cli.expr.functions import FUNCTIONS
 
 _MODULES = [fns.NUMPY_FUNCTIONS, "numpy"]
 
 
-def numpy_lambdify(args, expr, cse: bool = False):
-    """`sp.lambdify(args, expr, modules=_MODULES)`, minus its `from numpy import *`.
-
-    That star import touches every lazily loaded numpy submodule (f2py, testing, ...) and
-    costs ~80 ms on a check's first formula.  The same NumPy printer and the same generated
-    code run against numpy's already-loaded names instead.
-    """
-    global _NUMPY_NAMESPACE
-    if _NUMPY_NAMESPACE is None:
-        _NUMPY_NAMESPACE = {k: v for k, v in vars(np).items() if not k.startswith("_")}
-    from sympy.printing.numpy import NumPyPrinter
-
-    printer = NumPyPrinter({"fully_qualified_modules": False, "inline": True, "allow_unknown_functions": True})
-    return sp.lambdify(args, expr, modules=[fns.NUMPY_FUNCTIONS, _NUMPY_NAMESPACE], printer=printer, cse=cse)
-
-
-_NUMPY_NAMESPACE: dict | None = None
 CSE_MIN_OPS = 60  # formulas with more operations than this are compiled with cse
 MAX_EXACT_ELEMENTS = 1000  # forward values are computed exactly (mpmath) up to this many elements
 
@@ -91,76 +75,15 @@ class Model:
         return fn
 
 
-# Exact numbers are kept exact while they are small.  Past these sizes they become 30-digit
-# Floats: numpy cannot take integers beyond int64, and SymPy computing (2*x)**(99**50) or
-# sqrt(2)**(99**50) exactly would hang (it distributes the power and builds 2**(huge)).
-_EXACT_EXPONENT_LIMIT = 1024
-_EXACT_BITS_LIMIT = 4096
-_FLOAT_DIGITS = 30
+def build(root: ir.Node, node_shapes: dict, var_shapes: dict):
+    """Translate the IR into a Model (no SymPy differentiation happens here); an expression
+    with structured functions (matmul, softmax, indexing, ...) becomes the element-expanded
+    TensorModel instead, or raises tensor_model.OverBudget (a ValueError) past its budget."""
+    from gradcheck_cli.engines import tensor_model
 
-
-def power(a: sp.Expr, b: sp.Expr) -> sp.Expr:
-    """a**b as SymPy builds it, without exact arithmetic on huge numbers, and nan (as torch
-    gives) for a constant power that is not a real number, like (-8)**(1/3)."""
-    if b.is_number and _magnitude(b) > _EXACT_EXPONENT_LIMIT:
-        b = sp.Float(b.evalf(_FLOAT_DIGITS), _FLOAT_DIGITS)
-    if a.is_number and math.isinf(_magnitude(a)):  # beyond float64: no exact power of it is useful
-        a = sp.Float(a.evalf(_FLOAT_DIGITS), _FLOAT_DIGITS)
-    e = a**b
-    if b.is_number:
-        e = _float_huge_rationals(e)
-    if e.is_number and (e.has(sp.zoo, sp.nan) or e.is_extended_real is False):
-        return sp.nan
-    return e
-
-
-def _real_constant(e: sp.Expr) -> sp.Expr:
-    """A constant that is not a real number (sqrt(-1), log(-1), asin(2)) is nan, as torch
-    computes it, so the whole expression stays real for numpy."""
-    if isinstance(e, sp.Expr) and e.is_number and e.is_extended_real is False and not e.has(sp.zoo):
-        return sp.nan  # (complex infinity, 1/0, stays: x*zoo keeps x, and numpy_safe makes it nan)
-    return e
-
-
-def _magnitude(v: sp.Expr) -> float:
-    """|v| as a float for a SymPy number (inf when it does not fit, nan when not real)."""
-    try:
-        return abs(float(v))
-    except (TypeError, ValueError):
-        return math.nan
-    except OverflowError:
-        return math.inf
-
-
-def _float_huge_rationals(e: sp.Expr) -> sp.Expr:
-    """Replace integers and fractions with more than _EXACT_BITS_LIMIT bits by Floats."""
-    big = {r: sp.Float(r, _FLOAT_DIGITS) for r in e.atoms(sp.Rational)
-           if max(abs(r.p), abs(r.q)).bit_length() > _EXACT_BITS_LIMIT}
-    return e.xreplace(big) if big else e
-
-
-def numpy_safe(expr: sp.Expr) -> sp.Expr:
-    """The expression as numpy can evaluate it: integers beyond 2**53 as Floats (numpy has no
-    big integers), complex infinity as nan (torch's 1/0 is inf or nan by sign; either way the
-    check reports a non-finite number)."""
-    swap = {r: sp.Float(r, _FLOAT_DIGITS) for r in expr.atoms(sp.Rational)
-            if max(abs(r.p), abs(r.q)).bit_length() > 53}
-    if expr.has(sp.zoo):
-        swap[sp.zoo] = sp.nan
-    return expr.xreplace(swap) if swap else expr
-
-
-def literal(node: ir.Num) -> sp.Expr:
-    """An exact number for a literal: 6.7 is 67/10, not the nearest double."""
-    if node.value.is_integer() and abs(node.value) < 1e15:
-        return sp.Integer(int(node.value))
-    if len(node.text) <= 24 and 1e-30 < abs(node.value) < 1e30:
-        return sp.Rational(node.text.lower())
-    return sp.Float(node.value)
-
-
-def build(root: ir.Node, node_shapes: dict, var_shapes: dict) -> Model:
-    """Translate the IR into a Model (no SymPy differentiation happens here)."""
+    if tensor_model.is_structured(root):
+        tensor_model.check_budget(root, node_shapes, var_shapes)
+        return tensor_model.TensorModel(root, node_shapes, var_shapes)
     variables = {name: sp.Symbol(name, real=True) for name in var_shapes}
     reductions: list[Reduction] = []
     out: dict[int, sp.Expr] = {}
@@ -183,7 +106,7 @@ def build(root: ir.Node, node_shapes: dict, var_shapes: dict) -> Model:
         else:
             spec = FUNCTIONS[node.func]
             args = [out[id(a)] for a in node.args]
-            e = spec.sympy(sp, fns, *args)
+            e = spec.sympy(sp, fns, *args, **spec.bound(node))
             if spec.kind == "reduction":
                 shape = ()
                 for a in node.args:
@@ -196,7 +119,7 @@ def build(root: ir.Node, node_shapes: dict, var_shapes: dict) -> Model:
                     reductions.append(Reduction(r, e, spec.reducer, shape))
                 e = spec.post(sp, r) if spec.post else r
         if isinstance(node, (ir.Binary, ir.Call)):
-            e = _real_constant(e)
+            e = real_constant(e)
         out[id(node)] = e
     return Model(out[id(root)], node_shapes[id(root)], variables, dict(var_shapes), reductions)
 
@@ -206,7 +129,14 @@ def _broadcast_shape(a: tuple, b: tuple) -> tuple:
 
 
 class Evaluator:
-    """Numbers for a Model at one point: values, gradients, Jacobians, all in float64."""
+    """Numbers for a Model at one point: values, gradients, Jacobians, all in float64.
+    Given a TensorModel (build() of a structured expression), it gives that model's own
+    evaluator, with the same `.value()` and `.gradients(wrt)`."""
+
+    def __new__(cls, model, arrays: dict):
+        if not isinstance(model, Model):
+            return model.at(arrays)
+        return super().__new__(cls)
 
     def __init__(self, model: Model, arrays: dict):
         self.model = model
@@ -327,7 +257,7 @@ class Evaluator:
 def formulas(model: Model, wrt: list[str]) -> dict:
     """Readable derivative formulas: d(result)/d(name), per element.  Reductions appear
     under their own source text (`mean(x)`); an adjoint through an inner reduction
-    appears as sum(...) over its elements."""
+    appears as sum(...) over its elements.  (Structured expressions: formula_text.py.)"""
     red_index = {red.symbol: k for k, red in enumerate(model.reductions)}
     adjoint: list[sp.Expr] = [sp.S.Zero] * len(model.reductions)
     for sym in model.top.free_symbols:

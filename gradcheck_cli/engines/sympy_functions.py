@@ -80,3 +80,55 @@ MPMATH_FUNCTIONS = {
     "detach": lambda x: x,
     "norm_sqrt": lambda x: _mp().sqrt(x),
 }
+
+
+class stopmax(sp.Function):
+    """The largest of its arguments, held constant (derivative 0): the shift a stable softmax
+    or logsumexp subtracts.  Both are invariant to the shift, so the exact derivative is the
+    one that treats it as a constant, and exp never overflows."""
+
+    def _eval_derivative(self, s):
+        return sp.S.Zero
+
+
+def _ties(fn, args, k):
+    """d fn(args) / d args[k] for fn = the max or the min: 1/m to each of the m arguments that
+    attain it, 0 to the others (torch.amax / amin split a tie evenly)."""
+    hit = [sp.Piecewise((1, sp.Eq(a, fn)), (0, True)) for a in args]
+    return hit[k] / sp.Add(*hit)
+
+
+class amax_ties(sp.Function):
+    """The largest of its arguments (torch.amax): ties share the derivative evenly."""
+
+    def fdiff(self, argindex=1):
+        return _ties(self, self.args, argindex - 1)
+
+
+class amin_ties(sp.Function):
+    """The smallest of its arguments (torch.amin): ties share the derivative evenly."""
+
+    def fdiff(self, argindex=1):
+        return _ties(self, self.args, argindex - 1)
+
+
+def _np_max(*xs):
+    return np.max(np.stack(np.broadcast_arrays(*[np.asarray(x, dtype=np.float64) for x in xs])), axis=0)
+
+
+def _np_min(*xs):
+    return np.min(np.stack(np.broadcast_arrays(*[np.asarray(x, dtype=np.float64) for x in xs])), axis=0)
+
+
+# (not named amax / amin: SymPy's printers know those names as array functions)
+NUMPY_FUNCTIONS.update({"stopmax": _np_max, "amax_ties": _np_max, "amin_ties": _np_min})
+MPMATH_FUNCTIONS.update({"stopmax": lambda *xs: max(xs), "amax_ties": lambda *xs: max(xs),
+                         "amin_ties": lambda *xs: min(xs)})
+
+
+def exact(v: float) -> sp.Expr:
+    """A literal parameter (leaky_relu's slope) as an exact number: 0.1 is 1/10."""
+    if isinstance(v, int) or float(v).is_integer() and abs(v) < 1e15:
+        return sp.Integer(int(v))
+    text = repr(float(v))
+    return sp.Rational(text) if len(text) <= 24 and 1e-30 < abs(v) < 1e30 else sp.Float(v)

@@ -3,14 +3,22 @@ run it on a batch of perturbed points (a leading batch dimension) in float64 or 
 
 In batched mode every input has shape (B, 1, ..., 1, *its shape), padded to one common
 rank, so elementwise broadcasting lines up and reductions keep their dimensions.
+Structured functions (matmul, softmax, indexing, ...) see their operands as
+(B, *shape) (torch_structured.py), using the shapes from shape inference, and their
+results are padded back.
+
+Integer and boolean inputs (class targets, masks) stay integers where a class loss takes
+them as its target, and are numbers of the computation's dtype everywhere else.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gradcheck_cli.engines import torch_structured as L
 from gradcheck_cli.expr import ir
-from gradcheck_cli.expr.functions import FUNCTIONS
+from gradcheck_cli.expr.functions import FUNCTIONS, spec_of, structured
+from gradcheck_cli.expr.shapes import CLASS_TARGETS
 
 
 class Reducer:
@@ -65,13 +73,32 @@ class KinkRecord:
     offsets: list = field(default_factory=list)
 
 
+@dataclass
+class Layout:
+    """What structured functions need to move between the padded and the (B, *shape) layouts."""
+
+    shapes: dict | None  # id(node) -> shape (shape inference); needed in batched mode only
+    batched: bool
+    rank: int  # the padded rank of batched values, without the batch dimension
+
+
+def class_targets(root: ir.Node) -> set:
+    """ids of the variables a class loss takes as its target: they keep their integer dtype."""
+    return {id(n.args[1]) for n in ir.preorder(root)
+            if isinstance(n, ir.Call) and n.func in CLASS_TARGETS and isinstance(n.args[1], ir.Name)}
+
+
 def evaluate(root: ir.Node, inputs: dict, torch, *, dtype, device="cpu", batched=False,
-             use_complex=False, kinks: list | None = None):
+             use_complex=False, kinks: list | None = None, shapes: dict | None = None):
     """Evaluate the IR with torch.  `inputs` maps names to tensors (already batched and
     padded in batched mode).  When `kinks` is a list, every kinked call appends a
-    KinkRecord, in the same order on every evaluation of the same IR."""
+    KinkRecord, in the same order on every evaluation of the same IR.  Batched structured
+    functions need `shapes` (id(node) -> shape, from shape inference)."""
     reducer = Reducer(torch, batched)
     const_dtype = dtype if not use_complex else torch.float64
+    rank = max((t.ndim for t in inputs.values()), default=1) - 1 if batched else 0
+    layout = Layout(shapes, batched, rank)
+    keep_int = class_targets(root)
     values: dict[int, object] = {}
     for node in ir.postorder(root):
         if isinstance(node, ir.Num):
@@ -81,8 +108,12 @@ def evaluate(root: ir.Node, inputs: dict, torch, *, dtype, device="cpu", batched
             out = torch.tensor(math.pi if node.name == "pi" else math.e, dtype=const_dtype, device=device)
         elif isinstance(node, ir.Name):
             out = inputs[node.name]
+            if not (out.is_floating_point() or out.is_complex()) and id(node) not in keep_int:
+                out = out.to(const_dtype)
         elif isinstance(node, ir.Unary):
             out = -values[id(node.operand)]
+        elif structured(node):
+            out = _structured(node, [values[id(c)] for c in ir.children(node)], torch, layout, kinks)
         elif isinstance(node, ir.Binary):
             a, b = values[id(node.left)], values[id(node.right)]
             if node.op == "**" and isinstance(node.right, ir.Num):
@@ -117,9 +148,34 @@ def _binary(op: str, a, b):
 
 def _call(node: ir.Call, args: list, torch, reducer: Reducer, use_complex: bool, kinks):
     spec = FUNCTIONS[node.func]
+    params = spec.bound(node)
     if kinks is not None and spec.kinks is not None:
-        kinks.append(KinkRecord(spec.name, node.pos, list(spec.kinks(torch, *args))))
+        kinks.append(KinkRecord(spec.name, node.pos, list(spec.kinks(torch, *args, **params))))
     builder = spec.complex_torch if (use_complex and spec.complex_torch) else spec.torch
     if spec.kind == "reduction":
         return builder(torch, reducer, *args)
-    return builder(torch, *args)
+    return builder(torch, *args, **params)
+
+
+def _structured(node, args: list, torch, layout: Layout, kinks):
+    """A structured function: operands to (B, *shape), the function, the result padded back."""
+    if layout.batched and layout.shapes is None:
+        raise ValueError("batched evaluation of structured functions needs the shapes of every node")
+
+    children = ir.children(node)
+    shapes = [layout.shapes[id(c)] if layout.batched else tuple(a.shape) for c, a in zip(children, args)]
+    cores = [L.to_core(a, s, layout.batched) for a, s in zip(args, shapes)]
+    if isinstance(node, ir.Index):
+        out = L.index(cores[0], node.items)
+    else:
+        spec = spec_of(node)
+        params = spec.bound(node) if isinstance(node, ir.Call) else {}
+        if spec.axis:
+            out = L.reduce(spec.axis, cores[0], params.get("dim"))
+            offsets = L.axis_kinks(spec.axis, cores[0], params.get("dim"))
+            if kinks is not None and offsets:
+                kinks.append(KinkRecord(spec.name, node.pos, list(offsets)))
+        else:
+            out = spec.torch(torch, L, *cores, **params)
+    out_shape = layout.shapes[id(node)] if layout.batched else tuple(out.shape[1:])
+    return L.from_core(out, out_shape, layout.rank, layout.batched)

@@ -14,6 +14,19 @@ bounds, minimum/maximum split 1/2 each.  The SymPy forms below are written as Pi
 with the same strict inequalities so the symbolic column uses torch's conventions too,
 while central finite differences give the two-sided average.  `KINK_CONVENTIONS` says so
 in every report that meets a kink.
+
+Structured functions (matmul, transpose, outer, reductions over a dim, softmax, the
+class losses, reshape, cat, stack) move elements between positions.  Their torch forms
+receive `L` (engines/torch_structured.py) and tensors laid out as (batch, *shape); their
+SymPy forms receive `T` (engines/sympy_tensor.py) and numpy arrays of SymPy expressions,
+one per element; `shape` (shape_rules.py) gives the result's shape or says why there is
+none.  Literal parameters written after the operands (a dim, reshape's sizes,
+leaky_relu's slope) are `params`: never tensors, never differentiated.
+
+Reductions with a dim keep the reduced dimension (keepdim=True), so `x - mean(x, 1)`
+broadcasts; without one they reduce to a scalar.  var and std use torch's default
+correction=1 (unbiased, n - 1); max and min are torch.amax / amin (ties share the
+gradient evenly).
 """
 
 from __future__ import annotations
@@ -21,15 +34,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from gradcheck_cli.expr import ir
+from gradcheck_cli.expr import shape_rules as rules
+
 CONSTANTS = ("pi", "e")
 
 BCE_EPS = 1e-7  # the seed notebook's clamp: p' = clamp(p, 1e-7, 1 - 1e-7)
 
 KINK_CONVENTIONS = (
     "autograd and symbolic use torch's conventions at kinks (relu'(0)=0, abs'(0)=0, clamp passes 1 "
-    "at its bounds, minimum/maximum split 1/2, where follows the branch taken); finite differences "
-    "see the two-sided average"
+    "at its bounds, minimum/maximum split 1/2, where follows the branch taken; leaky_relu'(0) is its slope, "
+    "hardtanh passes 0 at its bounds, max/min over ties split evenly); finite differences see the two-sided "
+    "average"
 )
+
+
+@dataclass(frozen=True)
+class Params:
+    """Literal parameters written after a function's operands (dims, sizes, a slope)."""
+
+    names: tuple  # the keywords the torch and SymPy forms receive
+    counts: tuple = (0, 1)  # how many may be written; () means one or more (reshape's sizes)
+    kind: str = "int"  # 'int': whole-number literals, optionally negative; 'number': any numeric literal
+
+    def bind(self, values: tuple) -> dict:
+        """The keyword arguments for the literal values as written."""
+        if not self.counts:
+            return {self.names[0]: tuple(values)}
+        return dict(zip(self.names, values))
 
 
 @dataclass(frozen=True)
@@ -38,7 +70,7 @@ class FunctionSpec:
 
     name: str
     arity: int
-    kind: str  # 'elementwise' | 'reduction' | 'select' | 'stop'
+    kind: str  # 'elementwise' | 'reduction' | 'select' | 'stop' | 'structured'
     signature: str
     derivative: str  # the local derivative, for people (and --help)
     torch: Callable  # elementwise/select/stop: (torch, *tensors); reduction: (torch, ctx, *tensors)
@@ -50,6 +82,39 @@ class FunctionSpec:
     analytic: bool = True  # complex-step differences give the derivative
     complex_torch: Optional[Callable] = None  # complex-safe form when torch's own lacks complex support
     domain: str = ""  # where the function is real, for messages about nan
+    params: Optional[Params] = None  # literal parameters after the operands
+    variadic: bool = False  # cat/stack: `arity` or more operands, then an optional integer literal (the dim)
+    shape: Optional[Callable] = None  # structured: (shapes, kinds, **params) -> the result's shape
+    axis: str = ""  # reductions over a dim: which one (sum, mean, prod, logsumexp, norm, amax, amin, var, std)
+    index_form: str = ""  # structured: the result in index notation (for --formula)
+    vjp: tuple = ()  # structured: the gradient each operand receives, from G (the result's), for --formula
+
+    def bound(self, node) -> dict:
+        """The literal parameters of a call, as keyword arguments."""
+        return self.params.bind(node.params) if self.params and node.params else {}
+
+
+def structured(node) -> bool:
+    """Whether a node moves elements between positions (matmul, a reduction over a dim,
+    softmax, indexing, ...): such nodes are not elementwise, and the symbolic engine
+    expands them element by element."""
+    if isinstance(node, ir.Index):
+        return True
+    if isinstance(node, ir.Binary):
+        return node.op == "@"
+    if isinstance(node, ir.Call):
+        spec = FUNCTIONS[node.func]
+        return spec.kind == "structured" or bool(spec.axis and node.params)
+    return False
+
+
+def spec_of(node) -> FunctionSpec | None:
+    """The table row a node computes with (a call's, or matmul's for '@')."""
+    if isinstance(node, ir.Call):
+        return FUNCTIONS[node.func]
+    if isinstance(node, ir.Binary) and node.op == "@":
+        return FUNCTIONS["matmul"]
+    return None
 
 
 def _bce_elem_torch(torch, p, y):
@@ -82,6 +147,9 @@ def _norm_kink(torch, x):
     if x.ndim == 0:
         return (x.abs(),)
     return (x.abs().reshape(x.shape[0], -1).amax(dim=1),)
+
+
+DIM = Params(("dim",))  # an optional dim (an integer literal, negative from the end)
 
 
 def _row(name, arity, kind, signature, derivative, torch, sympy, **kw) -> FunctionSpec:
@@ -132,6 +200,26 @@ _ROWS = [
     _row("erf", 1, "elementwise", "erf(x)", "2/sqrt(pi) exp(-x^2)",
          lambda t, x: t.special.erf(x), lambda sp, f, x: sp.erf(x),
          analytic=False),  # analytic, but torch has no complex erf
+    _row("gelu", 1, "elementwise", "gelu(x)", "Phi(x) + x phi(x) (the exact, erf form)",
+         lambda t, x: t.nn.functional.gelu(x), lambda sp, f, x: x * (1 + sp.erf(x / sp.sqrt(2))) / 2,
+         analytic=False),  # analytic, but torch has no complex gelu
+    _row("silu", 1, "elementwise", "silu(x)", "sigmoid(x) (1 + x (1 - sigmoid(x)))",
+         lambda t, x: t.nn.functional.silu(x), lambda sp, f, x: x * f.sigmoid(x),
+         complex_torch=lambda t, x: x / (1 + t.exp(-x))),
+    _row("leaky_relu", 1, "elementwise", "leaky_relu(x[, slope])",
+         "1 for x > 0, else the slope (default 0.01; torch takes the slope at x = 0)",
+         lambda t, x, slope=0.01: t.nn.functional.leaky_relu(x, slope),
+         lambda sp, f, x, slope=0.01: sp.Piecewise((x, x > 0), (f.exact(slope) * x, True)),
+         kinks=lambda t, x, slope=0.01: (x,), kink_text="leaky_relu has a kink at 0", analytic=False,
+         params=Params(("slope",), (0, 1), "number")),
+    _row("elu", 1, "elementwise", "elu(x)", "1 for x > 0, else exp(x) (alpha 1: continuous at 0)",
+         lambda t, x: t.nn.functional.elu(x), lambda sp, f, x: sp.Piecewise((x, x > 0), (f.expm1(x), True)),
+         # the derivative is continuous at 0, the second is not: a stencil across 0 loses its order
+         kinks=lambda t, x: (x,), kink_text="elu's second derivative jumps at 0", analytic=False),
+    _row("hardtanh", 1, "elementwise", "hardtanh(x)", "1 for -1 < x < 1, else 0 (torch passes 0 at the bounds)",
+         lambda t, x: t.nn.functional.hardtanh(x),
+         lambda sp, f, x: sp.Piecewise((-1, x <= -1), (1, x >= 1), (x, True)),
+         kinks=lambda t, x: (x + 1, x - 1), kink_text="hardtanh has kinks at -1 and 1", analytic=False),
     # ---- elementwise, several arguments --------------------------------------------------
     _row("atan2", 2, "elementwise", "atan2(y, x)", "d/dy = x/(x^2+y^2), d/dx = -y/(x^2+y^2)",
          lambda t, y, x: t.atan2(y, x), lambda sp, f, y, x: sp.atan2(y, x),
@@ -160,19 +248,30 @@ _ROWS = [
     _row("detach", 1, "stop", "detach(e)", "0: e is treated as a constant",
          lambda t, x: x.detach(), lambda sp, f, x: f.detach(x)),
     # ---- reductions to a scalar ------------------------------------------------------------
-    _row("sum", 1, "reduction", "sum(x)", "1 for every element",
-         lambda t, ctx, x: ctx.sum(x), lambda sp, f, x: x, reducer="sum"),
-    _row("mean", 1, "reduction", "mean(x)", "1/N for every element",
-         lambda t, ctx, x: ctx.mean(x), lambda sp, f, x: x, reducer="mean"),
-    _row("prod", 1, "reduction", "prod(x)", "the product of the other elements",
-         lambda t, ctx, x: ctx.prod(x), lambda sp, f, x: x, reducer="prod"),
-    _row("norm", 1, "reduction", "norm(x)", "x / norm(x) (the 2-norm); torch takes 0 at x = 0",
+    _row("sum", 1, "reduction", "sum(x[, dim])", "1 for every element",
+         lambda t, ctx, x: ctx.sum(x), lambda sp, f, x: x, reducer="sum", params=DIM, axis="sum", shape=rules.reduce,
+         index_form="sum(x, d)[..., 0, ...] = sum_k x[..., k, ...]",
+         vjp=('{G} repeated along dim {dim}',)),
+    _row("mean", 1, "reduction", "mean(x[, dim])", "1/N for every element",
+         lambda t, ctx, x: ctx.mean(x), lambda sp, f, x: x, reducer="mean", params=DIM, axis="mean", shape=rules.reduce,
+         index_form="mean(x, d)[..., 0, ...] = (1/n) sum_k x[..., k, ...]",
+         vjp=('{G} / n repeated along dim {dim} (n: its size)',)),
+    _row("prod", 1, "reduction", "prod(x[, dim])", "the product of the other elements",
+         lambda t, ctx, x: ctx.prod(x), lambda sp, f, x: x, reducer="prod", params=DIM, axis="prod", shape=rules.reduce,
+         index_form="prod(x, d)[..., 0, ...] = prod_k x[..., k, ...]",
+         vjp=('{G} * prod({0}, {dim}) / {0} (the product of the others)',)),
+    _row("norm", 1, "reduction", "norm(x[, dim])", "x / norm(x) (the 2-norm); torch takes 0 at x = 0",
          lambda t, ctx, x: ctx.norm(x), lambda sp, f, x: x**2, reducer="sum",
          post=_norm_post_sympy, kinks=_norm_kink, kink_text="norm has a kink where every element is 0",
-         analytic=False),
-    _row("logsumexp", 1, "reduction", "logsumexp(x)", "softmax(x)",
+         analytic=False, params=DIM, axis="norm", shape=rules.reduce,
+         index_form="norm(x, d)[..., 0, ...] = sqrt(sum_k x[..., k, ...]^2)",
+         vjp=('{G} * {0} / norm({0}, {dim})',)),
+    _row("logsumexp", 1, "reduction", "logsumexp(x[, dim])", "softmax(x)",
          lambda t, ctx, x: ctx.logsumexp(x), lambda sp, f, x: x, reducer="logsumexp",
-         analytic=False),  # analytic, but torch's logsumexp subtracts a max, which complex lacks
+         analytic=False,  # analytic, but torch's logsumexp subtracts a max, which complex lacks
+         params=DIM, axis="logsumexp", shape=rules.reduce,
+         index_form="logsumexp(x, d)[..., 0, ...] = log sum_k exp(x[..., k, ...])",
+         vjp=('{G} * softmax({0}, {dim})',)),
     _row("dot", 2, "reduction", "dot(a, b)", "d/da = b, d/db = a",
          lambda t, ctx, a, b: ctx.dot(a, b), lambda sp, f, a, b: a * b, reducer="sum"),
     # ---- losses (mean over elements) -------------------------------------------------------
@@ -187,6 +286,84 @@ _ROWS = [
          complex_torch=lambda t, ctx, z, y: ctx.mean((1 - y) * z + t.log1p(t.exp(-z)))),
     _row("mse", 2, "reduction", "mse(a, b)", "d/da = 2 (a - b) / N",
          lambda t, ctx, a, b: ctx.mean((a - b) ** 2), lambda sp, f, a, b: (a - b) ** 2, reducer="mean"),
+    # ---- structured: elements move between positions (T: sympy_tensor, L: torch_structured) ----
+    _row("matmul", 2, "structured", "A @ B or matmul(A, B)",
+         "d/dA = G @ B^T, d/dB = A^T @ G (G: the gradient of the result; vectors promoted as torch.matmul does)",
+         lambda t, L, a, b: L.matmul(a, b), lambda sp, T, a, b: T.matmul(a, b), shape=rules.matmul,
+         index_form="(A @ B)[..., i, j] = sum_k A[..., i, k] B[..., k, j]",
+         vjp=('{G} @ {1}^T', '{0}^T @ {G}')),
+    _row("transpose", 1, "structured", "transpose(x[, dim0, dim1]) or x.T",
+         "the gradient transposed back (the last two dims unless dims are given; 0-d and 1-d: identity)",
+         lambda t, L, x, dim0=-2, dim1=-1: L.transpose(x, dim0, dim1),
+         lambda sp, T, x, dim0=-2, dim1=-1: T.transpose(x, dim0, dim1),
+         params=Params(("dim0", "dim1"), (0, 2)), shape=rules.transpose,
+         index_form="x.T[..., i, j] = x[..., j, i]",
+         vjp=('transpose({G})',)),
+    _row("outer", 2, "structured", "outer(a, b)", "d/da_i = sum_j G_ij b_j, d/db_j = sum_i G_ij a_i",
+         lambda t, L, a, b: L.outer(a, b), lambda sp, T, a, b: T.outer(a, b), shape=rules.outer,
+         index_form="outer(a, b)[i, j] = a[i] b[j]",
+         vjp=('{G} @ {1}', '{G}^T @ {0}')),
+    _row("max", 1, "structured", "max(x[, dim])",
+         "1/k to each of the k elements that attain the maximum (torch.amax), 0 to the others",
+         lambda t, L, x, dim=None: L.reduce("amax", x, dim), lambda sp, T, x, dim=None: T.reduce("amax", x, dim),
+         params=DIM, axis="amax", shape=rules.reduce, kink_text="max has a kink where elements tie for the maximum",
+         analytic=False,
+         index_form="max(x, d)[..., 0, ...] = max_k x[..., k, ...]",
+         vjp=('{G} split evenly among the maxima of {0} along dim {dim}',)),
+    _row("min", 1, "structured", "min(x[, dim])",
+         "1/k to each of the k elements that attain the minimum (torch.amin), 0 to the others",
+         lambda t, L, x, dim=None: L.reduce("amin", x, dim), lambda sp, T, x, dim=None: T.reduce("amin", x, dim),
+         params=DIM, axis="amin", shape=rules.reduce, kink_text="min has a kink where elements tie for the minimum",
+         analytic=False,
+         index_form="min(x, d)[..., 0, ...] = min_k x[..., k, ...]",
+         vjp=('{G} split evenly among the minima of {0} along dim {dim}',)),
+    _row("var", 1, "structured", "var(x[, dim])", "2 (x - mean) / (n - 1)  (torch's correction=1, unbiased)",
+         lambda t, L, x, dim=None: L.reduce("var", x, dim), lambda sp, T, x, dim=None: T.reduce("var", x, dim),
+         params=DIM, axis="var", shape=rules.variance, analytic=False,
+         index_form="var(x, d)[..., 0, ...] = sum_k (x[..., k, ...] - mean)^2 / (n - 1)",
+         vjp=('{G} * 2 ({0} - mean({0}, {dim})) / (n - 1)',)),
+    _row("std", 1, "structured", "std(x[, dim])", "(x - mean) / ((n - 1) std)  (torch's correction=1, unbiased)",
+         lambda t, L, x, dim=None: L.reduce("std", x, dim), lambda sp, T, x, dim=None: T.reduce("std", x, dim),
+         params=DIM, axis="std", shape=rules.variance, analytic=False,
+         index_form="std(x, d)[..., 0, ...] = sqrt(var(x, d))",
+         vjp=('{G} * ({0} - mean({0}, {dim})) / ((n - 1) std({0}, {dim}))',)),
+    _row("softmax", 1, "structured", "softmax(x[, dim])", "s * (G - sum_k G_k s_k) along dim (s: the softmax)",
+         lambda t, L, x, dim=-1: L.softmax(x, dim), lambda sp, T, x, dim=-1: T.softmax(x, dim),
+         params=DIM, shape=rules.along, analytic=False,
+         index_form="softmax(x, d)[..., j, ...] = exp(x[..., j, ...]) / sum_k exp(x[..., k, ...])",
+         vjp=('s * ({G} - sum({G} * s, {dim})), s = softmax({0}, {dim})',)),
+    _row("log_softmax", 1, "structured", "log_softmax(x[, dim])", "G - softmax(x) sum_k G_k along dim",
+         lambda t, L, x, dim=-1: L.log_softmax(x, dim), lambda sp, T, x, dim=-1: T.log_softmax(x, dim),
+         params=DIM, shape=rules.along, analytic=False,
+         index_form="log_softmax(x, d)[..., j, ...] = x[..., j, ...] - log sum_k exp(x[..., k, ...])",
+         vjp=('{G} - softmax({0}, {dim}) * sum({G}, {dim})',)),
+    _row("cross_entropy", 2, "structured", "cross_entropy(logits, target)",
+         "(softmax(logits) - onehot(target)) / N, or (softmax(logits) - p) / N for probabilities p "
+         "(d/dp = -log_softmax(logits) / N)",
+         lambda t, L, z, y: L.cross_entropy(z, y), lambda sp, T, z, y: T.cross_entropy(z, y),
+         shape=rules.cross_entropy, analytic=False,
+         index_form="cross_entropy(z, y) = (1/N) sum_i (logsumexp_c z[i, c] - z[i, y[i]])",
+         vjp=('{G} * (softmax({0}) - t) / N, t = onehot({1}) (class indices) or {1} (probabilities)',
+              '{G} * -log_softmax({0}) / N (probabilities only)')),
+    _row("nll", 2, "structured", "nll(logp, target)", "-onehot(target) / N (torch's nll_loss, mean)",
+         lambda t, L, lp, y: L.nll(lp, y), lambda sp, T, lp, y: T.nll(lp, y), shape=rules.nll, analytic=False,
+         index_form="nll(logp, y) = -(1/N) sum_i logp[i, y[i]]",
+         vjp=('{G} * -onehot({1}) / N',)),
+    _row("reshape", 1, "structured", "reshape(x, d0, d1, ...)", "the gradient reshaped back",
+         lambda t, L, x, sizes: L.reshape(x, sizes), lambda sp, T, x, sizes: T.reshape(x, sizes),
+         params=Params(("sizes",), ()), shape=rules.reshape,
+         index_form="row-major order is kept",
+         vjp=('{G} reshaped back to the shape of {0}',)),
+    _row("cat", 1, "structured", "cat(t1, ..., tk[, dim])", "each input gets its slice of the gradient",
+         lambda t, L, *xs, dim=0: L.cat(xs, dim), lambda sp, T, *xs, dim=0: T.cat(xs, dim),
+         params=DIM, variadic=True, shape=rules.cat,
+         index_form="the inputs one after another along dim",
+         vjp=('the slice of {G} that {0} fills',)),
+    _row("stack", 1, "structured", "stack(t1, ..., tk[, dim])", "each input gets its slice of the gradient",
+         lambda t, L, *xs, dim=0: L.stack(xs, dim), lambda sp, T, *xs, dim=0: T.stack(xs, dim),
+         params=DIM, variadic=True, shape=rules.stack,
+         index_form="stack(...)[..., k, ...] = t_k[...]",
+         vjp=('{G} taken at the position of {0}',)),
 ]
 
 FUNCTIONS: dict[str, FunctionSpec] = {row.name: row for row in _ROWS}

@@ -57,11 +57,35 @@ class Compare:
 @dataclass(frozen=True)
 class Call:
     func: str
-    args: tuple
+    args: tuple  # the operands (sub-expressions)
     pos: int
+    params: tuple = ()  # literal parameters after the operands: dims, sizes, a slope (ints or floats)
 
 
-Node = Union[Num, Name, Const, Unary, Binary, Compare, Call]
+@dataclass(frozen=True)
+class Slice:
+    """`start:stop:step` inside [...]; None where a part is left out."""
+
+    start: int | None
+    stop: int | None
+    step: int | None
+
+    def text(self) -> str:
+        parts = ["" if v is None else str(v) for v in (self.start, self.stop)]
+        return ":".join(parts + ([str(self.step)] if self.step is not None else []))
+
+
+@dataclass(frozen=True)
+class Index:
+    """`x[0]`, `X[:, 1]`, `x[1:3]`: constant indices and slices (torch's basic indexing)."""
+
+    operand: "Node"
+    items: tuple  # ints and Slices, one per indexed dimension (leading dimensions first)
+    pos: int  # the '['
+    item_pos: tuple = ()  # 0-based offset of each item, for messages
+
+
+Node = Union[Num, Name, Const, Unary, Binary, Compare, Call, Index]
 
 
 def children(node: Node) -> tuple:
@@ -72,6 +96,8 @@ def children(node: Node) -> tuple:
         return (node.left, node.right)
     if isinstance(node, Call):
         return node.args
+    if isinstance(node, Index):
+        return (node.operand,)
     return ()
 
 
@@ -115,7 +141,18 @@ def calls_in(root: Node) -> set[str]:
     return {n.func for n in preorder(root) if isinstance(n, Call)}
 
 
-_PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "**": 4}
+_PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "@": 2, "**": 4}
+
+
+def param_text(p) -> str:
+    """A literal parameter as the user could have written it."""
+    return str(p) if isinstance(p, int) else repr(float(p))
+
+
+def _mixes(node, child) -> bool:
+    """`(a @ b)*c` and `(a*b) @ c` keep their parentheses: same precedence, but easy to misread."""
+    return (isinstance(child, Binary) and node.op in ("*", "/", "@") and child.op in ("*", "/", "@")
+            and (node.op == "@") != (child.op == "@"))
 
 
 def to_source(root: Node) -> str:
@@ -127,8 +164,12 @@ def to_source(root: Node) -> str:
         elif isinstance(node, (Name, Const)):
             out[id(node)] = (node.name, 9)
         elif isinstance(node, Call):
-            args = ", ".join(out[id(a)][0] for a in node.args)
+            args = ", ".join([out[id(a)][0] for a in node.args] + [param_text(p) for p in node.params])
             out[id(node)] = (f"{node.func}({args})", 9)
+        elif isinstance(node, Index):
+            text, prec = out[id(node.operand)]
+            items = ", ".join(i.text() if isinstance(i, Slice) else str(i) for i in node.items)
+            out[id(node)] = (f"{text if prec >= 9 else f'({text})'}[{items}]", 9)
         elif isinstance(node, Unary):
             text, prec = out[id(node.operand)]
             out[id(node)] = ("-" + (text if prec >= 3 else f"({text})"), 3)
@@ -140,8 +181,8 @@ def to_source(root: Node) -> str:
                 lt = lt if lp > prec else f"({lt})"
                 rt = rt if rp >= 3 else f"({rt})"
             else:
-                lt = lt if lp >= prec else f"({lt})"
+                lt = lt if lp >= prec and not _mixes(node, node.left) else f"({lt})"
                 rt = rt if rp > prec else f"({rt})"
-            out[id(node)] = (f"{lt} {node.op} {rt}" if prec < 2 else f"{lt}*{rt}" if node.op == "*"
-                             else f"{lt}{node.op}{rt}", prec)
+            out[id(node)] = (f"{lt} {node.op} {rt}" if prec < 2 or node.op == "@" else f"{lt}*{rt}"
+                             if node.op == "*" else f"{lt}{node.op}{rt}", prec)
     return out[id(root)][0]

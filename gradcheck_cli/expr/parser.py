@@ -5,10 +5,17 @@ character by character, into the IR of `ir.py`.  The grammar (lowest binding fir
 
     expr    := arith [('<' | '<=' | '>' | '>=') arith]      comparisons only inside where()
     arith   := term (('+' | '-') term)*
-    term    := unary (('*' | '/') unary)*
+    term    := unary (('*' | '/' | '@') unary)*                '@' is matmul, as in Python
     unary   := ('-' | '+')* power                            -x**2 is -(x**2), as in Python
-    power   := primary ['**' unary]                          right-associative
+    power   := postfix ['**' unary]                          right-associative
+    postfix := primary ('[' item (',' item)* ']' | '.T')*     constant indices; .T transposes
+    item    := INT | [INT] ':' [INT] [':' [INT]]             INT: a whole-number literal, '-' allowed
     primary := NUMBER | NAME | NAME '(' expr (',' expr)* ')' | '(' expr ')'
+
+A function's literal parameters (a dim, reshape's sizes, leaky_relu's slope) are written
+as its last arguments and must be literals: `sum(x, 1)`, `softmax(x, -1)`,
+`reshape(x, 2, -1)`, `cat(a, b, 1)` (cat and stack take a trailing integer literal as the
+dim).  `.T` is the only attribute the grammar knows.
 
 Every limit is checked before Python's own stack or memory could run out, and each
 has a message of its own.
@@ -19,101 +26,18 @@ from __future__ import annotations
 import difflib
 import keyword
 import math
-import re
-import unicodedata
-from dataclasses import dataclass
 
 from gradcheck_cli.errors import ParseError
 from gradcheck_cli.expr import ir
 from gradcheck_cli.expr.functions import CONSTANTS, FUNCTIONS
+from gradcheck_cli.expr.tokens import INT, WHITESPACE, Token, tokenize  # noqa: F401  (tokenize re-exported)
 
 MAX_LENGTH = 10_000  # characters
 MAX_NESTING = 100  # parentheses, calls and exponents inside each other
 MAX_TREE_DEPTH = 300  # operations applied on top of each other (a+b+c+... counts one per '+')
 MAX_NODES = 5_000
 MAX_CONSTANT_MAGNITUDE = 1e300  # a constant power above this is rejected, not computed
-
-# Tabs and line breaks separate tokens like spaces do (a long expression in a spec file may
-# span lines); every other character outside printable ASCII is rejected with its position.
-_WHITESPACE = " \t\n\r"
-_NUMBER = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_OPERATORS = ("**", "<=", ">=", "<", ">", "+", "-", "*", "/", "(", ")", ",")
-_HINTS = {
-    "^": "'^' is not a power operator here: use ** for powers (x**2)",
-    "[": "subscripts and list literals are not part of expressions: give tensors with --at NAME=[...]",
-    "]": "subscripts and list literals are not part of expressions: give tensors with --at NAME=[...]",
-    ".": "attribute access is not part of the expression language",
-    "=": "assignment and '==' are not part of the expression language (comparisons: < <= > >= inside where)",
-    "!": "'!=' is not part of the expression language (comparisons: < <= > >= inside where)",
-    ":": "':' (slices, lambdas, walrus) is not part of the expression language",
-    "'": "strings are not part of the expression language",
-    '"': "strings are not part of the expression language",
-    "%": "'%' is not supported; the operators are + - * / **",
-    "@": "'@' is not supported; use dot(a, b) for a dot product",
-    "{": "braces are not part of the expression language",
-    "}": "braces are not part of the expression language",
-    ";": "one expression only; ';' is not part of the language",
-    "&": "bitwise operators are not part of the expression language",
-    "|": "bitwise operators are not part of the expression language",
-    "~": "bitwise operators are not part of the expression language",
-    "#": "comments are not part of the expression language",
-    "\\": "backslashes are not part of the expression language",
-    "`": "backticks are not part of the expression language",
-    "$": "'$' is not part of the expression language",
-    "?": "'?' is not part of the expression language",
-}
-
-
-@dataclass(frozen=True)
-class Token:
-    kind: str  # 'num', 'name', 'op', 'end'
-    text: str
-    pos: int
-
-
-def _describe_char(ch: str) -> str:
-    name = unicodedata.name(ch, "control character" if unicodedata.category(ch).startswith("C") else "unnamed")
-    return f"U+{ord(ch):04X} {name}"
-
-
-def tokenize(source: str) -> list[Token]:
-    """Split `source` into tokens; reject anything outside printable ASCII with its position."""
-    tokens: list[Token] = []
-    i, n = 0, len(source)
-    while i < n:
-        ch = source[i]
-        if ch in _WHITESPACE:
-            i += 1
-            continue
-        if not (" " <= ch <= "~"):
-            raise ParseError(
-                f"character {_describe_char(ch)} at column {i + 1} is not allowed: "
-                "expressions are printable ASCII only", source=source, column=i + 1)
-        m = _NUMBER.match(source, i)
-        if m:
-            tokens.append(Token("num", m.group(), i))
-            i = m.end()
-            # ASCII letters only: any other character is reported (by name, not echoed)
-            # by the printable-ASCII check at the top of the loop.
-            if i < n and source[i].isascii() and (source[i].isalpha() or source[i] == "_"):
-                raise ParseError(f"unexpected '{source[i]}' right after the number at column {i + 1}"
-                                 " (write multiplication as 2*x)", source=source, column=i + 1)
-            continue
-        m = _NAME.match(source, i)
-        if m:
-            tokens.append(Token("name", m.group(), i))
-            i = m.end()
-            continue
-        op = next((o for o in _OPERATORS if source.startswith(o, i)), None)
-        if op is None:
-            hint = _HINTS.get(ch, f"'{ch}' is not part of the expression language")
-            raise ParseError(f"{hint} (column {i + 1})", source=source, column=i + 1)
-        tokens.append(Token("op", op, i))
-        i += len(op)
-    tokens.append(Token("end", "", n))
-    return tokens
-
+MAX_INT_DIGITS = 15  # an index, dim or size literal longer than this is out of any range
 
 class _Parser:
     def __init__(self, source: str, tokens: list[Token]):
@@ -123,6 +47,7 @@ class _Parser:
         self.nesting = 0
         self.nodes = 0
         self.depth: dict[int, int] = {}  # id(node) -> height of its subtree
+        self.last_item_pos = 0  # where the index item being read starts
 
     # -- helpers -------------------------------------------------------------
     def error(self, message: str, pos: int) -> ParseError:
@@ -140,11 +65,11 @@ class _Parser:
     def at_op(self, *ops: str) -> bool:
         return self.tok.kind == "op" and self.tok.text in ops
 
-    def expect(self, op: str, opened_at: int | None = None) -> Token:
+    def expect(self, op: str, opened_at: int | None = None, opener: str = "(") -> Token:
         if self.at_op(op):
             return self.take()
         found = "the end of the expression" if self.tok.kind == "end" else f"'{self.tok.text}'"
-        extra = f" to close the '(' at column {opened_at + 1}" if opened_at is not None else ""
+        extra = f" to close the '{opener}' at column {opened_at + 1}" if opened_at is not None else ""
         raise self.error(f"expected '{op}'{extra}, found {found}", self.tok.pos)
 
     def make(self, node: ir.Node) -> ir.Node:
@@ -171,8 +96,8 @@ class _Parser:
         node = self.expr()
         if self.tok.kind != "end":
             tok = self.tok
-            if tok.kind == "op" and tok.text == ")":
-                raise self.error("unmatched ')'", tok.pos)
+            if tok.kind == "op" and tok.text in (")", "]"):
+                raise self.error(f"unmatched '{tok.text}'", tok.pos)
             if tok.kind == "op" and tok.text in ("<", "<=", ">", ">="):
                 raise self.error("comparisons cannot be chained", tok.pos)
             raise self.error(f"unexpected '{tok.text}' (missing operator?)", tok.pos)
@@ -195,7 +120,7 @@ class _Parser:
 
     def term(self) -> ir.Node:
         node = self.unary()
-        while self.at_op("*", "/"):
+        while self.at_op("*", "/", "@"):
             op = self.take()
             node = self.make(ir.Binary(op.text, node, self.unary(), op.pos))
         return node
@@ -212,7 +137,7 @@ class _Parser:
         return node
 
     def power(self) -> ir.Node:
-        base = self.primary()
+        base = self.postfix()
         if self.at_op("**"):
             op = self.take()
             self.enter(op.pos)
@@ -222,6 +147,61 @@ class _Parser:
             self.check_constant_power(node)
             return node
         return base
+
+    def postfix(self) -> ir.Node:
+        node = self.primary()
+        while self.at_op("[", ".T"):
+            tok = self.take()
+            if tok.text == ".T":
+                node = self.make(ir.Call("transpose", (node,), tok.pos))
+                continue
+            self.enter(tok.pos)
+            items, positions = [self.index_item()], []
+            positions.append(self.last_item_pos)
+            while self.at_op(","):
+                self.take()
+                items.append(self.index_item())
+                positions.append(self.last_item_pos)
+            self.expect("]", opened_at=tok.pos, opener="[")
+            self.nesting -= 1
+            node = self.make(ir.Index(node, tuple(items), tok.pos, tuple(positions)))
+        return node
+
+    def int_literal(self, what: str) -> int | None:
+        """An optional whole-number literal (a '-' or '+' sign allowed); None when there is none."""
+        start = self.tok
+        sign = 1
+        if self.at_op("-", "+"):
+            sign = -1 if self.take().text == "-" else 1
+        tok = self.tok
+        if tok.kind != "num":
+            if start is not tok:
+                raise self.error(f"{what} must be a whole-number literal", tok.pos)
+            return None
+        if not INT.fullmatch(tok.text):
+            raise self.error(f"{what} must be a whole-number literal, got {tok.text}", tok.pos)
+        if len(tok.text) > MAX_INT_DIGITS:
+            raise self.error(f"{what} {tok.text[:20]}... is too large", tok.pos)
+        self.take()
+        return sign * int(tok.text)
+
+    def index_item(self):
+        """One item inside [...]: an integer literal, or a slice start:stop:step."""
+        self.last_item_pos = self.tok.pos
+        what = "an index"
+        start = self.int_literal(what)
+        if not self.at_op(":"):
+            if start is None:
+                raise self.error("an index must be a whole-number literal (x[0], x[-1]) or a slice (x[1:3], x[:, 0]); "
+                                 "tensor indices are not supported", self.tok.pos)
+            return start
+        self.take()
+        stop = self.int_literal("a slice bound")
+        step = None
+        if self.at_op(":"):
+            self.take()
+            step = self.int_literal("a slice step")
+        return ir.Slice(start, stop, step)
 
     def primary(self) -> ir.Node:
         tok = self.tok
@@ -243,6 +223,8 @@ class _Parser:
             return node
         if tok.kind == "end":
             raise self.error("unexpected end of expression", tok.pos)
+        if self.at_op("["):
+            raise self.error("list literals are not part of expressions: give tensors with --at NAME=[...]", tok.pos)
         raise self.error(f"unexpected '{tok.text}'", tok.pos)
 
     def name_or_call(self, tok: Token) -> ir.Node:
@@ -274,10 +256,7 @@ class _Parser:
                 args.append(self.expr())
         self.expect(")", opened_at=open_tok.pos)
         self.nesting -= 1
-        spec = FUNCTIONS[name]
-        if len(args) != spec.arity:
-            raise self.error(f"{name}() takes {spec.arity} argument{'s' if spec.arity != 1 else ''} "
-                             f"({spec.signature}), got {len(args)}", tok.pos)
+        args, params = self.split_params(name, args, tok)
         for k, arg in enumerate(args):
             is_cmp = isinstance(arg, ir.Compare)
             if name == "where" and k == 0 and not is_cmp:
@@ -285,7 +264,40 @@ class _Parser:
                                  getattr(arg, "pos", tok.pos))
             if is_cmp and not (name == "where" and k == 0):
                 raise self.error("a comparison is only allowed as the first argument of where()", arg.pos)
-        return self.make(ir.Call(name, tuple(args), tok.pos))
+        return self.make(ir.Call(name, tuple(args), tok.pos, params))
+
+    def split_params(self, name: str, args: list, tok: Token) -> tuple[list, tuple]:
+        """Separate a call's operands from its literal parameters (dims, sizes, a slope)."""
+        spec = FUNCTIONS[name]
+        p = spec.params
+        if spec.variadic:  # cat(a, b, 1): a trailing integer literal is the dim
+            n = len(args) - (1 if len(args) > 1 and _int_value(args[-1]) is not None else 0)
+            if n < spec.arity:
+                raise self.error(f"{name}() needs at least {spec.arity} tensor ({spec.signature})", tok.pos)
+        elif p is not None and not p.counts:  # reshape(x, 2, 3): every size after the operand
+            n = spec.arity
+            if len(args) <= n:
+                raise self.error(f"{name}() takes {n} operand and at least one size ({spec.signature}), "
+                                 f"got {len(args)} argument{'s' if len(args) != 1 else ''}", tok.pos)
+        else:
+            allowed = sorted(spec.arity + c for c in (p.counts if p else (0,)))
+            if len(args) not in allowed:
+                counts = " or ".join(map(str, allowed))
+                raise self.error(f"{name}() takes {counts} argument{'s' if allowed != [1] else ''} "
+                                 f"({spec.signature}), got {len(args)}", tok.pos)
+            n = spec.arity
+        params = []
+        for k, arg in enumerate(args[n:]):
+            label = p.names[min(k, len(p.names) - 1)]
+            value = _int_value(arg) if p.kind == "int" else _number_value(arg)
+            if value is None:
+                kind = "a whole-number literal like 1 or -1" if p.kind == "int" else "a number literal like 0.1"
+                raise self.error(f"the {label} of {name}() must be {kind} (a fixed number, not an expression)",
+                                 arg.pos)
+            if isinstance(value, int) and abs(value) >= 10**MAX_INT_DIGITS:
+                raise self.error(f"the {label} of {name}() is too large ({value:.3g})", arg.pos)
+            params.append(value)
+        return args[:n], tuple(params)
 
     def check_constant_power(self, node: ir.Binary) -> None:
         """Reject a power of constants whose size cannot be represented, before anyone computes it."""
@@ -305,6 +317,23 @@ class _Parser:
         if not math.isfinite(value) or abs(value) > MAX_CONSTANT_MAGNITUDE:
             raise self.error(f"constant power {text} is too large to compute "
                              f"(limit {MAX_CONSTANT_MAGNITUDE:g})", node.pos)
+
+
+def _int_value(node: ir.Node) -> int | None:
+    """The value of a whole-number literal (`2`, `-1`), or None for anything else."""
+    sign = 1
+    if isinstance(node, ir.Unary):
+        sign, node = -1, node.operand
+    if isinstance(node, ir.Num) and INT.fullmatch(node.text):
+        return sign * int(node.text) if len(node.text) <= 30 else sign * 10**30
+    return None
+
+
+def _number_value(node: ir.Node) -> float | None:
+    """The value of a number literal, optionally negated, or None for anything else."""
+    if isinstance(node, ir.Unary) and isinstance(node.operand, ir.Num):
+        return -node.operand.value
+    return node.value if isinstance(node, ir.Num) else None
 
 
 def _constant_value(node: ir.Node) -> float | None:
@@ -339,7 +368,7 @@ def parse(source: str) -> ir.Node:
         raise ParseError(f"an expression must be text, not {type(source).__name__}")
     if len(source) > MAX_LENGTH:
         raise ParseError(f"expression too long ({len(source)} characters; the limit is {MAX_LENGTH})")
-    if not source.strip(_WHITESPACE):
+    if not source.strip(WHITESPACE):
         raise ParseError("empty expression")
     root = _Parser(source, tokenize(source)).parse()
     _check_comparisons(root, source)

@@ -20,6 +20,7 @@ from gradcheck_cli.errors import UserInputError
 from gradcheck_cli.expr import ir, parse
 from gradcheck_cli.expr import shapes as shape_inference
 from gradcheck_cli.expr.functions import CONSTANTS, FUNCTIONS, KINK_CONVENTIONS
+from gradcheck_cli.loss_notes import bce_clamped
 from gradcheck_cli.report import CheckResult, Diagnostic, GradientResult, Report
 from gradcheck_cli.shared import SharedOptions, dedupe, validate_seed, validate_shared, worst_of_points
 from gradcheck_cli.tolerances import DTYPE_EPS
@@ -208,7 +209,7 @@ def check_at(prep: Prepared, arrays: dict, opts: Options) -> CheckResult:
         diags.extend(extra)
     diags.extend(_kink_diagnostics(prep, fd_results, auto.gradients, out_shape))
     diags.extend(_sampling_diagnostics(prep, fd_results))
-    diags.extend(_value_diagnostics(prep, auto.value, sym_value, arrays, opts))
+    diags.extend(_value_diagnostics(prep, auto.value, sym_value, arrays, opts) + bce_clamped(prep.root, ref_arrays))
     diags.extend(_rounding_diagnostics(arrays, ref_arrays, opts.dtype))
     for w in auto.unused:
         diags.append(Diagnostic("no_dependence", f"autograd's graph does not reach {w!r} "

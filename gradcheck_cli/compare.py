@@ -140,13 +140,17 @@ def compare(wrt: str, auto: np.ndarray, sym: np.ndarray | None, fd: np.ndarray |
         abs_e, rel_e = elementwise_errors(auto, ref)
     else:
         abs_e = rel_e = np.zeros(auto.shape)
-    # accepted entries (a kink's subgradient) never outrank a failing one
-    score = np.where(np.isnan(ratio), np.inf, np.where(ok, np.minimum(ratio, 1.0), ratio))
+    # accepted entries (a kink's subgradient) never outrank a failing one (in place: Jacobians are large)
+    score = np.array(ratio, dtype=np.float64)
+    np.minimum(score, 1.0, out=score, where=ok)
+    score[np.isnan(score)] = np.inf
     worst = None
     if auto.size:
-        flat = np.lexsort((np.nan_to_num(abs_e, nan=np.inf).reshape(-1), np.nan_to_num(rel_e, nan=np.inf).reshape(-1),
-                           score.reshape(-1)))[-1]
-        worst = tuple(int(i) for i in np.unravel_index(int(flat), auto.shape))
+        flat_score = score.reshape(-1)
+        tied = np.flatnonzero(flat_score == flat_score.max())  # ties (all inf when allowed is 0): larger errors first
+        pick = np.lexsort((np.nan_to_num(abs_e.reshape(-1)[tied], nan=np.inf),
+                           np.nan_to_num(rel_e.reshape(-1)[tied], nan=np.inf)))[-1]
+        worst = tuple(int(i) for i in np.unravel_index(int(tied[pick]), auto.shape))
     out_of_tolerance = ~ok & finite_a
     if out_of_tolerance.any():
         diags.insert(0, _mismatch(mismatch, wrt, auto, ref, primary, out_of_tolerance, worst, tol, fd_err,
@@ -161,10 +165,13 @@ def _reference_diagnostics(wrt, auto, sym, fd, fd_err, tol, sym_ok, fd_ok, usabl
     diags = []
     # autograd agrees with the exact derivative; finite differences alone differ
     explained = sym_ok & ~fd_ok & ~in_kink
-    with np.errstate(all="ignore"):
-        # finite differences agree with autograd only through their own error estimate: the
-        # step is too coarse to judge at this tolerance (a 5% off forward difference)
-        coarse = usable & sym_ok & fd_ok & ~in_kink & references_differ(fd, sym, tol["atol"], tol["rtol"])
+    # finite differences agree with autograd only through their own error estimate: the
+    # step is too coarse to judge at this tolerance (a 5% off forward difference)
+    coarse = np.array(usable & sym_ok & fd_ok & ~in_kink, dtype=bool)  # an array even for a scalar gradient
+    coarse &= fd != sym  # equal references never disagree (most of a sparse Jacobian: exact zeros)
+    where = np.flatnonzero(coarse)
+    coarse.reshape(-1)[where] = references_differ(fd.reshape(-1)[where], sym.reshape(-1)[where], tol["atol"],
+                                                  tol["rtol"])
     if stop_gradient:
         explained, coarse = explained | coarse, np.zeros_like(coarse)
     if explained.any():

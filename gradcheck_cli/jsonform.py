@@ -211,7 +211,12 @@ def summary_form(g) -> dict:
            "reference": g.reference, "failed_elements": g.failed_elements,
            "worst_index": None if g.worst_index is None else [int(i) for i in g.worst_index],
            "worst": worst_object(g), "worst_entries": worst_entries(g), "tolerance": jsonable(g.tolerance),
-           "errors": jsonable(g.errors), "input_shape": list(g.input_shape), "output_shape": list(g.output_shape)}
+           "errors": jsonable(g.errors)}
+    if getattr(g, "entries", None) is not None:  # sampled: `shape` counts the entries, as in entry_form
+        out.update({"format": "entries", "jacobian_shape": list(g.output_shape) + list(g.input_shape),
+                    "jacobian_output_shape": list(g.output_shape), "jacobian_input_shape": list(g.input_shape)})
+    else:
+        out.update({"input_shape": list(g.input_shape), "output_shape": list(g.output_shape)})
     details = getattr(g, "details", None)
     if details:
         out.update(jsonable(_without_arrays(details)))

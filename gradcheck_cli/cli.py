@@ -302,15 +302,25 @@ def steps(
     plot: Optional[Path] = typer.Option(None, "--plot", help="write the chart to FILE (.svg, or .png with "
                                                              "matplotlib installed)"),
     as_json: bool = typer.Option(False, "--json", help="the curves as JSON on stdout, and nothing else"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N, checked as check checks it (a device "
+                               "torch does not have is exit 2); the curves are float64 finite differences against "
+                               "the exact derivative, computed on the CPU whatever the device"),
 ) -> None:
     """Finite-difference error against step size, as a chart (the V-shaped curve)."""
     try:
+        from gradcheck_cli.devices import check_syntax, require
         from gradcheck_cli.render.steps import render_steps
         from gradcheck_cli.steps import step_curves
 
+        check_syntax(device)
+
+        def ready() -> None:  # after parsing: a typo stays instant
+            _load_engines()
+            require(device)
+
         with stdout_to_stderr():
             result = step_curves(expr, _assignments(at), wrt=_split_wrt(wrt), loss=loss, target=target, fd=fd,
-                                 seed=seed, on_ready=_load_engines)  # after parsing: a typo stays instant
+                                 seed=seed, on_ready=ready)
         render_steps(result, as_json=as_json, plot=plot)
     except UserInputError as err:
         raise fail(err, as_json) from None

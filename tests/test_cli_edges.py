@@ -42,13 +42,14 @@ ERRORS = [
     (["run", "{bad}"], "spec", "colour"),
     (["run", "{spec}", "--shard", "3/2"], "input", "shard"),
     (["steps", "sin(x", "--at", "x=1"], "parse", "expected ')'"),
-    (["steps", "sin(x)", "--at", "x=1", "--device", "cuda"], "usage", "No such option: --device"),
+    (["steps", "sin(x)", "--at", "x=1", "--bogus"], "usage", "No such option: --bogus"),
+    (["steps", "sin(x)", "--at", "x=1", "--device", "tpu"], "input", "--device must be cpu, cuda or cuda:N"),
 ]
 
 
 @pytest.mark.parametrize("args, kind, fragment", ERRORS,
                          ids=["check-parse", "check-input", "check-usage", "check-missing-arg", "op-target",
-                              "op-option", "run-spec", "run-shard", "steps-parse", "steps-usage"])
+                              "op-option", "run-spec", "run-shard", "steps-parse", "steps-usage", "steps-device"])
 def test_exit_2_with_json_prints_the_error_document(spec, args, kind, fragment):
     args = [a.format(spec=spec[0], bad=spec[1]) for a in args]
     result = run_gradcheck(args + ["--json"])
@@ -79,7 +80,8 @@ def test_a_parse_error_keeps_its_column():
     ["op", "torch:sin", "--at", "x=randn(3)", "--device", "cuda"],
     ["op", "torch:sin", "--at", "x=randn(3)", "--device", "cuda:0"],
     ["run", "{spec}", "--device", "cuda:2"],
-], ids=["check-cuda", "check-cuda1", "op-cuda", "op-cuda0", "run-cuda2"])
+    ["steps", "sin(x)", "--at", "x=1", "--device", "cuda"],
+], ids=["check-cuda", "check-cuda1", "op-cuda", "op-cuda0", "run-cuda2", "steps-cuda"])
 def test_cuda_without_a_gpu_is_exit_2_with_a_clear_message(spec, args):
     args = [a.format(spec=spec[0]) for a in args]
     result = run_gradcheck(args + ["--json"])

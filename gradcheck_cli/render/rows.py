@@ -156,12 +156,10 @@ def gradient_rows(g, primary: str) -> list:
     indices = shown_indices(g)
     worst = tuple(g.worst_index or ())
     out = []
+    # the worst is named among several failing rows, and always in a gradient too large to show whole
+    name_worst = _count(g) > MAX_ROWS or (not g.passed and len(indices) > 1)
     for idx in indices:
-        many = len(indices) > 1 or _count(g) > MAX_ROWS
-        suffix = " (worst)" if many and tuple(idx) == worst and not g.passed else ""
-        if _count(g) > MAX_ROWS and g.passed and tuple(idx) == worst:
-            suffix = " (worst)"
-        out.append(row(g, idx, primary, suffix))
+        out.append(row(g, idx, primary, " (worst)" if name_worst and tuple(idx) == worst else ""))
     return out
 
 

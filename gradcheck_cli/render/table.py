@@ -17,7 +17,7 @@ import numpy as np
 
 from gradcheck_cli.render.console import make_console  # noqa: F401  (the renderers' console, re-exported)
 from gradcheck_cli.render.fit import Column, fit, fold_pairs
-from gradcheck_cli.render.rows import (FLAG, REF_NAMES, count_line, fmt, fmt_err, gradient_rows, has_both,  # noqa: F401
+from gradcheck_cli.render.rows import (FLAG, count_line, fmt, fmt_err, gradient_rows, has_both,  # noqa: F401
                                        primary_reference)
 
 MAX_ROWS_PER_VARIABLE = 8  # tensors with more elements show their failing (or worst) elements

@@ -10,7 +10,7 @@ Heavy modules (torch, sympy) load on first use, so importing this package is che
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from gradcheck_cli.versions import GRADCHECK_VERSION as __version__
 
 __all__ = ["check_expression", "check_op", "check_module", "assert_expression", "assert_op", "assert_module",
            "Report", "CheckResult", "GradientResult", "Diagnostic", "UserInputError", "__version__"]

@@ -15,12 +15,14 @@ import numpy as np
 from gradcheck_cli import check_notes as notes
 from gradcheck_cli import compare as cmp
 from gradcheck_cli.budget import OutOfTime, time_budget
+from gradcheck_cli.devices import require as require_device
 from gradcheck_cli.dtypes import rounded, torch_version
 from gradcheck_cli.errors import UserInputError
 from gradcheck_cli.expr import ir, parse
 from gradcheck_cli.expr import shapes as shape_inference
 from gradcheck_cli.expr.functions import CONSTANTS, FUNCTIONS, KINK_CONVENTIONS
 from gradcheck_cli.check_notes import TARGET
+from gradcheck_cli.loss_notes import bce_clamped
 from gradcheck_cli.report import CheckResult, Diagnostic, GradientResult, Report
 from gradcheck_cli.shared import SharedOptions, dedupe, validate_seed, validate_shared, worst_of_points
 from gradcheck_cli.values import Value, parse_value, parse_values
@@ -232,7 +234,7 @@ def check_at(prep: Prepared, arrays: dict, opts: Options) -> CheckResult:
         diags.extend(extra)
     diags.extend(notes.kink_diagnostics(prep, fd_results, auto.gradients, out_shape))
     diags.extend(notes.sampling_diagnostics(prep, fd_results))
-    diags.extend(notes.value_diagnostics(prep, auto.value, sym_value, arrays, opts))
+    diags.extend(notes.value_diagnostics(prep, auto.value, sym_value, arrays, opts) + bce_clamped(prep.root, ref_arrays))
     diags.extend(notes.rounding_diagnostics(arrays, ref_arrays, opts.dtype))
     for w in auto.unused:
         diags.append(Diagnostic("no_dependence", f"autograd's graph does not reach {w!r} "
@@ -282,7 +284,7 @@ def _gradient(prep, w, auto, sym, fd, out_shape, tol, formula) -> tuple[Gradient
         lo = np.where(mask, np.minimum(f_sl, b_sl), np.nan)
         hi = np.where(mask, np.maximum(f_sl, b_sl), np.nan)
     result = cmp.compare(w, auto, sym, fd_jac, fd_err, tol, kink_lo=lo, kink_hi=hi,
-                         stop_gradient="detach" in prep.calls, has_where="where" in prep.calls)
+                         stop_gradient="detach" in prep.calls, has_where="where" in prep.calls, input_ndim=len(in_shape))
     computed = None if fd.sampled is None else ~np.isnan(fd_jac)
     g = GradientResult(
         wrt=w, shape=shape, input_shape=tuple(in_shape), output_shape=tuple(out_shape), autograd=auto,
@@ -290,7 +292,7 @@ def _gradient(prep, w, auto, sym, fd, out_shape, tol, formula) -> tuple[Gradient
         max_abs_error=cmp.max_error(result.abs_err), max_rel_error=cmp.max_error(result.rel_err),
         reference=result.reference, worst_index=result.worst, passed=result.passed,
         tolerance={"atol": tol["atol"], "rtol": tol["rtol"], "fd_safety": cmp.FD_SAFETY},
-        errors=result.errors, formula=formula, failed_elements=int((~result.ok).sum()))
+        errors=result.errors, formula=formula, failed_elements=int((~result.ok).sum()), failing=result.failing)
     return g, result.diagnostics
 
 
@@ -335,7 +337,8 @@ def _hessian(prep, arrays, ref_arrays, auto, tol, opts, scheme):
         diags.append(Diagnostic("symbolic_unavailable", "the symbolic Hessian expands every element and is "
                                 f"limited to {expanded.MAX_EXPANDED_ELEMENTS} elements in all; symbolic is null"))
     fd_h = _fd_hessian(prep, ref_arrays, opts)
-    result = cmp.compare("hessian", auto.hessian, sym_h, fd_h, np.abs(fd_h) * 1e-6 + 1e-8, tol)
+    result = cmp.compare("hessian", auto.hessian, sym_h, fd_h, np.abs(fd_h) * 1e-6 + 1e-8, tol,
+                         mismatch="hessian_mismatch")
     diags.extend(result.diagnostics)
     labels = [w if prep.var_shapes[w] == () else f"{w}[{', '.join(map(str, idx))}]"
               for w in prep.wrt for idx in np.ndindex(*prep.var_shapes[w])]
@@ -386,6 +389,7 @@ def check_expression(expr: str, at: Any = None, *, wrt: Iterable[str] | None = N
 
 def run_prepared(prep: Prepared, opts: Options, progress=None) -> CheckResult:
     """The given point, then --points random ones; the worst is reported."""
+    require_device(opts.device)  # exit 2, not a traceback, for a device torch does not have
     return worst_of_points(lambda arrays: check_at(prep, arrays, opts), prep.values, opts.seed, opts.points,
                            fixed=(TARGET,), progress=progress)
 

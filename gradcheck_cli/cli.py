@@ -6,14 +6,14 @@ commands, so `gradcheck --help` stays instant.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
+from gradcheck_cli.cli_io import (JsonErrorGroup, check_detail, emit, fail, prepare_junit, progress, quiet_broken_pipe,
+                                  stdout_to_stderr)
 from gradcheck_cli.errors import UserInputError
 from gradcheck_cli.output import write_stdout
 from gradcheck_cli.tolerances import describe as describe_tolerances
@@ -28,7 +28,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
+    cls=JsonErrorGroup,
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from gradcheck_cli.versions import version_text
+
+        typer.echo(version_text())
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
+                                       help="print the versions of gradcheck, torch, SymPy and Python, and exit")
+          ) -> None:
+    pass
 
 FD_HELP = ("finite-difference scheme: auto (complex step where the expression is real-analytic, else "
            "richardson), central, forward, richardson, complex")
@@ -47,6 +63,19 @@ def _at_option():
                         help="a value: number, [nested,list], randn(d,...), rand(..), zeros(..), ones(..), "
                              "linspace(a,b,n); int([..]), randint(lo,hi,d,...), bool([..]) for class indices "
                              "and masks (never differentiated); repeatable")
+
+
+DEVICE_HELP = ("cpu, cuda or cuda:N (the N-th GPU): where autograd / the op runs. A device torch does not have "
+               "is exit 2")
+JSON_DETAIL_HELP = ("with --json: full (every number; Jacobians past 262,144 entries as their nonzero entries, inputs "
+                    "and outputs past 65,536 elements summarized) or summary (verdicts, worst entries, errors and "
+                    "diagnostics; no arrays)")
+EXPR_HELP = ("the expression, e.g. \"sigmoid(w*x+b)\". One that starts with '-' goes after '--', behind every "
+             "option: gradcheck {command} --at x=1 -- \"-x**2\"")
+
+
+def _json_detail_option():
+    return typer.Option("full", "--json-detail", metavar="full|summary", help=JSON_DETAIL_HELP)
 
 
 def _common_options():
@@ -85,98 +114,6 @@ def _assignments(items: Optional[List[str]]) -> list:
     return [split_assignment(item) for item in (items or [])]
 
 
-def _fail(err: UserInputError) -> "typer.Exit":
-    typer.echo(f"gradcheck: error: {err.render()}", err=True)
-    return typer.Exit(2)
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr():
-    """While checks run, anything printed to stdout (an op's own print(), a C extension's
-    printf, a --jobs worker) goes to stderr: stdout carries the report and nothing else.
-
-    Both levels are redirected: sys.stdout for Python code, and file descriptor 1 for C
-    code and the worker processes, which inherit it."""
-    sys.stdout.flush()
-    saved = None
-    try:
-        fd = sys.stdout.fileno()
-        sys.stderr.flush()
-        saved = os.dup(fd)
-        os.dup2(sys.stderr.fileno(), fd)
-    except (AttributeError, OSError, ValueError):  # no real stdout (a test runner's buffer): Python level only
-        saved = None
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        if saved is not None:
-            try:
-                sys.__stdout__.flush()
-            except (AttributeError, OSError, ValueError):
-                pass
-            os.dup2(saved, fd)
-            os.close(saved)
-
-
-def _emit(report, as_json: bool, junit: Optional[Path], summary: bool = False) -> None:
-    """Write JUnit to its file (atomically) and the report (table or JSON) to stdout; exit
-    with the report's code.  `summary`: one row per check plus the failed checks' tables
-    (for `run`).  A write that fails after the checks ran still delivers what it can and
-    keeps the verdict: exit 1 stays 1; a passing run whose report could not be written
-    exits 2, never 0."""
-    problems = []
-    if junit is not None:
-        from gradcheck_cli.render import junit as junit_render
-
-        try:
-            junit_render.write(report, junit)
-        except UserInputError as err:
-            problems.append(err.render())
-    try:
-        if as_json:
-            from gradcheck_cli.render import json_out
-
-            write_stdout(json_out.render(report) + "\n")
-        elif summary:
-            from gradcheck_cli.render import summary as summary_render
-
-            summary_render.render(report)
-        else:
-            from gradcheck_cli.render import table
-
-            table.render(report)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        raise
-    except OSError as exc:
-        problems.append(f"cannot write the report to stdout: {exc.strerror or exc}")
-        _stdout_to_devnull()
-    for problem in problems:
-        typer.echo(f"gradcheck: error: {problem}", err=True)
-    code = report.exit_code
-    raise typer.Exit(2 if problems and code == 0 else code)
-
-
-def _stdout_to_devnull() -> None:
-    """After a failed write: what is left in stdout's buffer goes nowhere, quietly (the
-    interpreter's last flush would otherwise complain about it)."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):
-        pass
-
-
-def _prepare_junit(junit: Optional[Path]) -> None:
-    """An unwritable --junit path is found before any check runs (exit 2 at once)."""
-    if junit is not None:
-        from gradcheck_cli.output import prepare_file
-
-        prepare_file(junit, "--junit")
-
-
 def _check_timeout(timeout: Optional[float]) -> None:
     import math
 
@@ -184,28 +121,9 @@ def _check_timeout(timeout: Optional[float]) -> None:
         raise UserInputError(f"--timeout must be a number of seconds >= 0 (0: no limit), got {timeout!r}")
 
 
-def _progress(label: str, enabled: bool):
-    """A progress callback drawing on stderr, only when stderr is a terminal."""
-    if not enabled or not sys.stderr.isatty() or os.environ.get("NO_COLOR"):
-        return None
-    from rich.console import Console
-    from rich.progress import Progress
-
-    progress = Progress(console=Console(file=sys.stderr), transient=True)
-    task = progress.add_task(label, total=None)
-    progress.start()
-
-    def update(done: int, total: int) -> None:
-        progress.update(task, completed=done, total=total)
-        if done >= total:
-            progress.stop()
-
-    return update
-
-
 @app.command()
 def check(
-    expr: str = typer.Argument(..., metavar="EXPR", help="the expression, e.g. \"sigmoid(w*x+b)\""),
+    expr: str = typer.Argument(..., metavar="EXPR", help=EXPR_HELP.format(command="check")),
     at: Optional[List[str]] = _at_option(),
     wrt: Optional[str] = _common_options()["wrt"],
     loss: str = typer.Option("none", "--loss", help="none, bce, bce_logits, mse: check loss(EXPR, target)"),
@@ -221,8 +139,9 @@ def check(
     formula: bool = typer.Option(False, "--formula", help="print the symbolic derivative formulas (with matmul, "
                                  "softmax, indexing, ...: the chain rule step by step, in index notation)"),
     as_json: bool = typer.Option(False, "--json", help="the JSON report on stdout, and nothing else"),
+    json_detail: str = _json_detail_option(),
     junit: Optional[Path] = typer.Option(None, "--junit", help="also write a JUnit XML report"),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda, for autograd"),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
 ) -> None:
     """Gradients of an expression by autograd, symbolic and finite differences, compared.
 
@@ -236,16 +155,17 @@ def check(
     try:
         from gradcheck_cli.checker import check_expression
 
-        _prepare_junit(junit)
-        with _stdout_to_stderr():
+        check_detail(json_detail)
+        prepare_junit(junit)
+        with stdout_to_stderr():
             report = check_expression(expr, _assignments(at), wrt=_split_wrt(wrt), loss=loss, target=target,
                                       dtype=dtype, fd=fd, eps=eps, atol=atol, rtol=rtol, points=points,
                                       seed=seed, order=order, formula=formula, device=device,
-                                      progress=_progress("checking points", points > 0),
+                                      progress=progress("checking points", points > 0),
                                       on_ready=_load_engines)  # after parsing: a typo stays instant
     except UserInputError as err:
-        raise _fail(err) from None
-    _emit(report, as_json, junit)
+        raise fail(err, as_json) from None
+    emit(report, as_json, junit, detail=json_detail)
 
 
 @app.command()
@@ -281,10 +201,11 @@ def op(
     points: int = typer.Option(0, "--points", help="also check N random points (seeded); report the worst"),
     seed: int = typer.Option(0, "--seed", help="seed of the value generators and random projections"),
     order: int = typer.Option(1, "--order", help="2 also checks double backward"),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     timeout: float = typer.Option(300.0, "--timeout", metavar="SECONDS", help="stop the check after this long "
                                   "(it fails as timeout); 0: no limit"),
     as_json: bool = typer.Option(False, "--json", help="the JSON report on stdout, and nothing else"),
+    json_detail: str = _json_detail_option(),
     junit: Optional[Path] = typer.Option(None, "--junit", help="also write a JUnit XML report"),
 ) -> None:
     """The CI gate for a custom op: its backward (and forward) against references.
@@ -301,19 +222,20 @@ def op(
         OpOptions(dtype=dtype, fd=fd, eps=eps, atol=atol, rtol=rtol, points=points, seed=seed, order=order,
                   mode=mode, device=device).validate(probe_device=False)
         _check_timeout(timeout)
+        check_detail(json_detail)
         at_items, kw_items, wrt_names = _assignments(at), _assignments(kw), _split_wrt(wrt)
         init_items = None if init is None else _assignments(init)
         inputs = op_inputs(at_items, wrt_names)  # the values' syntax, checked before torch loads
-        _prepare_junit(junit)
+        prepare_junit(junit)
         job = ("op", dict(target=target, at=at_items, kw=kw_items, wrt=wrt_names, reference=reference, mode=mode,
                           dtype=dtype, fd=fd, eps=eps, atol=atol, rtol=rtol, points=points, seed=seed, order=order,
                           device=device, init=init_items))
-        with _stdout_to_stderr():
+        with stdout_to_stderr():
             outcome, interrupted = workers.run_one(job, timeout or None)
         if outcome is not None and outcome.kind == "user_error":
             raise workers.rebuild_user_error(outcome.payload)
     except UserInputError as err:
-        raise _fail(err) from None
+        raise fail(err, as_json) from None
     from gradcheck_cli.report import Report
 
     if interrupted is not None:
@@ -327,7 +249,7 @@ def op(
         code, message = message_for(outcome)
         report = Report((failed_check(target, "op", dtype, inputs, code, message,
                                       {"op": target, "duration_s": outcome.seconds}),))
-    _emit(report, as_json, junit)
+    emit(report, as_json, junit, detail=json_detail)
 
 
 @app.command()
@@ -346,13 +268,14 @@ def run(
     seed: Optional[int] = typer.Option(None, "--seed", help="default seed"),
     order: Optional[int] = typer.Option(None, "--order", help="default order"),
     mode: Optional[str] = typer.Option(None, "--mode", help="default op mode"),
-    device: Optional[str] = typer.Option(None, "--device", help="default op device"),
+    device: Optional[str] = typer.Option(None, "--device", help="default device (cpu, cuda or cuda:N)"),
     timeout: Optional[float] = typer.Option(None, "--timeout", metavar="SECONDS", help="default time limit per "
                                             "check (300; spec key timeout; 0: no limit): a check past it is "
                                             "stopped and fails as timeout"),
     allow_empty: bool = typer.Option(False, "--allow-empty", help="exit 0 when the selection holds no check "
                                      "(an empty shard); without it that is exit 2"),
     as_json: bool = typer.Option(False, "--json", help="the JSON report on stdout, and nothing else"),
+    json_detail: str = _json_detail_option(),
     junit: Optional[Path] = typer.Option(None, "--junit", help="also write a JUnit XML report (updated as "
                                          "checks finish)"),
 ) -> None:
@@ -371,20 +294,25 @@ def run(
 
         workers.warm_up()  # torch and SymPy load in the worker's server while the specs are read
         _check_timeout(timeout)
-        _prepare_junit(junit)
+        check_detail(json_detail)
+        if device is not None:
+            from gradcheck_cli.devices import check_syntax
+
+            check_syntax(device)
+        prepare_junit(junit)
         stream = ReportStream(junit) if junit is not None else None
-        with _stdout_to_stderr():
+        with stdout_to_stderr():
             report = run_paths([str(p) for p in paths], defaults, shard=shard, jobs=jobs, fail_fast=fail_fast,
-                               progress=_progress("running checks", True), allow_empty=allow_empty,
+                               progress=progress("running checks", True), allow_empty=allow_empty,
                                on_result=stream.update if stream else None)
     except UserInputError as err:
-        raise _fail(err) from None
-    _emit(report, as_json, junit, summary=True)
+        raise fail(err, as_json) from None
+    emit(report, as_json, junit, summary=True, detail=json_detail)
 
 
 @app.command()
 def steps(
-    expr: str = typer.Argument(..., metavar="EXPR", help="the expression"),
+    expr: str = typer.Argument(..., metavar="EXPR", help=EXPR_HELP.format(command="steps")),
     at: Optional[List[str]] = _at_option(),
     wrt: Optional[str] = _common_options()["wrt"],
     loss: str = typer.Option("none", "--loss", help="none, bce, bce_logits, mse"),
@@ -394,26 +322,36 @@ def steps(
     plot: Optional[Path] = typer.Option(None, "--plot", help="write the chart to FILE (.svg, or .png with "
                                                              "matplotlib installed)"),
     as_json: bool = typer.Option(False, "--json", help="the curves as JSON on stdout, and nothing else"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N, checked as check checks it (a device "
+                               "torch does not have is exit 2); the curves are float64 finite differences against "
+                               "the exact derivative, computed on the CPU whatever the device"),
 ) -> None:
     """Finite-difference error against step size, as a chart (the V-shaped curve)."""
     try:
+        from gradcheck_cli.devices import check_syntax, require
         from gradcheck_cli.render.steps import render_steps
         from gradcheck_cli.steps import step_curves
 
-        with _stdout_to_stderr():
+        check_syntax(device)
+
+        def ready() -> None:  # after parsing: a typo stays instant
+            _load_engines()
+            require(device)
+
+        with stdout_to_stderr():
             result = step_curves(expr, _assignments(at), wrt=_split_wrt(wrt), loss=loss, target=target, fd=fd,
-                                 seed=seed, on_ready=_load_engines)  # after parsing: a typo stays instant
+                                 seed=seed, on_ready=ready)
         render_steps(result, as_json=as_json, plot=plot)
     except UserInputError as err:
-        raise _fail(err) from None
+        raise fail(err, as_json) from None
 
 
 @app.command()
 def schema() -> None:
-    """Print the JSON Schema of the report."""
-    from importlib import resources
+    """Print the JSON Schema of the report (every diagnostic code listed, from gradcheck_cli/codes.py)."""
+    from gradcheck_cli.report_schema import text
 
-    write_stdout(resources.files("gradcheck_cli").joinpath("schema/report.schema.json").read_text("utf-8"))
+    write_stdout(text())
 
 
 def main() -> None:
@@ -424,18 +362,7 @@ def main() -> None:
     try:
         app()
     except BrokenPipeError:
-        _quiet_broken_pipe()
+        quiet_broken_pipe()
     except KeyboardInterrupt:
         sys.stderr.write("gradcheck: interrupted\n")
         sys.exit(130)
-
-
-def _quiet_broken_pipe() -> None:
-    # Python's signal docs, "Note on SIGPIPE": point stdout at devnull so the interpreter's
-    # final flush does not raise again, then exit.
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except OSError:
-        pass
-    sys.exit(1)

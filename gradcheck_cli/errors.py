@@ -12,6 +12,7 @@ class UserInputError(Exception):
     """Input that cannot be used: bad option, expression, value, spec file or op target."""
 
     exit_code = 2
+    kind = "input"  # the error JSON's error.kind (--json on exit 2)
 
     def __init__(self, message: str, *, source: str | None = None, column: int | None = None):
         super().__init__(message)
@@ -36,6 +37,22 @@ class UserInputError(Exception):
 class ParseError(UserInputError):
     """The expression text does not follow the grammar or breaks one of its limits."""
 
+    kind = "parse"
+
 
 class SpecError(UserInputError):
     """A spec file (TOML) is unreadable or has a bad key or value."""
+
+    kind = "spec"
+
+
+class DeviceError(UserInputError):
+    """--device names a device torch does not have (no CUDA, or no device N)."""
+
+    kind = "device"
+
+
+class OutputError(UserInputError):
+    """A report file (--junit, --plot) cannot be written."""
+
+    kind = "output"

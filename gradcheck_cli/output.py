@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from gradcheck_cli.errors import UserInputError
+from gradcheck_cli.errors import OutputError, UserInputError
 
 
 def write_stdout(text: str) -> None:
@@ -38,7 +38,7 @@ def write_stdout(text: str) -> None:
 
 
 def _cannot(what: str, path: Path, exc: OSError) -> UserInputError:
-    return UserInputError(f"cannot write {what} file {str(path)!r}: {exc.strerror or exc}")
+    return OutputError(f"cannot write {what} file {str(path)!r}: {exc.strerror or exc}")
 
 
 def prepare_file(path: Path, what: str) -> None:
@@ -46,9 +46,9 @@ def prepare_file(path: Path, what: str) -> None:
     it.  Raises UserInputError (exit 2) before any work is done."""
     path = Path(path)
     if path.is_dir():
-        raise UserInputError(f"cannot write {what} file {str(path)!r}: it is a folder")
+        raise OutputError(f"cannot write {what} file {str(path)!r}: it is a folder")
     if path.exists() and not path.is_file():  # a device or a pipe: a rename would replace it
-        raise UserInputError(f"cannot write {what} file {str(path)!r}: it is not a regular file")
+        raise OutputError(f"cannot write {what} file {str(path)!r}: it is not a regular file")
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -59,7 +59,7 @@ def prepare_file(path: Path, what: str) -> None:
     except OSError as exc:
         raise _cannot(what, path, exc) from None
     if path.exists() and not os.access(path, os.W_OK) and not os.access(folder, os.W_OK):
-        raise UserInputError(f"cannot write {what} file {str(path)!r}: permission denied")
+        raise OutputError(f"cannot write {what} file {str(path)!r}: permission denied")
 
 
 def write_atomically(path: Path, text: str, what: str) -> None:
@@ -67,7 +67,7 @@ def write_atomically(path: Path, text: str, what: str) -> None:
     file (if any) is untouched and UserInputError says why."""
     path = Path(path)
     if path.exists() and not path.is_file():
-        raise UserInputError(f"cannot write {what} file {str(path)!r}: it is not a regular file")
+        raise OutputError(f"cannot write {what} file {str(path)!r}: it is not a regular file")
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,75 +2,48 @@
 
 The core returns these; it never prints.  `Report.to_dict()` is the JSON report of the
 contract (schema_version 1): strict JSON, non-finite numbers as the strings
-"nan", "inf", "-inf", and null for a value a method did not produce.
+"nan", "inf", "-inf", and null for a value a method did not produce.  It scales
+(jsonform.py): Jacobians past 262,144 entries are lists of their nonzero entries, inputs
+and outputs past 65,536 elements are summarized, and `to_dict("summary")` leaves every
+array out.  Every report records the versions it was made with (`tool`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Any
-
 import numpy as np
 
+from gradcheck_cli import codes, jsonform
+from gradcheck_cli.jsonvalues import json_number, jsonable  # noqa: F401  (re-exported: renderers and op use them)
+
 SCHEMA_VERSION = 1
-
-
-def jsonable(x: Any, computed: Any = None) -> Any:
-    """Numbers and arrays as JSON values: floats, nested lists, and strings for non-finite
-    numbers.  Where `computed` (a bool array like x) is False the entry is null."""
-    if x is None:
-        return None
-    if isinstance(x, np.ndarray) or isinstance(x, np.generic):
-        arr = np.asarray(x)
-        if arr.dtype == bool:
-            return arr.tolist()
-        mask = None if computed is None else np.asarray(computed, dtype=bool)
-        if arr.ndim == 0:
-            return None if mask is not None and not mask else json_number(float(arr))
-        return _numbers(arr, mask)
-    if isinstance(x, float):
-        return json_number(x)
-    if isinstance(x, dict):
-        return {k: jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    return x
-
-
-def _numbers(arr: np.ndarray, mask: np.ndarray | None) -> list:
-    """json_number over a whole array at once (Jacobians reach millions of entries), as nested
-    lists; None where mask is False."""
-    flt = arr.astype(np.float64)
-    out = flt.astype(object)  # Python floats
-    out[np.isnan(flt)] = "nan"
-    out[flt == np.inf] = "inf"
-    out[flt == -np.inf] = "-inf"
-    if mask is not None:
-        out[~mask] = None
-    return out.tolist()
-
-
-def json_number(v: float) -> Any:
-    if math.isnan(v):
-        return "nan"
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    return v
+DETAILS = ("full", "summary")  # --json-detail
 
 
 @dataclass(frozen=True)
 class Diagnostic:
-    """Something the user should know: a code to match on and a sentence to read."""
+    """Something the user should know: a code to match on (codes.py lists them all), a
+    sentence to read, and its severity in this report: `failure` (it failed the check),
+    `warning` (worth a look) or `info` (what the tool did).  Left out, the severity is
+    the code's default in codes.py.  `exception`: {"type", "message"} of what an op
+    raised, when the diagnostic is about that."""
 
     code: str
     message: str
     wrt: str | None = None
+    severity: str | None = None
+    exception: dict | None = None
+
+    def __post_init__(self):
+        if self.severity is None:
+            object.__setattr__(self, "severity", codes.default_severity(self.code))
 
     def to_dict(self) -> dict:
-        out = {"code": self.code, "message": self.message}
+        out = {"code": self.code, "severity": self.severity, "message": self.message}
         if self.wrt is not None:
             out["wrt"] = self.wrt
+        if self.exception is not None:
+            out["exception"] = dict(self.exception)
         return out
 
 
@@ -96,29 +69,54 @@ class GradientResult:
     errors: dict = field(default_factory=dict)  # reference -> {max_abs_error, max_rel_error}
     formula: str | None = None
     failed_elements: int = 0
+    # flat indices (into the stored arrays) of out-of-tolerance elements, worst first (at most
+    # FAILING_KEPT); None where the producer did not say (renderers then know only the worst)
+    failing: np.ndarray | None = None
 
-    def to_dict(self) -> dict:
-        out = {
-            "wrt": self.wrt,
-            "shape": list(self.shape),
-            "autograd": jsonable(self.autograd),
-            "symbolic": jsonable(self.symbolic),
-            "finite_difference": jsonable(self.finite_difference, self.fd_computed),
-            "max_abs_error": json_number(self.max_abs_error),
-            "max_rel_error": json_number(self.max_rel_error),
-            "passed": self.passed,
-            "reference": self.reference,
-            "worst_index": None if self.worst_index is None else list(self.worst_index),
-            "fd_error_estimate": jsonable(self.fd_error_estimate, self.fd_computed),
-            "tolerance": jsonable(self.tolerance),
-            "errors": jsonable(self.errors),
-            "failed_elements": self.failed_elements,
-            "input_shape": list(self.input_shape),
-            "output_shape": list(self.output_shape),
-        }
+    def to_dict(self, detail: str = "full") -> dict:
+        if detail == "summary":
+            return jsonform.summary_form(self)
+        if jsonform.uses_entries(self):
+            out = jsonform.entry_form(self)
+        else:
+            out = {
+                "wrt": self.wrt,
+                "shape": list(self.shape),
+                "autograd": jsonable(self.autograd),
+                "symbolic": jsonable(self.symbolic),
+                "finite_difference": jsonable(self.finite_difference, self.fd_computed),
+                "max_abs_error": json_number(self.max_abs_error),
+                "max_rel_error": json_number(self.max_rel_error),
+                "passed": self.passed,
+                "reference": self.reference,
+                "worst_index": None if self.worst_index is None else list(self.worst_index),
+                "fd_error_estimate": jsonable(self.fd_error_estimate, self.fd_computed),
+                "tolerance": jsonable(self.tolerance),
+                "errors": jsonable(self.errors),
+                "failed_elements": self.failed_elements,
+                "input_shape": list(self.input_shape),
+                "output_shape": list(self.output_shape),
+            }
         if self.formula is not None:
             out["formula"] = self.formula
+        out.update(jsonable(getattr(self, "details", None) or {}))
+        worst = jsonform.worst_object(self)
+        if worst is not None:
+            out["worst"] = worst
         return out
+
+
+FAILING_KEPT = 1000
+
+
+def failing_order(failed: np.ndarray, badness: np.ndarray) -> np.ndarray:
+    """Flat indices of the failed elements, worst (largest badness) first, at most
+    FAILING_KEPT: what GradientResult.failing holds."""
+    flat = np.flatnonzero(np.asarray(failed).reshape(-1))
+    if flat.size == 0:
+        return flat
+    score = np.nan_to_num(np.asarray(badness, dtype=np.float64).reshape(-1)[flat], nan=np.inf)
+    return flat[np.argsort(-score, kind="stable")][:FAILING_KEPT]
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,20 +133,26 @@ class CheckResult:
     diagnostics: tuple = ()
     extra: dict = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
+    def to_dict(self, detail: str = "full") -> dict:
+        limit = jsonform.ECHO_LIMIT if detail == "full" else jsonform.SUMMARY_ECHO_LIMIT
         out = {
             "name": self.name,
             "kind": self.kind,
             "passed": self.passed,
             "dtype": self.dtype,
-            "point": {k: jsonable(np.asarray(v) if not isinstance(v, (str, bool)) else v)
+            "point": {k: (v if isinstance(v, (str, bool)) else jsonform.echo(np.asarray(v), limit))
                       for k, v in self.point.items()},
-            "value": {k: jsonable(v) for k, v in self.value.items()},
-            "gradients": [g.to_dict() for g in self.gradients],
+            "value": {k: jsonform.echo(v, limit) for k, v in self.value.items()},
+            "gradients": [g.to_dict(detail) for g in self.gradients],
             "diagnostics": [d.to_dict() for d in self.diagnostics],
         }
         for key, val in self.extra.items():
-            out[key] = jsonable(val)
+            if key == "hessian" and detail == "summary" and isinstance(val, dict):
+                out[key] = jsonform.hessian_summary(val)
+            elif key == "target":
+                out[key] = jsonform.echo(val, limit)
+            else:
+                out[key] = jsonable(val)
         return out
 
     def codes(self) -> set[str]:
@@ -175,11 +179,30 @@ class Report:
             return 128 + self.interrupted
         return 0 if self.passed else 1
 
-    def to_dict(self) -> dict:
+    def to_dict(self, detail: str = "full") -> dict:
+        """The JSON report; `detail` "summary" leaves out every array (verdicts, worst
+        entries, errors and diagnostics only)."""
+        if detail not in DETAILS:
+            raise ValueError(f"detail must be one of {DETAILS}, got {detail!r}")
+        from gradcheck_cli.versions import tool_versions
+
         out = {"schema_version": SCHEMA_VERSION, "passed": self.passed,
-               "checks": [c.to_dict() for c in self.checks]}
+               "checks": [c.to_dict(detail) for c in self.checks]}
+        if detail != "full":
+            out["detail"] = detail
         if self.interrupted is not None:
             out["interrupted"] = True
         if self.meta:
             out["meta"] = jsonable(self.meta)
+        out["tool"] = dict(tool_versions())
         return out
+
+
+def error_document(message: str, kind: str, column: int | None = None) -> dict:
+    """What `--json` prints on exit 2: the input could not be used, and why."""
+    from gradcheck_cli.versions import tool_versions
+
+    error = {"message": message, "kind": kind}
+    if column is not None:
+        error["column"] = column
+    return {"schema_version": SCHEMA_VERSION, "passed": False, "error": error, "tool": dict(tool_versions())}

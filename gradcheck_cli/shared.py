@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gradcheck_cli.devices import check_syntax as check_device_syntax
 from gradcheck_cli.errors import UserInputError
 from gradcheck_cli.report import CheckResult, Diagnostic
 from gradcheck_cli.values import redraw
@@ -49,8 +50,7 @@ def validate_shared(opts, dtypes, schemes) -> None:
     validate_seed(opts.seed)
     if not (0 <= opts.points <= MAX_POINTS):
         raise UserInputError(f"--points must be between 0 and {MAX_POINTS}, got {opts.points}")
-    if opts.device not in DEVICES:
-        raise UserInputError(f"--device must be {' or '.join(DEVICES)}, got {opts.device!r}")
+    check_device_syntax(opts.device)  # cpu, cuda or cuda:N; whether torch has it: devices.require
 
 
 def validate_seed(seed) -> None:

@@ -47,8 +47,13 @@ def run_gradcheck(args: list[str], *, cwd: Path | str | None = None, env: dict |
     proc = subprocess.run(gradcheck_command() + list(args), cwd=cwd, env=env or clean_env(),
                           capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
     elapsed = time.perf_counter() - started
-    return Result(proc.returncode, proc.stdout.decode("utf-8", errors="replace"),
-                  proc.stderr.decode("utf-8", errors="replace"), elapsed)
+    result = Result(proc.returncode, proc.stdout.decode("utf-8", errors="replace"),
+                    proc.stderr.decode("utf-8", errors="replace"), elapsed)
+    if "--json" in args and result.stdout.strip() and (not args or args[0] != "steps"):
+        from report_audit import audit_json_text
+
+        audit_json_text(result.stdout, f"gradcheck {' '.join(map(str, args))[:200]}")
+    return result
 
 
 def unsafe_characters(text: str) -> list[str]:

@@ -7,6 +7,8 @@ from typing import NamedTuple
 
 import pytest
 
+import report_audit
+
 
 class CliResult(NamedTuple):
     """What a CLI run left behind: unpacks as (exit_code, stdout, stderr)."""
@@ -62,3 +64,22 @@ SEED_ARGS = ("check", "sigmoid(w*x+b)", "--loss", "bce", "--target", "0", "--at"
 def seed_args():
     """The seed notebook's example as CLI arguments (add --dtype and --json as needed)."""
     return list(SEED_ARGS)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _audit_every_report():
+    """Every Report built and every JSON report made during the session is audited
+    (tests/report_audit.py): registered codes, true severities, the published schema."""
+    report_audit.install()
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _no_report_problems():
+    """Fail the test that produced a report the audit found wrong."""
+    start = len(report_audit.PROBLEMS)
+    yield
+    found = report_audit.PROBLEMS[start:]
+    del report_audit.PROBLEMS[start:]
+    if found:
+        pytest.fail("reports made by this test are wrong:\n" + "\n".join(found[:10]), pytrace=False)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from importlib import resources
 from typing import Any
 
 NONFINITE = ("nan", "inf", "-inf")
@@ -19,9 +18,11 @@ NONFINITE = ("nan", "inf", "-inf")
 
 @lru_cache(maxsize=1)
 def load_schema() -> dict:
-    """The published schema, read the way `gradcheck schema` reads it (package data)."""
-    text = resources.files("gradcheck_cli").joinpath("schema/report.schema.json").read_text("utf-8")
-    return json.loads(text)
+    """The published schema, as `gradcheck schema` prints it (the package's file with the
+    codes of gradcheck_cli/codes.py filled in)."""
+    from gradcheck_cli.report_schema import text
+
+    return json.loads(text())
 
 
 @lru_cache(maxsize=1)
@@ -57,8 +58,10 @@ def nested_shape(value: Any) -> tuple | None:
 def semantic_errors(doc: dict) -> list[str]:
     """Consistency rules the JSON Schema cannot express."""
     problems = []
+    if "error" in doc:
+        return problems
     checks = doc.get("checks", [])
-    if doc.get("passed") != all(c.get("passed") for c in checks):
+    if not doc.get("interrupted") and doc.get("passed") != all(c.get("passed") for c in checks):
         problems.append(f"top-level passed={doc.get('passed')} but checks say "
                         f"{[c.get('passed') for c in checks]}")
     for c in checks:
@@ -76,8 +79,14 @@ def semantic_errors(doc: dict) -> list[str]:
                     problems.append(f"{where} d/d{g['wrt']}: {method} has shape {got}, declared {shape}")
             if not g["passed"] and c.get("passed"):
                 problems.append(f"{where}: passed although d/d{g['wrt']} failed")
+        failing = [d["code"] for d in c.get("diagnostics", []) if d.get("severity") == "failure"]
+        if c.get("passed") and failing:
+            problems.append(f"{where}: passed with failure diagnostics {failing}")
+        if not c.get("passed") and not failing:
+            problems.append(f"{where}: failed without a diagnostic of severity failure "
+                            f"({[d['code'] for d in c.get('diagnostics', [])]})")
         hessian = c.get("hessian")
-        if hessian:
+        if hessian and hessian.get("detail") != "summary":
             n = None
             for method in ("autograd", "symbolic", "finite_difference"):
                 if hessian.get(method) is None:

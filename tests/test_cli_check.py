@@ -7,6 +7,7 @@ point is what the command prints, where it prints it, and its exit code.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -192,7 +193,10 @@ BAD_INPUT = [
 def test_bad_input_exits_2_with_a_message(run_cli, args, needles):
     code, out, err = run_cli(*args)
     assert code == 2
-    assert out == "", "errors go to stderr; stdout stays empty (a --json reader sees nothing)"
+    if "--json" in args:  # stdout is the error document and nothing else (issue 15)
+        assert json.loads(out)["error"]["message"] in err
+    else:
+        assert out == "", "errors go to stderr; stdout stays empty"
     assert "Traceback" not in err
     assert err.startswith("gradcheck: error: ")
     for needle in needles:
@@ -266,5 +270,6 @@ def test_python_dash_m_seed_float32_table():
 def test_python_dash_m_bad_input():
     proc = run_process([sys.executable, "-m", "gradcheck_cli", "check", "x*y", "--at", "x=1", "--json"])
     assert proc.returncode == 2
-    assert proc.stdout == ""
+    assert json.loads(proc.stdout)["error"] == {"message": "no value for 'y' (give it with --at NAME=VALUE)",
+                                                "kind": "input"}
     assert "no value for 'y'" in proc.stderr and "Traceback" not in proc.stderr

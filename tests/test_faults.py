@@ -193,7 +193,10 @@ def test_an_op_that_exits_or_crashes_fails_its_check_with_a_report(run_cli, stri
     assert [g["wrt"] for g in check["gradients"]] == ["x"]  # one entry per input, even when nothing ran
     assert check["gradients"][0]["shape"] == [2]
     (case,) = junit_cases(ET.parse(junit).getroot()).values()
-    assert case.find("failure") is not None
+    # a check that could not run to its end is a JUnit <error>: the exception's type, or the code
+    error = case.find("error")
+    assert error is not None and case.find("failure") is None
+    assert error.get("type") == (fragment.split(":")[0] if code == "op_error" else code)
     assert "Traceback" not in err
     assert workers_alive() == []
 
@@ -237,8 +240,9 @@ def test_one_faulty_check_in_twenty_is_named_and_the_others_run(run_cli, strict_
     assert [n for n, c in checks.items() if not c["passed"]] == [f"bad-{bad}"]  # the right check, always
     assert code in codes(checks[f"bad-{bad}"])
     cases = junit_cases(junit)
-    assert len(cases) == 20 and cases[f"bad-{bad}"].find("failure") is not None
-    assert all(cases[n].find("failure") is None for n in checks if n != f"bad-{bad}")
+    assert len(cases) == 20 and cases[f"bad-{bad}"].find("error") is not None  # it did not run to its end
+    assert all(cases[n].find("failure") is None and cases[n].find("error") is None
+               for n in checks if n != f"bad-{bad}")
 
 
 def test_an_op_exiting_at_import_fails_only_its_checks(run_cli, strict_json, ops_dir):

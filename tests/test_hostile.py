@@ -218,7 +218,7 @@ ROWS = [
     row("opt-seed-text", opt("--seed", "abc"), "Invalid value"),
     row("opt-points-float", opt("--points", "1.5"), "Invalid value"),
     row("opt-unknown", opt("--bogus"), "No such option"),
-    row("opt-device", opt("--device", "tpu"), "--device must be cpu or cuda"),
+    row("opt-device", opt("--device", "tpu"), "--device must be cpu, cuda or cuda:N"),
     row("opt-wrt-unknown", opt("--wrt", "q"), "has no variable 'q'"),
     row("opt-wrt-empty-name", opt("--wrt", "x,,x"), "empty name"),
     row("opt-target-without-loss", opt("--target", "1"), "--target needs --loss"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -43,8 +44,8 @@ def test_failure_carries_the_rendered_table_with_the_wrong_numbers(mixed_report)
     failed = [c for c in suite.findall("testcase") if c.find("failure") is not None]
     assert [c.get("name") for c in failed] == ["sin-f32"]
     failure = failed[0].find("failure")
-    assert failure.get("type") == "GradientMismatch"
-    assert failure.get("message").startswith("d/dx: max abs error")
+    assert failure.get("type") == "gradient_mismatch"  # the first failing code, not a fixed name
+    assert failure.get("message").startswith("gradient_mismatch: d/dx: 1 of 1 element(s) out of tolerance")
     # the exact derivative at the point float32 holds (0.3 rounded), to the table's 10 digits
     assert f"{math.cos(float(np.float32(0.3))):.10g}" in failure.text
     assert "FAIL" in failure.text
@@ -57,23 +58,80 @@ def test_passing_check_with_diagnostics_keeps_them_in_system_out(mixed_report):
     assert "stop_gradient" in detach.find("system-out").text
 
 
-def _handmade(name: str, code: str, passed: bool = False) -> CheckResult:
-    return CheckResult(name, "op", passed, "float64", {"x": np.asarray(1.0)}, {}, (),
-                       (Diagnostic(code, "the op raised RuntimeError in backward: boom"),),
+def _handmade(name: str, *diags: Diagnostic, passed: bool = False) -> CheckResult:
+    return CheckResult(name, "op", passed, "float64", {"x": np.asarray(1.0)}, {}, (), tuple(diags),
                        {"spec_file": "suite/ops.toml"})
 
 
-def test_failure_without_a_gradient_mismatch_is_typed_by_its_diagnostic():
-    _, suite = _parse(Report((_handmade("raises", "op_raised"),)))
+RAISED = Diagnostic("op_error", "the op raised in backward: ValueError: boom (at ops.py:3, in backward)", None,
+                    "failure", {"type": "ValueError", "message": "boom"})
+NOTE = Diagnostic("symbolic_unavailable", "no --reference: symbolic is null")
+WARN = Diagnostic("precision_loss", "the float32 forward is far from the exact one")
+
+# (diagnostics of a failed check, element, type, message fragments, fragments never in the message)
+JUNIT_CASES = [
+    pytest.param((NOTE, Diagnostic("nondeterministic", "the backward differs between runs"), WARN), "failure",
+                 "nondeterministic", ["nondeterministic: the backward differs"], ["symbolic_unavailable",
+                                                                                  "precision_loss"],
+                 id="first-failing-code-and-failures-only"),
+    pytest.param((NOTE, RAISED), "error", "ValueError", ["op_error", "ValueError: boom"], ["symbolic_unavailable",
+                                                                                             "max abs error"],
+                 id="op-raised-is-an-error-with-the-exception-type"),
+    pytest.param((Diagnostic("op_error", "the op raised in forward: KeyError: 'w' (at ops.py:9, in forward)"),),
+                 "error", "KeyError", ["KeyError"], ["nan"], id="op-raised-type-read-from-the-message"),
+    pytest.param((Diagnostic("worker_crashed", "the worker process running this check killed by signal SIGSEGV"),),
+                 "error", "worker_crashed", ["SIGSEGV"], [], id="worker-crash-is-an-error"),
+    pytest.param((Diagnostic("timeout", "the check ran past its timeout of 1 s"),), "error", "timeout",
+                 ["timeout: the check ran past"], [], id="timeout-is-an-error"),
+    pytest.param((Diagnostic("gradient_mismatch", "d/dx: 3 of 3 Jacobian entries out of tolerance", "x"),
+                  Diagnostic("scale_error", "d/dx: autograd is 6x the reference", "x"), WARN), "failure",
+                 "gradient_mismatch", ["gradient_mismatch: d/dx: 3 of 3", "scale_error: d/dx"], ["precision_loss"],
+                 id="every-failure-in-order"),
+]
+
+
+@pytest.mark.parametrize("diags, element, kind, present, absent", JUNIT_CASES)
+def test_failed_check_type_and_headline(diags, element, kind, present, absent):
+    root, suite = _parse(Report((_handmade("c", *diags),)))
     case = suite.find("testcase")
-    assert case.get("classname") == "gradcheck.op"
-    assert case.get("file") == "suite/ops.toml"
-    assert case.find("failure").get("type") == "op_raised"
-    assert "op_raised" in case.find("failure").get("message")
+    assert case.get("classname") == "gradcheck.op" and case.get("file") == "suite/ops.toml"
+    node = case.find(element)
+    other = "error" if element == "failure" else "failure"
+    assert node is not None and case.find(other) is None, ET.tostring(case, encoding="unicode")[:500]
+    assert node.get("type") == kind
+    for fragment in present:
+        assert fragment in node.get("message")
+    for fragment in absent:
+        assert fragment not in node.get("message")
+    counts = (1, 0) if element == "failure" else (0, 1)
+    assert (int(suite.get("failures")), int(suite.get("errors"))) == counts
+    assert (int(root.get("failures")), int(root.get("errors")), int(root.get("tests"))) == counts + (1,)
+
+
+def test_an_op_that_raised_is_a_junit_error_end_to_end(tmp_path, run_cli):
+    """The real op gate: the backward raises, the testcase is <error type="RuntimeError">."""
+    ops = tmp_path / "raising.py"
+    ops.write_text(textwrap.dedent("""
+        import torch
+        class Raises(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                return 2 * x
+            @staticmethod
+            def backward(ctx, g):
+                raise RuntimeError("boom in backward")
+        """), encoding="utf-8")
+    code, _, _ = run_cli("op", f"{ops}:Raises", "--at", "x=randn(3)", "--junit", str(tmp_path / "r.xml"))
+    assert code == 1
+    case = ET.parse(tmp_path / "r.xml").getroot().find("testsuite").find("testcase")
+    error = case.find("error")
+    assert error is not None and case.find("failure") is None
+    assert error.get("type") == "RuntimeError" and "boom in backward" in error.get("message")
+    assert "out of tolerance" not in error.get("message")
 
 
 def test_characters_xml_cannot_hold_do_not_break_the_file():
-    report = Report((_handmade("bell\x07name", "op_raised"),))
+    report = Report((_handmade("bell\x07name", RAISED),))
     _, suite = _parse(report)  # parses: the control character was replaced
     assert suite.find("testcase").get("name") == "bell\ufffdname"
 

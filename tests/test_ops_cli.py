@@ -111,7 +111,9 @@ def test_junit_file_for_a_failing_op(run_cli, tmp_path):
 def test_user_errors_exit_2_with_one_message(run_cli, args, message):
     code, out, err = run_cli(*args, "--json")
     assert code == 2
-    assert out == ""  # --json: nothing but a report on stdout, and there is none
+    # --json: stdout is the error document only (issue 15), with the message stderr has
+    doc = validate_json_text(out)
+    assert "checks" not in doc and message in doc["error"]["message"] and doc["passed"] is False
     assert err.startswith("gradcheck: error:") and message in err and "Traceback" not in err
 
 

@@ -214,9 +214,14 @@ def test_torch_and_sympy_warnings_become_diagnostics(monkeypatch):
     assert "Warning" not in result.stderr
 
 
-def test_user_error_with_json_writes_nothing_to_stdout():
+def test_user_error_with_json_writes_only_the_error_document_to_stdout():
+    """Exit 2 with --json: stdout is the error document (issue 15: `... --json | jq` must not
+    silently yield nothing), stderr the human message."""
     result = CliRunner().invoke(app, ["check", "x^2", "--at", "x=1", "--json"])
-    assert result.exit_code == 2 and result.stdout == ""
+    assert result.exit_code == 2
+    doc = validate_json_text(result.stdout)
+    assert set(doc) >= {"schema_version", "error"} and "checks" not in doc
+    assert doc["error"]["kind"] == "parse" and "use ** for powers" in doc["error"]["message"]
     assert "use ** for powers" in result.stderr
 
 

@@ -54,11 +54,10 @@ class OpOptions(SharedOptions):
         validate_shared(self, tuple(OP_TOLERANCES) + tuple(COMPLEX_DTYPES), OP_SCHEMES)
         if self.mode not in MODES:
             raise UserInputError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.device == "cuda" and probe_device:
-            import torch
+        if probe_device:
+            from gradcheck_cli.devices import require
 
-            if not torch.cuda.is_available():
-                raise UserInputError("--device cuda: no CUDA device is available to torch here")
+            require(self.device)
         return self
 
     @property

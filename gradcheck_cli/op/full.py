@@ -328,7 +328,7 @@ def _results(pt, layout, fds, entries, verdicts, unlocalized, sym, vjps, offsets
             finite_difference=F.reshape(shape), fd_error_estimate=E.reshape(shape), fd_computed=None,
             max_abs_error=oc.max_error(v.abs_err), max_rel_error=oc.max_error(v.rel_err), reference=v.primary,
             worst_index=worst_index, passed=passed, tolerance=dict(pt.tol), errors=v.errors,
-            failed_elements=int((~v.ok).sum()), layout=layout,
+            failed_elements=int((~v.ok).sum()), failing=v.failing(n), layout=layout,
             details={"method": {"fd_batching": fd.mode, "fd_groups": fd.groups, "fd_rows": fd.rows_evaluated,
                                 "backward_groups": grouping.n_groups, "entries_compared": int(e.rows.size)}}))
         jac_ok[w] = passed

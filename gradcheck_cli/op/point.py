@@ -216,5 +216,5 @@ def _output_metadata(pt: Point, outs: list, opts) -> None:
         if o.dtype != td:
             pt.note("output_dtype", f"output {k} is {str(o.dtype).replace('torch.', '')} although the op ran on "
                                     f"{opts.dtype} inputs")
-        if o.device.type != opts.device:
+        if o.device.type != opts.device.split(":")[0]:  # cuda:N is a cuda device
             pt.note("output_device", f"output {k} is on {o.device} although the inputs are on {opts.device}")

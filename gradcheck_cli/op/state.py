@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from gradcheck_cli.codes import note_severity
 from gradcheck_cli.op.registration import no_autograd_message
 from gradcheck_cli.op.verdict import OutputLayout, input_label
 from gradcheck_cli.report import Diagnostic, GradientResult
@@ -31,12 +32,14 @@ class Point:
     fixed: dict = field(default_factory=dict)  # input -> columns not compared (non-finite elements)
     determinism: Any = None  # determinism.DeterminismOutcome, reported after the Jacobian's diagnostics
 
-    def fail(self, code: str, message: str, wrt: str | None = None) -> None:
+    def fail(self, code: str, message: str, wrt: str | None = None, exception: dict | None = None) -> None:
+        """A diagnostic that fails the check (severity failure)."""
         self.failed = True
-        self.diags.append(Diagnostic(code, message, wrt))
+        self.diags.append(Diagnostic(code, message, wrt, "failure", exception))
 
     def note(self, code: str, message: str, wrt: str | None = None) -> None:
-        self.diags.append(Diagnostic(code, message, wrt))
+        """A diagnostic that does not fail the check (its code's default severity, never failure)."""
+        self.diags.append(Diagnostic(code, message, wrt, note_severity(code)))
 
 
 def finite_output(pt: Point, value: dict, layout: OutputLayout, second: bool = False) -> bool:
@@ -76,17 +79,20 @@ def report_values(flat: np.ndarray, layout: OutputLayout) -> np.ndarray:
 
 def op_raised(pt: Point, exc) -> None:
     text = str(exc.exc)
+    raised = {"type": type(exc.exc).__name__, "message": text if len(text) <= 600 else text[:600] + " ..."}
     if "leaf Variable that requires grad is being used in an in-place operation" in text:
         pt.fail("input_mutated", f"the op modifies its input in place ({exc.message}); ops must not mutate "
-                                 "their inputs")
+                                 "their inputs", exception=raised)
     elif no_autograd_message(text):
         pt.fail("autograd_not_registered", f"the op has no autograd formula ({exc.message}); register one with "
-                                           "torch.library.register_autograd (or write it as a torch.autograd.Function)")
+                                           "torch.library.register_autograd (or write it as a torch.autograd.Function)",
+                exception=raised)
     elif "returned an invalid gradient" in text:
         pt.fail("wrong_shape" if "shape" in text else "wrong_gradient_metadata",
-                f"the backward returned a gradient of the wrong shape, dtype or device: {exc.message}")
+                f"the backward returned a gradient of the wrong shape, dtype or device: {exc.message}",
+                exception=raised)
     else:
-        pt.fail("op_error", f"the op raised in {exc.phase}: {exc.message}")
+        pt.fail("op_error", f"the op raised in {exc.phase}: {exc.message}", exception=raised)
 
 
 def nonfinite_inputs(pt, wrt: list) -> None:

@@ -28,13 +28,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gradcheck_cli.compare import elementwise_errors, max_error  # the same elementwise errors as expression checks
-from gradcheck_cli.report import Diagnostic, GradientResult, json_number, jsonable
+from gradcheck_cli.report import Diagnostic, GradientResult, failing_order
 from gradcheck_cli.tolerances import FD_SAFETY, OP_TOLERANCES, SYSTEMATIC  # data only, so `op --help` can show it
 
 # diagnostics that inform and do not fail the check
 INFO_CODES = frozenset({"nondeterministic_within_tolerance", "within_torch_tolerance"})
-JSON_DENSE_LIMIT = 262_144  # Jacobian entries written as nested lists; larger ones as an entry list
-JSON_MAX_ENTRIES = 100_000
 
 
 def op_tolerance(dtype: str, atol: float | None = None, rtol: float | None = None) -> dict:
@@ -122,83 +120,8 @@ class OpGradientResult(GradientResult):
         out = self.layout.label(o) if self.layout is not None else str(o)
         return f"{out} / {input_label(self.wrt, self.input_shape, j)}"
 
-    def to_dict(self) -> dict:
-        if self.entries is None and int(np.prod(self.shape)) <= JSON_DENSE_LIMIT:
-            out = super().to_dict()
-            out.update(jsonable(self.details))
-            return out
-        return self._entry_dict()
-
-    def _worst_entry(self, pairs) -> list | None:
-        """The worst entry as [output flat index, input flat index]."""
-        if self.worst_index is None:
-            return None
-        if self.entries is not None:
-            o, j = self.entries[int(self.worst_index[0])]
-            return [int(o), int(j)]
-        o, j = self.flat_pair(tuple(self.worst_index))
-        return [o, j]
-
-    def _worst_position(self, pairs) -> list | None:
-        """Where the worst entry sits in the entry arrays."""
-        worst = self._worst_entry(pairs)
-        if worst is None:
-            return None
-        hit = np.flatnonzero((np.asarray(pairs)[:, 0] == worst[0]) & (np.asarray(pairs)[:, 1] == worst[1]))
-        return [int(hit[0])] if hit.size else None
-
-    def _entry_dict(self) -> dict:
-        """Large or sampled Jacobians: the entries (nonzero in either method, or sampled)."""
-        if self.entries is not None:
-            pairs = self.entries
-            auto = np.asarray(self.autograd).reshape(-1)
-            fd = None if self.finite_difference is None else np.asarray(self.finite_difference).reshape(-1)
-            sym = None if self.symbolic is None else np.asarray(self.symbolic).reshape(-1)
-            err = None if self.fd_error_estimate is None else np.asarray(self.fd_error_estimate).reshape(-1)
-        else:
-            m = int(np.prod(self.shape[:len(self.shape) - len(self.input_shape)]))
-            a2 = np.asarray(self.autograd).reshape(m, -1)
-            f2 = None if self.finite_difference is None else np.asarray(self.finite_difference).reshape(m, -1)
-            s2 = None if self.symbolic is None else np.asarray(self.symbolic).reshape(m, -1)
-            nz = a2 != 0
-            for other in (f2, s2):
-                if other is not None:
-                    nz |= other != 0
-            rows, cols = np.nonzero(nz)
-            pairs = np.stack([rows, cols], axis=1)[:JSON_MAX_ENTRIES]
-            auto = a2[pairs[:, 0], pairs[:, 1]]
-            fd = None if f2 is None else f2[pairs[:, 0], pairs[:, 1]]
-            sym = None if s2 is None else s2[pairs[:, 0], pairs[:, 1]]
-            e2 = None if self.fd_error_estimate is None else np.asarray(self.fd_error_estimate).reshape(m, -1)
-            err = None if e2 is None else e2[pairs[:, 0], pairs[:, 1]]
-        # the arrays are lists of entries: `shape` is their length, and the Jacobian's own
-        # shape is given separately (so `shape` still describes the arrays, as everywhere)
-        out = {
-            "wrt": self.wrt,
-            "shape": [int(len(pairs))],
-            "format": "entries",
-            "entries": [[int(o), int(j)] for o, j in pairs],
-            "autograd": jsonable(np.asarray(auto)),
-            "symbolic": jsonable(None if sym is None else np.asarray(sym)),
-            "finite_difference": jsonable(None if fd is None else np.asarray(fd)),
-            "max_abs_error": json_number(self.max_abs_error),
-            "max_rel_error": json_number(self.max_rel_error),
-            "passed": self.passed,
-            "reference": self.reference,
-            "worst_index": self._worst_position(pairs),
-            "worst_entry": self._worst_entry(pairs),
-            "fd_error_estimate": jsonable(None if err is None else np.asarray(err)),
-            "tolerance": jsonable(self.tolerance),
-            "errors": jsonable(self.errors),
-            "failed_elements": self.failed_elements,
-            "jacobian_shape": list(self.output_shape) + list(self.input_shape),
-            "jacobian_output_shape": list(self.output_shape),
-            "jacobian_input_shape": list(self.input_shape),
-        }
-        if len(pairs) >= JSON_MAX_ENTRIES and self.entries is None:
-            out["entries_truncated"] = True
-        out.update(jsonable(self.details))
-        return out
+    # to_dict: GradientResult's, which writes a sampled or large Jacobian as its list of entries
+    # (jsonform.entry_form) and adds `details`
 
 
 # ---- comparing ----------------------------------------------------------------------------
@@ -227,6 +150,15 @@ class Verdict:
         if self.ratio.size == 0:
             return None
         return int(np.argmax(np.where(np.isnan(self.ratio), np.inf, self.ratio)))
+
+    def failing(self, n_in: int | None = None) -> np.ndarray:
+        """The out-of-tolerance entries, worst first (GradientResult.failing): positions in
+        the entry arrays, or with n_in (the Jacobian's input size) flat indices into the
+        dense Jacobian."""
+        order = failing_order(~self.ok, self.ratio)
+        if n_in is None:
+            return order
+        return self.rows[order].astype(np.int64) * n_in + self.cols[order].astype(np.int64)
 
 
 def entry_scales(rows: np.ndarray, cols: np.ndarray, ref: np.ndarray, m: int, n: int) -> np.ndarray:
@@ -272,7 +204,8 @@ def judge(rows: np.ndarray, cols: np.ndarray, m: int, n: int, auto: np.ndarray, 
             good = abs_e <= allowed
             if kink.any():
                 good |= kink & (auto >= kink_lo - allowed) & (auto <= kink_hi + allowed)
-            r = np.where(good, np.minimum(abs_e / allowed, 1.0), abs_e / allowed)
+            q = np.where(abs_e == 0, 0.0, abs_e / allowed)  # 0/0 (exact, allowed 0) is no error
+            r = np.where(good, np.minimum(q, 1.0), q)
         ratio = np.maximum(ratio, np.where(np.isnan(r), np.inf, r))
         ok &= good
         errors[name] = {"max_abs_error": max_error(abs_e), "max_rel_error": max_error(rel_e)}

@@ -3,9 +3,13 @@
 The shape CI systems read (Jenkins, GitLab, GitHub test-report actions): a
 <testsuites> root holding one <testsuite>; each <testcase> has a name, a classname
 (`gradcheck.expression` / `gradcheck.op`), a time and, for `gradcheck run`, the spec
-`file` it came from.  A failed check carries <failure message=... type=...> whose text
-is the same table `gradcheck check` prints, so the CI page shows the wrong element with
-every method's numbers.  Passing checks with diagnostics keep them in <system-out>.
+`file` it came from.  A failed check carries <failure message=... type=...>: its type is
+the first diagnostic that failed it (gradient_mismatch, nondeterministic, ...), its
+message the failures only (never the warnings), and its text the same table `gradcheck
+check` prints, so the CI page shows the wrong element with every method's numbers.  A
+check that could not run to its end (the op raised, the worker crashed, a timeout) is an
+<error> whose type is the exception's (RuntimeError) or the code (timeout).  Passing
+checks with diagnostics keep them in <system-out>.
 """
 
 from __future__ import annotations
@@ -34,8 +38,13 @@ def testcase(check) -> ET.Element:
         attrs["file"] = _clean(str(check.extra["spec_file"]))
     case = ET.Element("testcase", attrs)
     if not check.passed:
-        failure = ET.SubElement(case, "failure", message=_clean(_summary(check)), type=_failure_type(check))
-        failure.text = _clean(render_check_text(check))
+        crash = crash_of(check)
+        if crash is not None:
+            kind, message = crash
+            element = ET.SubElement(case, "error", message=_clean(message), type=_clean(kind))
+        else:
+            element = ET.SubElement(case, "failure", message=_clean(headline(check)), type=failure_type(check))
+        element.text = _clean(render_check_text(check))
     elif check.diagnostics:
         out = ET.SubElement(case, "system-out")
         out.text = _clean("\n".join(f"{d.code}: {d.message}" for d in check.diagnostics))
@@ -46,10 +55,11 @@ def render(report, suite_name: str = "gradcheck", cache: dict | None = None) -> 
     """The report as a JUnit XML document (a string).  `cache` (id(check) -> element)
     keeps each check's element across renders of a growing report.  An interrupted run
     ends with an <error> testcase saying so, so a CI page never shows it green."""
-    failures = sum(1 for c in report.checks if not c.passed)
+    crashed = sum(1 for c in report.checks if not c.passed and crash_of(c) is not None)
+    failures = sum(1 for c in report.checks if not c.passed) - crashed
     total_time = sum(float(c.extra.get("duration_s", 0.0)) for c in report.checks)
-    errors = 0 if report.interrupted is None else 1
-    tests = len(report.checks) + errors
+    errors = crashed + (0 if report.interrupted is None else 1)
+    tests = len(report.checks) + (0 if report.interrupted is None else 1)
     suite = ET.Element("testsuite", name=suite_name, tests=str(tests), failures=str(failures),
                        errors=str(errors), skipped="0", time=f"{total_time:.4f}")
     for check in report.checks:
@@ -81,24 +91,53 @@ def render(report, suite_name: str = "gradcheck", cache: dict | None = None) -> 
     return text
 
 
-def _failure_type(check) -> str:
-    """GradientMismatch when a gradient is out of tolerance; else the first diagnostic
-    code that explains the failure (an op that raised, a non-finite value, ...)."""
-    if any(not g.passed for g in check.gradients):
-        return "GradientMismatch"
-    codes = [d.code for d in check.diagnostics]
-    return codes[0] if codes else "CheckFailed"
+def failing_diagnostics(check) -> list:
+    """The diagnostics that failed the check, in order."""
+    return [d for d in check.diagnostics if d.severity == "failure"]
 
 
-def _summary(check) -> str:
-    bad = [g for g in check.gradients if not g.passed]
-    if bad:
-        g = bad[0]
-        at = f"[{', '.join(map(str, g.worst_index))}]" if g.worst_index else ""
-        return (f"d/d{g.wrt}{at}: max abs error {g.max_abs_error:.3g}, max rel error {g.max_rel_error:.3g} "
-                f"({g.failed_elements} element(s) out of tolerance)")
-    codes = sorted({d.code for d in check.diagnostics})
-    return "failed: " + ", ".join(codes) if codes else "failed"
+def failure_type(check) -> str:
+    """The first code that failed the check (CheckFailed when none says)."""
+    failing = failing_diagnostics(check)
+    if failing:
+        return failing[0].code
+    return "gradient_mismatch" if any(not g.passed for g in check.gradients) else "CheckFailed"
+
+
+_RAISED = re.compile(r"raised[^:]*: ([A-Za-z_][\w.]*): ")
+
+
+def crash_of(check) -> tuple[str, str] | None:
+    """(type, message) when the first failure means the check could not run to its end:
+    an op that raised (its exception's type) or a worker that crashed or timed out (the
+    code); None for a check that ran and found a wrong answer."""
+    from gradcheck_cli.codes import is_crash
+
+    failing = failing_diagnostics(check)
+    if not failing:
+        return None
+    first = failing[0]
+    if first.exception is not None:
+        return first.exception.get("type") or first.code, f"{first.code}: {first.message}"
+    if not is_crash(first.code):
+        return None
+    raised = _RAISED.search(first.message)
+    return (raised.group(1) if raised else first.code), f"{first.code}: {first.message}"
+
+
+def headline(check) -> str:
+    """The failure message: each failing diagnostic's code and first sentence, and the
+    gradients out of tolerance with their counts (never warnings or notes)."""
+    parts = []
+    for d in failing_diagnostics(check):
+        text = d.message if len(d.message) <= 300 else d.message[:300] + " ..."
+        parts.append(f"{d.code}: {text}")
+    if not parts:
+        for g in check.gradients:
+            if not g.passed and g.autograd is not None:
+                parts.append(f"d/d{g.wrt}: {g.failed_elements} element(s) out of tolerance "
+                             f"(max rel error {g.max_rel_error:.3g})")
+    return "; ".join(parts) if parts else "failed"
 
 
 def write(report, path: str | Path) -> None:

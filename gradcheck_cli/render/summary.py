@@ -11,10 +11,15 @@ from __future__ import annotations
 import io
 import math
 
+from gradcheck_cli.render.fit import Column, fit, fold_pairs
 from gradcheck_cli.render.table import STYLE, check_renderables, fmt_err, make_console, verdict_line
 
 # Diagnostics that say nothing about the verdict; left out of the summary's notes column.
 QUIET_CODES = frozenset({"warning"})
+COLUMNS = [Column("check", "check", "left", flex=12), Column("kind", "kind", "left", rank=3),
+           Column("dtype", "dtype", "left"), Column("rel", "worst rel err"), Column("abs", "abs err", rank=2),
+           Column("of", "of", "left", rank=1), Column("verdict", "verdict", "left"),
+           Column("notes", "notes", "left", flex=10)]
 
 
 def worst_gradient(check):
@@ -33,28 +38,34 @@ def summary_row(check) -> tuple[str, str, str, str, str, str, str, str]:
     g = worst_gradient(check)
     rel, abs_, wrt = ("—", "—", "—") if g is None else (fmt_err(g.max_rel_error), fmt_err(g.max_abs_error),
                                                        f"d/d{g.wrt}")
-    codes = sorted(check.codes() - QUIET_CODES)
+    codes = sorted({d.code for d in check.diagnostics if d.severity != "info"} - QUIET_CODES)
     notes = ", ".join(codes)
     if check.extra.get("points_checked"):
         notes = f"worst of {check.extra['points_checked']} points" + (f"; {notes}" if notes else "")
     return check.name, check.kind, check.dtype, rel, abs_, wrt, "PASS" if check.passed else "FAIL", notes
 
 
-def summary_table(report):
-    """The rich Table with one row per check."""
-    from rich.table import Table
+def summary_table(report, width: int = 120) -> list:
+    """One row per check, as a table fitting `width` (dropping the least important
+    columns first) or, on a very narrow console, as folded lines."""
     from rich.text import Text
 
-    table = Table(show_header=True, header_style="bold", pad_edge=False)
-    for col, justify, wrap in (("check", "left", False), ("kind", "left", False), ("dtype", "left", False),
-                               ("worst rel err", "right", False), ("abs err", "right", False),
-                               ("of", "left", False), ("verdict", "left", False), ("notes", "left", True)):
-        table.add_column(col, justify=justify, no_wrap=not wrap, overflow="fold")
+    rows = []
     for check in report.checks:
-        *cells, verdict, notes = summary_row(check)
+        cells = dict(zip([c.key for c in COLUMNS], summary_row(check)))
         style = STYLE["ok"] if check.passed else STYLE["fail"]
-        table.add_row(*cells, Text(verdict, style=style), Text(notes, style=STYLE["diag"]))
-    return table
+        rows.append({**cells, "verdict": Text(cells["verdict"], style=style),
+                     "notes": Text(cells["notes"], style=STYLE["diag"])})
+    table = fit(COLUMNS, rows, width)
+    if table is not None:
+        return [table]
+    out = []
+    for check in report.checks:
+        cells = dict(zip([c.key for c in COLUMNS], summary_row(check)))
+        out.append(Text(f"{cells['check']}  {cells['verdict']}", style=STYLE["ok"] if check.passed else STYLE["fail"]))
+        pairs = [(c.header, cells[c.key]) for c in COLUMNS if c.key not in ("check", "verdict") and cells[c.key]]
+        out += [Text(line, no_wrap=True, overflow="ignore") for line in fold_pairs(pairs, width)]
+    return out
 
 
 def render(report, console=None) -> None:
@@ -67,14 +78,15 @@ def render(report, console=None) -> None:
         shard = f" in shard {meta['shard']}" if meta.get("shard") else ""
         console.print(Text(f"no checks{shard} (of {meta.get('checks_total', 0)} in the suite)"))
     else:
-        console.print(summary_table(report))
+        for item in summary_table(report, console.width):
+            console.print(item)
     failed = [c for c in report.checks if not c.passed]
     for check in failed:
         console.print()
         console.print(Text(f"FAILED {check.name}" + (f"  ({check.extra['spec_file']})"
                                                       if check.extra.get("spec_file") else ""),
                            style=STYLE["fail"]))
-        for item in check_renderables(check):
+        for item in check_renderables(check, console.width):
             console.print(item)
     console.print()
     line = verdict_line(report)

@@ -1,68 +1,30 @@
 """The human report: rich tables, every number side by side, a one-line verdict.
 
-Colour only on a terminal and never when NO_COLOR is set (non-empty); piped output
-has no escape codes at all.
+Every element out of tolerance is marked FAIL, with counts ("4 of 4 out of tolerance");
+the error columns say which reference they compare against ("vs symbolic", "vs finite
+differences"), and a reference that disagrees with the other one is flagged (!).  No
+number or verdict is ever cut: a table too wide for the console drops its least
+important columns first, and folds its rows into lines when even the essential ones do
+not fit (fit.py).  Colour and width follow console.py (COLUMNS, FORCE_COLOR, NO_COLOR).
 """
 
 from __future__ import annotations
 
 import io
 import math
-import os
-import sys
 
 import numpy as np
 
-MAX_ROWS_PER_VARIABLE = 8  # tensors with more elements show their worst one, plus a preview
+from gradcheck_cli.render.console import make_console  # noqa: F401  (the renderers' console, re-exported)
+from gradcheck_cli.render.fit import Column, fit, fold_pairs
+from gradcheck_cli.render.rows import (FLAG, count_line, fmt, fmt_err, gradient_rows, has_both,  # noqa: F401
+                                       primary_reference)
 
-STYLE = {"ok": "green", "fail": "bold red", "diag": "yellow", "dim": "dim"}
+MAX_ROWS_PER_VARIABLE = 8  # tensors with more elements show their failing (or worst) elements
 
-
-def make_console(file=None, *, force_plain: bool = False, width: int | None = None):
-    from rich.console import Console
-
-    file = file or sys.stdout
-    plain = force_plain or bool(os.environ.get("NO_COLOR")) or not _isatty(file)
-    return Console(file=file, color_system=None if plain else "auto", force_terminal=not plain and None,
-                   width=width or (None if not plain else 120), highlight=False, soft_wrap=False,
-                   emoji=False, markup=False)
-
-
-def _isatty(file) -> bool:
-    try:
-        return file.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-def fmt(v) -> str:
-    """A number with ten significant digits, or its name when not finite."""
-    if v is None:
-        return "—"
-    v = float(v)
-    if math.isnan(v):
-        return "nan"
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    return f"{v:.10g}"
-
-
-def fmt_err(v) -> str:
-    if v is None:
-        return "—"
-    v = float(v)
-    if math.isnan(v):
-        return "nan"
-    if v == 0:
-        return "0"
-    return f"{v:.2e}"
-
-
-def _entry(arr, idx):
-    if arr is None:
-        return None
-    value = np.asarray(arr)[idx]
-    return None if (isinstance(value, float) and math.isnan(value) and False) else value
+STYLE = {"ok": "green", "fail": "bold red", "diag": "yellow", "dim": "dim",
+         "failure": "bold red", "warning": "yellow", "info": "dim"}
+SEVERITY_ORDER = {"failure": 0, "warning": 1, "info": 2}
 
 
 def _preview(arr, n: int = 6) -> str:
@@ -71,46 +33,75 @@ def _preview(arr, n: int = 6) -> str:
     return f"[{shown}{', ...' if flat.size > n else ''}]"
 
 
-def _index_label(name: str, idx: tuple) -> str:
-    return f"{name}[{', '.join(map(str, idx))}]" if idx else name
+def _columns(check) -> list:
+    """The table's columns; rank says which go first when the console is narrow."""
+    primary = primary_reference(check)
+    both = has_both(check)
+    vs = "vs symbolic" if primary == "symbolic" else "vs finite\ndifferences"
+    cols = [Column("label", "d/d", "left"), Column("autograd", "autograd")]
+    if primary == "symbolic":
+        cols.append(Column("symbolic", "symbolic"))
+    if primary == "finite_difference" or both:
+        cols.append(Column("finite_difference", "finite\ndifferences", rank=1 if primary == "symbolic" else 0))
+    if primary != "none":
+        cols += [Column("abs_primary", f"abs err\n{vs}", rank=2), Column("rel_primary", f"rel err\n{vs}")]
+    if both:
+        cols.append(Column("rel_secondary", "rel err\nvs finite\ndifferences", rank=3))
+    cols.append(Column("verdict", "", "left"))
+    return cols
 
 
-def _rows_for(g):
-    """(label, index) rows to show for one gradient: every element when few, else the worst."""
-    shape = tuple(g.shape)
-    count = int(np.prod(shape)) if shape else 1
-    # a result may name its own entries (op Jacobians: "out[1] / x[1]")
-    label = getattr(g, "label_for", None) or (lambda i: _index_label(g.wrt, i))
-    if count <= MAX_ROWS_PER_VARIABLE:
-        return [(label(idx), idx) for idx in np.ndindex(*shape)] if shape else [(label(()), ())]
-    idx = tuple(g.worst_index or (0,) * len(shape))
-    return [(label(idx) + " (worst)", idx)]
+def _verdict_style(verdict: str) -> str:
+    return STYLE["ok"] if verdict == "ok" else STYLE["fail"]
 
 
-def _fd_cell(g, idx) -> str:
-    if g.finite_difference is None:
-        return "—"
-    if g.fd_computed is not None and not bool(np.asarray(g.fd_computed)[idx]):
-        return "(not sampled)"
-    return fmt(np.asarray(g.finite_difference)[idx])
+def _styled(rows: list) -> list:
+    from rich.text import Text
+
+    return [{**r, "verdict": Text(r.get("verdict", ""), style=_verdict_style(r.get("verdict", "")))}
+            for r in rows]
 
 
-def _errors_at(g, idx):
-    a = np.asarray(g.autograd)[idx]
-    ref = g.symbolic if g.symbolic is not None else g.finite_difference
-    if ref is None:
-        return None, None
-    r = np.asarray(ref)[idx]
-    with np.errstate(all="ignore"):
-        if a == r:
-            return 0.0, 0.0
-        abs_err = abs(a - r)
-        return abs_err, (abs_err / abs(r) if r != 0 else math.inf)
+def _folded(columns: list, rows: list, width: int) -> list:
+    """Rows as lines of 'name value' pairs, for a console too narrow for any table."""
+    from rich.text import Text
+
+    out = []
+    first = columns[0].key
+    for r in rows:
+        head = Text(f"{r[first]}  ")
+        if "verdict" in r:
+            head.append(r["verdict"], style=_verdict_style(r["verdict"]))
+        out.append(head)
+        pairs = [(c.header.replace("\n", " "), r[c.key]) for c in columns
+                 if c.key not in (first, "verdict") and c.key in r]
+        out += [Text(line, no_wrap=True, overflow="ignore") for line in fold_pairs(pairs, width)]
+    return out
 
 
-def check_renderables(check):
-    """Everything shown for one check, as rich renderables."""
-    from rich.table import Table
+def gradient_table(check, width: int) -> list:
+    """The gradients' rows as a table that fits `width` (or folded lines), the legend of
+    the flag, and the count lines."""
+    from rich.text import Text
+
+    primary = primary_reference(check)
+    rows = [r for g in check.gradients for r in gradient_rows(g, primary)]
+    columns = _columns(check)
+    table = fit(columns, _styled(rows), width)
+    out = [table] if table is not None else _folded(columns, rows, width)
+    if any(r.get("flagged") for r in rows):
+        out.append(Text(f"  {FLAG} finite differences and symbolic disagree here by more than the tolerance "
+                        "(see reference_disagreement)", style=STYLE["warning"]))
+    for g in check.gradients:
+        line = count_line(g, primary)
+        if line:
+            out.append(Text("  " + line, style=STYLE["dim"] if g.passed else STYLE["fail"]))
+        if g.formula:
+            out.append(Text(f"  d/d{g.wrt} = {g.formula}"))
+    return out
+
+
+def _heading(check) -> list:
     from rich.text import Text
 
     out = []
@@ -119,7 +110,8 @@ def check_renderables(check):
     extra = check.extra
     bits = [check.kind, check.dtype]
     if extra.get("loss"):
-        bits.append(f"loss {extra['loss']} (target {_preview(extra['target']) if np.ndim(extra['target']) else fmt(extra['target'])})")
+        target = extra["target"]
+        bits.append(f"loss {extra['loss']} (target {_preview(target) if np.ndim(target) else fmt(target)})")
     if extra.get("fd_scheme"):
         bits.append(f"finite differences: {extra['fd_scheme']}")
     if extra.get("points_checked"):
@@ -141,50 +133,26 @@ def check_renderables(check):
             if value.get(key) is not None:
                 line.append(f"   {label} {_value_text(value.get(key))}")
         out.append(line)
-    table = Table(show_header=True, header_style="bold", show_lines=False, pad_edge=False)
-    for col, justify in (("d/d", "left"), ("autograd", "right"), ("symbolic", "right"),
-                         ("finite diff", "right"), ("abs err", "right"), ("rel err", "right"), ("", "left")):
-        table.add_column(col, justify=justify, no_wrap=True)
-    for g in check.gradients:
-        if g.autograd is None:  # not computed: the diagnostics below say why
-            table.add_row(g.wrt, "—", "—", "—", "—", "—", Text("not run", style=STYLE["fail"]))
-            continue
-        for label, idx in _rows_for(g):
-            a = np.asarray(g.autograd)[idx]
-            s = None if g.symbolic is None else np.asarray(g.symbolic)[idx]
-            abs_err, rel_err = _errors_at(g, idx)
-            ok_here = g.passed or not _element_fails(g, idx)
-            mark = Text("ok" if ok_here else "FAIL", style=STYLE["ok"] if ok_here else STYLE["fail"])
-            table.add_row(label, fmt(a), fmt(s) if s is not None else "—", _fd_cell(g, idx),
-                          fmt_err(abs_err), fmt_err(rel_err), mark)
-    if check.gradients:  # an op that raised before any gradient has only its diagnostics to show
-        out.append(table)
-    for g in check.gradients:
-        if g.autograd is None:
-            continue
-        count = int(np.prod(g.shape)) if g.shape else 1
-        if count > MAX_ROWS_PER_VARIABLE:
-            out.append(Text(f"  d/d{g.wrt} {list(g.shape)}: autograd {_preview(g.autograd)}; "
-                            f"max abs err {fmt_err(g.max_abs_error)}, max rel err {fmt_err(g.max_rel_error)}, "
-                            f"{g.failed_elements} of {count} out of tolerance (full numbers in --json)",
-                            style=STYLE["dim"]))
-        if g.formula:
-            out.append(Text(f"  d/d{g.wrt} = {g.formula}"))
-    hessian = extra.get("hessian")
-    if hessian:
-        out.append(_hessian_table(hessian))
-    for d in check.diagnostics:
-        line = Text("  ")
-        line.append(d.code, style=STYLE["diag"])
-        line.append(f": {d.message}")
-        out.append(line)
     return out
 
 
-def _element_fails(g, idx) -> bool:
-    if g.passed:
-        return False
-    return tuple(idx) == tuple(g.worst_index or ())
+def check_renderables(check, width: int = 120) -> list:
+    """Everything shown for one check, as rich renderables fitting `width` columns:
+    the heading, the gradients' table, the Hessian, then the diagnostics, failures first."""
+    from rich.text import Text
+
+    out = _heading(check)
+    if check.gradients:  # an op that raised before any gradient has only its diagnostics to show
+        out += gradient_table(check, width)
+    hessian = check.extra.get("hessian")
+    if hessian:
+        out += _hessian_renderables(hessian, width)
+    for d in sorted(check.diagnostics, key=lambda d: SEVERITY_ORDER.get(d.severity, 1)):
+        line = Text("  ")
+        line.append(f"[{d.severity}] {d.code}", style=STYLE.get(d.severity, STYLE["diag"]))
+        line.append(f": {d.message}")
+        out.append(line)
+    return out
 
 
 def _value_text(v) -> str:
@@ -193,24 +161,28 @@ def _value_text(v) -> str:
     return _preview(v) if np.ndim(v) else fmt(v)
 
 
-def _hessian_table(h):
-    from rich.table import Table
+def _hessian_renderables(h, width: int) -> list:
+    """--order 2: the Hessian's upper triangle (at most 36 entries), fitting `width`."""
+    from rich.text import Text
 
-    table = Table(title="Hessian (rows and columns in wrt order)", show_header=True, header_style="bold")
+    if h.get("autograd") is None:
+        return []
     n = np.asarray(h["autograd"]).shape[0]
-    for col in ("entry", "autograd", "symbolic", "finite diff"):
-        table.add_column(col, justify="right" if col != "entry" else "left", no_wrap=True)
     labels = _flat_labels(h)
+    sym, fdh = h.get("symbolic"), h.get("finite_difference")
+    rows = []
     for i in range(n):
         for j in range(i, n):
-            sym = h.get("symbolic")
-            fdh = h.get("finite_difference")
-            table.add_row(f"{labels[i]}, {labels[j]}", fmt(h["autograd"][i][j]),
-                          fmt(sym[i][j]) if sym is not None else "—",
-                          fmt(fdh[i][j]) if fdh is not None else "—")
-            if table.row_count >= 36:
-                return table
-    return table
+            rows.append({"entry": f"{labels[i]}, {labels[j]}", "autograd": fmt(h["autograd"][i][j]),
+                         "symbolic": fmt(sym[i][j]) if sym is not None else "—",
+                         "finite_difference": fmt(fdh[i][j]) if fdh is not None else "—"})
+    rows = rows[:36]
+    columns = [Column("entry", "entry", "left"), Column("autograd", "autograd"), Column("symbolic", "symbolic"),
+               Column("finite_difference", "finite\ndifferences", rank=1)]
+    verdict = "" if h.get("passed") is None else ("   ok" if h["passed"] else "   FAIL")
+    out = [Text("Hessian (rows and columns in wrt order)" + verdict, style="bold")]
+    table = fit(columns, rows, width)
+    return out + ([table] if table is not None else _folded(columns, rows, width))
 
 
 def _flat_labels(h) -> list[str]:
@@ -240,9 +212,15 @@ def verdict_line(report):
                     f"(worst relative error {fmt_err(worst)})")
         return text
     text = Text("FAIL", style=STYLE["fail"])
-    names = ", ".join(c.name for c in failed[:5]) + (" ..." if len(failed) > 5 else "")
+    names = ", ".join(_named(c) for c in failed[:5]) + (" ..." if len(failed) > 5 else "")
     text.append(f"  {len(failed)} of {total} check{'s' if total != 1 else ''} failed: {names}")
     return text
+
+
+def _named(check) -> str:
+    """'name (gradient_mismatch)': the check and the codes that failed it."""
+    codes = list(dict.fromkeys(d.code for d in check.diagnostics if d.severity == "failure"))
+    return f"{check.name} ({', '.join(codes[:3])}{', ...' if len(codes) > 3 else ''})" if codes else check.name
 
 
 def render(report, console=None) -> None:
@@ -251,7 +229,7 @@ def render(report, console=None) -> None:
     for i, check in enumerate(report.checks):
         if i:
             console.print()
-        for item in check_renderables(check):
+        for item in check_renderables(check, console.width):
             console.print(item)
     console.print()
     console.print(verdict_line(report))
@@ -267,6 +245,6 @@ def render_text(report, width: int = 120) -> str:
 def render_check_text(check, width: int = 120) -> str:
     buf = io.StringIO()
     console = make_console(buf, force_plain=True, width=width)
-    for item in check_renderables(check):
+    for item in check_renderables(check, width):
         console.print(item)
     return buf.getvalue()

@@ -110,7 +110,8 @@ def _validators() -> dict:
     from gradcheck_cli.checker import LOSSES
     from gradcheck_cli.engines.finite_diff import SCHEMES
     from gradcheck_cli.op.api import MODES
-    from gradcheck_cli.shared import DEVICES, MAX_POINTS
+    from gradcheck_cli.devices import syntax_problem
+    from gradcheck_cli.shared import MAX_POINTS
     from gradcheck_cli.tolerances import DTYPES
 
     return {
@@ -120,7 +121,7 @@ def _validators() -> dict:
         "init": _table_of(_is_kw, "a number, a boolean, a string or an array of numbers"),
         "wrt": _wrt, "target": _value,
         "loss": _enum(LOSSES), "dtype": _enum(DTYPES), "fd": _enum(SCHEMES), "mode": _enum(MODES),
-        "device": _enum(DEVICES),
+        "device": syntax_problem,
         "eps": _positive_number, "atol": _nonneg_number, "rtol": _nonneg_number, "timeout": _nonneg_number,
         "points": _integer(0, MAX_POINTS), "seed": _integer(0, 2**63 - 1), "order": _integer(1, 2),
     }

@@ -59,6 +59,17 @@ CODES: dict[str, Code] = {
     "wrong_shape": Code(F, "the backward returned a gradient of the wrong shape"),
     "wrong_gradient_metadata": Code(F, "the backward returned a gradient of the wrong dtype or device"),
     "bad_output": Code(F, "the op returned something that is not a floating tensor or a tuple of them"),
+    "jvp_mismatch": Code(F, "forward-mode AD (the op's jvp) disagrees with the Jacobian or with the backward"),
+    "forward_over_reverse_mismatch": Code(F, "--order 2: forward-mode AD through the backward disagrees with "
+                                             "finite differences of the backward"),
+    "undefined_grad": Code(F, "the backward crashes or is wrong when some grad_outputs are undefined (None)"),
+    "batched_grad_mismatch": Code(F, "the backward gives other numbers under vmap (batched grad_outputs) than "
+                                     "in a plain call"),
+    "fake_kernel_mismatch": Code(F, "a custom operator's fake (meta) kernel is missing or disagrees with the "
+                                    "real kernel's shapes, dtypes, devices or strides"),
+    "schema_violation": Code(F, "a custom operator mutates or aliases an argument its schema does not declare"),
+    "autograd_not_registered": Code(F, "an operator has no autograd formula: its gradients stop or raise"),
+    "compile_mismatch": Code(F, "a custom operator under torch.compile(backend='aot_eager') differs from eager"),
     # -- failures: the check could not run to its end ------------------------------------------------
     "op_error": Code(F, "the op raised (in forward, backward or a later call)", crash=True),
     "double_backward_error": Code(F, "--order 2: double backward raised or cannot run", crash=True),
@@ -97,6 +108,8 @@ CODES: dict[str, Code] = {
     "complex_as_real": Code(I, "complex tensors are checked as real and imaginary parts"),
     "forward_noise": Code(I, "the forward is noisy beyond rounding; finite differences allow for it"),
     "order2_sampled": Code(I, "double backward checked on a seeded sample of input elements"),
+    "forward_ad_unsupported": Code(I, "the op has no forward-mode AD: JVPs were not checked"),
+    "registration_checked": Code(I, "a custom operator's registration checks (as torch.library.opcheck) ran"),
 }
 
 REGISTRY_FILE = "gradcheck_cli/codes.py"

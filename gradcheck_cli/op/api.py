@@ -128,7 +128,8 @@ def _check_target(target, at, kw, *, wrt, reference, mode, dtype, fd, eps, atol,
     chosen = choose_wrt(call, wrt, complex_)
     spec = OpSpec(call.fn, label, tuple(call.slots), call.kwargs, names, chosen,
                   complex_inputs=frozenset(k for k, v in call.values.items() if v.complex),
-                  keyword_inputs=frozenset(call.keyword_inputs), given=call.given, target=loaded)
+                  keyword_inputs=frozenset(call.keyword_inputs), given=call.given, target=loaded,
+                  order=tuple(call.order))
     ref = _reference(reference, call.values)
     values = _torch_backed(call.values)  # the input is valid; the numpy originals go
     prep = PreparedOp(spec, values, ref, name or target)

@@ -26,6 +26,7 @@ class Call:
     values: dict = field(default_factory=dict)  # input name -> Value (floating: what the gate varies)
     given: dict = field(default_factory=dict)  # int / bool values by name, for the report's point
     default_wrt: list = field(default_factory=list)
+    order: list = field(default_factory=list)  # every named value, in the order the user gave them
 
 
 def build_call(target, at: list, kw: list, *, seed: int, complex_: bool, device: str, dtype: str) -> Call:
@@ -45,7 +46,7 @@ def build_call(target, at: list, kw: list, *, seed: int, complex_: bool, device:
     parsed = parse_values(list(at) + tensor_kw, seed, complex_)  # one seeded stream: --at first, in order
     plain = {k: parse_kw(k, v) for k, v in kw if not is_tensor_text(v)}
     sig.check_call(target.signatures, target.label, names_at, [k for k, _ in kw])
-    call = Call(target.fn)
+    call = Call(target.fn, order=names_at + [k for k, v in kw if is_tensor_text(v)])
     for name in names_at:
         _positional(call, parsed[name], device)
     for k, _ in kw:

@@ -69,7 +69,7 @@ def unsupported_message(exc: Exception) -> str:
         why = "a torch.autograd.Function without a jvp staticmethod"
     else:
         why = text.split(". ")[0][:160]
-    return f"JVPs not checked: the op has no forward-mode AD ({why}); torch.func.jvp and jacfwd cannot use it"
+    return f"JVPs not checked: the op has no forward-mode AD ({why})"
 
 
 def _load_decompositions() -> None:

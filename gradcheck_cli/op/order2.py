@@ -192,6 +192,8 @@ def _fd_of_backward_along(spec, arrays, dtype, device, v, wrt, sizes, u, eps):
 def apply_forward_over_reverse(pt, v: np.ndarray, f64_ok: bool) -> None:
     """forward_over_reverse_check's diagnostics into the point's report (--order 2)."""
     opts = pt.opts
+    if pt.extra.get("forward_ad") == "unsupported":  # already said: the op itself has no forward-mode AD
+        return
     rng = np.random.default_rng([opts.seed, 6])  # its own stream: the other checks' draws stay as they were
     for d in forward_over_reverse_check(pt.prep.spec, pt.arrays, pt.ref_arrays, opts.dtype, opts.device, v, pt.tol,
                                         opts.eps, rng, f64_ok):

@@ -86,6 +86,7 @@ def check_point(prep, arrays: dict, opts) -> CheckResult:
     value["symbolic"] = value.get("reference")  # the --reference expression, evaluated exactly
     passed = not pt.failed and all(g.passed for g in gradients)
     point = {**{k: np.asarray(v) for k, v in arrays.items()}, **spec.given}
+    point = {k: point[k] for k in (*spec.order, *point) if k in point}  # the user's order
     return CheckResult(prep.name, "op", passed, opts.dtype, point, value, tuple(gradients), tuple(dedupe(pt.diags)),
                        pt.extra)
 

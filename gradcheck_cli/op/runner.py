@@ -124,6 +124,7 @@ class OpSpec:
     complex_outputs: bool = False
     keyword_inputs: frozenset = frozenset()  # kwargs whose value is an input (a name) or a list of them
     given: dict = field(default_factory=dict)  # int / bool values passed as they are, by name (for reports)
+    order: tuple = ()  # every named value in the order the user gave them (the report's point)
     target: Any = None  # targets.OpTarget when known (a module, a torch.library operator, ...)
 
     def _value(self, slot, tensors: dict):

@@ -12,8 +12,8 @@ from typing import List, Optional
 
 import typer
 
-from gradcheck_cli.cli_io import (JsonErrorGroup, check_detail, emit, fail, prepare_junit, progress, quiet_broken_pipe,
-                                  stdout_to_stderr)
+from gradcheck_cli.cli_io import (JsonErrorGroup, check_detail, emit, fail, prefetch_renderer, prepare_junit, progress,
+                                  quiet_broken_pipe, stdout_to_stderr)
 from gradcheck_cli.errors import UserInputError
 from gradcheck_cli.output import write_stdout
 from gradcheck_cli.tolerances import describe as describe_tolerances
@@ -215,7 +215,7 @@ def op(
     try:
         from gradcheck_cli.suite import workers
 
-        workers.warm_up()  # torch and SymPy load in the worker's server while we validate
+        workers.warm_up(symbolic=reference is not None)  # torch loads in the workers' server while we validate
         from gradcheck_cli.op.api import OpOptions
         from gradcheck_cli.suite.failures import failed_check, message_for, op_inputs
 
@@ -230,6 +230,7 @@ def op(
         job = ("op", dict(target=target, at=at_items, kw=kw_items, wrt=wrt_names, reference=reference, mode=mode,
                           dtype=dtype, fd=fd, eps=eps, atol=atol, rtol=rtol, points=points, seed=seed, order=order,
                           device=device, init=init_items))
+        prefetch_renderer(as_json, junit)
         with stdout_to_stderr():
             outcome, interrupted = workers.run_one(job, timeout or None)
         if outcome is not None and outcome.kind == "user_error":

@@ -210,3 +210,23 @@ def quiet_broken_pipe() -> None:
     except OSError:
         pass
     sys.exit(1)
+
+
+def prefetch_renderer(as_json: bool, junit: Optional[Path] = None) -> None:
+    """Import what reading and rendering the report needs (numpy to unpickle it, the
+    renderer) in a background thread, while the worker runs the check: the parent waits
+    on a pipe meanwhile, so these imports cost no wall time."""
+    import importlib
+    import threading
+
+    names = ["numpy", "gradcheck_cli.report", "gradcheck_cli.render.json_out" if as_json else
+             "gradcheck_cli.render.table"] + (["gradcheck_cli.render.junit"] if junit is not None else [])
+
+    def load() -> None:
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 -- a head start only: the real import reports any problem
+                return
+
+    threading.Thread(target=load, name="gradcheck-prefetch", daemon=True).start()

@@ -57,3 +57,26 @@ def test_every_command_has_help_text():
         for param in command.params:
             if param.param_type_name == "option":
                 assert param.help, f"{name} {param.opts} has no help"
+
+
+def _imported(argv: list) -> set:
+    """Every module any process of `gradcheck ARGV` imported (python -X importtime reaches
+    the workers' server and the workers, whose stderr comes back to the caller's)."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "gradcheck_cli", *argv], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+
+
+SWISH = os.path.join(os.path.dirname(__file__), "..", "samples", "ops", "swish.py") + ":Swish"
+
+
+def test_a_plain_op_check_imports_no_sympy_and_no_table_renderer_for_json():
+    """Issue 16: `gradcheck op` without --reference leaves SymPy (~0.4 s) out of every process,
+    and with --json the parent never loads rich; with --reference SymPy is there (the
+    measurement sees it: the test can fail)."""
+    plain = _imported(["op", SWISH, "--at", "x=randn(3)", "--mode", "full", "--json"])
+    assert "torch" in plain and "gradcheck_cli.op.full" in plain  # the check really ran
+    assert "sympy" not in plain and "rich" not in plain
+    exact = _imported(["op", SWISH, "--at", "x=randn(3)", "--reference", "x*sigmoid(x)", "--json"])
+    assert "sympy" in exact

@@ -17,6 +17,7 @@ from gradcheck_cli.op.runner import (
     call,
     flat_numpy,
     checked_outputs,
+    engine_grad,
     invoke,
     grad_numpy,
     unflatten,
@@ -90,9 +91,7 @@ class VJPMany:
             start += n
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            grads = torch.autograd.grad([self.outputs[k] for k in keep], self.inputs,
-                                        grad_outputs=[gos[k] for k in keep], retain_graph=True,
-                                        allow_unused=True, is_grads_batched=True)
+            grads = engine_grad([self.outputs[k] for k in keep], self.inputs, [gos[k] for k in keep], batched=True)
         self.calls += 1
         self.none.update(k for k, g in enumerate(grads) if g is None)
         got = np.zeros((block.shape[0], sum(self.sizes)))

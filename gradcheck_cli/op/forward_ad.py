@@ -38,11 +38,57 @@ class JVPOutcome:
 
 def tangents(spec, arrays: dict, dtype: str, device: str, directions: dict, phase: str = "forward-mode AD"):
     """J u: the op's outputs' tangents (one flat float64 vector) for input tangents
-    `directions` (input name -> flat float64 array; inputs not named get none)."""
+    `directions` (input name -> flat float64 array; inputs not named get none).
+
+    torch loads its forward-AD decompositions (jvps of a few backward ops, scripted with
+    torch.jit: ~0.2 s) on the first make_dual; an op check needs them only when the op
+    calls those backward ops.  So the first try goes without them, and anything it raises
+    is tried again with them loaded: only that answer counts."""
+    if _decompositions_loaded():
+        return _tangents(spec, arrays, dtype, device, directions, phase)
+    try:
+        with _decompositions_deferred():
+            return _tangents(spec, arrays, dtype, device, directions, phase)
+    except Unsupported as exc:  # a Function without jvp, or nothing carrying tangents: not the decompositions
+        if "jvp function" in str(exc) or "carry no tangent" in str(exc):
+            raise
+    except OpRaised:
+        pass
+    _load_decompositions()
+    return _tangents(spec, arrays, dtype, device, directions, phase)
+
+
+def _decompositions_loaded() -> bool:
+    import sys
+
+    return "torch._decomp.decompositions_for_jvp" in sys.modules
+
+
+def _decompositions_deferred():
+    """make_dual without loading torch's forward-AD decompositions (put back after)."""
+    import contextlib
+
+    import torch.autograd.forward_ad as fwad
+
+    @contextlib.contextmanager
+    def deferred():
+        loader = getattr(fwad, "_maybe_load_decompositions", None)
+        if loader is None:
+            yield
+            return
+        fwad._maybe_load_decompositions = lambda: None
+        try:
+            yield
+        finally:
+            fwad._maybe_load_decompositions = loader
+
+    return deferred()
+
+
+def _tangents(spec, arrays: dict, dtype: str, device: str, directions: dict, phase: str):
     import torch
     import torch.autograd.forward_ad as fwad
 
-    _load_decompositions()
     tensors = make_tensors(spec, arrays, dtype, device, grad=False)
     try:
         with fwad.dual_level():

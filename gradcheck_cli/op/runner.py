@@ -263,11 +263,37 @@ def vjp(outputs: list, inputs: list, grad_outputs: list, *, create_graph: bool =
     if not keep:
         return tuple(None for _ in inputs)
     try:
-        return torch.autograd.grad([outputs[k] for k in keep], inputs, grad_outputs=[grad_outputs[k] for k in keep],
-                                   retain_graph=retain_graph or create_graph, create_graph=create_graph,
-                                   allow_unused=True)
+        return engine_grad([outputs[k] for k in keep], inputs, [grad_outputs[k] for k in keep],
+                           retain_graph=retain_graph or create_graph, create_graph=create_graph)
     except user_failures() as exc:
         raise OpRaised(phase, exc) from exc
+
+
+def engine_grad(outputs: list, inputs: list, grad_outputs: list, *, retain_graph: bool = True,
+                create_graph: bool = False, batched: bool = False) -> tuple:
+    """torch.autograd.grad(outputs, inputs, grad_outputs, allow_unused=True), handing the
+    grad_outputs to autograd's engine as they are.  Our grad_outputs are built to the
+    outputs' exact shape, dtype and device (and, on purpose, sometimes a non-contiguous
+    layout), so torch.autograd.grad's validation of them has nothing to find -- and it
+    imports SymPy (through torch.fx's symbolic shapes, ~0.4 s) on its first call, which
+    a plain op check would otherwise pay at every start.  `batched`: grad_outputs carry a
+    leading batch dimension (is_grads_batched, vmap over the backward).  Falls back to
+    torch.autograd.grad where the engine's entry point is not there (older torch)."""
+    import torch
+
+    run = getattr(torch.autograd.graph, "_engine_run_backward", None)
+    vmap = getattr(getattr(torch, "_vmap_internals", None), "_vmap", None)
+    if run is None or (batched and vmap is None):
+        return torch.autograd.grad(outputs, inputs, grad_outputs, retain_graph=retain_graph, create_graph=create_graph,
+                                   allow_unused=True, is_grads_batched=batched)
+    outputs, inputs = tuple(outputs), tuple(inputs)
+
+    def backward(grads):
+        return run(outputs, grads, retain_graph, create_graph, inputs, True, accumulate_grad=False)
+
+    if batched:
+        return vmap(backward, 0, 0, allow_none_pass_through=True)(tuple(grad_outputs))
+    return backward(tuple(grad_outputs))
 
 
 def unflatten(vec, outputs: list):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradcheck_cli.op.runner import grads_numpy, unflatten, user_failures
+from gradcheck_cli.op.runner import engine_grad, grads_numpy, unflatten, user_failures
 from gradcheck_cli.report import Diagnostic
 
 MAX_OUTPUTS = 8  # outputs undefined one at a time (more are sampled)
@@ -74,10 +74,7 @@ def undefined_checks(outs: list, inputs: list, wrt: list, expect, jac_ok: dict, 
 
 
 def _grad(outs: list, inputs: list, grad_outputs: list) -> list:
-    import torch
-
-    grads = torch.autograd.grad(outs, inputs, grad_outputs, retain_graph=True, allow_unused=True)
-    return grads_numpy(grads, inputs)
+    return grads_numpy(engine_grad(outs, inputs, grad_outputs), inputs)
 
 
 def _crash(exc: BaseException, when: str) -> Diagnostic:

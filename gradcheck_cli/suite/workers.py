@@ -35,9 +35,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-PRELOAD = ["numpy", "torch", "sympy", "gradcheck_cli.suite.child", "gradcheck_cli.suite.runner",
-           "gradcheck_cli.op.api", "gradcheck_cli.checker", "gradcheck_cli.engines.symbolic",
-           "gradcheck_cli.engines.finite_diff", "gradcheck_cli.engines.autograd"]
+# What the worker server imports before it forks workers: a suite may hold expression checks
+# (SymPy and the engines); a plain `gradcheck op` needs torch and the op gate only, and SymPy
+# (~0.4 s) is left out of its start-up unless --reference asks for an exact forward.
+OP_PRELOAD = ["numpy", "torch", "gradcheck_cli.suite.child", "gradcheck_cli.op.api", "gradcheck_cli.op.full",
+              "gradcheck_cli.op.fast"]
+PRELOAD = OP_PRELOAD + ["sympy", "gradcheck_cli.suite.runner", "gradcheck_cli.checker",
+                        "gradcheck_cli.engines.symbolic", "gradcheck_cli.engines.finite_diff",
+                        "gradcheck_cli.engines.autograd"]
 GRACE_S = 2.0  # how long a worker told to exit may take before it is killed
 
 
@@ -65,22 +70,24 @@ class Outcome:
 _CONTEXT: list = []
 
 
-def _context():
-    """The forkserver context, its server preloading torch and SymPy (started on first use)."""
+def _context(preload: list | None = None):
+    """The forkserver context, its server preloading `preload` (default PRELOAD: torch,
+    SymPy and the engines), started on first use; later calls get the same one."""
     if not _CONTEXT:
         import multiprocessing
 
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(PRELOAD)
+        ctx.set_forkserver_preload(PRELOAD if preload is None else preload)
         _CONTEXT.append(ctx)
     return _CONTEXT[0]
 
 
-def warm_up() -> None:
-    """Start the server now, so its imports overlap with the parent's own work."""
+def warm_up(symbolic: bool = True) -> None:
+    """Start the server now, so its imports overlap with the parent's own work;
+    symbolic=False: a server for op checks without an expression (no SymPy)."""
     from multiprocessing import forkserver
 
-    _context()
+    _context(None if symbolic else OP_PRELOAD)
     forkserver.ensure_running()
 
 

@@ -91,7 +91,8 @@ def _preflight(pool, specs: list, runner: Runner, done: dict, timeout) -> int | 
 def _run_checks(pool, specs, runner, done, fail_fast, progress, on_result, timeout) -> int | None:
     from gradcheck_cli.suite.workers import Task, rebuild_user_error
 
-    tasks = [Task(i, ("spec", spec), _check_timeout(spec, timeout)) for i, spec in enumerate(specs) if i not in done]
+    tasks = [Task(i, ("spec", spec), _check_timeout(spec, timeout), _group(spec, runner))
+             for i, spec in enumerate(specs) if i not in done]
     errors: list = []
     first_failed = [min((i for i, r in done.items() if not r.passed), default=None)]
 
@@ -120,6 +121,14 @@ def _run_checks(pool, specs, runner, done, fail_fast, progress, on_result, timeo
         err = rebuild_user_error(payload)
         raise err if err.message.startswith(specs[index].where) else in_check(err, specs[index])
     return interrupted
+
+
+def _group(spec: CheckSpec, runner: Runner):
+    """What a worker caches for a check: the SymPy model of an expression (the runner's key
+    of expression, loss and shapes), or the op target it imported."""
+    if spec.kind == "expression":
+        return runner.prepare(spec)[2]
+    return ("op", spec.source, spec.options.get("base_dir"))
 
 
 def _failed(spec: CheckSpec, runner: Runner, outcome, phase: str | None = None):

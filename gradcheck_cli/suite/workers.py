@@ -53,6 +53,7 @@ class Task:
     key: Any  # the caller's handle (a check's index)
     job: tuple
     timeout: float | None  # seconds; None or 0: no limit
+    group: Any = None  # tasks of one group share what a worker caches (a SymPy model): one worker takes them
 
 
 @dataclass
@@ -100,6 +101,7 @@ class Worker:
     lifeline: Any  # Connection never written: the worker exits when it closes (watch_parent)
     task: Task | None = None
     started: float = 0.0
+    groups: set = field(default_factory=set)  # the task groups this worker has run (its caches hold them)
 
 
 def _spawn(threads: int) -> Worker:
@@ -206,7 +208,8 @@ class Pool:
                     self._kill_busy()
                     return signals.received
                 while pending and len(self.busy) < self.size:
-                    self._start(pending.popleft(), cwd, environ)
+                    worker = self.idle.pop() if self.idle else None
+                    self._start(_pick(pending, worker, self.busy), cwd, environ, worker)
                 for worker, outcome in self._wait(signals):
                     on_outcome(worker.task, outcome)
                     worker.task = None
@@ -215,15 +218,17 @@ class Pool:
                     self._kill(worker)
             return signals.received
 
-    def _start(self, task: Task, cwd: str, environ: dict) -> None:
-        worker = self.idle.pop() if self.idle else _spawn(self.threads)
+    def _start(self, task: Task, cwd: str, environ: dict, worker: Worker | None = None) -> None:
+        worker = worker or _spawn(self.threads)
         worker.task, worker.started = task, time.perf_counter()
+        worker.groups.add(task.group)
         try:
             worker.jobs.send((cwd, environ, task.job))
         except (OSError, EOFError):  # it died while idle: the next one takes the task
             self._discard(worker)
             worker = _spawn(self.threads)
             worker.task, worker.started = task, time.perf_counter()
+            worker.groups.add(task.group)
             worker.jobs.send((cwd, environ, task.job))
         self.busy.append(worker)
 
@@ -365,6 +370,21 @@ class Pool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _pick(pending: deque, worker: Worker | None, busy: list) -> Task:
+    """The next task for `worker` (None: a new one), taken out of `pending`: the first of
+    a group it has already run (its cached SymPy model is reused), else the first of a
+    group no busy worker is on (two workers do not build one model twice), else the first.
+    With one worker this is the given order."""
+    taken = {g for w in busy for g in w.groups}
+    mine = worker.groups if worker is not None else set()
+    choice = next((t for t in pending if t.group is not None and t.group in mine), None)
+    if choice is None and busy:
+        choice = next((t for t in pending if t.group is None or t.group not in taken), None)
+    choice = choice or pending[0]
+    pending.remove(choice)
+    return choice
 
 
 def rebuild_user_error(payload):

@@ -101,7 +101,7 @@ def elementwise_only(root: ir.Node) -> set[str]:
     return set(ir.names_in(root)) - under_reduction
 
 
-class _Batch:
+class Batch:
     """Evaluates the expression on batches of points that differ in one input."""
 
     def __init__(self, root, arrays, out_shape, max_numel, use_complex):
@@ -134,7 +134,7 @@ class _Batch:
         """Outputs (B, n_out) and kink offsets for inputs with `replace[name]` = (B, *shape) rows."""
         inputs = dict(self.inputs)
         for name, rows in replace.items():
-            t = self.torch.from_numpy(rows)
+            t = rows if isinstance(rows, self.torch.Tensor) else self.torch.from_numpy(rows)
             inputs[name] = t.reshape((t.shape[0],) + (1,) * (self.rank + 1 - t.ndim) + tuple(t.shape[1:]))
         kinks: list = []
         with self.torch.no_grad():
@@ -178,13 +178,13 @@ def _as_rows(t) -> np.ndarray:
 
 
 def jacobian(root: ir.Node, arrays: dict, name: str, out_shape: tuple, *, scheme: str,
-             eps: float | None = None, max_numel: int = 1, seed: int = 0, batch: _Batch | None = None,
+             eps: float | None = None, max_numel: int = 1, seed: int = 0, batch: Batch | None = None,
              elements: np.ndarray | None = None) -> FDResult:
     """Finite-difference Jacobian of the expression w.r.t. `name` (all other inputs fixed).
     With `elements` (flat indices), only those columns are differenced (the rest are NaN,
     and `sampled` lists them); each gets the numbers a full run would give it."""
     use_complex = scheme == "complex"
-    batch = batch or _Batch(root, arrays, out_shape, max_numel, use_complex)
+    batch = batch or Batch(root, arrays, out_shape, max_numel, use_complex)
     x = np.asarray(arrays[name], dtype=np.float64)
     flat = x.reshape(-1)
     n_in = flat.size
@@ -196,14 +196,21 @@ def jacobian(root: ir.Node, arrays: dict, name: str, out_shape: tuple, *, scheme
         if elements is not None:
             computed = np.unique(np.asarray(elements, dtype=np.int64).reshape(-1))
         else:
-            limit = max(MIN_SAMPLE, BUDGET // (plan_rows(scheme, flat, eps) * batch.max_numel))
-            if n_in > limit:
-                computed = np.sort(np.random.default_rng(seed).choice(n_in, size=limit, replace=False))
+            computed = sample(scheme, flat, eps, batch.max_numel, seed)
         picked, hits = _one_by_one(batch, name, x, scheme, eps, computed)
     undefined = ~np.isfinite(batch.real_f0[0])  # (n_out,): outside the real domain
     if undefined.any():
         picked["est"] = np.where(undefined, np.nan, picked["est"])
     return _assemble(scheme, picked, hits, computed, columns, batch.n_out, n_in)
+
+
+def sample(scheme: str, flat: np.ndarray, eps: float | None, max_numel: int, seed: int) -> np.ndarray | None:
+    """The seeded sample of elements differenced one by one when all of them would cost more
+    than BUDGET element evaluations (sorted flat indices), or None for all of them."""
+    limit = max(MIN_SAMPLE, BUDGET // (plan_rows(scheme, flat, eps) * max(1, max_numel)))
+    if flat.size <= limit:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(flat.size, size=limit, replace=False))
 
 
 def derivative_at_steps(root: ir.Node, arrays: dict, name: str, element: int, output: int, out_shape: tuple, *,
@@ -214,7 +221,7 @@ def derivative_at_steps(root: ir.Node, arrays: dict, name: str, element: int, ou
     vanishes there (x + h == x) gives NaN."""
     use_complex = scheme == "complex"
     max_numel = max([int(np.asarray(a).size) for a in arrays.values()] + [math.prod(out_shape)])
-    batch = _Batch(root, arrays, out_shape, max_numel, use_complex)
+    batch = Batch(root, arrays, out_shape, max_numel, use_complex)
     x = np.asarray(arrays[name], dtype=np.float64)
     flat = x.reshape(-1)
     x0 = float(flat[element])
@@ -262,7 +269,7 @@ def _cand_crossed(plan: Plan, row_flags: np.ndarray | None, lead: tuple) -> np.n
     return np.stack([row_flags[..., plan.row_cand == c].any(axis=-1) for c in range(n_cand)])
 
 
-def _together(batch: _Batch, name, x, plan: Plan, columns):
+def _together(batch: Batch, name, x, plan: Plan, columns):
     """Perturb every element at once: one batch row per plan row."""
     pert = plan.pert.reshape((plan.n_rows,) + x.shape)
     rows = (x[None] + pert).astype(np.complex128 if batch.use_complex else np.float64)
@@ -277,7 +284,7 @@ def _together(batch: _Batch, name, x, plan: Plan, columns):
     return {k: (None if v is None else v[0]) for k, v in picked.items()}, hits
 
 
-def _one_by_one(batch: _Batch, name, x, scheme: str, eps, computed):
+def _one_by_one(batch: Batch, name, x, scheme: str, eps, computed):
     """One batch row per (element, plan row), a chunk of elements at a time (each chunk
     plans its own elements only, so a large input costs memory for its sample alone);
     returns the picked estimates per (element, output)."""
@@ -411,10 +418,10 @@ def _assemble(scheme, picked, hits, computed, columns, n_out, n_in) -> FDResult:
         if b_sl is not None:
             b_sl[:, cols] = bwd.T
         mask[:, cols] = picked["crossed"].T
-    return FDResult(scheme, jac, error, f_sl, b_sl, _element_steps(jac, used), computed, hits, mask, used)
+    return FDResult(scheme, jac, error, f_sl, b_sl, element_steps(jac, used), computed, hits, mask, used)
 
 
-def _element_steps(jac: np.ndarray, used: np.ndarray) -> np.ndarray:
+def element_steps(jac: np.ndarray, used: np.ndarray) -> np.ndarray:
     """Per input element, the step of its largest computed derivative (NaN if none)."""
     if jac.size == 0:
         return np.full(jac.shape[1], np.nan)

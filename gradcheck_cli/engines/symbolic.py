@@ -63,16 +63,34 @@ class Model:
         return self._derivatives[key]
 
     def compile(self, expr: sp.Expr):
-        """lambdify once per formula; evaluating it is vectorized over every element."""
+        """lambdify once per formula; evaluating it is vectorized over every element.
+        Compiled formulas are shared by every model with the same symbols (the same
+        expression checked again, at another point or with --points), up to COMPILED_MAX."""
         key = sp.srepr(expr) if len(self._compiled) < 10_000 else None
         fn = self._compiled.get(key) if key else None
         if fn is None:
-            # common-subexpression elimination pays off on large formulas only (its first
-            # use also costs an import that a small check would notice)
-            fn = numpy_lambdify(self.symbols, numpy_safe(expr), cse=sp.count_ops(expr) > CSE_MIN_OPS)
+            shared = (tuple(sp.srepr(s) for s in self.symbols), key)
+            fn = _COMPILED.get(shared) if key else None
+            if fn is None:
+                # common-subexpression elimination pays off on large formulas only (its first
+                # use also costs an import that a small check would notice)
+                fn = numpy_lambdify(self.symbols, numpy_safe(expr), cse=sp.count_ops(expr) > CSE_MIN_OPS)
+                if key:
+                    _remember(_COMPILED, shared, fn)
             if key:
                 self._compiled[key] = fn
         return fn
+
+
+COMPILED_MAX = 2048  # compiled formulas kept for the process (a check's formulas are a handful)
+_COMPILED: dict = {}
+
+
+def _remember(cache: dict, key, value) -> None:
+    """cache[key] = value, dropping the oldest entry past COMPILED_MAX."""
+    if len(cache) >= COMPILED_MAX:
+        cache.pop(next(iter(cache)))
+    cache[key] = value
 
 
 def build(root: ir.Node, node_shapes: dict, var_shapes: dict):

@@ -122,7 +122,10 @@ def evaluate(root: ir.Node, inputs: dict, torch, *, dtype, device="cpu", batched
                 # near arg(a) = pi would swamp a complex step
                 v = node.right.value
                 b = int(v) if v.is_integer() and abs(v) < 2**31 else v
-            out = _binary(node.op, a, b)
+            if batched and node.op == "**" and isinstance(b, int) and b == 2:
+                out = a * a  # the same correctly rounded square, twice as fast as pow (complex: 4x)
+            else:
+                out = _binary(node.op, a, b)
         elif isinstance(node, ir.Compare):
             a, b = values[id(node.left)], values[id(node.right)]
             if kinks is not None:

@@ -217,7 +217,7 @@ def check_at(prep: Prepared, arrays: dict, opts: Options) -> CheckResult:
         if symbolic_error:
             diags.append(Diagnostic("symbolic_unavailable", symbolic_error + "; symbolic is null, the verdict "
                                     "rests on finite differences"))
-        scheme, why = finite_diff.resolve_scheme(opts.fd, prep.root)
+        scheme, why = finite_diff.resolve_scheme(opts.fd, prep.root, ref_arrays)
         if why:
             diags.append(Diagnostic("fd_fallback", why))
         max_numel = max(math.prod(s) for s in prep.node_shapes.values())

@@ -50,6 +50,8 @@ CASES = {
     "exp-sin-log": ("sum(exp(sin(x))*log(1+x**2))", lambda xs: mp.fsum(mp.exp(mp.sin(v)) * mp.log(1 + v**2) for v in xs),
                     lambda xs: [mp.exp(mp.sin(v)) * (mp.cos(v) * mp.log(1 + v**2) + 2 * v / (1 + v**2)) for v in xs]),
     "root-sum-squares": ("sum(x**2)**0.5", lambda xs: mp.sqrt(mp.fsum(v**2 for v in xs)), _norm_grad),
+    "norm": ("norm(x)", lambda xs: mp.sqrt(mp.fsum(v**2 for v in xs)), _norm_grad),
+    "logsumexp": ("logsumexp(x)", lambda xs: mp.log(mp.fsum(mp.exp(v) for v in xs)), _lse_grad),
 }
 
 
@@ -149,12 +151,14 @@ def test_a_jacobian_through_a_reduction():
 # ---- what goes to the full scheme --------------------------------------------------------------------------
 
 def test_about_one_row_per_element(monkeypatch):
-    """1 + 4/GROUP complex rows per element (the full scheme evaluates 10), and nothing
-    refined when autograd agrees."""
+    """About 1 + 4/GROUP complex rows per element (the full scheme evaluates 10), and
+    nothing refined when autograd agrees."""
     x = _points(1024, 0)
     counter = RowCounter(monkeypatch)
     fd = _screen("mean((x - mean(x))**2)", x, autograd=_truth("variance", x).reshape(1, -1))
-    assert counter.rows == x.size * (1 + 4 / fd_screen.GROUP)  # (the unperturbed point is no row)
+    # (the unperturbed point is no row; derivatives of unlike sizes, the variance's near the
+    # mean, take a few more groups than N / GROUP)
+    assert x.size * (1 + 4 / fd_screen.GROUP) <= counter.rows <= 1.35 * x.size
     assert fd.scheme == "complex"
 
 

@@ -9,11 +9,12 @@ scales of six rows, and the probe), wherever the entry's verdict would be the sa
 without them.  Here, each element is first screened with a short stencil:
 
   complex (analytic expressions)  Im f(x + ih e_j)/h, one complex row per element, and
-      four rows per GROUP elements that step along all of the group at once (see
-      _complex_screen): their residuals from linearity are two samples of the rounding
-      the elements' imaginary and real parts carry (1 + 4/GROUP rows per element, against
-      the full scheme's 10).  Truncation at h = 1e-20 max(1, |x|) is far below rounding,
-      and an element with a second candidate step (|x| < 1e-12) goes to the full scheme;
+      four rows per group of up to GROUP elements of like derivative size that step along
+      all of the group at once (see _complex_screen): their residuals from linearity are
+      two samples of the rounding the elements' imaginary and real parts carry (about
+      1.3 rows per element, against the full scheme's 10).  Truncation at
+      h = 1e-20 max(1, |x|) is far below rounding, and an element with a second
+      candidate step (|x| < 1e-12) goes to the full scheme;
   central (the others)  (f(x+h) - f(x-h))/2h at h and 2h with h = cbrt(eps)*max(1, |x|)
       (4 real rows): the estimate, the truncation |D(2h) - D(h)|/3, the fourth difference
       as a sample of the rounding, the one-sided slopes and whether a kink was crossed.
@@ -42,6 +43,7 @@ from gradcheck_cli.engines.finite_diff import (FOURTH_NORM, NOISE_SAFETY, Batch,
 from gradcheck_cli.tolerances import FD_SAFETY
 
 GROUP = 16  # elements per combined complex-step row (the rounding samples)
+BAND = 16  # the largest ratio of derivative sizes within one group
 SHARE = 0.25  # of the tolerance, that an entry's error estimate (x FD_SAFETY) and autograd gap may take
 CENTRAL = (1, -1, 2, -2)  # multiples of h the central screen evaluates
 CHUNK_NUMBERS = 2**17  # numbers per torch call: a few MiB, which stay in cache between the expression's
@@ -109,48 +111,55 @@ def screened_jacobian(root, arrays: dict, name: str, out_shape: tuple, *, scheme
 
 def _complex_screen(batch: Batch, name: str, x: np.ndarray, chunk: np.ndarray) -> dict:
     """Im f(x + ih e_j)/h for each element j of `chunk`, one row each; then two samples of
-    the rounding those carry.  The elements are split into groups of GROUP twice
-    (consecutive, and strided), and each group gets two rows stepped along all of its
-    elements at once: imaginary steps h_j times weights that are not powers of 2, and real
-    steps of +-a few ulps.  By linearity each row's imaginary part is the weighted sum of
-    the group's; what is left is rounding, of the imaginary parts and of the real ones,
-    which round anew at the shifted point.  The curvature the real steps bring in is
-    opposite in the two rows, so their sum keeps the rounding alone.  Arrays are
-    (n_out, len(chunk))."""
+    the rounding those carry.  Ranked by the size of their derivatives, the elements are
+    split into groups of up to GROUP within a factor BAND of each other, twice (the second
+    split offset by half a group), and each
+    group gets two rows stepped along all of its elements at once: imaginary steps h_j
+    times weights that are not powers of 2, and real steps of +-a few ulps.  By linearity
+    each row's imaginary part is the weighted sum of the group's; what is left is rounding,
+    of the imaginary parts and of the real ones, which round anew at the shifted point.
+    The curvature the real steps bring in is opposite in the two rows, so their sum keeps
+    the rounding alone; elements of like size share a group, so a large derivative's
+    rounding is not charged to a small one.  Arrays are (n_out, len(chunk))."""
     k = chunk.size
     xs = x.reshape(-1)[chunk]
     steps = candidate_steps("complex", xs, None)
     h = steps[0]
-    n_groups = -(-k // GROUP)
-    groups = [np.arange(k) // GROUP, np.arange(k) % n_groups]
-    rows, elements, pert, weights = [np.arange(k)], [chunk], [1j * h], []
+    single = _evaluate(batch, name, x, np.arange(k), chunk, 1j * h, k)[0]
+    with np.errstate(all="ignore"):
+        g = single.imag / h[:, None]  # (k, n_out)
+        size = np.nan_to_num(np.max(np.abs(g), axis=1), nan=np.inf)
+    ranked = np.argsort(size, kind="stable")
+    groups = [np.empty(k, dtype=np.int64), np.empty(k, dtype=np.int64)]
+    for group, first in zip(groups, (GROUP, GROUP // 2)):
+        group[ranked] = _bands(size[ranked], first)
+    sizes = [int(gr.max()) + 1 for gr in groups]
+    rows, elements, pert, weights, first = [], [], [], [], 0
     for p, group in enumerate(groups):
         order = np.argsort(group, kind="stable")  # the group's entries, row by row
         weight = _weights(k, 0.31 + 0.46 * p) * h
         ulps = _ulps(k, 3 * p) * np.spacing(np.abs(xs))
         weights.append(weight)
-        for sign, first in ((1.0, k + 2 * p * n_groups), (-1.0, k + (2 * p + 1) * n_groups)):
+        for sign in (1.0, -1.0):
             shift = (xs + sign * ulps) - xs
             rows.append(first + group[order])
             elements.append(chunk[order])
             pert.append((shift + 1j * weight)[order])
-    values, _, _ = _evaluate(batch, name, x, np.concatenate(rows), np.concatenate(elements),
-                             np.concatenate(pert), k + 4 * n_groups)
+            first += sizes[p]
+    combined = _evaluate(batch, name, x, np.concatenate(rows), np.concatenate(elements), np.concatenate(pert),
+                         first)[0]
     with np.errstate(all="ignore"):
-        g = values[:k].imag / h[:, None]  # (k, n_out)
         noise = np.zeros_like(g)
-        for p, (group, weight) in enumerate(zip(groups, weights)):
-            expected = np.zeros((n_groups, g.shape[1]))
+        start = 0
+        for group, weight, n in zip(groups, weights, sizes):
+            expected = np.zeros((n, g.shape[1]))
             np.add.at(expected, group, weight[:, None] * g)
-            first = k + 2 * p * n_groups
-            pair = values[first:first + n_groups].imag + values[first + n_groups:first + 2 * n_groups].imag
-            residual = np.abs(pair - 2 * expected)
-            noise = np.maximum(noise, residual[group] / weight[:, None])
+            pair = combined[start:start + n].imag + combined[start + n:start + 2 * n].imag
+            noise = np.maximum(noise, np.abs(pair - 2 * expected)[group] / weight[:, None])
+            start += 2 * n
         # near a zero of the derivative the rounding stays at the scale of the terms that
-        # cancel there, which the group's typical derivative stands for
-        padded = np.full((n_groups * GROUP, g.shape[1]), np.nan)
-        padded[:k] = np.abs(g)
-        typical = np.nanmedian(padded.reshape(n_groups, GROUP, -1), axis=1)[groups[0]]
+        # cancel there, which the typical derivative stands for
+        typical = np.median(np.abs(g), axis=0, keepdims=True)
         err = NOISE_SAFETY * noise + 4 * EPS * (np.abs(g) + typical) + 1e-300
     # an element whose step has a second candidate (tiny |x|) is the full scheme's to choose
     tiny = np.any(steps != h, axis=0) if steps.shape[0] > 1 else np.zeros(k, dtype=bool)
@@ -158,6 +167,19 @@ def _complex_screen(batch: Batch, name: str, x: np.ndarray, chunk: np.ndarray) -
     return {"est": est, "err": err.T, "fwd": None, "bwd": None,
             "force": np.broadcast_to(tiny[None], est.shape), "step": np.broadcast_to(h[None], est.shape),
             "hits": []}
+
+
+def _bands(size: np.ndarray, first: int) -> np.ndarray:
+    """Group numbers for ascending sizes: at most GROUP a group (`first` in the first one),
+    and no group spanning more than a factor BAND (zeros apart), so that the rounding of a
+    group's largest derivative is charged to none much smaller."""
+    out = np.empty(size.size, dtype=np.int64)
+    group, start, limit = 0, 0, first
+    for i, v in enumerate(size):
+        if i > start and (i - start >= limit or v > BAND * size[start] or (size[start] == 0) != (v == 0)):
+            group, start, limit = group + 1, i, GROUP
+        out[i] = group
+    return out
 
 
 def _ulps(k: int, start: int) -> np.ndarray:

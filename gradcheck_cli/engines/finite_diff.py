@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gradcheck_cli.engines.fd_batch import Batch, as_rows, node_shapes
 from gradcheck_cli.engines.fd_steps import EPS, PROBE_POINTS, STENCILS, Plan, make_plan, plan_rows, probe_noise
-from gradcheck_cli.engines.torch_eval import evaluate
 from gradcheck_cli.expr import ir
 from gradcheck_cli.expr.functions import FUNCTIONS, structured
 from gradcheck_cli.tolerances import FD_SCHEMES
@@ -80,15 +80,47 @@ def non_analytic_calls(root: ir.Node) -> list[str]:
                   | ({"comparison"} if any(isinstance(n, ir.Compare) for n in ir.preorder(root)) else set()))
 
 
-def resolve_scheme(requested: str, root: ir.Node) -> tuple[str, str | None]:
-    """The scheme to use and, when it differs from the request, why."""
+def resolve_scheme(requested: str, root: ir.Node, arrays: dict | None = None) -> tuple[str, str | None]:
+    """The scheme to use and, when it differs from the request, why.  With the point's
+    `arrays`, an analytic function sitting on its kink there (norm at a zero vector, atan2
+    at the origin) takes the complex step away too."""
     blockers = non_analytic_calls(root)
+    if requested in ("auto", "complex") and not blockers and arrays is not None:
+        near = kinks_at(root, arrays)
+        if near:
+            return "richardson", None if requested == "auto" else (
+                f"complex-step differences need an expression analytic at the point, and {', '.join(near)} "
+                f"{'is' if len(near) == 1 else 'are'} at (or within 1e-12 of) {'its' if len(near) == 1 else 'their'} "
+                "kink here; used richardson instead")
     if requested == "auto":
         return ("complex", None) if not blockers else ("richardson", None)
     if requested == "complex" and blockers:
         return "richardson", (f"complex-step differences need a real-analytic expression, and "
                               f"{', '.join(blockers)} is not; used richardson instead")
     return requested, None
+
+
+NEAR_KINK = 1e-12  # relative to max(1, the largest |input|): a complex step is no longer small against it
+
+
+def kinks_at(root: ir.Node, arrays: dict) -> list[str]:
+    """The analytic functions with a kink (norm, atan2) whose kink lies at this point, or
+    within NEAR_KINK of it: there the complex step would read a derivative that does not
+    exist (norm at 0 gives 1, not torch's 0) or one its step is not small against."""
+    kinked = {n.func if isinstance(n, ir.Call) else "" for n in ir.preorder(root) if isinstance(n, ir.Call)
+              and FUNCTIONS[n.func].analytic and (FUNCTIONS[n.func].kinks is not None or FUNCTIONS[n.func].axis == "norm")}
+    if not kinked:
+        return []
+    floats = [np.abs(np.asarray(a, dtype=np.float64)) for a in arrays.values() if np.asarray(a).dtype.kind == "f"]
+    scale = max([1.0] + [float(np.max(a)) for a in floats if a.size and np.all(np.isfinite(a))])
+    out_shape = node_shapes(root, arrays)[id(root)]
+    batch = Batch(root, arrays, out_shape, 1, False)
+    near = []
+    for rec in batch.kinks0:
+        if rec.func in kinked and rec.func not in near:
+            if any(np.any(np.abs(as_rows(off)) <= NEAR_KINK * scale) for off in rec.offsets):
+                near.append(rec.func)
+    return near
 
 
 def elementwise_only(root: ir.Node) -> set[str]:
@@ -99,82 +131,6 @@ def elementwise_only(root: ir.Node) -> set[str]:
         if (isinstance(node, ir.Call) and FUNCTIONS[node.func].kind == "reduction") or structured(node):
             under_reduction.update(ir.names_in(node))
     return set(ir.names_in(root)) - under_reduction
-
-
-class Batch:
-    """Evaluates the expression on batches of points that differ in one input."""
-
-    def __init__(self, root, arrays, out_shape, max_numel, use_complex):
-        import torch
-
-        self.torch, self.root, self.out_shape = torch, root, out_shape
-        self.n_out = math.prod(out_shape)
-        self.shapes = node_shapes(root, arrays)
-        self.rank = max([a.ndim for a in arrays.values()] + [len(out_shape)] + [len(s) for s in self.shapes.values()])
-        self.max_numel = max(1, max_numel)
-        self.use_complex = use_complex
-        self.dtype = torch.complex128 if use_complex else torch.float64
-        self.inputs = {name: self.pad(a)[None] for name, a in arrays.items()}
-        self.f0, self.kinks0 = self.run({})
-        self.real_f0 = self.f0
-        if use_complex:  # where the real function is undefined, the complex step means nothing
-            real = {name: t.real for name, t in self.inputs.items()}
-            with torch.no_grad():
-                out = evaluate(root, real, torch, dtype=torch.float64, batched=True, shapes=self.shapes)
-            self.real_f0 = out.reshape(1, -1).expand(1, self.n_out).numpy()
-
-    def pad(self, a: np.ndarray):
-        a = np.asarray(a)
-        whole = a.dtype.kind in "biu"  # class targets and masks keep their dtype
-        t = self.torch.from_numpy(np.ascontiguousarray(a, dtype=None if whole else np.float64))
-        t = t.reshape((1,) * (self.rank - a.ndim) + tuple(a.shape))
-        return t if whole else t.to(self.dtype)
-
-    def run(self, replace: dict):
-        """Outputs (B, n_out) and kink offsets for inputs with `replace[name]` = (B, *shape) rows."""
-        inputs = dict(self.inputs)
-        for name, rows in replace.items():
-            t = rows if isinstance(rows, self.torch.Tensor) else self.torch.from_numpy(rows)
-            inputs[name] = t.reshape((t.shape[0],) + (1,) * (self.rank + 1 - t.ndim) + tuple(t.shape[1:]))
-        kinks: list = []
-        with self.torch.no_grad():
-            out = evaluate(self.root, inputs, self.torch, dtype=self.torch.float64, batched=True,
-                           use_complex=self.use_complex, kinks=None if self.use_complex else kinks,
-                           shapes=self.shapes)
-        batch = max(t.shape[0] for t in inputs.values())
-        out = out.reshape(out.shape[0] if out.ndim else 1, -1).expand(batch, self.n_out)
-        return out.numpy(), kinks
-
-    def crossed(self, kinks, n_rows: int) -> tuple[np.ndarray | None, list]:
-        """Per row: whether any kinked function's argument changed side (or sat on the kink)."""
-        rows = None
-        hits = []
-        for rec, base in zip(kinks, self.kinks0):
-            for off, off0 in zip(rec.offsets, base.offsets):
-                off, off0 = _as_rows(off), _as_rows(off0)
-                # only offsets this row moved count: an element resting on its kink says
-                # nothing about the derivative w.r.t. another element
-                moved = np.broadcast_to(off != off0, np.broadcast_shapes(off.shape, off0.shape))
-                flag = moved & ((np.sign(off) != np.sign(off0)) | (off0 == 0))
-                flag = np.broadcast_to(flag.reshape(flag.shape[0], -1).any(axis=1), (n_rows,))
-                if flag.any():
-                    hits.append((rec.func, rec.pos + 1))
-                rows = flag if rows is None else (rows | flag)
-        return rows, hits
-
-
-def node_shapes(root: ir.Node, arrays: dict) -> dict:
-    """Every node's shape (structured functions need them in batched evaluation)."""
-    from gradcheck_cli.expr.shapes import infer
-
-    kinds = {k: ("int" if np.asarray(a).dtype.kind in "iu" else "bool" if np.asarray(a).dtype == bool else "float")
-             for k, a in arrays.items()}
-    return infer(root, {k: np.asarray(a).shape for k, a in arrays.items()}, ir.to_source(root), kinds)
-
-
-def _as_rows(t) -> np.ndarray:
-    a = t.detach().numpy() if hasattr(t, "detach") else np.asarray(t)
-    return a.reshape((1,) if a.ndim == 0 else a.shape)
 
 
 def jacobian(root: ir.Node, arrays: dict, name: str, out_shape: tuple, *, scheme: str,

@@ -28,19 +28,20 @@ class Reducer:
         self.t = torch
         self.batched = batched
 
-    def _dims(self, x) -> tuple:
+    def dims(self, x) -> tuple:
+        """The dimensions a reduction to a scalar reduces (all but the batch dimension)."""
         return tuple(range(1 if self.batched else 0, x.ndim))
 
     def sum(self, x):
-        dims = self._dims(x)
+        dims = self.dims(x)
         return x.sum(dim=dims, keepdim=self.batched) if dims else x
 
     def mean(self, x):
-        dims = self._dims(x)
+        dims = self.dims(x)
         return x.mean(dim=dims, keepdim=self.batched) if dims else x
 
     def prod(self, x):
-        dims = self._dims(x)
+        dims = self.dims(x)
         if not dims:
             return x
         if not self.batched:
@@ -48,13 +49,13 @@ class Reducer:
         return x.reshape(x.shape[0], -1).prod(dim=1).reshape((x.shape[0],) + (1,) * (x.ndim - 1))
 
     def norm(self, x):
-        dims = self._dims(x)
+        dims = self.dims(x)
         if not dims:
             return x.abs()
         return self.t.linalg.vector_norm(x, dim=dims, keepdim=self.batched)
 
     def logsumexp(self, x):
-        dims = self._dims(x)
+        dims = self.dims(x)
         return self.t.logsumexp(x, dim=dims, keepdim=self.batched) if dims else x
 
     def dot(self, a, b):

@@ -34,6 +34,7 @@ SYMBOLIC_BUDGET_S = 20.0  # seconds of SymPy work before the symbolic column giv
 SYMPY_FAILURES = (RecursionError, ValueError, TypeError, AttributeError, KeyError, NameError, ArithmeticError,
                   NotImplementedError)
 MAX_HESSIAN_SIZE = 400
+LIST_UP_TO = 1000  # float arrays from Python callers up to this size are read as lists (their text in messages)
 
 
 @dataclass(frozen=True)
@@ -143,10 +144,12 @@ def _external(v: Any) -> Any:
         t = v.detach().cpu()
         if not (t.is_floating_point() or t.is_complex()):
             return t.numpy()
-        return t.double().tolist()
+        v = t.double().numpy() if t.is_floating_point() else t.double().tolist()
     if isinstance(v, np.ndarray):
         if v.dtype.kind in "biu":
             return v
+        if v.dtype.kind == "f" and v.size > LIST_UP_TO and np.all(np.isfinite(v)):
+            return v.astype(np.float64)  # as it is: a million numbers re-read as text would take seconds
         return v.astype(np.float64).tolist()
     if isinstance(v, np.generic):
         return float(v)

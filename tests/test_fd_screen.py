@@ -277,3 +277,31 @@ def test_the_issues_check_at_scale(monkeypatch):
     have = ~np.isnan(g.finite_difference)
     assert have.sum() >= 16
     assert np.all(np.abs(g.finite_difference[have] - truth[have]) <= g.fd_error_estimate[have])
+
+
+# ---- the full scheme: the same numbers, fewer rows ------------------------------------------------------
+
+@pytest.mark.parametrize("scheme", ["central", "richardson"])
+def test_elements_near_one_are_planned_with_one_candidate(monkeypatch, scheme):
+    """|x| within a factor 3 of 1 has one candidate scale: its rows are the stencil and the
+    probe once (richardson 6 + 8), not three copies of the stencil (18 + 8)."""
+    x = np.linspace(0.5, 2.0, 300)
+    counter = RowCounter(monkeypatch)
+    finite_diff.jacobian(parse("sum(x*sigmoid(x))"), {"x": x}, "x", (), scheme=scheme, max_numel=x.size)
+    from gradcheck_cli.engines.fd_steps import PROBE_POINTS, STENCILS
+
+    assert counter.rows == x.size * (len(STENCILS[scheme]) + len(PROBE_POINTS) - 1)
+
+
+@pytest.mark.parametrize("scheme", ["central", "richardson", "complex"])
+def test_each_elements_numbers_do_not_depend_on_the_others(scheme):
+    """Mixed sizes (near 1 and far from it, planned apart): every element's estimate is what
+    differencing that element alone gives, and so is its error estimate, up to how the
+    rounding it measures falls in a batch of another size."""
+    x = np.random.default_rng(4).standard_normal(60) * np.geomspace(1e-3, 1e3, 60)
+    root = parse("sum(exp(sin(x))*log(1+x**2))")
+    together = finite_diff.jacobian(root, {"x": x}, "x", (), scheme=scheme, max_numel=x.size)
+    for j in (0, 17, 29, 30, 44, 59):
+        alone = finite_diff.jacobian(root, {"x": x}, "x", (), scheme=scheme, max_numel=x.size, elements=np.array([j]))
+        assert together.jacobian[0, j] == alone.jacobian[0, j]
+        assert together.error[0, j] == pytest.approx(alone.error[0, j], rel=0.05)

@@ -11,6 +11,9 @@ import numpy as np
 from gradcheck_cli.engines.torch_eval import evaluate
 from gradcheck_cli.expr import ir
 
+CALL_NUMBERS = 2**17  # numbers per torch call: a few MiB, which stay in cache between the
+# expression's operations (one call over every row at once is 2-10x slower per number at N=1e3)
+
 
 class Batch:
     """Evaluates the expression on batches of points that differ in one input."""
@@ -55,6 +58,36 @@ class Batch:
         batch = max(t.shape[0] for t in inputs.values())
         out = out.reshape(out.shape[0] if out.ndim else 1, -1).expand(batch, self.n_out)
         return out.numpy(), kinks
+
+    def points(self, name: str, x: np.ndarray, row: np.ndarray, element: np.ndarray, pert: np.ndarray,
+               n_rows: int, kinks: bool = False):
+        """Outputs (n_rows, n_out) at the points x + sum of pert[e] at element[e] over the
+        entries e of each row (row[e], ascending; no element twice in a row), CALL_NUMBERS
+        numbers per torch call; with `kinks`, also per row whether a kink was crossed, and
+        the (function, position) of those crossed."""
+        dtype = np.complex128 if self.use_complex else np.float64
+        base = np.asarray(x, dtype=np.float64).reshape(-1).astype(dtype)
+        values = np.empty((n_rows, self.n_out), dtype=dtype)
+        flags = np.zeros(n_rows, dtype=bool)
+        hits: list = []
+        per_call = max(1, CALL_NUMBERS // self.max_numel)
+        # one buffer of points for every call: each call moves its entries and puts them back
+        # afterwards, instead of copying the whole point into every row again
+        buffer = np.empty((min(per_call, n_rows), base.size), dtype=dtype)
+        buffer[:] = base
+        for r0 in range(0, n_rows, per_call):
+            r1 = min(n_rows, r0 + per_call)
+            a, b = np.searchsorted(row, [r0, r1])
+            at = (row[a:b] - r0, element[a:b])
+            buffer[at] += pert[a:b]
+            values[r0:r1], found = self.run({name: buffer[:r1 - r0].reshape((r1 - r0,) + np.shape(x))})
+            if kinks:
+                crossed, met = self.crossed(found, r1 - r0)
+                if crossed is not None:
+                    flags[r0:r1] = crossed
+                hits.extend(h for h in met if h not in hits)
+            buffer[at] = base[element[a:b]]
+        return values, flags, hits
 
     def crossed(self, kinks, n_rows: int) -> tuple[np.ndarray | None, list]:
         """Per row: whether any kinked function's argument changed side (or sat on the kink)."""

@@ -46,8 +46,7 @@ GROUP = 16  # elements per combined complex-step row (the rounding samples)
 BAND = 16  # the largest ratio of derivative sizes within one group
 SHARE = 0.25  # of the tolerance, that an entry's error estimate (x FD_SAFETY) and autograd gap may take
 CENTRAL = (1, -1, 2, -2)  # multiples of h the central screen evaluates
-CHUNK_NUMBERS = 2**17  # numbers per torch call: a few MiB, which stay in cache between the expression's
-# operations (a call over all rows at once is 2-10x slower per number, measured at N=1e3)
+CHUNK_RESULTS = 2**20  # elements x outputs a chunk of elements holds at once
 SCREEN_FROM = 2**20  # numbers the full scheme would evaluate, from which screening pays (below: a few ms)
 PILOT = 64  # elements screened before deciding whether screening pays off
 PILOT_GIVE_UP = 0.5  # share of the pilot needing the full scheme above which the rest go there directly
@@ -88,8 +87,9 @@ def screened_jacobian(root, arrays: dict, name: str, out_shape: tuple, *, scheme
     auto = None if autograd is None else np.asarray(autograd, dtype=np.float64).reshape(batch.n_out, n_in)
     defined = np.isfinite(batch.real_f0[0])  # (n_out,): outside the real domain nothing is refined
     screen = _complex_screen if use_complex else _central_screen
-    rows_per_call = max(1, CHUNK_NUMBERS // batch.max_numel)
-    size = -(-max(PILOT, rows_per_call) // GROUP) * GROUP  # elements per chunk, whole groups
+    # elements per chunk: as many as keep a chunk's results (elements x outputs) small, so
+    # that torch calls stay full (each call takes fd_batch.CALL_NUMBERS numbers, whatever the chunk)
+    size = -(-max(PILOT, CHUNK_RESULTS // batch.n_out) // GROUP) * GROUP
     bounds = [0] + list(range(min(PILOT, idx.size), idx.size, size)) + [idx.size]
     parts, hits, screened = [], [], 0
     for start, end in zip(bounds[:-1], bounds[1:]):
@@ -125,14 +125,14 @@ def _complex_screen(batch: Batch, name: str, x: np.ndarray, chunk: np.ndarray) -
     xs = x.reshape(-1)[chunk]
     steps = candidate_steps("complex", xs, None)
     h = steps[0]
-    single = _evaluate(batch, name, x, np.arange(k), chunk, 1j * h, k)[0]
+    single = batch.points(name, x, np.arange(k), chunk, 1j * h, k)[0]
     with np.errstate(all="ignore"):
         g = single.imag / h[:, None]  # (k, n_out)
         size = np.nan_to_num(np.max(np.abs(g), axis=1), nan=np.inf)
     ranked = np.argsort(size, kind="stable")
     groups = [np.empty(k, dtype=np.int64), np.empty(k, dtype=np.int64)]
-    for group, first in zip(groups, (GROUP, GROUP // 2)):
-        group[ranked] = _bands(size[ranked], first)
+    for group, offset in zip(groups, (0, GROUP // 2)):
+        group[ranked] = _bands(size[ranked], offset)
     sizes = [int(gr.max()) + 1 for gr in groups]
     rows, elements, pert, weights, first = [], [], [], [], 0
     for p, group in enumerate(groups):
@@ -146,7 +146,7 @@ def _complex_screen(batch: Batch, name: str, x: np.ndarray, chunk: np.ndarray) -
             elements.append(chunk[order])
             pert.append((shift + 1j * weight)[order])
             first += sizes[p]
-    combined = _evaluate(batch, name, x, np.concatenate(rows), np.concatenate(elements), np.concatenate(pert),
+    combined = batch.points(name, x, np.concatenate(rows), np.concatenate(elements), np.concatenate(pert),
                          first)[0]
     with np.errstate(all="ignore"):
         noise = np.zeros_like(g)
@@ -169,17 +169,17 @@ def _complex_screen(batch: Batch, name: str, x: np.ndarray, chunk: np.ndarray) -
             "hits": []}
 
 
-def _bands(size: np.ndarray, first: int) -> np.ndarray:
-    """Group numbers for ascending sizes: at most GROUP a group (`first` in the first one),
-    and no group spanning more than a factor BAND (zeros apart), so that the rounding of a
-    group's largest derivative is charged to none much smaller."""
-    out = np.empty(size.size, dtype=np.int64)
-    group, start, limit = 0, 0, first
-    for i, v in enumerate(size):
-        if i > start and (i - start >= limit or v > BAND * size[start] or (size[start] == 0) != (v == 0)):
-            group, start, limit = group + 1, i, GROUP
-        out[i] = group
-    return out
+def _bands(size: np.ndarray, offset: int) -> np.ndarray:
+    """Group numbers for ascending sizes: sizes fall into bands a factor BAND wide (zeros
+    and non-finite sizes apart), each band into runs of GROUP (the first `offset` shorter),
+    so that the rounding of a group's largest derivative is charged to none much smaller."""
+    with np.errstate(all="ignore"):
+        band = np.floor(np.log2(size) / np.log2(BAND))
+    band = np.where(np.isfinite(band), band, np.where(size == 0, -1e300, 1e300))
+    band_id = np.concatenate(([0], np.cumsum(np.diff(band) != 0)))
+    first = np.concatenate(([0], np.flatnonzero(np.diff(band) != 0) + 1))
+    run = (np.arange(size.size) - first[band_id] + offset) // GROUP
+    return np.unique(band_id * (size.size + 1) + run, return_inverse=True)[1].reshape(-1)
 
 
 def _ulps(k: int, start: int) -> np.ndarray:
@@ -197,7 +197,7 @@ def _central_screen(batch: Batch, name: str, x: np.ndarray, chunk: np.ndarray) -
     k = chunk.size
     h = step_sizes("central", x.reshape(-1)[chunk], None)
     m = len(CENTRAL)
-    values, flags, hits = _evaluate(batch, name, x, np.arange(k * m), np.repeat(chunk, m),
+    values, flags, hits = batch.points(name, x, np.arange(k * m), np.repeat(chunk, m),
                                     np.multiply.outer(h, CENTRAL).reshape(-1), k * m, kinks=True)
     crossed = flags.reshape(k, m).any(axis=1)
     values = values.reshape(k, m, -1)
@@ -214,32 +214,6 @@ def _central_screen(batch: Batch, name: str, x: np.ndarray, chunk: np.ndarray) -
     return {"est": d1.T, "err": err.T, "fwd": fwd.T, "bwd": bwd.T,
             "force": np.broadcast_to(crossed[None], shape), "step": np.broadcast_to(h[None], shape),
             "hits": hits}
-
-
-def _evaluate(batch: Batch, name: str, x: np.ndarray, row: np.ndarray, element: np.ndarray, pert: np.ndarray,
-              n_rows: int, kinks: bool = False):
-    """Values (n_rows, n_out) at the points x + sum of pert[e] at element[e] over the entries
-    e of each row (row[e], in ascending order; no element twice in a row), CHUNK_NUMBERS
-    numbers per torch call; with `kinks`, also per row whether a kink was crossed, and which."""
-    dtype = np.complex128 if batch.use_complex else np.float64
-    base = x.reshape(1, -1).astype(dtype)
-    values = np.empty((n_rows, batch.n_out), dtype=dtype)
-    flags = np.zeros(n_rows, dtype=bool)
-    hits: list = []
-    per_call = max(1, CHUNK_NUMBERS // batch.max_numel)
-    for r0 in range(0, n_rows, per_call):
-        r1 = min(n_rows, r0 + per_call)
-        a, b = np.searchsorted(row, [r0, r1])
-        # numpy's single-threaded copy: torch's copy of an expanded tensor is several times slower
-        points = np.repeat(base, r1 - r0, axis=0)
-        points[row[a:b] - r0, element[a:b]] += pert[a:b]
-        values[r0:r1], found = batch.run({name: points.reshape((r1 - r0,) + x.shape)})
-        if kinks:
-            crossed, met = batch.crossed(found, r1 - r0)
-            if crossed is not None:
-                flags[r0:r1] = crossed
-            hits.extend(h for h in met if h not in hits)
-    return values, flags, hits
 
 
 def _needs_full(part: dict, auto: np.ndarray | None, tol: dict, defined: np.ndarray) -> np.ndarray:

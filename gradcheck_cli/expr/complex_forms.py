@@ -21,6 +21,9 @@ import math
 SQRT_PI = math.sqrt(math.pi)
 
 
+SMALL = 1e-8  # imaginary parts below this (against the function's scale) leave only first order
+
+
 def erf(torch, z):
     """erf near the real axis, from its Taylor series about a = Re z to third order in
     b = Im z: with c = 2/sqrt(pi) exp(-a^2) (= erf'(a)), erf'' = -2a c, erf''' = (4a^2 - 2) c,
@@ -30,12 +33,17 @@ def erf(torch, z):
 
     That is the analytic continuation itself up to terms of order b^4: a complex step of
     h reads f'(a) - f'''(a) h^2/6 from it, exactly what it reads from the true erf, so its
-    truncation (and the step-size chart's) shows as it would; at h = 1e-20 the b^2 and b^3
-    terms are 40 orders below rounding.  The real part is torch's own erf."""
+    truncation (and the step-size chart's) shows as it would.  Where every |b| (1 + |a|) is
+    below SMALL the b^2 terms are below half an ulp of the terms kept (relative size
+    (b (1 + |a|))^2 < 1e-16), so the first-order form erf(a) + i c b is the same number in
+    float64, for a third of the work: that is every complex step at h = 1e-20 max(1, |x|).
+    The real part is torch's own erf."""
     if not z.is_complex():
         return torch.special.erf(z)
     a, b = z.real, z.imag
-    c = 2.0 / SQRT_PI * torch.exp(-a * a)
+    c = (2.0 / SQRT_PI) * torch.exp(-(a * a))
+    if not b.numel() or float(b.abs().max()) * (1.0 + float(a.abs().max())) < SMALL:
+        return torch.complex(torch.special.erf(a), c * b)
     return torch.complex(torch.special.erf(a) + a * c * b * b, c * (b - (2 * a * a - 1) * b * b * b / 3))
 
 
@@ -45,19 +53,27 @@ def atan2(torch, y, x):
     for a negative or -0 Re y, where Re x < 0: torch's atan2(+-0, -1) = +-pi), and
     pi/2 sign(Re y) - atan(x/y) elsewhere.  Each is atan2 itself in its region, an
     analytic function of both arguments there, and the ratios stay within [-1, 1], so
-    neither overflows nor loses the derivative.  At the origin (0, 0) atan2 has no
-    derivative (a kink: functions.py records it, and complex steps fall back there)."""
+    neither overflows nor loses the derivative.  Where the imaginary parts are below SMALL
+    times the distance r from the origin, the terms of second order, (Im / r)^2 against
+    those kept, are below half an ulp, and the first-order form
+
+        atan2(Re y, Re x) + i (Re x Im y - Re y Im x) / r^2
+
+    is the same number in float64 (torch's real atan2, and the derivative's own formula).
+    At the origin (0, 0) atan2 has no derivative (a kink: functions.py records it, and
+    complex steps fall back there)."""
     if not (y.is_complex() or x.is_complex()):
         return torch.atan2(y, x)
     y, x = torch.broadcast_tensors(*_complex(torch, y, x))
-    yr, xr = y.real, x.real
+    yr, xr, yi, xi = y.real, x.real, y.imag, x.imag
+    r2 = xr * xr + yr * yr
+    if y.numel() and max(float(yi.abs().max()), float(xi.abs().max())) < SMALL * math.sqrt(float(r2.min())):
+        return torch.complex(torch.atan2(yr, xr), (xr * yi - yr * xi) / r2)
     wide = xr.abs() >= yr.abs()
-    pi = torch.full_like(xr, math.pi)
+    pi = torch.full_like(xr, math.pi)  # (a Python float in torch.where would be float32)
     side = torch.where(torch.signbit(yr), -pi, pi)  # -0 counts as negative, as in torch.atan2
-    one = torch.ones_like(x)
-    by_x = torch.atan(y / torch.where(wide, x, one)) + torch.where(wide & (xr < 0), side, torch.zeros_like(xr))
-    by_y = side / 2 - torch.atan(x / torch.where(wide, one, y))
-    return torch.where(wide, by_x, by_y)
+    t = torch.atan(torch.where(wide, y, x) / torch.where(wide, x, y))
+    return torch.where(wide, t + torch.where(xr < 0, side, 0.0), side / 2 - t)
 
 
 def logsumexp(torch, x, dims: tuple, keepdim: bool):

@@ -12,6 +12,7 @@ start one, and prints both medians and their ratio next to the goal:
   symbolic 1e5  mean((x-mean(x))**2), x=randn(1e5)    (seconds; goal: a few)
   numdifftools  gradient of sum(sin(x)*exp(x)) n=200  gradcheck's FD engine vs numdifftools.Gradient
   suite / op    benchmarks/bench_suite.py and bench_op.py (30 checks vs one; op vs torch gradcheck)
+  expressions   benchmarks/bench_expr.py (check_expression at N = 1e3..1e6 vs a hand-written script)
   memory        peak RSS of a 1e6-element `gradcheck op --mode fast` vs torch.autograd.gradcheck's fast
                 mode on the same op, and vs torch running the op itself
 """
@@ -191,7 +192,7 @@ def main(argv=None) -> int:
     row("numdifftools", t_ours, t_theirs, note)
     if (ROOT / "samples" / "ops" / "swish.py").exists():
         print_memory(memory_row(repeat))
-    for script in ("bench_suite.py", "bench_op.py"):
+    for script in ("bench_suite.py", "bench_op.py", "bench_expr.py"):
         if (HERE / script).exists():
             print(f"\n$ python benchmarks/{script}", flush=True)
             extra = ["--repeat", "2"] if args.quick else []

@@ -34,6 +34,7 @@ SYMBOLIC_BUDGET_S = 20.0  # seconds of SymPy work before the symbolic column giv
 SYMPY_FAILURES = (RecursionError, ValueError, TypeError, AttributeError, KeyError, NameError, ArithmeticError,
                   NotImplementedError)
 MAX_HESSIAN_SIZE = 400
+LIST_UP_TO = 1000  # float arrays from Python callers up to this size are read as lists (their text in messages)
 
 
 @dataclass(frozen=True)
@@ -143,10 +144,12 @@ def _external(v: Any) -> Any:
         t = v.detach().cpu()
         if not (t.is_floating_point() or t.is_complex()):
             return t.numpy()
-        return t.double().tolist()
+        v = t.double().numpy() if t.is_floating_point() else t.double().tolist()
     if isinstance(v, np.ndarray):
         if v.dtype.kind in "biu":
             return v
+        if v.dtype.kind == "f" and v.size > LIST_UP_TO and np.all(np.isfinite(v)):
+            return v.astype(np.float64)  # as it is: a million numbers re-read as text would take seconds
         return v.astype(np.float64).tolist()
     if isinstance(v, np.generic):
         return float(v)
@@ -181,7 +184,7 @@ def _rounded(arrays: dict, dtype: str) -> dict:
 
 def check_at(prep: Prepared, arrays: dict, opts: Options) -> CheckResult:
     """All three methods at one point, compared."""
-    from gradcheck_cli.engines import autograd, finite_diff, symbolic
+    from gradcheck_cli.engines import autograd, fd_screen, finite_diff, symbolic
 
     started = time.perf_counter()
     diags: list[Diagnostic] = []
@@ -217,15 +220,16 @@ def check_at(prep: Prepared, arrays: dict, opts: Options) -> CheckResult:
         if symbolic_error:
             diags.append(Diagnostic("symbolic_unavailable", symbolic_error + "; symbolic is null, the verdict "
                                     "rests on finite differences"))
-        scheme, why = finite_diff.resolve_scheme(opts.fd, prep.root)
+        scheme, why = finite_diff.resolve_scheme(opts.fd, prep.root, ref_arrays)
         if why:
             diags.append(Diagnostic("fd_fallback", why))
         max_numel = max(math.prod(s) for s in prep.node_shapes.values())
-        fd_results = {w: finite_diff.jacobian(prep.root, ref_arrays, w, out_shape, scheme=scheme, eps=opts.eps,
-                                              max_numel=max_numel, seed=opts.seed) for w in prep.wrt}
+        tol = cmp.tolerance(opts.dtype, opts.atol, opts.rtol)
+        fd_results = {w: fd_screen.jacobian_for_check(
+            prep.root, ref_arrays, w, out_shape, requested=opts.fd, scheme=scheme, eps=opts.eps, max_numel=max_numel,
+            seed=opts.seed, tol=tol, autograd=None if "detach" in prep.calls else auto.gradients[w]) for w in prep.wrt}
     for warning in caught:
         diags.append(Diagnostic("warning", f"{warning.category.__name__}: {warning.message}"))
-    tol = cmp.tolerance(opts.dtype, opts.atol, opts.rtol)
     gradients = []
     for w in prep.wrt:
         g, extra = _gradient(prep, w, auto.gradients[w], sym_grads.get(w), fd_results[w], out_shape, tol,
@@ -240,7 +244,7 @@ def check_at(prep: Prepared, arrays: dict, opts: Options) -> CheckResult:
         diags.append(Diagnostic("no_dependence", f"autograd's graph does not reach {w!r} "
                                 "(unused, or only inside detach()): its gradient is 0", w))
     extra = {"expression": ir.to_source(prep.root) if prep.loss != "none" else prep.source,
-             "fd_scheme": scheme, "torch_version": torch_version(), "conventions": KINK_CONVENTIONS}
+             "fd_scheme": _scheme_label(scheme, fd_results), "torch_version": torch_version(), "conventions": KINK_CONVENTIONS}
     if prep.loss != "none":
         extra["loss"] = prep.loss
         extra["target"] = prep.target.array
@@ -258,6 +262,13 @@ def check_at(prep: Prepared, arrays: dict, opts: Options) -> CheckResult:
     point = {k: arrays[k] for k in prep.values if k != TARGET}
     return CheckResult(prep.name, "expression", passed, opts.dtype, point, value, tuple(gradients),
                        tuple(dedupe(diags)), extra)
+
+
+def _scheme_label(scheme: str, fd_results: dict) -> str:
+    """The scheme, or what --fd auto's screen (fd_screen.py) used: 'central' alone, or
+    'central+richardson' where some elements needed richardson."""
+    labels = {fd.scheme for fd in fd_results.values()}
+    return labels.pop() if len(labels) == 1 else "central+richardson" if scheme == "richardson" else scheme
 
 
 def _formulas(prep: Prepared, model) -> dict:

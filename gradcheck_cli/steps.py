@@ -219,7 +219,7 @@ def _exact_jacobians(prep, arrays: dict, out_shape: tuple) -> tuple[dict, str, l
     except (OutOfTime, RecursionError, ValueError, TypeError, AttributeError, ZeroDivisionError,
             OverflowError) as exc:
         why = "it ran out of time" if isinstance(exc, OutOfTime) else f"{type(exc).__name__}: {exc}"
-    scheme, _ = finite_diff.resolve_scheme("auto", prep.root)
+    scheme, _ = finite_diff.resolve_scheme("auto", prep.root, arrays)  # a kink at the point: not complex
     max_numel = max(math.prod(s) for s in prep.node_shapes.values())
     jacs = {w: finite_diff.jacobian(prep.root, arrays, w, out_shape, scheme=scheme, max_numel=max_numel).jacobian
             for w in prep.wrt}

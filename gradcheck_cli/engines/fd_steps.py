@@ -53,6 +53,12 @@ def _near_one(ax: np.ndarray) -> np.ndarray:
     return (ax >= 10**-0.5) & (ax <= 10**0.5)
 
 
+def single_scale(x: np.ndarray) -> np.ndarray:
+    """Per element, whether its default step has a single candidate scale (|x| within a
+    factor 3 of 1, where every candidate would be max(1, |x|))."""
+    return _near_one(np.abs(np.asarray(x, dtype=np.float64)))
+
+
 def candidate_scales(x: np.ndarray) -> list[np.ndarray]:
     """Scales the default step is tried at, per element: |x|**p for p in SCALE_POWERS (at
     least MIN_SCALE), except max(1, |x|) alone for |x| within a factor 3 of 1.  One list

@@ -35,6 +35,9 @@ Error estimates bound truncation plus rounding:
               Im f(x + k*delta + ih)/h.
 Measured against mpmath on smooth float64 functions (tests/test_finite_diff.py) the
 estimate bounds the true error and is typically 20-150x above it.
+
+A check under --fd auto differences inputs that need rows of their own (through a
+reduction) with fd_screen.py first, and comes back here for the elements that need more.
 """
 
 from __future__ import annotations
@@ -44,8 +47,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradcheck_cli.engines.fd_steps import EPS, PROBE_POINTS, STENCILS, Plan, make_plan, plan_rows, probe_noise
-from gradcheck_cli.engines.torch_eval import evaluate
+from gradcheck_cli.engines.fd_batch import Batch, as_rows, node_shapes
+from gradcheck_cli.engines.fd_steps import (EPS, PROBE_POINTS, STENCILS, Plan, make_plan, plan_rows, probe_noise,
+                                            single_scale)
 from gradcheck_cli.expr import ir
 from gradcheck_cli.expr.functions import FUNCTIONS, structured
 from gradcheck_cli.tolerances import FD_SCHEMES
@@ -80,15 +84,47 @@ def non_analytic_calls(root: ir.Node) -> list[str]:
                   | ({"comparison"} if any(isinstance(n, ir.Compare) for n in ir.preorder(root)) else set()))
 
 
-def resolve_scheme(requested: str, root: ir.Node) -> tuple[str, str | None]:
-    """The scheme to use and, when it differs from the request, why."""
+def resolve_scheme(requested: str, root: ir.Node, arrays: dict | None = None) -> tuple[str, str | None]:
+    """The scheme to use and, when it differs from the request, why.  With the point's
+    `arrays`, an analytic function sitting on its kink there (norm at a zero vector, atan2
+    at the origin) takes the complex step away too."""
     blockers = non_analytic_calls(root)
+    if requested in ("auto", "complex") and not blockers and arrays is not None:
+        near = kinks_at(root, arrays)
+        if near:
+            return "richardson", None if requested == "auto" else (
+                f"complex-step differences need an expression analytic at the point, and {', '.join(near)} "
+                f"{'is' if len(near) == 1 else 'are'} at (or within 1e-12 of) {'its' if len(near) == 1 else 'their'} "
+                "kink here; used richardson instead")
     if requested == "auto":
         return ("complex", None) if not blockers else ("richardson", None)
     if requested == "complex" and blockers:
         return "richardson", (f"complex-step differences need a real-analytic expression, and "
                               f"{', '.join(blockers)} is not; used richardson instead")
     return requested, None
+
+
+NEAR_KINK = 1e-12  # relative to max(1, the largest |input|): a complex step is no longer small against it
+
+
+def kinks_at(root: ir.Node, arrays: dict) -> list[str]:
+    """The analytic functions with a kink (norm, atan2) whose kink lies at this point, or
+    within NEAR_KINK of it: there the complex step would read a derivative that does not
+    exist (norm at 0 gives 1, not torch's 0) or one its step is not small against."""
+    kinked = {n.func if isinstance(n, ir.Call) else "" for n in ir.preorder(root) if isinstance(n, ir.Call)
+              and FUNCTIONS[n.func].analytic and (FUNCTIONS[n.func].kinks is not None or FUNCTIONS[n.func].axis == "norm")}
+    if not kinked:
+        return []
+    floats = [np.abs(np.asarray(a, dtype=np.float64)) for a in arrays.values() if np.asarray(a).dtype.kind == "f"]
+    scale = max([1.0] + [float(np.max(a)) for a in floats if a.size and np.all(np.isfinite(a))])
+    out_shape = node_shapes(root, arrays)[id(root)]
+    batch = Batch(root, arrays, out_shape, 1, False)
+    near = []
+    for rec in batch.kinks0:
+        if rec.func in kinked and rec.func not in near:
+            if any(np.any(np.abs(as_rows(off)) <= NEAR_KINK * scale) for off in rec.offsets):
+                near.append(rec.func)
+    return near
 
 
 def elementwise_only(root: ir.Node) -> set[str]:
@@ -101,90 +137,14 @@ def elementwise_only(root: ir.Node) -> set[str]:
     return set(ir.names_in(root)) - under_reduction
 
 
-class _Batch:
-    """Evaluates the expression on batches of points that differ in one input."""
-
-    def __init__(self, root, arrays, out_shape, max_numel, use_complex):
-        import torch
-
-        self.torch, self.root, self.out_shape = torch, root, out_shape
-        self.n_out = math.prod(out_shape)
-        self.shapes = node_shapes(root, arrays)
-        self.rank = max([a.ndim for a in arrays.values()] + [len(out_shape)] + [len(s) for s in self.shapes.values()])
-        self.max_numel = max(1, max_numel)
-        self.use_complex = use_complex
-        self.dtype = torch.complex128 if use_complex else torch.float64
-        self.inputs = {name: self.pad(a)[None] for name, a in arrays.items()}
-        self.f0, self.kinks0 = self.run({})
-        self.real_f0 = self.f0
-        if use_complex:  # where the real function is undefined, the complex step means nothing
-            real = {name: t.real for name, t in self.inputs.items()}
-            with torch.no_grad():
-                out = evaluate(root, real, torch, dtype=torch.float64, batched=True, shapes=self.shapes)
-            self.real_f0 = out.reshape(1, -1).expand(1, self.n_out).numpy()
-
-    def pad(self, a: np.ndarray):
-        a = np.asarray(a)
-        whole = a.dtype.kind in "biu"  # class targets and masks keep their dtype
-        t = self.torch.from_numpy(np.ascontiguousarray(a, dtype=None if whole else np.float64))
-        t = t.reshape((1,) * (self.rank - a.ndim) + tuple(a.shape))
-        return t if whole else t.to(self.dtype)
-
-    def run(self, replace: dict):
-        """Outputs (B, n_out) and kink offsets for inputs with `replace[name]` = (B, *shape) rows."""
-        inputs = dict(self.inputs)
-        for name, rows in replace.items():
-            t = self.torch.from_numpy(rows)
-            inputs[name] = t.reshape((t.shape[0],) + (1,) * (self.rank + 1 - t.ndim) + tuple(t.shape[1:]))
-        kinks: list = []
-        with self.torch.no_grad():
-            out = evaluate(self.root, inputs, self.torch, dtype=self.torch.float64, batched=True,
-                           use_complex=self.use_complex, kinks=None if self.use_complex else kinks,
-                           shapes=self.shapes)
-        batch = max(t.shape[0] for t in inputs.values())
-        out = out.reshape(out.shape[0] if out.ndim else 1, -1).expand(batch, self.n_out)
-        return out.numpy(), kinks
-
-    def crossed(self, kinks, n_rows: int) -> tuple[np.ndarray | None, list]:
-        """Per row: whether any kinked function's argument changed side (or sat on the kink)."""
-        rows = None
-        hits = []
-        for rec, base in zip(kinks, self.kinks0):
-            for off, off0 in zip(rec.offsets, base.offsets):
-                off, off0 = _as_rows(off), _as_rows(off0)
-                # only offsets this row moved count: an element resting on its kink says
-                # nothing about the derivative w.r.t. another element
-                moved = np.broadcast_to(off != off0, np.broadcast_shapes(off.shape, off0.shape))
-                flag = moved & ((np.sign(off) != np.sign(off0)) | (off0 == 0))
-                flag = np.broadcast_to(flag.reshape(flag.shape[0], -1).any(axis=1), (n_rows,))
-                if flag.any():
-                    hits.append((rec.func, rec.pos + 1))
-                rows = flag if rows is None else (rows | flag)
-        return rows, hits
-
-
-def node_shapes(root: ir.Node, arrays: dict) -> dict:
-    """Every node's shape (structured functions need them in batched evaluation)."""
-    from gradcheck_cli.expr.shapes import infer
-
-    kinds = {k: ("int" if np.asarray(a).dtype.kind in "iu" else "bool" if np.asarray(a).dtype == bool else "float")
-             for k, a in arrays.items()}
-    return infer(root, {k: np.asarray(a).shape for k, a in arrays.items()}, ir.to_source(root), kinds)
-
-
-def _as_rows(t) -> np.ndarray:
-    a = t.detach().numpy() if hasattr(t, "detach") else np.asarray(t)
-    return a.reshape((1,) if a.ndim == 0 else a.shape)
-
-
 def jacobian(root: ir.Node, arrays: dict, name: str, out_shape: tuple, *, scheme: str,
-             eps: float | None = None, max_numel: int = 1, seed: int = 0, batch: _Batch | None = None,
+             eps: float | None = None, max_numel: int = 1, seed: int = 0, batch: Batch | None = None,
              elements: np.ndarray | None = None) -> FDResult:
     """Finite-difference Jacobian of the expression w.r.t. `name` (all other inputs fixed).
     With `elements` (flat indices), only those columns are differenced (the rest are NaN,
     and `sampled` lists them); each gets the numbers a full run would give it."""
     use_complex = scheme == "complex"
-    batch = batch or _Batch(root, arrays, out_shape, max_numel, use_complex)
+    batch = batch or Batch(root, arrays, out_shape, max_numel, use_complex)
     x = np.asarray(arrays[name], dtype=np.float64)
     flat = x.reshape(-1)
     n_in = flat.size
@@ -196,14 +156,21 @@ def jacobian(root: ir.Node, arrays: dict, name: str, out_shape: tuple, *, scheme
         if elements is not None:
             computed = np.unique(np.asarray(elements, dtype=np.int64).reshape(-1))
         else:
-            limit = max(MIN_SAMPLE, BUDGET // (plan_rows(scheme, flat, eps) * batch.max_numel))
-            if n_in > limit:
-                computed = np.sort(np.random.default_rng(seed).choice(n_in, size=limit, replace=False))
+            computed = sample(scheme, flat, eps, batch.max_numel, seed)
         picked, hits = _one_by_one(batch, name, x, scheme, eps, computed)
     undefined = ~np.isfinite(batch.real_f0[0])  # (n_out,): outside the real domain
     if undefined.any():
         picked["est"] = np.where(undefined, np.nan, picked["est"])
     return _assemble(scheme, picked, hits, computed, columns, batch.n_out, n_in)
+
+
+def sample(scheme: str, flat: np.ndarray, eps: float | None, max_numel: int, seed: int) -> np.ndarray | None:
+    """The seeded sample of elements differenced one by one when all of them would cost more
+    than BUDGET element evaluations (sorted flat indices), or None for all of them."""
+    limit = max(MIN_SAMPLE, BUDGET // (plan_rows(scheme, flat, eps) * max(1, max_numel)))
+    if flat.size <= limit:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(flat.size, size=limit, replace=False))
 
 
 def derivative_at_steps(root: ir.Node, arrays: dict, name: str, element: int, output: int, out_shape: tuple, *,
@@ -214,7 +181,7 @@ def derivative_at_steps(root: ir.Node, arrays: dict, name: str, element: int, ou
     vanishes there (x + h == x) gives NaN."""
     use_complex = scheme == "complex"
     max_numel = max([int(np.asarray(a).size) for a in arrays.values()] + [math.prod(out_shape)])
-    batch = _Batch(root, arrays, out_shape, max_numel, use_complex)
+    batch = Batch(root, arrays, out_shape, max_numel, use_complex)
     x = np.asarray(arrays[name], dtype=np.float64)
     flat = x.reshape(-1)
     x0 = float(flat[element])
@@ -262,7 +229,7 @@ def _cand_crossed(plan: Plan, row_flags: np.ndarray | None, lead: tuple) -> np.n
     return np.stack([row_flags[..., plan.row_cand == c].any(axis=-1) for c in range(n_cand)])
 
 
-def _together(batch: _Batch, name, x, plan: Plan, columns):
+def _together(batch: Batch, name, x, plan: Plan, columns):
     """Perturb every element at once: one batch row per plan row."""
     pert = plan.pert.reshape((plan.n_rows,) + x.shape)
     rows = (x[None] + pert).astype(np.complex128 if batch.use_complex else np.float64)
@@ -277,36 +244,38 @@ def _together(batch: _Batch, name, x, plan: Plan, columns):
     return {k: (None if v is None else v[0]) for k, v in picked.items()}, hits
 
 
-def _one_by_one(batch: _Batch, name, x, scheme: str, eps, computed):
+def _one_by_one(batch: Batch, name, x, scheme: str, eps, computed):
     """One batch row per (element, plan row), a chunk of elements at a time (each chunk
     plans its own elements only, so a large input costs memory for its sample alone);
-    returns the picked estimates per (element, output)."""
+    returns the picked estimates per (element, output).  Elements near 1 in size, whose
+    candidate scales are all max(1, |x|), are planned apart from the others: one candidate
+    instead of three copies of it (the same numbers, fewer rows)."""
     flat = x.reshape(-1)
     idx = np.arange(flat.size) if computed is None else computed
-    dtype = np.complex128 if batch.use_complex else np.float64
+    single = single_scale(flat[idx]) if eps is None and scheme != "complex" else np.ones(idx.size, dtype=bool)
+    sets = [s for s in (idx[single], idx[~single]) if s.size]
     per_chunk = max(1, CHUNK // (plan_rows(scheme, flat, eps) * batch.max_numel))
     parts: list[dict] = []
     hits: list = []
-    for start in range(0, idx.size, per_chunk):
-        chunk = idx[start:start + per_chunk]
-        plan = make_plan(scheme, flat[chunk], eps)
-        nd = plan.n_rows
-        rows = np.repeat(flat[None].astype(dtype), chunk.size * nd, axis=0)
-        which = np.repeat(chunk, nd)
-        rows[np.arange(rows.shape[0]), which] += plan.pert.T.reshape(-1)
-        values, kinks = batch.run({name: rows.reshape((rows.shape[0],) + x.shape)})
-        flags = None
-        if not batch.use_complex:
-            rc, rh = batch.crossed(kinks, rows.shape[0])
-            flags = None if rc is None else rc.reshape(chunk.size, nd)
-            hits.extend(hh for hh in rh if hh not in hits)
-        steps = plan.steps[:, :, None]  # (n_cand, chunk, 1)
-        crossed = _cand_crossed(plan, flags, (chunk.size,))[:, :, None]
-        combined = _combine(plan, values.reshape(chunk.size, nd, batch.n_out), batch.f0[0], steps,
-                            plan.probe_dev[:, :, None])
-        shape = (plan.steps.shape[0], chunk.size, batch.n_out)
-        parts.append(_pick(*combined, np.broadcast_to(crossed, shape), np.broadcast_to(steps, shape)))
+    for elements in sets:
+        for start in range(0, elements.size, per_chunk):
+            chunk = elements[start:start + per_chunk]
+            plan = make_plan(scheme, flat[chunk], eps)
+            nd = plan.n_rows
+            values, flags, met = batch.points(name, x, np.arange(chunk.size * nd), np.repeat(chunk, nd),
+                                              plan.pert.T.reshape(-1), chunk.size * nd, kinks=not batch.use_complex)
+            hits.extend(hh for hh in met if hh not in hits)
+            steps = plan.steps[:, :, None]  # (n_cand, chunk, 1)
+            crossed = _cand_crossed(plan, None if batch.use_complex else flags.reshape(chunk.size, nd),
+                                    (chunk.size,))[:, :, None]
+            combined = _combine(plan, values.reshape(chunk.size, nd, batch.n_out), batch.f0[0], steps,
+                                plan.probe_dev[:, :, None])
+            shape = (plan.steps.shape[0], chunk.size, batch.n_out)
+            parts.append(_pick(*combined, np.broadcast_to(crossed, shape), np.broadcast_to(steps, shape)))
     picked = {k: (None if parts[0][k] is None else np.concatenate([p[k] for p in parts])) for k in parts[0]}
+    if len(sets) > 1:  # back to the order of idx
+        order = np.argsort(np.concatenate(sets), kind="stable")
+        picked = {k: (None if v is None else v[order]) for k, v in picked.items()}
     return picked, hits
 
 
@@ -411,10 +380,10 @@ def _assemble(scheme, picked, hits, computed, columns, n_out, n_in) -> FDResult:
         if b_sl is not None:
             b_sl[:, cols] = bwd.T
         mask[:, cols] = picked["crossed"].T
-    return FDResult(scheme, jac, error, f_sl, b_sl, _element_steps(jac, used), computed, hits, mask, used)
+    return FDResult(scheme, jac, error, f_sl, b_sl, element_steps(jac, used), computed, hits, mask, used)
 
 
-def _element_steps(jac: np.ndarray, used: np.ndarray) -> np.ndarray:
+def element_steps(jac: np.ndarray, used: np.ndarray) -> np.ndarray:
     """Per input element, the step of its largest computed derivative (NaN if none)."""
     if jac.size == 0:
         return np.full(jac.shape[1], np.nan)

@@ -59,20 +59,40 @@ class Model:
         """d expr / d sym, computed once per pair."""
         key = (expr, sym)
         if key not in self._derivatives:
-            self._derivatives[key] = sp.diff(expr, sym)
+            shared = ("diff", expr, sym)  # shared across models, as compiled formulas are
+            if shared not in _COMPILED:
+                remember(shared, sp.diff(expr, sym))
+            self._derivatives[key] = _COMPILED[shared]
         return self._derivatives[key]
 
     def compile(self, expr: sp.Expr):
-        """lambdify once per formula; evaluating it is vectorized over every element."""
-        key = sp.srepr(expr) if len(self._compiled) < 10_000 else None
-        fn = self._compiled.get(key) if key else None
+        """lambdify once per formula; evaluating it is vectorized over every element.
+        Compiled formulas are shared by every model with the same symbols (the same
+        expression checked again, at another point or with --points), up to COMPILED_MAX;
+        SymPy expressions are their own keys (structural equality, hashed once)."""
+        fn = self._compiled.get(expr)
         if fn is None:
-            # common-subexpression elimination pays off on large formulas only (its first
-            # use also costs an import that a small check would notice)
-            fn = numpy_lambdify(self.symbols, numpy_safe(expr), cse=sp.count_ops(expr) > CSE_MIN_OPS)
-            if key:
-                self._compiled[key] = fn
+            shared = (tuple(self.symbols), expr)
+            fn = _COMPILED.get(shared)
+            if fn is None:
+                # common-subexpression elimination pays off on large formulas only (its first
+                # use also costs an import that a small check would notice)
+                fn = numpy_lambdify(self.symbols, numpy_safe(expr), cse=sp.count_ops(expr) > CSE_MIN_OPS)
+                remember(shared, fn)
+            if len(self._compiled) < 10_000:
+                self._compiled[expr] = fn
         return fn
+
+
+COMPILED_MAX = 2048  # compiled formulas kept for the process (a check's formulas are a handful)
+_COMPILED: dict = {}
+
+
+def remember(key, value) -> None:
+    """Keep a compiled formula for the process, dropping the oldest past COMPILED_MAX."""
+    if len(_COMPILED) >= COMPILED_MAX:
+        _COMPILED.pop(next(iter(_COMPILED)))
+    _COMPILED[key] = value
 
 
 def build(root: ir.Node, node_shapes: dict, var_shapes: dict):
@@ -174,8 +194,12 @@ class Evaluator:
         import mpmath
 
         try:
-            fn = sp.lambdify(list(model.variables.values()), numpy_safe(model.top),
-                             modules=[fns.MPMATH_FUNCTIONS, "mpmath"])
+            key = ("mpmath", tuple(model.variables.values()), model.top)
+            fn = _COMPILED.get(key)
+            if fn is None:
+                fn = sp.lambdify(list(model.variables.values()), numpy_safe(model.top),
+                                 modules=[fns.MPMATH_FUNCTIONS, "mpmath"])
+                remember(key, fn)
             with mpmath.workdps(40), np.errstate(all="ignore"):  # nan is an answer here, not a warning
                 one = lambda *xs: float(fn(*[mpmath.mpf(float(x)) for x in xs]))  # noqa: E731
                 value = np.vectorize(one, otypes=[np.float64])(*self.args[:n_vars])

@@ -28,19 +28,20 @@ class Reducer:
         self.t = torch
         self.batched = batched
 
-    def _dims(self, x) -> tuple:
+    def dims(self, x) -> tuple:
+        """The dimensions a reduction to a scalar reduces (all but the batch dimension)."""
         return tuple(range(1 if self.batched else 0, x.ndim))
 
     def sum(self, x):
-        dims = self._dims(x)
+        dims = self.dims(x)
         return x.sum(dim=dims, keepdim=self.batched) if dims else x
 
     def mean(self, x):
-        dims = self._dims(x)
+        dims = self.dims(x)
         return x.mean(dim=dims, keepdim=self.batched) if dims else x
 
     def prod(self, x):
-        dims = self._dims(x)
+        dims = self.dims(x)
         if not dims:
             return x
         if not self.batched:
@@ -48,13 +49,13 @@ class Reducer:
         return x.reshape(x.shape[0], -1).prod(dim=1).reshape((x.shape[0],) + (1,) * (x.ndim - 1))
 
     def norm(self, x):
-        dims = self._dims(x)
+        dims = self.dims(x)
         if not dims:
             return x.abs()
         return self.t.linalg.vector_norm(x, dim=dims, keepdim=self.batched)
 
     def logsumexp(self, x):
-        dims = self._dims(x)
+        dims = self.dims(x)
         return self.t.logsumexp(x, dim=dims, keepdim=self.batched) if dims else x
 
     def dot(self, a, b):
@@ -122,7 +123,10 @@ def evaluate(root: ir.Node, inputs: dict, torch, *, dtype, device="cpu", batched
                 # near arg(a) = pi would swamp a complex step
                 v = node.right.value
                 b = int(v) if v.is_integer() and abs(v) < 2**31 else v
-            out = _binary(node.op, a, b)
+            if batched and node.op == "**" and isinstance(b, int) and b == 2:
+                out = a * a  # the same correctly rounded square, twice as fast as pow (complex: 4x)
+            else:
+                out = _binary(node.op, a, b)
         elif isinstance(node, ir.Compare):
             a, b = values[id(node.left)], values[id(node.right)]
             if kinks is not None:

@@ -74,6 +74,10 @@ def reduce(name: str, x, dim: int | None = None):
         flat = x.reshape(x.shape[0], -1)
         return reduce(name, flat, 0).reshape(x.shape[0])
     d = dim_of(x, dim)
+    if x.is_complex() and name in ("logsumexp", "norm"):  # complex steps: the analytic forms
+        from gradcheck_cli.expr import complex_forms
+
+        return getattr(complex_forms, name)(torch, x, (d,), True)
     if name in ("sum", "mean", "prod"):
         return getattr(torch, name)(x, dim=d, keepdim=True)
     if name == "logsumexp":

@@ -5,6 +5,12 @@ differences evaluate, the SymPy form the symbolic engine differentiates, where t
 function has kinks, and whether it is real-analytic (so complex-step differences apply).
 The local derivative is written next to each row, as micrograd writes it next to each op.
 
+Complex steps go through torch's own complex forms, or through `complex_torch` where torch
+has none (expr/complex_forms.py: erf, atan2, logsumexp, norm).  A function that is
+analytic except at a kink (norm at the zero vector, atan2 at the origin) is `analytic`
+with `kinks`: at a point on its kink, finite differences fall back to richardson
+(finite_diff.kinks_at).
+
 Nothing here imports torch or sympy at import time: `gradcheck --help` must stay instant.
 Builders receive the modules they need when they are called.
 
@@ -34,6 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from gradcheck_cli.expr import complex_forms as CF
 from gradcheck_cli.expr import ir
 from gradcheck_cli.expr import shape_rules as rules
 
@@ -199,7 +206,7 @@ _ROWS = [
          kinks=lambda t, x: (x,), kink_text="relu has a kink at 0", analytic=False),
     _row("erf", 1, "elementwise", "erf(x)", "2/sqrt(pi) exp(-x^2)",
          lambda t, x: t.special.erf(x), lambda sp, f, x: sp.erf(x),
-         analytic=False),  # analytic, but torch has no complex erf
+         complex_torch=lambda t, x: CF.erf(t, x)),  # torch has no complex erf: its series, to third order
     _row("gelu", 1, "elementwise", "gelu(x)", "Phi(x) + x phi(x) (the exact, erf form)",
          lambda t, x: t.nn.functional.gelu(x), lambda sp, f, x: x * (1 + sp.erf(x / sp.sqrt(2))) / 2,
          analytic=False),  # analytic, but torch has no complex gelu
@@ -223,7 +230,8 @@ _ROWS = [
     # ---- elementwise, several arguments --------------------------------------------------
     _row("atan2", 2, "elementwise", "atan2(y, x)", "d/dy = x/(x^2+y^2), d/dx = -y/(x^2+y^2)",
          lambda t, y, x: t.atan2(y, x), lambda sp, f, y, x: sp.atan2(y, x),
-         analytic=False),  # analytic off the origin, but torch has no complex atan2
+         kinks=lambda t, y, x: (t.maximum(y.abs(), x.abs()),), kink_text="atan2 has a kink at the origin",
+         complex_torch=lambda t, y, x: CF.atan2(t, y, x)),  # analytic off the origin; torch has no complex atan2
     _row("minimum", 2, "elementwise", "minimum(a, b)", "1 to the smaller argument; torch splits 1/2 at a = b",
          lambda t, a, b: t.minimum(a, b),
          lambda sp, f, a, b: sp.Piecewise((a, a < b), (b, a > b), ((a + b) / 2, True)),
@@ -263,12 +271,13 @@ _ROWS = [
     _row("norm", 1, "reduction", "norm(x[, dim])", "x / norm(x) (the 2-norm); torch takes 0 at x = 0",
          lambda t, ctx, x: ctx.norm(x), lambda sp, f, x: x**2, reducer="sum",
          post=_norm_post_sympy, kinks=_norm_kink, kink_text="norm has a kink where every element is 0",
-         analytic=False, params=DIM, axis="norm", shape=rules.reduce,
+         complex_torch=lambda t, ctx, x: CF.norm(t, x, ctx.dims(x), ctx.batched),  # sqrt(sum x^2): no conjugate
+         params=DIM, axis="norm", shape=rules.reduce,
          index_form="norm(x, d)[..., 0, ...] = sqrt(sum_k x[..., k, ...]^2)",
          vjp=('{G} * {0} / norm({0}, {dim})',)),
     _row("logsumexp", 1, "reduction", "logsumexp(x[, dim])", "softmax(x)",
          lambda t, ctx, x: ctx.logsumexp(x), lambda sp, f, x: x, reducer="logsumexp",
-         analytic=False,  # analytic, but torch's logsumexp subtracts a max, which complex lacks
+         complex_torch=lambda t, ctx, x: CF.logsumexp(t, x, ctx.dims(x), ctx.batched),  # the max of the real parts
          params=DIM, axis="logsumexp", shape=rules.reduce,
          index_form="logsumexp(x, d)[..., 0, ...] = log sum_k exp(x[..., k, ...])",
          vjp=('{G} * softmax({0}, {dim})',)),

@@ -7,13 +7,11 @@ import math
 
 import numpy as np
 
-from gradcheck_cli.errors import UserInputError
 from gradcheck_cli.op.state import Point, finite_output, op_raised, report_values
 from gradcheck_cli.op.verdict import INFO_CODES, OutputLayout
 from gradcheck_cli.tolerances import TOLERANCES
 
 AUTO_FULL_ENTRIES = 4_194_304  # Jacobian entries (outputs x inputs) up to which auto means full
-FULL_LIMIT = 16_777_216  # --mode full refuses beyond this
 VALUE_RTOL = {dtype: tol["value_rtol"] for dtype, tol in TOLERANCES.items()}
 
 
@@ -70,9 +68,7 @@ def check_gradients(pt: Point, tensors: dict, outs: list, layout: OutputLayout, 
     mode = opts.mode
     if mode == "auto":
         mode = "full" if m * n_total <= AUTO_FULL_ENTRIES else "fast"
-    if mode == "full" and m * n_total > FULL_LIMIT:
-        raise UserInputError(f"--mode full: the Jacobian has {m * n_total:,} entries (limit {FULL_LIMIT:,}); "
-                             "use --mode fast (random projections and sampled rows)")
+    # --mode full past full.FULL_LIMIT entries: only for a Jacobian whose sparsity index bits find (full.py)
     pt.extra["mode"] = mode
     pt.extra["outputs"] = layout.to_dict()
     # nothing here may hold the first forward's outputs while determinism runs the second

@@ -89,14 +89,17 @@ def noncontiguous_layouts(t, only: str | None = None) -> list:
 
 
 def vjp_checks(outs: list, inputs: list, wrt: list, expect, jac_ok: dict, m: int, tol: dict,
-               rng: np.random.Generator, layout) -> VJPOutcome:
+               rng: np.random.Generator, layout, known: tuple | None = None) -> VJPOutcome:
     """grad_output variety on the forward graph `outs` -> `inputs` (determinism, which needs
     a second forward, runs before every check: see determinism).
 
     `expect(w, v, g)` gives the reference v^T J for input w (None when there is no full
     reference, as in fast mode) and the allowed error per element, g being autograd's
     answer; an `expect` with the attribute uses_v = False may be given v = None where v
-    would have to be drawn again."""
+    would have to be drawn again, and then no one-hot grad_outputs are run here (with
+    nothing to compare them with; fast mode's sampled rows are its one-hot grad_outputs).
+    `known`: (d1, g1, d2, g2), two random directions and their gradients (input -> array)
+    another check already computed on this graph: the two dense grad_outputs, at no call."""
     res = VJPOutcome()
     sizes = [x.numel() for x in inputs]
 
@@ -120,10 +123,14 @@ def vjp_checks(outs: list, inputs: list, wrt: list, expect, jac_ok: dict, m: int
         # the other gradients are reduced as soon as they come back: a 1e6-element op holds
         # a few vectors, not ten
         zero = _offending(run(np.zeros(m)), tol["atol"])
-        d1 = Direction(rng, m)
-        g1 = run(d1.draw(rng))
-        d2 = Direction(rng, m)
-        g2 = run(d2.draw(rng))
+        if known is not None:
+            d1, g1, d2, g2 = known
+            known = None  # at 1e6 elements g1 is released below (LARGE): nothing else may hold it
+        else:
+            d1 = Direction(rng, m)
+            g1 = run(d1.draw(rng))
+            d2 = Direction(rng, m)
+            g2 = run(d2.draw(rng))
         uses_v = getattr(expect, "uses_v", True)
         v1, v2 = (d1.again(), d2.again()) if uses_v else (None, None)
         for w in wrt:
@@ -161,7 +168,8 @@ def vjp_checks(outs: list, inputs: list, wrt: list, expect, jac_ok: dict, m: int
                         "the backward is not linear in grad_output"), w)
             del e1, a1, fin
         del g2, v2, v1
-        _one_hot(res, run, expect, wrt, jac_ok, m, rng, label, fail)
+        if uses_v:
+            _one_hot(res, run, expect, wrt, jac_ok, m, rng, label, fail)
         # its own generator: the draws of the checks after it stay as they were
         found, calls = undefined_checks(outs, inputs, wrt, expect, jac_ok, layout, np.random.default_rng(m), tol)
         res.calls += calls

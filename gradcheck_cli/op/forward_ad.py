@@ -42,6 +42,7 @@ def tangents(spec, arrays: dict, dtype: str, device: str, directions: dict, phas
     import torch
     import torch.autograd.forward_ad as fwad
 
+    _refuse_without_jvp(spec)
     _load_decompositions()
     tensors = make_tensors(spec, arrays, dtype, device, grad=False)
     try:
@@ -70,6 +71,24 @@ def unsupported_message(exc: Exception) -> str:
     else:
         why = text.split(". ")[0][:160]
     return f"JVPs not checked: the op has no forward-mode AD ({why})"
+
+
+NO_JVP = ("You must implement the jvp function for custom autograd.Function to use it with forward mode AD "
+          "(the Function does not define jvp)")
+
+
+def _refuse_without_jvp(spec) -> None:
+    """Raise Unsupported, as torch would, for a torch.autograd.Function that does not define
+    jvp, without making a dual tensor: the first one loads torch's forward-AD decompositions
+    (TorchScript, ~0.3 s a process), for nothing when the Function cannot run forward AD."""
+    target = getattr(spec, "target", None)
+    if target is None or target.kind != "autograd_function":
+        return
+    import torch
+
+    cls = getattr(target.fn, "__self__", None)
+    if isinstance(cls, type) and getattr(cls, "jvp", None) is torch.autograd.Function.jvp:
+        raise Unsupported(NO_JVP)
 
 
 def _load_decompositions() -> None:
@@ -186,6 +205,7 @@ def forward_over_reverse(spec, arrays: dict, dtype: str, device: str, v: np.ndar
     import torch.autograd.forward_ad as fwad
 
     wrt = list(spec.wrt)
+    _refuse_without_jvp(spec)
     _load_decompositions()
     tensors = make_tensors(spec, arrays, dtype, device)
     try:

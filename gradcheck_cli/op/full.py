@@ -14,7 +14,7 @@ import numpy as np
 
 from gradcheck_cli.errors import UserInputError
 from gradcheck_cli.op import verdict as oc
-from gradcheck_cli.op.batched import BatchedForward, VJPMany
+from gradcheck_cli.op.batched import BatchedForward, VJPMany, shared_vjps
 from gradcheck_cli.op.checks import vjp_checks
 from gradcheck_cli.op.full_entries import Autograd, InputEntries, entries as input_entries, grouped_backward, leaks, member, scales
 from gradcheck_cli.op.full_results import broadcast_factor, results as gradient_results  # noqa: F401
@@ -48,7 +48,7 @@ def run_full(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -
     batches: dict[str, BatchedForward] = {}
     nonfinite_inputs(pt, wrt)
     inputs = [tensors[w] for w in wrt]
-    vjps = VJPMany(outs, inputs)
+    vjps = shared_vjps(pt, outs, inputs)
     entries_full = m * sum(math.prod(np.shape(pt.arrays[w])) for w in wrt)
     allow_columns = entries_full <= FULL_LIMIT
     try:
@@ -133,13 +133,14 @@ def run_backward_checks(pt, outs: list, tensors: dict, layout, expect, jac_ok: d
     apply_backward_checks(pt, backward_checks(pt, outs, tensors, layout, expect, jac_ok))
 
 
-def backward_checks(pt, outs: list, tensors: dict, layout, expect, jac_ok: dict):
-    """Run grad_output variety; its outcome (None when skipped because the backward already
-    raised) goes into the report with apply_backward_checks."""
+def backward_checks(pt, outs: list, tensors: dict, layout, expect, jac_ok: dict, known: tuple | None = None):
+    """Run grad_output variety (`known`: checks.vjp_checks'); its outcome (None when skipped
+    because the backward already raised) goes into the report with apply_backward_checks."""
     if any(d.code in ("op_error", "wrong_shape") for d in pt.diags):
         return None
     wrt = list(pt.prep.spec.wrt)
-    return vjp_checks(outs, [tensors[w] for w in wrt], wrt, expect, jac_ok, layout.m, pt.tol, pt.rng, layout)
+    return vjp_checks(outs, [tensors[w] for w in wrt], wrt, expect, jac_ok, layout.m, pt.tol, pt.rng, layout,
+                      known)
 
 
 def apply_backward_checks(pt, res) -> None:

@@ -30,15 +30,16 @@ def _report_determinism(pt: Point) -> None:
     calls["checks_backward"] = calls.get("checks_backward", 0) + det.calls
 
 
-def _determinism(pt: Point, outs: list, tensors: dict, inspect_inputs) -> bool:
+def _determinism(pt: Point, outs: list, tensors: dict, inspect_inputs, keep_gradient: bool = False) -> bool:
     """determinism.determinism, before every other check (outs and tensors become the second
-    forward's); False when no graph is left to check (the failure is in pt)."""
+    forward's); False when no graph is left to check (the failure is in pt).  keep_gradient:
+    fast mode reuses its last backward call (pt.determinism.gradient)."""
     from gradcheck_cli.op import determinism
     from gradcheck_cli.op.runner import OpRaised
 
     try:
         pt.determinism = determinism.determinism(pt.prep.spec, pt.arrays, pt.opts.dtype, pt.opts.device, outs,
-                                                tensors, pt.tol, pt.opts.seed, inspect_inputs)
+                                                tensors, pt.tol, pt.opts.seed, inspect_inputs, keep_gradient)
     except OpRaised as exc:
         op_raised(pt, exc)
         return False
@@ -75,7 +76,7 @@ def check_gradients(pt: Point, tensors: dict, outs: list, layout: OutputLayout, 
     if opts.dtype == "float64":
         f64 = None  # a view of them; the second forward's, below
     del value["torch"]
-    usable = _determinism(pt, outs, tensors, lambda t: check_inputs(t, "backward"))
+    usable = _determinism(pt, outs, tensors, lambda t: check_inputs(t, "backward"), mode == "fast")
     adopt()  # the second forward's outputs (the first's when there is no second)
     if not usable:
         return ()

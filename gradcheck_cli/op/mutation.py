@@ -28,6 +28,8 @@ def snapshot(tensors: dict, arrays: dict, dtype: str) -> Pristine:
 def _same(now, before) -> bool:
     import torch
 
+    if torch.equal(now, before):  # one pass when no element is nan (nan != nan)
+        return True
     return torch.equal(torch.nan_to_num(now, nan=0.5), torch.nan_to_num(before, nan=0.5)) \
         and torch.equal(torch.isnan(now), torch.isnan(before))
 

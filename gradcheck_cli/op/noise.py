@@ -53,8 +53,11 @@ def forward_noise(batch, x: np.ndarray, eps_dtype: float) -> tuple:
         got = batch(batch._representable(x[None] + np.arange(1, POINTS + 1)[:, None] * step[None]), scratch=True)
         values[:] = got if keep is None else got[:, keep]
     else:
+        point = np.empty(x.size)
         for k in range(POINTS):
-            got = batch(batch._representable((x + (k + 1) * step)[None]), scratch=True)[0]
+            np.multiply(step, k + 1, out=point)
+            point += x  # x + (k + 1) step, in one buffer
+            got = batch(batch._representable(point[None]), scratch=True)[0]
             values[k] = got if keep is None else got[keep]
     del step
     with np.errstate(all="ignore"):

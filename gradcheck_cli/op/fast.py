@@ -44,8 +44,8 @@ from gradcheck_cli.op import verdict as oc
 from gradcheck_cli.op.batched import BatchedForward, VJPMany, shared_vjps
 from gradcheck_cli.op.determinism import rounding_allowed
 from gradcheck_cli.op.directions import Direction, direction_fd, one_sided
-from gradcheck_cli.op.fast_rows import (ExactRows, autograd_rows, choose_columns, dot, remainder_verdict,
-                                        sampled_verdict)
+from gradcheck_cli.op.fast_rows import (ExactRows, abs_dot, abs_max, autograd_rows, choose_columns, dot,
+                                        remainder_verdict, sampled_verdict)
 from gradcheck_cli.op.forward_ad import apply_projections
 from gradcheck_cli.op.jacobian import EPS
 from gradcheck_cli.op.noise import noise_note
@@ -205,7 +205,7 @@ def _backward_phase(pt, vjps: VJPMany, exact: ExactRows, plans: dict, sizes: dic
         batched = vjps(np.stack([d.again() for d in dirs]), first=first)  # unless determinism did)
     else:  # one grad_output per call: batching is checked with one batched call of one (where
         vjps.check_batched(d_first.again(), first)  # determinism's repeat did not already)
-    projections, sampled, held, checks = [], {}, [], None
+    projections, sampled, held, checks, shared = [], {}, [], None, {}
     for k in range(PROJECTIONS):
         if batched is not None:
             g = batched[k]
@@ -218,19 +218,20 @@ def _backward_phase(pt, vjps: VJPMany, exact: ExactRows, plans: dict, sizes: dic
             n, fixed = sizes[w], pt.fixed.get(w)
             cols, rest = plans[w]
             remainder = k < PER_U and bool(rest.any())
-            if k % PER_U:  # the previous projection's u, drawn again
-                d = projections[-1].u[w]
-                u = d.again()
+            if k % PER_U:  # the previous projection's u, kept for it
+                d, u = projections[-1].u[w], shared.pop(w)
             else:
                 d = Direction(rng, n, rest if remainder else (None if fixed is None else ~fixed), uniform=True)
                 u = d.draw(rng)
             gw = g[offsets[w]:offsets[w] + n]
-            proj.u[w], proj.norm[w] = d, float(np.max(np.abs(u))) if n else 0.0
+            proj.u[w], proj.norm[w] = d, abs_max(u)
             proj.s_ad[w] = dot(gw, u)
-            proj.terms[w] = dot(np.abs(gw), np.abs(u))
+            proj.terms[w] = abs_dot(gw, u)
             if k == 0:
                 auto, got, rterms = autograd_rows(exact, offsets[w], n, cols, u if remainder else None)
                 sampled[w] = Sampled(cols, d if remainder else None, proj.norm[w], auto, got, rterms)
+            if (k + 1) % PER_U:
+                shared[w] = u
             del u, gw
         projections.append(proj)
         if k < 2:

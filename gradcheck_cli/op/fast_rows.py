@@ -41,6 +41,19 @@ def dot(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.einsum("i,i->", a, b))
 
 
+PIECE = 65_536  # elements per piece where a full-size temporary would be a fresh 8 MB at 1e6
+
+
+def abs_dot(a: np.ndarray, b: np.ndarray) -> float:
+    """|a| . |b|, a piece at a time (no full-size temporaries)."""
+    return sum(dot(np.abs(a[i:i + PIECE]), np.abs(b[i:i + PIECE])) for i in range(0, a.size, PIECE))
+
+
+def abs_max(a: np.ndarray) -> float:
+    """max |a| without a temporary (0 for an empty array)."""
+    return max(float(a.max()), -float(a.min())) if a.size else 0.0
+
+
 @dataclass
 class ExactRows:
     """The sampled output rows of the Jacobian, exactly, from one-hot backward calls (batched

@@ -191,10 +191,13 @@ def _consistency(res, pt, outs, tensors, refs, u, ju, rng, layout) -> None:
             "describe different Jacobians")))
 
 
-def check_projection(spec, arrays: dict, dtype: str, device: str, w: str, u: np.ndarray, v: np.ndarray):
+def check_projection(spec, arrays: dict, dtype: str, device: str, w: str, u, v):
     """Fast mode: v . (J u) by forward AD along one projection's u (input w): a float, or
-    raises Unsupported / OpRaised."""
-    return float(np.dot(v, tangents(spec, arrays, dtype, device, {w: u})))
+    raises Unsupported / OpRaised.  u and v may be callables that draw them (not drawn for
+    a Function without jvp)."""
+    _refuse_without_jvp(spec)
+    ju = tangents(spec, arrays, dtype, device, {w: u() if callable(u) else u})
+    return float(np.dot(v() if callable(v) else v, ju))
 
 
 def forward_over_reverse(spec, arrays: dict, dtype: str, device: str, v: np.ndarray, u: dict) -> np.ndarray:
@@ -250,7 +253,7 @@ def apply_projections(pt, w: str, projections: list, s_fd: np.ndarray, allowed: 
         return
     for k, p in enumerate(projections[:used]):
         try:
-            got = check_projection(spec, pt.arrays, opts.dtype, opts.device, w, p.u[w].again(), p.v.again())
+            got = check_projection(spec, pt.arrays, opts.dtype, opts.device, w, p.u[w].again, p.v.again)
         except Unsupported as exc:
             pt.note("forward_ad_unsupported", unsupported_message(exc))
             pt.extra["forward_ad"] = "unsupported"

@@ -64,6 +64,8 @@ def _same_as_array(t, arr: np.ndarray, dtype: str) -> bool:
     own = owner(arr) if td == torch.float64 and now.device.type == "cpu" else None
     if own is not None:  # read in torch: .numpy() would give a copy-on-write clone a copy of its own
         own = own.reshape(-1)
+        if torch.equal(now, own):  # one call, no temporaries: the usual answer
+            return True
         return all(_same(now[a:a + PIECE], own[a:a + PIECE]) for a in range(0, flat.size, PIECE))
     if td == torch.float64 and now.device.type == "cpu":  # the array itself, no conversion: numpy is quicker
         return _same_numpy(now.numpy(), flat)

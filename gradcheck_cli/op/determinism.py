@@ -148,7 +148,7 @@ def _repeat(res: DeterminismOutcome, outs: list, tensors: dict, wrt: list, direc
 
     vjps = VJPMany(outs, [tensors[w] for w in wrt])
     res.vjps = vjps
-    plain_ref = np.concatenate([ref[w] for w in wrt])
+    plain_ref = np.concatenate([ref[w] for w in wrt]) if len(wrt) > 1 else ref[wrt[0]]
     got = vjps.batched_one(direction.again())
     if got is not None:
         res.calls += 1
@@ -157,7 +157,8 @@ def _repeat(res: DeterminismOutcome, outs: list, tensors: dict, wrt: list, direc
             offsets = np.cumsum([0] + [ref[w].size for w in wrt])
             return {w: got[offsets[k]:offsets[k + 1]] for k, w in enumerate(wrt)}
     third = run(outs, tensors)
-    if got is not None and vjps.agrees(np.concatenate([third[w] for w in wrt]), plain_ref):
+    if got is not None and vjps.agrees(np.concatenate([third[w] for w in wrt]) if len(wrt) > 1 else third[wrt[0]],
+                                       plain_ref):
         vjps.settle(got, plain_ref)  # deterministic, so the batched call is what differs
     return third
 

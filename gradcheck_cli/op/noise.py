@@ -50,9 +50,14 @@ def forward_noise(batch, x: np.ndarray, eps_dtype: float) -> tuple:
     m = batch.m
     keep = None if m <= MAX_OUTPUTS else np.sort(np.random.default_rng(m).choice(m, MAX_OUTPUTS, replace=False))
     # signs from a private generator: measuring leaves the check's own random draws as they were
-    step = np.random.default_rng(x.size).choice(np.array([-1.0, 1.0]), x.size)
+    flip = np.random.default_rng(x.size).integers(0, 2, x.size, dtype=np.int8).astype(bool)
     with np.errstate(invalid="ignore"):
-        step *= np.where(np.isfinite(x), math.sqrt(eps_dtype) * np.maximum(1.0, np.abs(x)), 0.0)
+        step = np.abs(x)  # sqrt(eps) max(1, |x|) with a random sign, 0 where x is not finite
+        np.maximum(step, 1.0, out=step)
+        step *= math.sqrt(eps_dtype)
+        step[~np.isfinite(x)] = 0.0
+        np.negative(step, out=step, where=flip)
+    del flip
     per_call = batch.rows_per_call()
     points = POINTS if per_call > 1 else STREAMED_POINTS
     values = np.empty((points, m if keep is None else keep.size))

@@ -23,6 +23,7 @@ from gradcheck_cli.op.runner import (
     user_failures,
     vjp,
 )
+from gradcheck_cli.op.memory import op_allocations
 from gradcheck_cli.op.noise import STEPS_FROM, forward_noise, relative_noise
 from gradcheck_cli.tolerances import DTYPE_EPS
 
@@ -130,7 +131,7 @@ class VJPMany:
             gos.append(torch.as_tensor(block[:, start:start + n]).reshape((block.shape[0],) + tuple(o.shape))
                        .to(device=o.device, dtype=o.dtype).contiguous())
             start += n
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), op_allocations():
             warnings.simplefilter("ignore")
             grads = torch.autograd.grad([self.outputs[k] for k in keep], self.inputs,
                                         grad_outputs=[gos[k] for k in keep], retain_graph=True,

@@ -106,19 +106,10 @@ def determinism(spec, arrays: dict, dtype: str, device: str, outs: list, tensors
     spreads = {}
     for w in wrt:
         g = ref[w]
-        allowed = rounding_allowed(g, tol, dtype)
         idx, vals = first[w]
-        diff = np.abs(third[w] - g)
-        diff[idx] = np.maximum(diff[idx], np.abs(vals - g[idx]))
-        diff[~np.isfinite(g)] = 0.0  # non-finite entries: reported as nonfinite
-        spread = float(np.nanmax(diff)) if diff.size else 0.0
-        if np.any(np.isnan(diff)):
-            spread = float("nan")
+        spread, j = _compare(g, third[w], idx, vals, tol, dtype)
         spreads[w] = spread
-        bad = ~(diff <= allowed)
-        del diff, allowed
-        if bad.any():
-            j = int(np.flatnonzero(bad)[0])
+        if j is not None:
             k = np.searchsorted(idx, j)
             first_j = vals[k] if k < idx.size and idx[k] == j else g[j]
             shape = tuple(tensors[w].shape)
@@ -130,11 +121,41 @@ def determinism(spec, arrays: dict, dtype: str, device: str, outs: list, tensors
             res.diagnostics.append(Diagnostic("nondeterministic_within_tolerance", (
                 f"d/d{w}: repeated backward runs differ by up to {spread:.3g} (within tolerance: rounding from "
                 "a non-deterministic reduction order, e.g. atomic adds)"), w))
-        del bad
     res.record = {"runs": 3, "max_spread": spreads, "forward_spread": forward_diff}
     if keep_gradient:
         res.direction, res.gradient = direction, ref
     return res
+
+
+COMPARE_PIECE = 65_536  # elements compared at a time: no full-size temporaries beside the runs compared
+
+
+def _compare(g: np.ndarray, third: np.ndarray, idx: np.ndarray, vals: np.ndarray, tol: dict,
+             dtype: str) -> tuple[float, int | None]:
+    """(spread, first element out of rounding_allowed or None) of three runs: the reference
+    g, the repeat `third`, and the first run (equal to g except at idx, where it is vals).
+    Non-finite reference elements are left to the nonfinite check; a nan difference makes
+    the spread nan (and the element fails).  A piece at a time: rounding_allowed's terms,
+    the differences and their verdicts never exist at full size."""
+    scale = max(float(g.max()), -float(g.min())) if g.size and bool(np.isfinite(g).all()) else 0.0
+    floor = tol["atol"] + max(tol["scale"], 16 * EPS[dtype]) * scale
+    spread, first_bad, nan = 0.0, None, False
+    with np.errstate(invalid="ignore"):
+        for a in range(0, g.size, COMPARE_PIECE):
+            b = min(g.size, a + COMPARE_PIECE)
+            gp = g[a:b]
+            diff = np.abs(third[a:b] - gp)
+            lo, hi = np.searchsorted(idx, [a, b])
+            if hi > lo:
+                here = idx[lo:hi] - a
+                diff[here] = np.maximum(diff[here], np.abs(vals[lo:hi] - gp[here]))
+            diff[~np.isfinite(gp)] = 0.0  # non-finite entries: reported as nonfinite
+            nan = nan or bool(np.isnan(diff).any())
+            spread = max(spread, float(np.fmax.reduce(diff)))
+            if first_bad is None:
+                bad = np.flatnonzero(~(diff <= np.abs(gp) * tol["rtol"] + floor))
+                first_bad = a + int(bad[0]) if bad.size else None
+    return (float("nan") if nan else spread), first_bad
 
 
 def _repeat(res: DeterminismOutcome, outs: list, tensors: dict, wrt: list, direction: Direction, ref: dict,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from gradcheck_cli.op.memory import op_allocations
 from gradcheck_cli.op.runner import grads_numpy, unflatten, user_failures
 from gradcheck_cli.report import Diagnostic
 
@@ -76,7 +77,8 @@ def undefined_checks(outs: list, inputs: list, wrt: list, expect, jac_ok: dict, 
 def _grad(outs: list, inputs: list, grad_outputs: list) -> list:
     import torch
 
-    grads = torch.autograd.grad(outs, inputs, grad_outputs, retain_graph=True, allow_unused=True)
+    with op_allocations():
+        grads = torch.autograd.grad(outs, inputs, grad_outputs, retain_graph=True, allow_unused=True)
     return grads_numpy(grads, inputs)
 
 

@@ -8,8 +8,9 @@ warmed-up interpreter, alternating, median of --repeat runs each (wall and CPU s
 with gradcheck op's call counts.  As a process: the whole command a user runs,
 `gradcheck op samples/ops/swish.py:Swish --at x=randn(N) --mode fast` against
 `python -c` a script that imports torch and runs torch's fast gradcheck on the same op,
-alternating, median walls, and peak RSS (gradcheck op's check runs in a worker: its peak is
-the report's worker_peak_rss_mib; torch's is the child's ru_maxrss).  gradcheck op keeps
+alternating, median walls (gradcheck op's JSON to a file, as `> out.json`; through a pipe
+too, once), and peak RSS (gradcheck op's check runs in a worker: its peak is the report's
+worker_peak_rss_mib; torch's is the child's ru_maxrss).  gradcheck op keeps
 every check torch's fast mode does not make: grad_output variety (zero, dense random,
 one-hot, non-contiguous), determinism, input mutation, undefined grad_outputs, forward-mode
 AD, batched-backward comparison, sampled rows localizing any failure.
@@ -73,13 +74,25 @@ def gradcheck_cmd() -> list[str]:
     return [exe] if Path(exe).exists() else [sys.executable, "-m", "gradcheck_cli"]
 
 
-def _ours(n: int) -> tuple[float, float, float]:
+def _ours(n: int, pipe: bool = False) -> tuple[float, float, float]:
+    """(wall, worker peak RSS, check duration) of one run, its JSON written to a file as
+    `> out.json` would (or, `pipe`, read through a pipe as `| jq` would: the reader then
+    also waits for the worker server, which holds the pipe until it has shut down)."""
+    import tempfile
+
     cmd = gradcheck_cmd() + ["op", f"{OPS / 'swish.py'}:Swish", "--at", f"x=randn({n})", "--mode", "fast", "--json"]
-    start = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    check = json.loads(out.stdout)["checks"][0]
-    assert check["passed"], out.stdout[-2000:]
+    with tempfile.TemporaryFile("w+") as out:
+        start = time.perf_counter()
+        if pipe:
+            text = subprocess.run(cmd, capture_output=True, text=True).stdout
+        else:
+            subprocess.run(cmd, stdout=out, stderr=subprocess.DEVNULL)
+        wall = time.perf_counter() - start
+        if not pipe:
+            out.seek(0)
+            text = out.read()
+    check = json.loads(text)["checks"][0]
+    assert check["passed"], text[-2000:]
     return wall, float(check.get("worker_peak_rss_mib", float("nan"))), float(check.get("duration_s", float("nan")))
 
 
@@ -101,6 +114,7 @@ def as_process(n: int, repeat: int) -> None:
         theirs.append(_torch(n))
     ow, orss, odur = (statistics.median(v) for v in zip(*ours))
     tw, trss = (statistics.median(v) for v in zip(*theirs))
+    piped = statistics.median(_ours(n, pipe=True)[0] for _ in range(3))
     print(f"\nas a process at n={n:,} ({os.cpu_count()} cores; medians of {repeat}, alternating)")
     print(f"  gradcheck op --mode fast   {ow:6.2f} s wall (its check {odur:.2f} s in the worker), peak RSS "
           f"{orss:6.0f} MiB")
@@ -108,6 +122,8 @@ def as_process(n: int, repeat: int) -> None:
     print(f"  ratio {ow / tw:.2f}x wall (goal <= 1.3x: {'met' if ow <= 1.3 * tw else 'NOT met'}), "
           f"{orss / trss:.2f}x peak RSS; all walls: ours {sorted(round(w, 2) for w, _, _ in ours)}, "
           f"torch {sorted(round(w, 2) for w, _ in theirs)}")
+    print(f"  (its JSON read through a pipe instead of a file: {piped:.2f} s, median of 3 -- the reader also waits "
+          "for the worker server to shut down, since it holds the pipe)")
 
 
 def main(argv=None) -> int:

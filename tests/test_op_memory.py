@@ -190,9 +190,16 @@ class TimesSumNoCross(TimesSum):
         return g * x.sum()
 
 
+# Jacobian backward calls at one grad_output per call: the first projection's v^T J is the
+# determinism check's (whose repeat, a batched call of one, also checks batching), so 3 more
+PROJECTION_CALLS = 3
+
+
 @pytest.mark.parametrize("op,passes,backward_calls", [
-    (TimesSum, True, 4 + 8 + 8),  # 4 projections, 8 one-hot rows, the 8 dense rows again for their entries
-    (TimesSumNoCross, False, 4 + 8),  # its rows are diagonal (sparse): kept; finite differences see the rest
+    # 2 grouped calls find the rows dense, 8 one-hot rows, the 8 dense rows again for their entries
+    (TimesSum, True, PROJECTION_CALLS + 2 + 8 + 8),
+    # its rows are diagonal (sparse): 2 grouped calls give them all, kept; finite differences see the rest
+    (TimesSumNoCross, False, PROJECTION_CALLS + 2),
 ], ids=["right", "no-cross-term"])
 def test_dense_sampled_rows_are_computed_again_not_held(streaming, op, passes, backward_calls):
     report = check_op(op, torch.randn(3000, dtype=torch.float64), mode="fast")
@@ -204,8 +211,9 @@ def test_dense_sampled_rows_are_computed_again_not_held(streaming, op, passes, b
 
 
 def test_sparse_sampled_rows_are_kept(streaming):
+    """The 8 sampled rows of an elementwise op from 2 grouped backward calls (float64), not 8."""
     check = only(check_op(op_zoo.Swish, torch.randn(3000, dtype=torch.float64), mode="fast"))
-    assert check.passed and check.extra["calls"]["jacobian_backward"] == 4 + 8
+    assert check.passed and check.extra["calls"]["jacobian_backward"] == PROJECTION_CALLS + 2
 
 
 # ---- determinism: the second run is kept only where it differs --------------------------------
@@ -558,11 +566,27 @@ def test_reference_checks_run_before_determinism_even_when_the_backward_raises()
     assert check.value["symbolic"] is not None and check.extra["mode"] == "full"
 
 
-def test_a_full_mode_jacobian_over_the_limit_is_a_usage_error_before_the_op_runs_again():
+def test_a_dense_full_mode_jacobian_over_the_limit_is_a_usage_error():
+    """Past 16.7M entries full mode needs a sparsity pattern index bits find (issue 16): a
+    dense Jacobian is refused (exit 2) after a few forward calls, not computed."""
     from gradcheck_cli.errors import UserInputError
 
+    calls = []
+
+    def plus_total(x):
+        calls.append(x.shape)
+        return x + x.sum(-1, keepdim=True)
+
     with pytest.raises(UserInputError, match="--mode full"):
-        check_op(op_zoo.RaisesInBackward, torch.randn(20000, dtype=torch.float64), mode="full")
+        check_op(plus_total, torch.randn(20000, dtype=torch.float64), mode="full")
+    assert len(calls) < 40
+
+
+def test_a_sparse_full_mode_jacobian_over_the_limit_is_checked():
+    """4e8 entries, 2e4 of them nonzero: checked entry by entry, so a backward that raises
+    is the op's failure (exit 1), as at any size."""
+    report = check_op(op_zoo.RaisesInBackward, torch.randn(20000, dtype=torch.float64), mode="full")
+    assert not report.passed and "op_error" in codes(report)
 
 
 def test_a_second_forward_with_a_nan_is_reported_as_such():

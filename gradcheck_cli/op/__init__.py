@@ -7,8 +7,11 @@
     memory.py       inputs shared copy-on-write; freed memory returned at once
     batched.py      many forward / backward calls at once (vmap, broadcasting)
     gradients.py    references, determinism, then the Jacobian in the chosen mode
-    jacobian.py     finite-difference entries, sparsity, grouped backward calls (jacobian)
-    full.py         every Jacobian entry;  fast.py: random projections + sampled rows
+    jacobian.py     finite-difference entries, grouped backward calls (jacobian);
+                    pattern.py: which outputs depend on which elements, at any size
+    full.py         every Jacobian entry (full_entries.py: its O(nonzeros) bookkeeping,
+                    full_results.py: verdicts into results);  fast.py: random projections
+                    + sampled rows (fast_rows.py)
     checks.py       grad_output variety; determinism.py, mutation.py, order2.py (checks)
     verdict.py      tolerances, elementwise verdicts, naming the bug            (verdict)
     reference.py    --reference: the exact forward and Jacobians from an expression

@@ -24,6 +24,7 @@ from gradcheck_cli.op.runner import (
     user_failures,
     vjp,
 )
+from gradcheck_cli.op.memory import op_allocations
 from gradcheck_cli.op.noise import STEPS_FROM, forward_noise, relative_noise
 from gradcheck_cli.tolerances import DTYPE_EPS
 
@@ -44,15 +45,52 @@ class VJPMany:
         self.none: set = set()  # inputs the backward returned None for
         self.disagreement: str | None = None  # how batched calls differed from a plain one, when they did
 
-    def __call__(self, vectors: np.ndarray) -> np.ndarray:
+    def __call__(self, vectors: np.ndarray, first: np.ndarray | None = None) -> np.ndarray:
         """vectors: (k, m) float64 -> (k, N) float64 gradients, inputs concatenated
-        (None gradients are zeros here; `none` records them)."""
+        (None gradients are zeros here; `none` records them).  `first`: the gradient of
+        vectors[0], already known from a plain call (it costs no call, and it is what the
+        first batched block is compared with)."""
         result = np.zeros((vectors.shape[0], sum(self.sizes)))
-        done = self._try_batched(vectors, result) if self.batched and vectors.shape[0] > 1 \
-            and self._per_call(vectors.shape[1]) > 1 else 0
+        if first is not None:
+            result[0] = first
+        done = self._try_batched(vectors, result, first is not None) if self.batched and vectors.shape[0] > 1 \
+            and self._per_call(vectors.shape[1]) > 1 else int(first is not None)
         for i in range(done, vectors.shape[0]):
             result[i] = self._plain(vectors[i])
         return result
+
+    def check_batched(self, v: np.ndarray, g: np.ndarray) -> None:
+        """Compare one batched backward call (a batch of one) for grad_output v with g, its
+        plain result, where no batched call has been compared yet: where calls are too large
+        to batch, this is how batching is still checked (one more call)."""
+        if self.checked or not self.batched:
+            return
+        got = self.batched_one(v)
+        if got is not None:
+            self.settle(got, g)
+
+    def batched_one(self, v: np.ndarray) -> np.ndarray | None:
+        """v^T J by one batched call (a batch of one), or None where batching is off or the
+        backward does not run under vmap (then batching stays off)."""
+        if not self.batched:
+            return None
+        try:
+            return self._batched(v[None])[0]
+        except user_failures():
+            self.batched = False
+            return None
+
+    def agrees(self, got: np.ndarray, plain: np.ndarray) -> bool:
+        """Whether a batched result is a plain call's for the same grad_output, up to rounding."""
+        return _agree(got, plain, self._eps())
+
+    def settle(self, got: np.ndarray, plain: np.ndarray) -> None:
+        """Record a batched result against the plain result of the same grad_output: batching
+        is checked, and switched off (with the disagreement reported) when they differ."""
+        self.checked = True
+        if not _agree(got, plain, self._eps()):
+            self.disagreement = _describe(got, plain)
+            self.batched = False
 
     def _eps(self) -> float:
         import torch
@@ -62,6 +100,11 @@ class VJPMany:
 
     def _per_call(self, m: int) -> int:
         return max(1, self.max_elements // max(1, sum(self.sizes) + m))
+
+    def per_call(self, m: int) -> int:
+        """grad_outputs of length m one batched call takes under the element cap (1: none
+        are batched, as at 1e6 elements in fast mode)."""
+        return self._per_call(m) if self.batched else 1
 
     def one(self, v: np.ndarray) -> np.ndarray:
         """v^T J for one grad_output (m,) as a flat float64 (N,) vector, by one plain call.
@@ -89,7 +132,7 @@ class VJPMany:
             gos.append(torch.as_tensor(block[:, start:start + n]).reshape((block.shape[0],) + tuple(o.shape))
                        .to(device=o.device, dtype=o.dtype).contiguous())
             start += n
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), op_allocations():
             warnings.simplefilter("ignore")
             grads = engine_grad([self.outputs[k] for k in keep], self.inputs, [gos[k] for k in keep], batched=True)
         self.calls += 1
@@ -102,13 +145,14 @@ class VJPMany:
             col += n
         return got
 
-    def _try_batched(self, vectors: np.ndarray, result: np.ndarray) -> int:
+    def _try_batched(self, vectors: np.ndarray, result: np.ndarray, known_first: bool = False) -> int:
         """Fill rows of `result` with batched calls; return how many are done (plain calls
-        do the rest).  The first batched block includes a row also computed plainly."""
+        do the rest).  The first batched block includes a row also computed plainly (or
+        known: `known_first`, result[0] filled)."""
         k = vectors.shape[0]
         per_call = self._per_call(vectors.shape[1])
-        done = 0
-        if not self.checked:
+        done = int(known_first)
+        if not self.checked and not known_first:
             result[0] = self._plain(vectors[0])
             done = 1
         try:
@@ -128,6 +172,20 @@ class VJPMany:
         except user_failures():  # the backward does not run under vmap: plain calls do the rest
             self.batched = False
         return done
+
+
+def shared_vjps(pt, outputs: list, inputs: list, max_elements: int = CHUNK_ELEMENTS) -> VJPMany:
+    """The point's VJPMany on the graph the checks use: the determinism check's (whose
+    batched repeat already compared batching with a plain call), its calls counted there,
+    or a new one."""
+    det = getattr(pt, "determinism", None)
+    vjps = getattr(det, "vjps", None)
+    if vjps is None or vjps.outputs is not outputs or len(vjps.inputs) != len(inputs) or \
+            any(a is not b for a, b in zip(vjps.inputs, inputs)):
+        return VJPMany(outputs, inputs, max_elements=max_elements)
+    det.vjps = None
+    vjps.max_elements, vjps.calls = max_elements, 0
+    return vjps
 
 
 def _agree(a: np.ndarray, b: np.ndarray, eps: float) -> bool:

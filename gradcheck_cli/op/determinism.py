@@ -4,6 +4,7 @@ calls compared within what rounding allows."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,11 @@ class DeterminismOutcome:
     record: dict | None = None  # {"runs": 3, "max_spread": {input: spread}, "forward_spread": spread}
     calls: int = 0
     usable: bool = True  # False: the op raised or misbehaved on its second forward; no graph is left
+    # with keep_gradient: v^T J on the graph left (the second forward's) for the random
+    # grad_output v = direction (fast mode's first projection and its first dense grad_output)
+    direction: Direction | None = None
+    gradient: dict | None = None
+    vjps: Any = None  # batched.VJPMany on the graph left, batching already checked by the repeat
 
 
 def rounding_allowed(g: np.ndarray, tol: dict, dtype: str) -> np.ndarray:
@@ -35,7 +41,7 @@ def rounding_allowed(g: np.ndarray, tol: dict, dtype: str) -> np.ndarray:
 
 
 def determinism(spec, arrays: dict, dtype: str, device: str, outs: list, tensors: dict, tol: dict,
-                seed: int, inspect_inputs=None) -> DeterminismOutcome:
+                seed: int, inspect_inputs=None, keep_gradient: bool = False) -> DeterminismOutcome:
     """The op run twice on the same inputs: the two forwards must agree, and so must three
     backward calls with one random grad_output v: on the first forward's graph, on the
     second's, and on the second's again (within rounding_allowed).
@@ -47,13 +53,15 @@ def determinism(spec, arrays: dict, dtype: str, device: str, outs: list, tensors
     Raises OpRaised when the first graph's backward raises (as any check's would); a
     second forward that raises or returns something else is a failed check, and then
     `usable` is False.  `inspect_inputs(tensors)` is called on the first forward's inputs
-    after its backward, before they are released (the mutation check)."""
+    after its backward, before they are released (the mutation check).  `keep_gradient`:
+    the outcome keeps the direction and the second graph's gradient for it (a backward call
+    the later checks need not make again)."""
     from gradcheck_cli.op.runner import BadOutput, grads_numpy
 
     res = DeterminismOutcome()
     wrt = list(spec.wrt)
     m = sum(int(o.numel()) for o in outs)
-    direction = Direction(np.random.default_rng([seed, 11]), m)
+    direction = Direction(np.random.default_rng([seed, 11]), m, uniform=True)
 
     def run(graph, leaves, retain=True):
         res.calls += 1
@@ -94,23 +102,14 @@ def determinism(spec, arrays: dict, dtype: str, device: str, outs: list, tensors
             "nondeterministic", f"the forward gives different outputs on identical inputs (spread {forward_diff:.3g})"))
     ref = run(outs, tensors)  # the second graph's: the reference
     first = {w: _differing(g, ref[w]) for w, g in first.items()}  # the first run, kept where it differs
-    third = run(outs, tensors)
+    third = _repeat(res, outs, tensors, wrt, direction, ref, run)
     spreads = {}
     for w in wrt:
         g = ref[w]
-        allowed = rounding_allowed(g, tol, dtype)
         idx, vals = first[w]
-        diff = np.abs(third[w] - g)
-        diff[idx] = np.maximum(diff[idx], np.abs(vals - g[idx]))
-        diff[~np.isfinite(g)] = 0.0  # non-finite entries: reported as nonfinite
-        spread = float(np.nanmax(diff)) if diff.size else 0.0
-        if np.any(np.isnan(diff)):
-            spread = float("nan")
+        spread, j = _compare(g, third[w], idx, vals, tol, dtype)
         spreads[w] = spread
-        bad = ~(diff <= allowed)
-        del diff, allowed
-        if bad.any():
-            j = int(np.flatnonzero(bad)[0])
+        if j is not None:
             k = np.searchsorted(idx, j)
             first_j = vals[k] if k < idx.size and idx[k] == j else g[j]
             shape = tuple(tensors[w].shape)
@@ -122,9 +121,67 @@ def determinism(spec, arrays: dict, dtype: str, device: str, outs: list, tensors
             res.diagnostics.append(Diagnostic("nondeterministic_within_tolerance", (
                 f"d/d{w}: repeated backward runs differ by up to {spread:.3g} (within tolerance: rounding from "
                 "a non-deterministic reduction order, e.g. atomic adds)"), w))
-        del bad
     res.record = {"runs": 3, "max_spread": spreads, "forward_spread": forward_diff}
+    if keep_gradient:
+        res.direction, res.gradient = direction, ref
     return res
+
+
+COMPARE_PIECE = 65_536  # elements compared at a time: no full-size temporaries beside the runs compared
+
+
+def _compare(g: np.ndarray, third: np.ndarray, idx: np.ndarray, vals: np.ndarray, tol: dict,
+             dtype: str) -> tuple[float, int | None]:
+    """(spread, first element out of rounding_allowed or None) of three runs: the reference
+    g, the repeat `third`, and the first run (equal to g except at idx, where it is vals).
+    Non-finite reference elements are left to the nonfinite check; a nan difference makes
+    the spread nan (and the element fails).  A piece at a time: rounding_allowed's terms,
+    the differences and their verdicts never exist at full size."""
+    scale = max(float(g.max()), -float(g.min())) if g.size and bool(np.isfinite(g).all()) else 0.0
+    floor = tol["atol"] + max(tol["scale"], 16 * EPS[dtype]) * scale
+    spread, first_bad, nan = 0.0, None, False
+    with np.errstate(invalid="ignore"):
+        for a in range(0, g.size, COMPARE_PIECE):
+            b = min(g.size, a + COMPARE_PIECE)
+            gp = g[a:b]
+            diff = np.abs(third[a:b] - gp)
+            lo, hi = np.searchsorted(idx, [a, b])
+            if hi > lo:
+                here = idx[lo:hi] - a
+                diff[here] = np.maximum(diff[here], np.abs(vals[lo:hi] - gp[here]))
+            diff[~np.isfinite(gp)] = 0.0  # non-finite entries: reported as nonfinite
+            nan = nan or bool(np.isnan(diff).any())
+            spread = max(spread, float(np.fmax.reduce(diff)))
+            if first_bad is None:
+                bad = np.flatnonzero(~(diff <= np.abs(gp) * tol["rtol"] + floor))
+                first_bad = a + int(bad[0]) if bad.size else None
+    return (float("nan") if nan else spread), first_bad
+
+
+def _repeat(res: DeterminismOutcome, outs: list, tensors: dict, wrt: list, direction: Direction, ref: dict,
+            run) -> dict:
+    """The second graph's backward again: as a batched call (a batch of one, as vmap over
+    grad_outputs and is_grads_batched run it) where the backward runs under vmap, so the
+    repeat also checks batching (res.vjps, for the later checks: batched_grad_mismatch when
+    it differs).  When the batched repeat differs from the reference, a plain repeat tells a
+    batching fault (the plain one agrees) from non-determinism (it does not either)."""
+    from gradcheck_cli.op.batched import VJPMany
+
+    vjps = VJPMany(outs, [tensors[w] for w in wrt])
+    res.vjps = vjps
+    plain_ref = np.concatenate([ref[w] for w in wrt]) if len(wrt) > 1 else ref[wrt[0]]
+    got = vjps.batched_one(direction.again())
+    if got is not None:
+        res.calls += 1
+        if vjps.agrees(got, plain_ref):
+            vjps.settle(got, plain_ref)
+            offsets = np.cumsum([0] + [ref[w].size for w in wrt])
+            return {w: got[offsets[k]:offsets[k + 1]] for k, w in enumerate(wrt)}
+    third = run(outs, tensors)
+    if got is not None and vjps.agrees(np.concatenate([third[w] for w in wrt]) if len(wrt) > 1 else third[wrt[0]],
+                                       plain_ref):
+        vjps.settle(got, plain_ref)  # deterministic, so the batched call is what differs
+    return third
 
 
 def _differing(a: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -4,12 +4,22 @@
    backward call, finite differences give J u in four forward calls (central, with step
    halving for the error estimate); a dense bug anywhere shows in every projection.
 2. Sampled rows to localize: a few output rows are computed exactly by one-hot backward
-   calls; the input elements they depend on (plus a few random ones) are differenced one
-   by one, and everything else in one random direction, so a gradient that lands where
-   the op does not depend still shows.  Failures name exact entries.
+   calls; the input elements they depend on (plus a few random ones) are differenced
+   (fast_rows.py: in groups of columns no sampled row touches twice, one column at a time
+   where a group disagrees), and everything else at once along the first projection's
+   direction, which leaves those columns out, so a gradient that lands where the op does
+   not depend still shows.  Failures name exact entries.
 
 Fast mode can miss a bug confined to rows it did not sample; the report says how many
 rows and entries it compared.
+
+Speed (issue 16): each check costs about one backward call.  The first projection's v is
+the determinism check's grad_output, whose gradient that check already computed; the
+first two projections' gradients are grad_output variety's two dense grad_outputs; where
+the element budget allows, the projections' and the sampled rows' backward calls are
+batched (is_grads_batched), the first batched gradient compared with a plain one (at 1e6
+elements one batched call of one grad_output is compared instead); the remainder rides on
+the first projection's forward calls, and the sampled columns share theirs.
 
 Memory (issue 7): at n = 1e6 every vector is 8 MB, so nothing of size (k, n) is held.
 Random directions are re-drawn from their generator's saved state instead of kept
@@ -21,32 +31,32 @@ determinism check, which runs first (determinism.py), frees its first forward's
 graph before the second forward.  Peak at 1e6 elements: the vectors a bare script holds to
 run the op's forward and two backward calls (input, output, saved tensors, grad_output,
 one gradient, a backward's temporaries), with a strided grad_output (twice the output's
-size) in place of the contiguous one; benchmarks/run.py measures it side by side.
+size) in place of the contiguous one, and the op's temporaries kept between its calls
+(memory.op_allocations: recycled rather than mapped afresh page by page, which halves the
+check's time); benchmarks/run.py and bench_op_fast.py measure it beside torch's fast mode.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from gradcheck_cli.op import verdict as oc
-from gradcheck_cli.op.batched import BatchedForward, VJPMany
+from gradcheck_cli.op.batched import BatchedForward, VJPMany, shared_vjps
 from gradcheck_cli.op.determinism import rounding_allowed
-from gradcheck_cli.op.forward_ad import apply_projections
 from gradcheck_cli.op.directions import Direction, direction_fd, one_sided
-from gradcheck_cli.op.jacobian import EPS, step_sizes
+from gradcheck_cli.op.fast_rows import (ExactRows, abs_dot, abs_max, autograd_rows, choose_columns, dot,
+                                        remainder_verdict, sampled_verdict)
+from gradcheck_cli.op.forward_ad import apply_projections
+from gradcheck_cli.op.jacobian import EPS
 from gradcheck_cli.op.noise import noise_note
 from gradcheck_cli.op.memory import RELEASE_FROM, release_freed_memory
 from gradcheck_cli.op.runner import STREAM_ELEMENTS, OpRaised, flat_numpy
-from gradcheck_cli.report import Diagnostic
 
 PROJECTIONS = 4
+PER_U = 2  # projections sharing one random u (each with its own v): J u is differenced once for them
 SAMPLED_ROWS = 8
-EXTRA_COLUMNS = 8
-MAX_COLUMNS = 256
-COLUMN_BUDGET = 20_000_000  # element evaluations for the one-by-one columns
-SPARSE_ROW = 16  # an exact row is kept as (index, value) pairs when at most 1/16 of it is nonzero
 
 
 @dataclass
@@ -61,32 +71,18 @@ class Projection:
     terms: dict  # input -> sum |v^T J| |u|, the size of the numbers summed
 
 
-def _draw_projections(rng, vjps: VJPMany, m: int, sizes: dict, offsets: dict, fixed: dict) -> list:
-    """PROJECTIONS times: draw v, one backward call for v^T J, then draw u per input and
-    reduce (u is 0 on `fixed` elements, which are never stepped).  Only the directions'
-    generator states are kept."""
-    out = []
-    for _ in range(PROJECTIONS):
-        v = Direction(rng, m)
-        g = vjps.one(v.draw(rng))
-        proj = Projection(v, {}, {}, {}, {})
-        for w, n in sizes.items():
-            d = Direction(rng, n, None if w not in fixed else ~fixed[w])
-            u = d.draw(rng)
-            gw = g[offsets[w]:offsets[w] + n]
-            proj.u[w], proj.norm[w] = d, float(np.max(np.abs(u))) if n else 0.0
-            proj.s_ad[w] = _dot(gw, u)
-            proj.terms[w] = _dot(np.abs(gw), np.abs(u))
-            del u, gw
-        del g  # nothing of this call's gradient is held through the next one
-        out.append(proj)
-    return out
+@dataclass
+class Sampled:
+    """One input's sampled entries, chosen before any forward call: the columns differenced,
+    the remainder direction over the other elements (the first projection's u), and
+    autograd's side."""
 
-
-def _dot(a: np.ndarray, b: np.ndarray) -> float:
-    """a . b without BLAS: with torch's threads about, OpenBLAS's threaded ddot can take
-    milliseconds per call to wake its own threads, and fast mode makes thousands of calls."""
-    return float(np.einsum("i,i->", a, b))
+    cols: np.ndarray
+    remainder: Direction | None
+    rnorm: float  # max |u| of the remainder direction
+    auto: np.ndarray  # (R, C) autograd's sampled rows on cols
+    got: np.ndarray  # (R,) autograd's rows . u (remainder)
+    rterms: np.ndarray  # (R,) |rows| . |u|
 
 
 def _reduce(direction: Direction, signed: tuple, absolute: tuple) -> tuple[list, list]:
@@ -95,63 +91,18 @@ def _reduce(direction: Direction, signed: tuple, absolute: tuple) -> tuple[list,
     s_sums, a_sums = [0.0] * len(signed), [0.0] * len(absolute)
     for a, b, vals in direction.chunks():
         for k, vec in enumerate(signed):
-            s_sums[k] += _dot(vals, vec[a:b])
+            s_sums[k] += dot(vals, vec[a:b])
         av = np.abs(vals)
         for k, vec in enumerate(absolute):
-            a_sums[k] += _dot(av, np.abs(vec[a:b]))
+            a_sums[k] += dot(av, np.abs(vec[a:b]))
     return s_sums, a_sums
 
 
-@dataclass
-class ExactRows:
-    """The sampled output rows of the Jacobian, exactly, from one-hot backward calls: kept as
-    (index, value) pairs when sparse (elementwise ops: one entry each), and computed again by
-    another backward call when needed otherwise, so no (rows, N) array is held."""
-
-    vjps: VJPMany
-    rows: np.ndarray
-    m: int
-    sparse: dict = field(default_factory=dict)  # position -> (global indices, values)
-    touched: np.ndarray | None = None  # (N,) bool: columns (all inputs) any sampled row touches
-
-    def fill(self, sizes: dict, offsets: dict) -> None:
-        total = sum(sizes.values())
-        self.touched = np.zeros(total, dtype=bool)
-        for i in range(self.rows.size):
-            g = self._backward(i)
-            nz = np.flatnonzero(g)  # nan is nonzero: it is an entry to report
-            if nz.size * SPARSE_ROW <= total:
-                self.sparse[i] = (nz, g[nz])
-            self.touched[nz] = True
-            del g, nz
-
-    def touched_at(self, off: int, n: int) -> np.ndarray:
-        """The touched mask of the input at `off` (n elements)."""
-        return self.touched[off:off + n]
-
-    def _backward(self, i: int) -> np.ndarray:
-        e = np.zeros(self.m)
-        e[self.rows[i]] = 1.0
-        return self.vjps.one(e)
-
-    def each(self, off: int, n: int):
-        """(position, column indices within the input, values) per row, for the input at `off`."""
-        for i in range(self.rows.size):
-            if i in self.sparse:
-                nz, vals = self.sparse[i]
-                lo, hi = np.searchsorted(nz, [off, off + n])
-                yield i, nz[lo:hi] - off, vals[lo:hi]
-            else:
-                g = self._backward(i)[off:off + n]
-                nz = np.flatnonzero(g)
-                yield i, nz, g[nz]
-                del g, nz
-
-
 def run_fast(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -> tuple:
-    """Fast-mode gradient results for the point (diagnostics go to pt); memory as the module
-    docstring says."""
-    from gradcheck_cli.op.full import apply_backward_checks, backward_checks, broadcast_factor
+    """Fast-mode gradient results for the point (diagnostics go to pt); speed and memory as
+    the module docstring says."""
+    from gradcheck_cli.op.full import apply_backward_checks
+    from gradcheck_cli.op.full_results import broadcast_factor
     from gradcheck_cli.op.state import batched_disagreement, nonfinite_inputs
 
     spec, opts = pt.prep.spec, pt.opts
@@ -166,32 +117,25 @@ def run_fast(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -
     offsets = dict(zip(wrt, np.cumsum([0] + [sizes[w] for w in wrt])[:-1].tolist()))
     if sum(sizes.values()) + m >= RELEASE_FROM:
         release_freed_memory()
-    vjps = VJPMany(outs, [tensors[w] for w in wrt], max_elements=STREAM_ELEMENTS)
+    vjps = shared_vjps(pt, outs, [tensors[w] for w in wrt], STREAM_ELEMENTS)
     rng = pt.rng
-    tol = pt.tol
     batches = {}
-
-    def expect(w, v, g):  # no Jacobian to compare v^T J with: only the allowed error
-        return None, rounding_allowed(g, tol, opts.dtype)
-
-    expect.uses_v = False
-
     try:
-        # 1. backward calls: projections v^T J, the sampled rows and grad_output variety
-        # (which need no finite differences in fast mode; their diagnostics are added after
+        # 1. backward calls: the sampled rows, the projections v^T J and grad_output variety
+        # (which needs no finite differences in fast mode; its diagnostics are added after
         # the Jacobian's, as ever)
         nonfinite_inputs(pt, wrt)
-        projections = _draw_projections(rng, vjps, m, sizes, offsets, pt.fixed)
         rows = np.sort(rng.choice(m, size=min(m, SAMPLED_ROWS), replace=False))
         exact = ExactRows(vjps, rows, m)
-        exact.fill(sizes, offsets)
-        sampled = {w: _sample(pt, exact, offsets[w], sizes[w], layout, rows, pt.fixed.get(w)) for w in wrt}
-        del exact
-        checks = backward_checks(pt, outs, tensors, layout, expect, {})  # jac_ok: unused without a Jacobian
+        exact.fill(sum(sizes.values()), opts.dtype)
+        plans = {w: choose_columns(rng, exact.touched_at(offsets[w], sizes[w]), sizes[w], m, pt.fixed.get(w))
+                 for w in wrt}
+        projections, sampled, checks = _backward_phase(pt, vjps, exact, plans, sizes, offsets, outs, tensors, layout)
+        del exact, plans
         # the last backward call is done: the graph, and what the op saved for it, go now (the
         # list is the caller's too), not after the finite differences
         outs[:] = [o.detach() for o in outs]
-        # 2. forward calls: finite differences along the projections, the columns and the rest
+        # 2. forward calls: finite differences along the projections and on the sampled columns
         batches = _batches(pt, wrt, fd_dtype, layout, rng)
         results = []
         for w in wrt:
@@ -215,7 +159,7 @@ def run_fast(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -
         from gradcheck_cli.op.order2 import apply_forward_over_reverse, double_backward
 
         outcome = double_backward(spec, pt.arrays, pt.ref_arrays, opts.dtype, opts.device, rng.standard_normal(m),
-                                  tol, opts.eps, rng, f64 is not None, None)
+                                  pt.tol, opts.eps, rng, f64 is not None, None)
         for d in outcome.diagnostics:
             (pt.note if d.code == "order2_sampled" else pt.fail)(d.code, d.message, d.wrt)
         if outcome.hessian is not None:
@@ -224,36 +168,83 @@ def run_fast(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -
     return tuple(results)
 
 
-@dataclass
-class Sampled:
-    """One input's sampled entries, chosen before any forward call: the columns differenced
-    one by one, the remainder direction over the other elements, and autograd's side."""
+def _first_gradient(pt, vjps: VJPMany, m: int, wrt: list) -> tuple[Direction, np.ndarray]:
+    """The determinism check's random grad_output and its gradient on this graph (computed
+    there already: taken over, not kept twice), or a fresh one."""
+    det = pt.determinism
+    if det is not None and det.gradient is not None:
+        first = np.concatenate([det.gradient[w] for w in wrt]) if len(wrt) > 1 else det.gradient[wrt[0]]
+        direction, det.gradient = det.direction, None
+        return direction, first
+    direction = Direction(pt.rng, m, uniform=True)
+    return direction, np.array(vjps.one(direction.draw(pt.rng)))
 
-    cols: np.ndarray
-    remainder: Direction | None
-    rnorm: float  # max |u| of the remainder direction
-    auto: np.ndarray  # (R, C) autograd's sampled rows on cols
-    got: np.ndarray  # (R,) autograd's rows . u (remainder)
-    rterms: np.ndarray  # (R,) |rows| . |u|
 
+def _backward_phase(pt, vjps: VJPMany, exact: ExactRows, plans: dict, sizes: dict, offsets: dict, outs: list,
+                    tensors: dict, layout) -> tuple:
+    """PROJECTIONS projections' v^T J (the first one's from determinism, the rest batched where
+    the budget allows), each reduced against its u as it comes; grad_output variety between
+    the second and the third, with the first two as its dense grad_outputs; the sampled
+    rows against the first projection's u (the remainder direction, which leaves the
+    sampled columns out).  (projections, input -> Sampled, variety's outcome)."""
+    from gradcheck_cli.op.full import backward_checks
 
-def _sample(pt, exact: ExactRows, off: int, n: int, layout, rows: np.ndarray, fixed: np.ndarray | None) -> Sampled:
-    """The columns the sampled rows touch, plus a few random ones (at most `limit`), and the
-    remainder direction over every other element (drawn here); never a `fixed` element."""
-    cols = np.flatnonzero(exact.touched_at(off, n))
-    extra = pt.rng.choice(n, size=min(n, EXTRA_COLUMNS), replace=False)
-    cols = np.union1d(cols, extra)
-    if fixed is not None:
-        cols = cols[~fixed[cols]]
-    limit = int(min(MAX_COLUMNS, max(16, COLUMN_BUDGET // (4 * (n + layout.m)))))
-    if cols.size > limit:  # the rest is covered, in aggregate, by the remainder direction
-        cols = np.sort(pt.rng.choice(cols, size=limit, replace=False))
-    rest = np.ones(n, dtype=bool) if fixed is None else ~fixed
-    rest[cols] = False
-    remainder = Direction(pt.rng, n, rest) if rest.any() else None
-    del rest
-    auto, got, rterms, rnorm = _autograd_rows(exact, off, n, cols, rows, remainder, pt.rng)
-    return Sampled(cols, remainder, rnorm, auto, got, rterms)
+    rng, tol, m = pt.rng, pt.tol, layout.m
+    wrt = list(sizes)
+
+    def expect(w, v, g):  # no Jacobian to compare v^T J with: only the allowed error
+        return None, rounding_allowed(g, tol, pt.opts.dtype)
+
+    expect.uses_v = False
+
+    def split(g):
+        return {w: g[offsets[w]:offsets[w] + sizes[w]] for w in wrt}
+
+    d_first, first = _first_gradient(pt, vjps, m, wrt)
+    dirs = [d_first] + [Direction(rng, m, uniform=True) for _ in range(PROJECTIONS - 1)]
+    batched = None
+    if vjps.per_call(m) >= PROJECTIONS:  # one batched call (its first row compared with `first`
+        batched = vjps(np.stack([d.again() for d in dirs]), first=first)  # unless determinism did)
+    else:  # one grad_output per call: batching is checked with one batched call of one (where
+        vjps.check_batched(d_first.again(), first)  # determinism's repeat did not already)
+    projections, sampled, held, checks, shared = [], {}, [], None, {}
+    for k in range(PROJECTIONS):
+        if batched is not None:
+            g = batched[k]
+        elif k == 0:
+            g, first = first, None
+        else:
+            g = vjps.one(dirs[k].again())
+        proj = Projection(dirs[k], {}, {}, {}, {})
+        for w in wrt:
+            n, fixed = sizes[w], pt.fixed.get(w)
+            cols, rest = plans[w]
+            remainder = k < PER_U and bool(rest.any())
+            if k % PER_U:  # the previous projection's u, kept for it
+                d, u = projections[-1].u[w], shared.pop(w)
+            else:
+                d = Direction(rng, n, rest if remainder else (None if fixed is None else ~fixed), uniform=True)
+                u = d.draw(rng)
+            gw = g[offsets[w]:offsets[w] + n]
+            proj.u[w], proj.norm[w] = d, abs_max(u)
+            proj.s_ad[w] = dot(gw, u)
+            proj.terms[w] = abs_dot(gw, u)
+            if k == 0:
+                auto, got, rterms = autograd_rows(exact, offsets[w], n, cols, u if remainder else None)
+                sampled[w] = Sampled(cols, d if remainder else None, proj.norm[w], auto, got, rterms)
+            if (k + 1) % PER_U:
+                shared[w] = u
+            del u, gw
+        projections.append(proj)
+        if k < 2:
+            held.append(g)
+        del g
+        if k == 1:  # grad_output variety, its two dense grad_outputs those of the first two projections
+            checks = backward_checks(pt, outs, tensors, layout, expect, {},
+                                     known=(dirs[0], split(held.pop(0)), dirs[1], split(held.pop(0))))
+    if checks is None:  # fewer than two projections
+        checks = backward_checks(pt, outs, tensors, layout, expect, {})
+    return projections, sampled, checks
 
 
 def _batches(pt, wrt: list, fd_dtype: str, layout, rng) -> dict:
@@ -276,22 +267,27 @@ def _batches(pt, wrt: list, fd_dtype: str, layout, rng) -> dict:
     return out
 
 
-def _one_input(pt, w, layout, batch, f0, projections, rows, smp: Sampled, n, sym, eps_dtype, vjps, bfactor):
+def _projection_verdict(pt, w, projections, batch, x, f0, sym, eps_dtype, bfactor, rows, smp):
+    """J u by finite differences (four forward calls) per projection, reduced over the
+    outputs with v drawn again piece by piece; the remainder's J u at the sampled rows (the
+    first projection's); forward-mode AD along the first.  (passed, s_ad, s_fd, remainder
+    (expected, error) or None)."""
     tol = pt.tol
-    x = np.asarray(pt.ref_arrays[w], dtype=np.float64).reshape(-1)
-    in_shape = tuple(np.shape(pt.arrays[w]))
-    # 1. projections, one at a time: J u by finite differences (four forward calls), then
-    # the reductions over the outputs with v drawn again piece by piece
     s_ad = np.array([p.s_ad[w] for p in projections])
     terms = np.array([p.terms[w] for p in projections])
     norms = np.array([p.norm[w] for p in projections])
     s_fd, s_err, v_f0, s_sym = (np.zeros(PROJECTIONS) for _ in range(4))
+    rest = None
     for k, p in enumerate(projections):
-        ju, ju_err = direction_fd(batch, x, p.u[w], p.norm[w], f0, pt.opts.eps, eps_dtype)
+        if k % PER_U == 0:  # a new u: its J u (the projections after it share it)
+            ju = ju_err = None  # the last one's go before the next is made
+            ju, ju_err = direction_fd(batch, x, p.u[w], p.norm[w], f0, pt.opts.eps, eps_dtype)
+        if k == 0 and smp.remainder is not None:
+            rest = (np.array(ju[rows]), np.array(ju_err[rows]))
         (s_fd[k],), (s_err[k], v_f0[k]) = _reduce(p.v, (ju,), (ju_err, f0))  # err >= 0: |err| = err
-        del ju, ju_err
         if sym is not None:  # only where the exact Jacobian is small enough to be dense
             s_sym[k] = float(p.v.again() @ (sym @ p.u[w].again()))
+    del ju, ju_err
     refs = [("finite differences", s_fd, s_err)]
     if sym is not None:
         refs.append(("symbolic", s_sym, np.zeros(PROJECTIONS)))
@@ -314,16 +310,25 @@ def _one_input(pt, w, layout, batch, f0, projections, rows, smp: Sampled, n, sym
         proj_ok &= good
         if label == "finite differences":
             apply_projections(pt, w, projections, s_ref, allowed)
+    return bool(proj_ok.all()), s_ad, s_fd, rest
+
+
+def _one_input(pt, w, layout, batch, f0, projections, rows, smp: Sampled, n, sym, eps_dtype, vjps, bfactor):
+    tol = pt.tol
+    x = np.asarray(pt.ref_arrays[w], dtype=np.float64).reshape(-1)
+    in_shape = tuple(np.shape(pt.arrays[w]))
+    # 1. projections (and the remainder's finite differences, which ride on the first)
+    proj_ok, s_ad, s_fd, rest = _projection_verdict(pt, w, projections, batch, x, f0, sym, eps_dtype, bfactor, rows,
+                                                    smp)
     # 2. sampled rows: exact autograd rows, finite differences on the columns they touch
     cols, auto = smp.cols, smp.auto
-    fd_vals, fd_err = _columns(batch, x, cols, rows, f0, pt.opts.eps, eps_dtype)  # (R, C)
-    rr, cc = np.meshgrid(rows, cols, indexing="ij")
-    sym_vals = None if sym is None else sym[rr, cc].reshape(-1)
-    v = oc.judge(rr.reshape(-1), cc.reshape(-1), layout.m, n, auto.reshape(-1), fd_vals.reshape(-1),
-                 fd_err.reshape(-1), sym_vals, tol, extra=tol["output"] * np.abs(f0[rr.reshape(-1)]))
-    rest_ok = smp.remainder is None or _remainder(pt, w, layout, batch, x, smp.remainder, smp.rnorm, rows, smp.got,
-                                                   smp.rterms, f0, eps_dtype)
-    passed = bool(proj_ok.all()) and v.passed and rest_ok
+    sym_vals = None if sym is None else sym[np.ix_(rows, cols)].reshape(-1)
+    fd, v, (rr, cc) = sampled_verdict(pt, batch, x, cols, rows, f0, auto, sym_vals, layout.m, n, eps_dtype)
+    fd_vals, fd_err = fd.est, fd.err
+    rest_ok = rest is None or remainder_verdict(
+        pt, w, layout, rows, smp.remainder.count, smp.got, smp.rterms, rest[0], rest[1],
+        lambda: one_sided(batch, x, smp.remainder, smp.rnorm, f0, pt.opts.eps, eps_dtype, rows))
+    passed = proj_ok and v.passed and rest_ok
     if v.bias is not None and v.ok.all():
         d = oc.systematic_diagnostic(w, v.bias, pt.opts.dtype)
         pt.fail(d.code, d.message, d.wrt)
@@ -359,89 +364,9 @@ def _one_input(pt, w, layout, batch, f0, projections, rows, smp: Sampled, n, sym
         passed=passed, tolerance=dict(tol), errors=v.errors, failed_elements=int((~v.ok).sum()),
         failing=v.failing(), layout=layout,
         entries=pairs, details={"sampled": True, "projections": {"autograd": s_ad, "finite_difference": s_fd,
-                                                                 "passed": bool(proj_ok.all())},
+                                                                 "passed": proj_ok},
                                 "method": {"fd_batching": batch.mode, "rows_sampled": int(rows.size),
-                                           "columns_differenced": int(cols.size)}})
+                                           "columns_differenced": int(cols.size), "column_groups": fd.groups,
+                                           "columns_alone": int(fd.exact.sum())}})
 
 
-def _autograd_rows(exact: ExactRows, off: int, n: int, cols: np.ndarray, rows: np.ndarray,
-                   remainder: Direction | None, rng) -> tuple:
-    """Autograd's sampled rows for one input: their entries on `cols` (R, C), and their
-    products with the remainder direction u (drawn here, from rng) and |u|."""
-    auto = np.zeros((rows.size, cols.size))
-    got, terms = np.zeros(rows.size), np.zeros(rows.size)
-    u = remainder.draw(rng) if remainder is not None else None
-    norm = float(np.max(np.abs(u))) if u is not None and u.size else 0.0
-    for i, idx, vals in exact.each(off, n):
-        pos = np.minimum(np.searchsorted(cols, idx), max(cols.size - 1, 0))
-        hit = cols[pos] == idx if cols.size else np.zeros(idx.size, dtype=bool)
-        auto[i, pos[hit]] = vals[hit]
-        if u is not None:
-            got[i] = _dot(vals, u[idx])
-            terms[i] = _dot(np.abs(vals), np.abs(u[idx]))
-    return auto, got, terms, norm
-
-
-def _columns(batch: BatchedForward, x: np.ndarray, cols: np.ndarray, rows: np.ndarray, f0: np.ndarray,
-             eps: float | None, eps_dtype: float):
-    """Central differences (with step halving) of outputs `rows` w.r.t. elements `cols`: (R, C)."""
-    eps_dtype = batch.effective_eps(eps_dtype)
-    h = step_sizes(x[cols], "central", eps, eps_dtype)  # elementwise: the same as for all of x
-    deltas = np.array([1, -1, 2, -2])
-    nd = deltas.size
-    out = np.empty((nd, cols.size, rows.size))
-    disp = np.empty((nd, cols.size))
-    # as many points per call as the batch's element cap allows (one, at n = 1e6): each is a
-    # full copy of x, and only the sampled rows of each output are kept
-    jobs_k = np.tile(np.arange(nd), cols.size)
-    jobs_c = np.repeat(np.arange(cols.size), nd)
-    per_call = batch.rows_per_call()
-    for start in range(0, jobs_k.size, per_call):
-        kk, cc = jobs_k[start:start + per_call], jobs_c[start:start + per_call]
-        at = np.arange(kk.size)
-        pts = np.repeat(x[None], kk.size, axis=0)
-        pts[at, cols[cc]] += deltas[kk] * h[cc]
-        pts = batch._representable(pts)
-        disp[kk, cc] = pts[at, cols[cc]] - x[cols[cc]]
-        out[kk, cc] = batch(pts, scratch=True)[:, rows]
-        del pts
-    t = disp[:, :, None]
-    with np.errstate(all="ignore"):
-        d1 = (out[0] - out[1]) / (t[0] - t[1])
-        d2 = (out[2] - out[3]) / (t[2] - t[3])
-        noise = 4 * eps_dtype * (np.abs(f0[rows])[None] + np.abs(out[0])) + 4 * batch.noise[rows][None]
-        err = np.abs(d1 - d2) / 3 + noise / np.abs(t[0])
-    return d1.T, err.T
-
-
-def _remainder(pt, w, layout, batch, x, direction: Direction, norm: float, rows, got, terms, f0,
-               eps_dtype) -> bool:
-    """Every element not differenced one by one, at once along a random direction u: the
-    sampled rows' change must match autograd's rows . u there (0 when they do not depend)."""
-    ju, err = direction_fd(batch, x, direction, norm, f0, pt.opts.eps, eps_dtype)
-    expected, err = ju[rows], err[rows]
-    del ju
-    tol = pt.tol
-    allowed = tol["atol"] + tol["rtol"] * np.abs(expected) + tol["scale"] * terms + oc.FD_SAFETY * err
-    with np.errstate(invalid="ignore"):
-        good = np.abs(got - expected) <= allowed
-    if good.all():
-        return True
-    low, high = one_sided(batch, x, direction, norm, f0, pt.opts.eps, eps_dtype, rows)
-    with np.errstate(invalid="ignore"):  # a kink along u: the op has no derivative there to compare with
-        kinked = high - low > 2 * allowed
-    if np.all(good | kinked):
-        pt.note("non_differentiable", (
-            f"d/d{w} along the {direction.count} elements not differenced one by one: the op has a kink along that "
-            f"direction at {int(kinked.sum())} sampled row(s) (one-sided slopes {low[kinked][0]:.6g} and "
-            f"{high[kinked][0]:.6g} differ: tied elements of a sort, a relu at 0); no single derivative exists there, "
-            "so it is reported, not failed (the rows' entries differenced one by one were compared)"), w)
-        return True
-    good |= kinked
-    i = int(np.flatnonzero(~good)[0])
-    pt.diags.append(Diagnostic("gradient_mismatch", (
-        f"d{layout.label(int(rows[i]))}/d{w} along the {direction.count} elements not differenced one by one: "
-        f"autograd {got[i]:.10g} vs finite differences {expected[i]:.10g} (allowed {allowed[i]:.3g}): the gradient "
-        "lands where the op does not depend, or misses where it does"), w))
-    pt.failed = True
-    return False

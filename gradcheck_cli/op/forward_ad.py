@@ -89,6 +89,7 @@ def _tangents(spec, arrays: dict, dtype: str, device: str, directions: dict, pha
     import torch
     import torch.autograd.forward_ad as fwad
 
+    _refuse_without_jvp(spec)
     tensors = make_tensors(spec, arrays, dtype, device, grad=False)
     try:
         with fwad.dual_level():
@@ -116,6 +117,24 @@ def unsupported_message(exc: Exception) -> str:
     else:
         why = text.split(". ")[0][:160]
     return f"JVPs not checked: the op has no forward-mode AD ({why})"
+
+
+NO_JVP = ("You must implement the jvp function for custom autograd.Function to use it with forward mode AD "
+          "(the Function does not define jvp)")
+
+
+def _refuse_without_jvp(spec) -> None:
+    """Raise Unsupported, as torch would, for a torch.autograd.Function that does not define
+    jvp, without making a dual tensor: the first one loads torch's forward-AD decompositions
+    (TorchScript, ~0.3 s a process), for nothing when the Function cannot run forward AD."""
+    target = getattr(spec, "target", None)
+    if target is None or target.kind != "autograd_function":
+        return
+    import torch
+
+    cls = getattr(target.fn, "__self__", None)
+    if isinstance(cls, type) and getattr(cls, "jvp", None) is torch.autograd.Function.jvp:
+        raise Unsupported(NO_JVP)
 
 
 def _load_decompositions() -> None:
@@ -218,10 +237,13 @@ def _consistency(res, pt, outs, tensors, refs, u, ju, rng, layout) -> None:
             "describe different Jacobians")))
 
 
-def check_projection(spec, arrays: dict, dtype: str, device: str, w: str, u: np.ndarray, v: np.ndarray):
+def check_projection(spec, arrays: dict, dtype: str, device: str, w: str, u, v):
     """Fast mode: v . (J u) by forward AD along one projection's u (input w): a float, or
-    raises Unsupported / OpRaised."""
-    return float(np.dot(v, tangents(spec, arrays, dtype, device, {w: u})))
+    raises Unsupported / OpRaised.  u and v may be callables that draw them (not drawn for
+    a Function without jvp)."""
+    _refuse_without_jvp(spec)
+    ju = tangents(spec, arrays, dtype, device, {w: u() if callable(u) else u})
+    return float(np.dot(v() if callable(v) else v, ju))
 
 
 def forward_over_reverse(spec, arrays: dict, dtype: str, device: str, v: np.ndarray, u: dict) -> np.ndarray:
@@ -232,6 +254,7 @@ def forward_over_reverse(spec, arrays: dict, dtype: str, device: str, v: np.ndar
     import torch.autograd.forward_ad as fwad
 
     wrt = list(spec.wrt)
+    _refuse_without_jvp(spec)
     _load_decompositions()
     tensors = make_tensors(spec, arrays, dtype, device)
     try:
@@ -276,7 +299,7 @@ def apply_projections(pt, w: str, projections: list, s_fd: np.ndarray, allowed: 
         return
     for k, p in enumerate(projections[:used]):
         try:
-            got = check_projection(spec, pt.arrays, opts.dtype, opts.device, w, p.u[w].again(), p.v.again())
+            got = check_projection(spec, pt.arrays, opts.dtype, opts.device, w, p.u[w].again, p.v.again)
         except Unsupported as exc:
             pt.note("forward_ad_unsupported", unsupported_message(exc))
             pt.extra["forward_ad"] = "unsupported"

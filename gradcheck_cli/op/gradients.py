@@ -7,13 +7,11 @@ import math
 
 import numpy as np
 
-from gradcheck_cli.errors import UserInputError
 from gradcheck_cli.op.state import Point, finite_output, op_raised, report_values
 from gradcheck_cli.op.verdict import INFO_CODES, OutputLayout
 from gradcheck_cli.tolerances import TOLERANCES
 
 AUTO_FULL_ENTRIES = 4_194_304  # Jacobian entries (outputs x inputs) up to which auto means full
-FULL_LIMIT = 16_777_216  # --mode full refuses beyond this
 VALUE_RTOL = {dtype: tol["value_rtol"] for dtype, tol in TOLERANCES.items()}
 
 
@@ -32,15 +30,16 @@ def _report_determinism(pt: Point) -> None:
     calls["checks_backward"] = calls.get("checks_backward", 0) + det.calls
 
 
-def _determinism(pt: Point, outs: list, tensors: dict, inspect_inputs) -> bool:
+def _determinism(pt: Point, outs: list, tensors: dict, inspect_inputs, keep_gradient: bool = False) -> bool:
     """determinism.determinism, before every other check (outs and tensors become the second
-    forward's); False when no graph is left to check (the failure is in pt)."""
+    forward's); False when no graph is left to check (the failure is in pt).  keep_gradient:
+    fast mode reuses its last backward call (pt.determinism.gradient)."""
     from gradcheck_cli.op import determinism
     from gradcheck_cli.op.runner import OpRaised
 
     try:
         pt.determinism = determinism.determinism(pt.prep.spec, pt.arrays, pt.opts.dtype, pt.opts.device, outs,
-                                                tensors, pt.tol, pt.opts.seed, inspect_inputs)
+                                                tensors, pt.tol, pt.opts.seed, inspect_inputs, keep_gradient)
     except OpRaised as exc:
         op_raised(pt, exc)
         return False
@@ -70,16 +69,14 @@ def check_gradients(pt: Point, tensors: dict, outs: list, layout: OutputLayout, 
     mode = opts.mode
     if mode == "auto":
         mode = "full" if m * n_total <= AUTO_FULL_ENTRIES else "fast"
-    if mode == "full" and m * n_total > FULL_LIMIT:
-        raise UserInputError(f"--mode full: the Jacobian has {m * n_total:,} entries (limit {FULL_LIMIT:,}); "
-                             "use --mode fast (random projections and sampled rows)")
+    # --mode full past full.FULL_LIMIT entries: only for a Jacobian whose sparsity index bits find (full.py)
     pt.extra["mode"] = mode
     pt.extra["outputs"] = layout.to_dict()
     # nothing here may hold the first forward's outputs while determinism runs the second
     if opts.dtype == "float64":
         f64 = None  # a view of them; the second forward's, below
     del value["torch"]
-    usable = _determinism(pt, outs, tensors, lambda t: check_inputs(t, "backward"))
+    usable = _determinism(pt, outs, tensors, lambda t: check_inputs(t, "backward"), mode == "fast")
     adopt()  # the second forward's outputs (the first's when there is no second)
     if not usable:
         return ()

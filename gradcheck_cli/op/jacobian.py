@@ -6,8 +6,9 @@ Finite differences (float64, or the op's dtype when it cannot run in float64):
 1. *Pattern*: which outputs move at all when input element j moves (an output that does
    not move is exactly 0 in every scheme, so it needs no more rows).  First 2·log2(n)
    rows that perturb the elements by the bits of their index: when every output depends
-   on one element (elementwise, broadcasting, permutations) this already names it.
-   Otherwise one row per element, x + h_j e_j, batched.
+   on one element (elementwise, broadcasting, permutations) this already names it; for
+   large inputs the same within residue classes j mod s (ops over short windows).
+   Otherwise one row per element, x + h_j e_j, batched (pattern.py).
 2. *Colouring*: columns that touch disjoint outputs are perturbed together (Curtis,
    Powell and Reid's compression): an elementwise op needs one group, x @ W as many
    groups as a row of W has elements.
@@ -24,13 +25,12 @@ is always localized to exact entries.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from gradcheck_cli.op.batched import BatchedForward, VJPMany
-from gradcheck_cli.op.runner import CHUNK_ELEMENTS
+from gradcheck_cli.op.pattern import bit_pattern, find_pattern, move_threshold, rows_per_call, with_base  # noqa: F401
 from gradcheck_cli.tolerances import DTYPE_EPS, FD_SCHEMES
 
 EPS = DTYPE_EPS
@@ -125,76 +125,11 @@ def greedy_colors(n_items: int, item: np.ndarray, key: np.ndarray, n_keys: int) 
     return np.asarray(colors, dtype=np.int64)
 
 
-def _moved(out: np.ndarray, f0: np.ndarray, threshold: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore"):
-        return ~(np.abs(out - f0[None]) <= threshold[None])
-
-
-def _rows_per_call(batch: BatchedForward) -> int:
-    """Rows per batched call, leaving room for the unperturbed row each call carries."""
-    return max(1, CHUNK_ELEMENTS // max(1, batch.n_in + batch.m) - 1)
-
-
-def _with_base(batch: BatchedForward, x: np.ndarray, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Evaluate `block` together with the unperturbed point, so differences are taken
-    between values computed the same way (the same batch, the same kernel)."""
-    out = batch(np.concatenate([x[None], block]))
-    return out[1:], out[0]
-
-
-def bit_pattern(batch: BatchedForward, x: np.ndarray, plus: np.ndarray, threshold: np.ndarray) -> tuple | None:
-    """Nonzeros in 2·log2(n) rows when every output depends on at most one element (an
-    elementwise, broadcasting or permuting op): row pair b perturbs the elements whose
-    index has bit b set, and those whose index has it clear; exactly one of the pair
-    moves an output, and the bits that did spell its element's index.  None when an
-    output moved in both rows of a pair (it depends on several elements)."""
-    n = x.size
-    bits = max(1, int(math.ceil(math.log2(n)))) if n > 1 else 1
-    index = np.arange(n)
-    rows = []
-    for b in range(bits):
-        mask = ((index >> b) & 1).astype(bool)
-        rows.append(np.where(mask, x + plus, x))
-        rows.append(np.where(mask, x, x + plus))
-    out, base = _with_base(batch, x, np.stack(rows))
-    moved = _moved(out, base, threshold)
-    on, off = moved[0::2], moved[1::2]
-    if np.any(on & off):
-        return None
-    depends = on | off
-    some = depends.any(axis=0)
-    if np.any(some & ~depends.all(axis=0)):  # seen in some pairs only: not one clean dependency
-        return None
-    oo = np.flatnonzero(some)
-    jj = (on[:, oo].astype(np.int64) << np.arange(bits)[:, None]).sum(axis=0)
-    if np.any(jj >= n):
-        return None
-    return jj, oo, 2 * bits + 1
-
-
-def column_pattern(batch: BatchedForward, x: np.ndarray, plus: np.ndarray, threshold: np.ndarray) -> tuple:
-    """Nonzeros by one row per element: the outputs that move when element j moves."""
-    n = x.size
-    jj, oo = [], []
-    per = _rows_per_call(batch)
-    calls = 0
-    for start in range(0, n, per):
-        cols = np.arange(start, min(n, start + per))
-        block = np.repeat(x[None], cols.size, axis=0)
-        block[np.arange(cols.size), cols] += plus[cols]
-        out, base = _with_base(batch, x, block)
-        calls += 1
-        r, o = np.nonzero(_moved(out, base, threshold))
-        jj.append(cols[r])
-        oo.append(o)
-    jj = np.concatenate(jj) if jj else np.zeros(0, dtype=np.int64)
-    oo = np.concatenate(oo) if oo else np.zeros(0, dtype=np.int64)
-    return jj, oo, n + calls
-
-
 def fd_entries(batch: BatchedForward, x: np.ndarray, f0: np.ndarray, scheme: str, eps: float | None,
-               eps_dtype: float, try_bits: bool = True) -> FDEntries:
-    """Finite-difference Jacobian w.r.t. one input (see the module docstring)."""
+               eps_dtype: float, try_bits: bool = True, allow_columns: bool = True) -> FDEntries:
+    """Finite-difference Jacobian w.r.t. one input (see the module docstring).  Raises
+    pattern.PatternTooCostly when index bits do not find the pattern and one row per
+    element is not allowed (a Jacobian too large to be dense)."""
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     n, m = x.size, batch.m
     eps_dtype = batch.effective_eps(eps_dtype)  # a noisy forward: steps (and rounding) sized for its noise
@@ -203,17 +138,10 @@ def fd_entries(batch: BatchedForward, x: np.ndarray, f0: np.ndarray, scheme: str
     disp = np.stack([batch._representable((x + d * h)[None])[0] - x for d in deltas])  # actual steps
     noise = 4 * eps_dtype * np.abs(f0) + 4 * batch.noise
     # 1. pattern: which outputs move when element j moves
-    threshold = 4 * batch.noise
+    threshold = move_threshold(f0, eps_dtype, batch.noise)
     plus = disp[deltas.index(1)]
-    found = bit_pattern(batch, x, plus, threshold) if try_bits and n > 2 else None
-    pattern = "bits"
-    rows_evaluated = 0
-    if found is None:
-        rows_evaluated = 0 if not (try_bits and n > 2) else 2 * max(1, int(math.ceil(math.log2(n)))) + 1
-        found = column_pattern(batch, x, plus, threshold)
-        pattern = "columns"
-    jj, oo, used = found
-    rows_evaluated += used
+    jj, oo, rows_evaluated, pattern = find_pattern(batch, x, plus, threshold, try_bits, allow_columns)
+    del threshold
     # 2. colouring: columns with disjoint outputs share rows
     colors = greedy_colors(n, jj, oo, m)
     n_groups = int(colors.max()) + 1 if n else 0
@@ -224,7 +152,7 @@ def fd_entries(batch: BatchedForward, x: np.ndarray, f0: np.ndarray, scheme: str
     values = np.empty((jj.size, len(deltas)))
     base_values = np.empty(jj.size)  # f at the point, from the same call as the entry's stencil
     nd = len(deltas)
-    groups_per_call = max(1, _rows_per_call(batch) // nd)
+    groups_per_call = max(1, rows_per_call(batch) // nd)
     members = np.argsort(colors, kind="stable")
     member_bounds = np.searchsorted(colors[members], np.arange(n_groups + 1))
     entry_bounds = np.searchsorted(entry_color, np.arange(n_groups + 1))
@@ -237,7 +165,7 @@ def fd_entries(batch: BatchedForward, x: np.ndarray, f0: np.ndarray, scheme: str
             cols = members[member_bounds[g]:member_bounds[g + 1]]
             for k in range(nd):
                 block[(g - g0) * nd + k, cols] += disp[k, cols]
-        out, base = _with_base(batch, x, block)
+        out, base = with_base(batch, x, block)
         out = out.reshape(g1 - g0, nd, m)
         rows_evaluated += block.shape[0] + 1
         sl = slice(entry_bounds[g0], entry_bounds[g1])

@@ -28,6 +28,8 @@ def snapshot(tensors: dict, arrays: dict, dtype: str) -> Pristine:
 def _same(now, before) -> bool:
     import torch
 
+    if torch.equal(now, before):  # one pass when no element is nan (nan != nan)
+        return True
     return torch.equal(torch.nan_to_num(now, nan=0.5), torch.nan_to_num(before, nan=0.5)) \
         and torch.equal(torch.isnan(now), torch.isnan(before))
 
@@ -62,6 +64,8 @@ def _same_as_array(t, arr: np.ndarray, dtype: str) -> bool:
     own = owner(arr) if td == torch.float64 and now.device.type == "cpu" else None
     if own is not None:  # read in torch: .numpy() would give a copy-on-write clone a copy of its own
         own = own.reshape(-1)
+        if torch.equal(now, own):  # one call, no temporaries: the usual answer
+            return True
         return all(_same(now[a:a + PIECE], own[a:a + PIECE]) for a in range(0, flat.size, PIECE))
     if td == torch.float64 and now.device.type == "cpu":  # the array itself, no conversion: numpy is quicker
         return _same_numpy(now.numpy(), flat)

@@ -18,7 +18,7 @@ replaces atol and drops the scale and output terms; --rtol replaces rtol.
 When a gradient fails, the failure is localized (output element, input element, both
 values) and, where the numbers show a pattern, named: scale_error, wrong_sign,
 broadcast_reduction (mean instead of sum over a broadcast dimension),
-swapped_gradients; every failure also carries gradient_mismatch with the worst entry.
+swapped_gradients (full_results.py); every failure also carries gradient_mismatch with the worst entry.
 """
 
 from __future__ import annotations
@@ -341,24 +341,6 @@ def _sign_message(wrt, flipped, right, cols, x) -> str:
                 break
     return (f"d/d{wrt}: autograd has the opposite sign of the reference on {int(flipped.sum())} of "
             f"{int((flipped | right).sum())} entries{region}; the others agree")
-
-
-def swapped(names: list, autos: dict, refs: dict, allowed: dict) -> list[Diagnostic]:
-    """Two inputs of one shape whose gradients match each other's references."""
-    out = []
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            if autos[a].shape != autos[b].shape:
-                continue
-            with np.errstate(all="ignore"):
-                ab = np.all(np.abs(autos[a] - refs[b]) <= allowed[b])
-                ba = np.all(np.abs(autos[b] - refs[a]) <= allowed[a])
-                same = np.all(np.abs(refs[a] - refs[b]) <= allowed[a])
-            if ab and ba and not same:
-                out.append(Diagnostic("swapped_gradients", (
-                    f"the gradients of {a!r} and {b!r} are swapped: autograd's d/d{a} matches the reference "
-                    f"d/d{b} and the other way round"), a))
-    return out
 
 
 def worst_entries(verdict: Verdict, auto: np.ndarray, ref: np.ndarray, layout: OutputLayout, wrt: str,

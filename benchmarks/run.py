@@ -8,6 +8,7 @@ start one, and prints both medians and their ratio next to the goal:
 
   help          `gradcheck --help`                 vs `python -c pass`
   single check  the seed example, `gradcheck check`   vs `python -c "import torch, sympy"`
+  op start-up   `gradcheck op torch:tanh --at x=randn(3) --mode full` vs `python -c "import torch"`
   hand script   the seed example, `gradcheck check`   vs a hand-written torch+sympy+numpy script
   symbolic 1e5  mean((x-mean(x))**2), x=randn(1e5)    (seconds; goal: a few)
   numdifftools  gradient of sum(sin(x)*exp(x)) n=200  gradcheck's FD engine vs numdifftools.Gradient
@@ -32,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SEED = ["check", "sigmoid(w*x+b)", "--loss", "bce", "--target", "0", "--at", "w=2", "--at", "b=1", "--at",
         "x=6.7", "--wrt", "w,b", "--dtype", "float32"]
+OP_SMALL = ["op", "torch:tanh", "--at", "x=randn(3)", "--mode", "full"]  # a small plain op, no --reference
 
 
 def gradcheck_cmd() -> list[str]:
@@ -185,6 +187,9 @@ def main(argv=None) -> int:
     row("help", ours, base, "no torch/sympy import (tests/test_startup.py)")
     ours, base = medians(gc + SEED, [sys.executable, "-c", "import torch, sympy"], repeat)
     row("single check", ours, base, "<= 1.25x import torch, sympy")
+    ours, base = medians(gc + OP_SMALL, [sys.executable, "-c", "import torch"], repeat)
+    row("op start-up", ours, base, f"<= import torch + 0.15 s: {'met' if ours <= base + 0.15 else 'NOT met'} "
+        f"({ours - base:+.2f} s)")
     ours, base = medians(gc + SEED, [sys.executable, str(HERE / "hand_written_check.py")], repeat)
     row("hand script", ours, base, "same work as a hand-written script, plus the table")
     row("symbolic 1e5", symbolic_100k(), None, "a few seconds")

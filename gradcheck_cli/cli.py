@@ -355,11 +355,25 @@ def schema() -> None:
     write_stdout(text())
 
 
+def start_server_early(args: list) -> None:
+    """`op` and `run` spend most of their start-up in the workers' server importing torch:
+    start it before typer parses the command line (~0.1 s), with what the command will ask
+    for (SymPy for `run`, and for `op --reference`).  The command's own warm_up then finds
+    it running; after a usage error it is never used, and exits with this process."""
+    if not args or args[0] not in ("op", "run") or any(a in ("--help", "-h") for a in args[1:]):
+        return
+    from gradcheck_cli.suite import workers
+
+    symbolic = args[0] == "run" or any(a == "--reference" or a.startswith("--reference=") for a in args[1:])
+    workers.warm_up(symbolic=symbolic)
+
+
 def main() -> None:
     """Console entry point: typer, plus a quiet exit when the reader closes the pipe."""
     from gradcheck_cli.output import ensure_std_streams
 
     ensure_std_streams()
+    start_server_early(sys.argv[1:])
     try:
         app()
     except BrokenPipeError:

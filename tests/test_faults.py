@@ -413,6 +413,42 @@ def test_workers_die_with_a_parent_killed_by_sigkill(ops_dir, tmp_path):
     assert _running_in_group(proc.pid) == []
 
 
+def test_the_worker_server_holds_neither_stdout_nor_stderr(ops_dir, tmp_path):
+    """A reader of the run's output (`| jq`, a CI step, capture_output) waits for end-of-file,
+    which a server still holding the pipes would delay by its own shutdown."""
+    pids = tmp_path / "pids"
+    pids.write_text("")
+    (tmp_path / "s.toml").write_text(spec_text([("slow", str(ops_dir / "faulty.py") + ":slow")]))
+    proc = subprocess.Popen(gradcheck_command() + ["run", str(tmp_path / "s.toml")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            env=clean_env(GRADCHECK_TEST_PIDS=str(pids)), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not pids.read_text().strip() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (worker,) = [int(p) for p in pids.read_text().split()]
+        with open(f"/proc/{worker}/stat") as f:
+            server = int(f.read().split(")")[-1].split()[1])
+        assert server != proc.pid
+        assert os.readlink(f"/proc/{proc.pid}/fd/1").startswith("pipe:")  # what the server must not hold
+        assert os.readlink(f"/proc/{server}/fd/1") == os.devnull
+        assert os.readlink(f"/proc/{server}/fd/2") == os.devnull
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 143
+
+
+def test_the_server_setup_does_nothing_outside_the_server():
+    """Imported anywhere else, server.py neither silences the process nor changes its exit status."""
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "import sys, gradcheck_cli.suite.server as s; "
+                           "print('still here', s.in_server()); sys.stderr.write('err'); sys.exit(3)"],
+                          capture_output=True, text=True, env=clean_env(), timeout=60)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (3, "still here False\n", "err")
+
+
 # ---- reports that always arrive ------------------------------------------------------------
 
 def test_an_unwritable_junit_path_fails_before_anything_runs(run_cli, ops_dir, tmp_path):

@@ -59,24 +59,61 @@ def test_every_command_has_help_text():
                 assert param.help, f"{name} {param.opts} has no help"
 
 
-def _imported(argv: list) -> set:
-    """Every module any process of `gradcheck ARGV` imported (python -X importtime reaches
-    the workers' server and the workers, whose stderr comes back to the caller's)."""
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "gradcheck_cli", *argv], capture_output=True,
-                          text=True, timeout=300)
+DUMPING_OP = """
+import os, sys
+import torch
+
+def swish(x):
+    with open(os.environ["GRADCHECK_TEST_MODULES"], "w") as f:
+        f.write("\\n".join(sorted(sys.modules)))
+    return x * torch.sigmoid(x)
+"""
+
+
+def _imported(argv: list, folder) -> set:
+    """Every module imported by the parent of `gradcheck ARGV` (python -X importtime, on its
+    stderr) and by the worker that ran the op, its server's included (the op writes out
+    its process's sys.modules: the server's stderr is /dev/null)."""
+    op = folder / "dumping.py"
+    op.write_text(DUMPING_OP)
+    dump = folder / "modules.txt"
+    env = {**os.environ, "GRADCHECK_TEST_MODULES": str(dump)}
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "gradcheck_cli", "op", f"{op}:swish", *argv],
+                          capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    parent = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    return parent | set(dump.read_text().split())
 
 
-SWISH = os.path.join(os.path.dirname(__file__), "..", "samples", "ops", "swish.py") + ":Swish"
-
-
-def test_a_plain_op_check_imports_no_sympy_and_no_table_renderer_for_json():
+def test_a_plain_op_check_imports_no_sympy_and_no_table_renderer_for_json(tmp_path):
     """Issue 16: `gradcheck op` without --reference leaves SymPy (~0.4 s) out of every process,
     and with --json the parent never loads rich; with --reference SymPy is there (the
     measurement sees it: the test can fail)."""
-    plain = _imported(["op", SWISH, "--at", "x=randn(3)", "--mode", "full", "--json"])
+    plain = _imported(["--at", "x=randn(3)", "--mode", "full", "--json"], tmp_path)
     assert "torch" in plain and "gradcheck_cli.op.full" in plain  # the check really ran
     assert "sympy" not in plain and "rich" not in plain
-    exact = _imported(["op", SWISH, "--at", "x=randn(3)", "--reference", "x*sigmoid(x)", "--json"])
+    exact = _imported(["--at", "x=randn(3)", "--reference", "x*sigmoid(x)", "--json"], tmp_path)
     assert "sympy" in exact
+
+
+@pytest.mark.parametrize("argv, started", [
+    (["op", "m.py:f", "--at", "x=1"], [False]),
+    (["op", "m.py:f", "--at", "x=1", "--reference", "x*2"], [True]),
+    (["op", "m.py:f", "--reference=x*2"], [True]),
+    (["run", "specs/"], [True]),
+    (["op", "--help"], []),
+    (["run", "-h"], []),
+    (["check", "x**2", "--at", "x=1"], []),
+    (["--version"], []),
+    ([], []),
+])
+def test_op_and_run_start_the_server_before_typer_parses(monkeypatch, argv, started):
+    """The workers' server (torch's import: most of `op`'s and `run`'s start-up) starts before
+    the command line is parsed, with SymPy exactly when the command will want it."""
+    from gradcheck_cli import cli
+    from gradcheck_cli.suite import workers
+
+    calls = []
+    monkeypatch.setattr(workers, "warm_up", lambda symbolic=True: calls.append(symbolic))
+    cli.start_server_early(argv)
+    assert calls == started

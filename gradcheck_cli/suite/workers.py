@@ -78,7 +78,9 @@ def _context(preload: list | None = None):
         import multiprocessing
 
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(PRELOAD if preload is None else preload)
+        # server.py first: the server lets go of the parent's stdout and stderr before its imports
+        # (a reader waiting for end-of-file must not wait for them) and exits at once
+        ctx.set_forkserver_preload(["gradcheck_cli.suite.server"] + (PRELOAD if preload is None else preload))
         _CONTEXT.append(ctx)
     return _CONTEXT[0]
 

@@ -34,7 +34,9 @@ def jsonable(x: Any, computed: Any = None) -> Any:
 def _numbers(arr: np.ndarray, mask: np.ndarray | None) -> list:
     """json_number over a whole array at once (Jacobians reach millions of entries), as nested
     lists; None where mask is False."""
-    flt = arr.astype(np.float64)
+    flt = arr.astype(np.float64, copy=False)
+    if mask is None and np.isfinite(flt).all():
+        return flt.tolist()  # Python floats straight from C (an object array's tolist is ~10x slower)
     out = flt.astype(object)  # Python floats
     out[np.isnan(flt)] = "nan"
     out[flt == np.inf] = "inf"

@@ -14,6 +14,9 @@ start one, and prints both medians and their ratio next to the goal:
   numdifftools  gradient of sum(sin(x)*exp(x)) n=200  gradcheck's FD engine vs numdifftools.Gradient
   suite / op    benchmarks/bench_suite.py and bench_op.py (30 checks vs one; op vs torch gradcheck)
   expressions   benchmarks/bench_expr.py (check_expression at N = 1e3..1e6 vs a hand-written script)
+  op scale      benchmarks/bench_op_scale.py (--mode full, n = 1e3..1e5, vs torch's slow gradcheck)
+  op fast       benchmarks/bench_op_fast.py (--mode fast at 1e4..1e6 vs torch's fast_mode)
+  isolation     benchmarks/bench_isolation.py (suites in worker processes: --jobs 1 and 2 vs in process)
   memory        peak RSS of a 1e6-element `gradcheck op --mode fast` vs torch.autograd.gradcheck's fast
                 mode on the same op, and vs torch running the op itself
 """
@@ -197,7 +200,8 @@ def main(argv=None) -> int:
     row("numdifftools", t_ours, t_theirs, note)
     if (ROOT / "samples" / "ops" / "swish.py").exists():
         print_memory(memory_row(repeat))
-    for script in ("bench_suite.py", "bench_op.py", "bench_expr.py"):
+    for script in ("bench_suite.py", "bench_op.py", "bench_expr.py", "bench_op_scale.py", "bench_op_fast.py",
+                   "bench_isolation.py"):
         if (HERE / script).exists():
             print(f"\n$ python benchmarks/{script}", flush=True)
             extra = ["--repeat", "2"] if args.quick else []

@@ -239,33 +239,3 @@ def test_a_uniform_direction_is_drawn_again_exactly_and_advances_like_one_draw()
     np.testing.assert_array_equal(d.again(), expected)
     assert rng.random() == ref.random()
     assert -1 <= first.min() and first.max() < 1
-
-
-# ---- the op's own temporaries recycled between its calls -------------------------------------------
-
-def test_op_allocations_switch_the_threshold_around_the_outermost_call_only(monkeypatch):
-    from gradcheck_cli.op import memory
-
-    calls = []
-
-    class FakeLibc:
-        def mallopt(self, what, value):
-            calls.append((what, value))
-
-    monkeypatch.setattr(memory, "_LIBC", [FakeLibc()])
-    with memory.op_allocations():
-        with memory.op_allocations():  # a forward inside a backward (double backward, vmap)
-            pass
-        assert calls == [(memory.M_MMAP_THRESHOLD, memory.OP_HEAP)]
-    assert calls[-1] == (memory.M_MMAP_THRESHOLD, memory.RETURNED)
-    calls.clear()
-    with pytest.raises(RuntimeError):
-        with memory.op_allocations():
-            raise RuntimeError("the op raised")
-    assert calls == [(memory.M_MMAP_THRESHOLD, memory.OP_HEAP), (memory.M_MMAP_THRESHOLD, memory.RETURNED)]
-    assert memory._DEPTH == [0]
-    monkeypatch.setattr(memory, "_LIBC", [])
-    calls.clear()
-    with memory.op_allocations():  # before release_freed_memory (small checks): nothing changes
-        pass
-    assert calls == []

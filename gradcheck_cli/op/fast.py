@@ -31,9 +31,8 @@ determinism check, which runs first (determinism.py), frees its first forward's
 graph before the second forward.  Peak at 1e6 elements: the vectors a bare script holds to
 run the op's forward and two backward calls (input, output, saved tensors, grad_output,
 one gradient, a backward's temporaries), with a strided grad_output (twice the output's
-size) in place of the contiguous one, and the op's temporaries kept between its calls
-(memory.op_allocations: recycled rather than mapped afresh page by page, which halves the
-check's time); benchmarks/run.py and bench_op_fast.py measure it beside torch's fast mode.
+size) in place of the contiguous one (memory.py: freed blocks go straight back to the
+system); benchmarks/run.py and bench_op_fast.py measure it beside torch's fast mode.
 """
 
 from __future__ import annotations

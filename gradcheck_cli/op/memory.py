@@ -1,14 +1,15 @@
 """Memory the op gate shares with the op: large float64 inputs handed to the op
 copy-on-write from memory torch owns (torch_backed / owner), and glibc told to return
 freed blocks at once (release_freed_memory), so that a 1e6-element check peaks at a small
-multiple of its input (issue 7) -- except the op's own temporaries, which are recycled
-between its calls (op_allocations: issue 16)."""
+multiple of its input (issue 7).  The op's own temporaries go back too: recycling them in
+the heap between its calls halved a 1e6-element fast-mode check's time (0.6 s to 0.3 s)
+but raised its peak by 75-110 MiB, past issue 7's goal; the check is within issue 16's
+time goal without it (benchmarks/bench_op_fast.py)."""
 
 from __future__ import annotations
 
 import sys
 import weakref
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -36,41 +37,12 @@ def release_freed_memory() -> None:
         libc = ctypes.CDLL(None)
         libc.mallopt(M_MMAP_THRESHOLD, RETURNED)  # glibc's malloc.h; absent elsewhere (musl)
         libc.malloc_trim(0)  # what the heap already holds free goes back too
-        _LIBC.append(libc)
     except (OSError, AttributeError):
         pass
 
 
 M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 RETURNED = 1 << 20  # blocks from this size on are mapped for themselves and returned when freed
-OP_HEAP = 32 << 20  # ... except the op's own, recycled from the heap (glibc's largest mmap threshold)
-_LIBC: list = []
-_DEPTH = [0]
-
-
-@contextmanager
-def op_allocations():
-    """Around a call of the op under test (its forward or its backward), once
-    release_freed_memory is in force: the blocks the op allocates come from glibc's heap and
-    go back to it when freed, so its next call reuses them.  Returned to the system at once,
-    each 8 MB temporary of a 1e6-element op would be mapped afresh, page by page, on every
-    one of the check's ~35 calls: measured on Swish at 1e6 elements, 0.7-0.8 s of CPU with
-    them returned, 0.34-0.42 s recycled, for 25-50 MiB more peak (the op's temporaries and
-    outputs, kept in the heap between its calls: still below torch.autograd.gradcheck's
-    fast mode on the same op, benchmarks/bench_op_fast.py).  Everything the gate itself
-    allocates is still returned at once."""
-    if not _LIBC:
-        yield
-        return
-    _DEPTH[0] += 1
-    if _DEPTH[0] == 1:
-        _LIBC[0].mallopt(M_MMAP_THRESHOLD, OP_HEAP)
-    try:
-        yield
-    finally:
-        _DEPTH[0] -= 1
-        if _DEPTH[0] == 0:
-            _LIBC[0].mallopt(M_MMAP_THRESHOLD, RETURNED)
 
 
 SHARE_FROM = 1 << 16  # float64 inputs of this many elements and more are handed to the op copy-on-write

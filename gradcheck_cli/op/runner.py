@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from gradcheck_cli.dtypes import torch_dtype
-from gradcheck_cli.op.memory import op_allocations, owner
+from gradcheck_cli.op.memory import owner
 
 CHUNK_ELEMENTS = 4_000_000  # input + output elements per batched forward call
 # fast mode's cap: a batched call holds a few copies of its rows, so at 1e6-element inputs
@@ -222,8 +222,7 @@ def checked_outputs(spec: OpSpec, raw) -> list:
 
 def invoke(spec: OpSpec, tensors: dict):
     """The op's raw return value for these input tensors (no exception handling)."""
-    with op_allocations():
-        return spec.fn(*spec.arguments(tensors), **spec.keywords(tensors))
+    return spec.fn(*spec.arguments(tensors), **spec.keywords(tensors))
 
 
 def call(spec: OpSpec, tensors: dict, phase: str = "forward") -> list:
@@ -264,9 +263,8 @@ def vjp(outputs: list, inputs: list, grad_outputs: list, *, create_graph: bool =
     if not keep:
         return tuple(None for _ in inputs)
     try:
-        with op_allocations():
-            return engine_grad([outputs[k] for k in keep], inputs, [grad_outputs[k] for k in keep],
-                               retain_graph=retain_graph or create_graph, create_graph=create_graph)
+        return engine_grad([outputs[k] for k in keep], inputs, [grad_outputs[k] for k in keep],
+                           retain_graph=retain_graph or create_graph, create_graph=create_graph)
     except user_failures() as exc:
         raise OpRaised(phase, exc) from exc
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradcheck_cli.op.memory import op_allocations
 from gradcheck_cli.op.runner import engine_grad, grads_numpy, unflatten, user_failures
 from gradcheck_cli.report import Diagnostic
 
@@ -75,9 +74,7 @@ def undefined_checks(outs: list, inputs: list, wrt: list, expect, jac_ok: dict, 
 
 
 def _grad(outs: list, inputs: list, grad_outputs: list) -> list:
-    with op_allocations():
-        grads = engine_grad(outs, inputs, grad_outputs)
-    return grads_numpy(grads, inputs)
+    return grads_numpy(engine_grad(outs, inputs, grad_outputs), inputs)
 
 
 def _crash(exc: BaseException, when: str) -> Diagnostic:

@@ -336,23 +336,32 @@ def _running_in_group(pgid: int) -> list:
     return running_where(lambda ppid, group: group == pgid)
 
 
+def _start_watched(argv: list, pids: Path, pipes: bool = True) -> subprocess.Popen:
+    """`gradcheck ARGV` in a process group of its own; the slow op writes each worker's pid to `pids`."""
+    pids.write_text("")
+    out = subprocess.PIPE if pipes else subprocess.DEVNULL
+    return subprocess.Popen(gradcheck_command() + argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+                            env=clean_env(GRADCHECK_TEST_PIDS=str(pids)), start_new_session=True)
+
+
+def _wait_for_workers(pids: Path, n: int = 1) -> list:
+    """The pids of the first `n` workers on the slow op (fewer if they never start)."""
+    deadline = time.monotonic() + 60
+    while len(pids.read_text().split()) < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [int(p) for p in pids.read_text().split()]
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_a_signal_writes_the_partial_report_and_leaves_nothing_running(ops_dir, tmp_path, sig, code, jobs):
     pids = tmp_path / "pids"
-    pids.write_text("")
     checks = [("quick-1", "good"), ("quick-2", "Swish"), ("slow-1", "slow"), ("slow-2", "slow")]
     (tmp_path / "s.toml").write_text(spec_text(checks).replace("faulty.py", str(ops_dir / "faulty.py")))
     junit = tmp_path / "r.xml"
-    proc = subprocess.Popen(gradcheck_command() + ["run", str(tmp_path / "s.toml"), "--json", "--junit", str(junit),
-                                                   "--jobs", jobs],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            env=clean_env(GRADCHECK_TEST_PIDS=str(pids)), start_new_session=True)
+    proc = _start_watched(["run", str(tmp_path / "s.toml"), "--json", "--junit", str(junit), "--jobs", jobs], pids)
     busy = int(jobs)  # every worker on a slow check: the quick ones are done
-    deadline = time.monotonic() + 60
-    while len(pids.read_text().split()) < busy and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert len(pids.read_text().split()) == busy, "the slow checks never started"
+    assert len(_wait_for_workers(pids, busy)) == busy, "the slow checks never started"
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == code, err.decode()
@@ -373,15 +382,10 @@ def test_a_signal_writes_the_partial_report_and_leaves_nothing_running(ops_dir, 
 
 def test_a_signal_during_gradcheck_op_writes_an_interrupted_report(ops_dir, tmp_path):
     pids = tmp_path / "pids"
-    pids.write_text("")
     junit = tmp_path / "r.xml"
-    proc = subprocess.Popen(gradcheck_command() + ["op", str(ops_dir / "faulty.py:slow"), "--at", "x=1", "--json",
-                                                   "--junit", str(junit)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            env=clean_env(GRADCHECK_TEST_PIDS=str(pids)), start_new_session=True)
-    deadline = time.monotonic() + 60
-    while not pids.read_text().strip() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    proc = _start_watched(["op", str(ops_dir / "faulty.py:slow"), "--at", "x=1", "--json", "--junit", str(junit)],
+                          pids)
+    _wait_for_workers(pids)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 143, err.decode()
@@ -393,15 +397,9 @@ def test_a_signal_during_gradcheck_op_writes_an_interrupted_report(ops_dir, tmp_
 
 def test_workers_die_with_a_parent_killed_by_sigkill(ops_dir, tmp_path):
     pids = tmp_path / "pids"
-    pids.write_text("")
     (tmp_path / "s.toml").write_text(spec_text([("slow", str(ops_dir / "faulty.py") + ":slow")]))
-    proc = subprocess.Popen(gradcheck_command() + ["run", str(tmp_path / "s.toml")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                            env=clean_env(GRADCHECK_TEST_PIDS=str(pids)), start_new_session=True)
-    deadline = time.monotonic() + 60
-    while not pids.read_text().strip() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    (worker,) = [int(p) for p in pids.read_text().split()]
+    proc = _start_watched(["run", str(tmp_path / "s.toml")], pids, pipes=False)
+    (worker,) = _wait_for_workers(pids)
     proc.kill()
     proc.wait(timeout=10)
     deadline = time.monotonic() + 10
@@ -417,16 +415,10 @@ def test_the_worker_server_holds_neither_stdout_nor_stderr(ops_dir, tmp_path):
     """A reader of the run's output (`| jq`, a CI step, capture_output) waits for end-of-file,
     which a server still holding the pipes would delay by its own shutdown."""
     pids = tmp_path / "pids"
-    pids.write_text("")
     (tmp_path / "s.toml").write_text(spec_text([("slow", str(ops_dir / "faulty.py") + ":slow")]))
-    proc = subprocess.Popen(gradcheck_command() + ["run", str(tmp_path / "s.toml")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            env=clean_env(GRADCHECK_TEST_PIDS=str(pids)), start_new_session=True)
+    proc = _start_watched(["run", str(tmp_path / "s.toml")], pids)
     try:
-        deadline = time.monotonic() + 60
-        while not pids.read_text().strip() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        (worker,) = [int(p) for p in pids.read_text().split()]
+        (worker,) = _wait_for_workers(pids)
         with open(f"/proc/{worker}/stat") as f:
             server = int(f.read().split(")")[-1].split()[1])
         assert server != proc.pid

@@ -23,12 +23,12 @@ def render(report, detail: str = "full") -> str:
     (4x the time of building them; none of them is garbage until the text is done)."""
     import gc
 
-    paused = gc.isenabled()
+    was_enabled = gc.isenabled()
     gc.disable()
     try:
         return dumps(report.to_dict(detail))
     finally:
-        if paused:
+        if was_enabled:
             gc.enable()
 
 

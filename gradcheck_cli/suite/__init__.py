@@ -6,6 +6,7 @@
     run.py       running a suite: preflight, scheduling, --fail-fast, interrupted runs
     workers.py   the worker processes: isolation, timeouts, crashes, signals
     child.py     a worker process's side: one job after another
+    server.py    the workers' server's own setup (it lets go of stdout/stderr, exits at once)
     runner.py    one check in this process (a worker's): Runner
     failures.py  the reports of checks that did not finish
     stream.py    the JUnit file kept up to date while checks run

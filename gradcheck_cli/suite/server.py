@@ -49,9 +49,12 @@ def detach() -> None:
     except OSError:
         null = None
     if null is not None:
-        for fd in (1, 2):
-            if null != fd:
-                os.dup2(null, fd)
+        try:
+            for fd in (1, 2):
+                if null != fd:
+                    os.dup2(null, fd)
+        except OSError:
+            pass
         if null > 2:
             os.close(null)
     atexit.register(os._exit, 0)

@@ -34,7 +34,6 @@ from gradcheck_cli.errors import UserInputError
 
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB of float64 per value; GRADCHECK_MAX_BYTES overrides
 GENERATORS = ("randn", "rand", "zeros", "ones", "linspace", "randint")
-KINDS = ("float", "int", "bool")  # what a Value holds: float64 numbers, int64 or bool tensors
 INT_LIMIT = 2**53  # whole numbers beyond this cannot come from a float literal exactly
 _TOKEN = re.compile(r"\s*(?:(?P<num>[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?inf|nan)|(?P<name>[A-Za-z_]\w*)"
                     r"|(?P<punct>[\[\](),]))")
@@ -241,15 +240,20 @@ def _real_part(p: _ValueParser, rng: np.random.Generator, parts: int = 1) -> tup
             array = _generate(p, generator, args + [2.0], rng)
             return array, True, generator
         return _generate(p, generator, args, rng), True, generator
-    data = p.nested()
+    return _list_array(p, p.nested(), "an empty list has nothing to differentiate"), False, ""
+
+
+def _list_array(p: _ValueParser, data, empty: str) -> np.ndarray:
+    """A literal's nested lists as float64, checked: not ragged, not empty (`empty` says
+    why not), not past the size limit."""
     try:
         array = np.asarray(data, dtype=np.float64)
     except ValueError:
         raise p.fail("the nested lists are ragged (rows of different lengths)") from None
     if array.size == 0:
-        raise p.fail("an empty list has nothing to differentiate")
+        raise p.fail(empty)
     _check_size(p.name, array.shape)
-    return array, False, ""
+    return array
 
 
 def _complex_call(p: _ValueParser, rng: np.random.Generator) -> Value:
@@ -286,7 +290,7 @@ def _whole_numbers(p: _ValueParser, array: np.ndarray, kind: str) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def _kind_call(p: _ValueParser, rng: np.random.Generator) -> Value:
+def _kind_call(p: _ValueParser) -> Value:
     """int(NUMBER | LIST) or bool(NUMBER | LIST): an integer or boolean tensor."""
     kind = p.take("name")
     p.take(text="(")
@@ -297,13 +301,7 @@ def _kind_call(p: _ValueParser, rng: np.random.Generator) -> Value:
     data = p.nested(words=kind == "bool")
     p.take(text=")")
     p.done()
-    try:
-        array = np.asarray(data, dtype=np.float64)
-    except ValueError:
-        raise p.fail("the nested lists are ragged (rows of different lengths)") from None
-    if array.size == 0:
-        raise p.fail("an empty list has no elements")
-    _check_size(p.name, array.shape)
+    array = _list_array(p, data, "an empty list has no elements")
     return Value(p.name, _whole_numbers(p, array, kind), p.text, False, "", False, kind)
 
 
@@ -355,7 +353,7 @@ def _parse_real(name: str, raw: Any, rng: np.random.Generator, complex_: bool) -
             raise p.fail("complex values need a complex dtype (gradcheck op --dtype complex128 or complex64)")
         return _complex_call(p, rng)
     if tok in (("name", "int"), ("name", "bool")):
-        return _kind_call(p, rng)
+        return _kind_call(p)
     wrapped = tok == ("name", "tensor")  # tensor(X): X itself (a --kw tensor from a literal list)
     if wrapped:
         p.take("name")

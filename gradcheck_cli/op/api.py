@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from gradcheck_cli.errors import UserInputError
+from gradcheck_cli.op.binding import build_call, choose_wrt
 from gradcheck_cli.op.point import check_point
 from gradcheck_cli.op.verdict import OP_TOLERANCES
 from gradcheck_cli.report import CheckResult, Report
@@ -105,7 +106,6 @@ def check_op_target(target: str, at: list, kw: list, *, wrt: Iterable[str] | Non
 
 def _check_target(target, at, kw, *, wrt, reference, mode, dtype, fd, eps, atol, rtol, points, seed, order, device,
                   base_dir, name, init) -> Report:
-    from gradcheck_cli.op.binding import build_call, choose_wrt
     from gradcheck_cli.op.loading import load_object, parse_kw
     from gradcheck_cli.op.runner import OpSpec
     from gradcheck_cli.op.targets import resolve
@@ -125,7 +125,7 @@ def _check_target(target, at, kw, *, wrt, reference, mode, dtype, fd, eps, atol,
     call = build_call(loaded, at, list(kw or []), seed=seed, complex_=complex_, device=opts.device,
                       dtype=opts.real.dtype)
     names = tuple(call.values)
-    chosen = choose_wrt(call, wrt, complex_)
+    chosen = choose_wrt(tuple(call.values), wrt, call.default_wrt, call.given)
     spec = OpSpec(call.fn, label, tuple(call.slots), call.kwargs, names, chosen,
                   complex_inputs=frozenset(k for k, v in call.values.items() if v.complex),
                   keyword_inputs=frozenset(call.keyword_inputs), given=call.given, target=loaded,
@@ -273,7 +273,7 @@ def _check_callable(fn, tensors, *, reference, order, names, wrt, kwargs, dtype,
     device = device or first.device.type
     opts = OpOptions(dtype=dtype, fd=fd, eps=eps, atol=atol, rtol=rtol, points=points, seed=seed, order=order,
                      mode=mode, device=device).validate()
-    chosen = _choose_wrt(tuple(values), wrt if wrt is not None else (marked or None))
+    chosen = choose_wrt(tuple(values), wrt if wrt is not None else (marked or None))
     spec = OpSpec(call_fn, label, tuple(slots), keywords, tuple(values), chosen,
                   complex_inputs=frozenset(complex_names), keyword_inputs=frozenset(keyword_inputs), target=loaded)
     if complex_names and reference is not None:
@@ -291,18 +291,6 @@ def _dtype_name(td) -> str:
     if td not in names:
         raise UserInputError(f"inputs of dtype {td} are not supported (float64, float32, float16, bfloat16)")
     return names[td]
-
-
-def _choose_wrt(names: tuple, wrt) -> tuple:
-    chosen = tuple(names if wrt is None else wrt)
-    if not chosen:
-        raise UserInputError("--wrt names no input")
-    for w in chosen:
-        if w not in names:
-            raise UserInputError(f"--wrt {w!r}: the op has no input {w!r} (its inputs: {', '.join(names)})")
-    if len(set(chosen)) != len(chosen):
-        raise UserInputError("--wrt names an input twice")
-    return chosen  # --wrt order: gradients and Hessian rows follow it, as the contract says
 
 
 def _torch_backed(values: dict) -> dict:

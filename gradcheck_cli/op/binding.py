@@ -106,18 +106,20 @@ def _module_parameters(call: Call, target, taken: list, dtype: str, device: str)
     call.default_wrt += list(prepared.trainable)
 
 
-def choose_wrt(call: Call, wrt, complex_: bool) -> tuple:
-    """--wrt (in its order) or the default: the floating --at inputs and a module's
-    trainable parameters; names that are not floating inputs are refused with why."""
-    chosen = tuple(call.default_wrt if wrt is None else wrt)
+def choose_wrt(names: tuple, wrt, default=None, refused=()) -> tuple:
+    """--wrt (in its order: gradients and Hessian rows follow it, as the contract says) or
+    `default` (all of `names` when None: the CLI's default is the floating --at inputs and a
+    module's trainable parameters); names that are not inputs, or are integer or boolean
+    ones (`refused`), are refused with why."""
+    chosen = tuple((names if default is None else default) if wrt is None else wrt)
     if not chosen:
         raise UserInputError("--wrt names no input")
     for w in chosen:
-        if w in call.given:
+        if w in refused:
             raise UserInputError(f"--wrt {w!r}: {w!r} is an integer or boolean tensor (int(...), bool(...)); only "
                                  "floating-point inputs are differentiated")
-        if w not in call.values:
-            raise UserInputError(f"--wrt {w!r}: the op has no input {w!r} (its inputs: {', '.join(call.values)})")
+        if w not in names:
+            raise UserInputError(f"--wrt {w!r}: the op has no input {w!r} (its inputs: {', '.join(names)})")
     if len(set(chosen)) != len(chosen):
         raise UserInputError("--wrt names an input twice")
     return chosen

@@ -44,13 +44,6 @@ _TORCH_OPS = re.compile(r"^(?:(?P<where>.+):)?torch\.ops\.(?P<ns>\w+)\.(?P<name>
 _QUALIFIED = re.compile(r"^(?:(?P<where>.+?):)?(?P<ns>[A-Za-z_]\w*)::(?P<name>[A-Za-z_]\w*)(?:\.(?P<overload>\w+))?$")
 
 
-def load_target(target: str, base_dir: str | None = None) -> tuple[Callable, str]:
-    """The callable a target names, and a label for reports.  A torch.autograd.Function
-    subclass is returned as its .apply."""
-    obj, label = load_object(target, base_dir)
-    return as_callable(obj, label), label
-
-
 def load_object(target: str, base_dir: str | None = None) -> tuple[Any, str]:
     """What a target names, as is (a function, a Function or Module class, a Module
     instance, a torch.library operator), and a label for reports."""

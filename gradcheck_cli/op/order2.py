@@ -9,7 +9,7 @@ import numpy as np
 
 from gradcheck_cli.op.jacobian import EPS, step_sizes
 from gradcheck_cli.op.runner import OpRaised, call, grad_numpy, make_tensors, unflatten, user_failures, vjp
-from gradcheck_cli.op.verdict import FD_SAFETY, input_label
+from gradcheck_cli.op.verdict import FD_SAFETY, concat_label
 from gradcheck_cli.report import Diagnostic
 
 MAX_ORDER2_ELEMENTS = 160  # flattened inputs for a full double-backward matrix; more are sampled
@@ -35,7 +35,6 @@ def double_backward(spec, arrays: dict, ref_arrays: dict, dtype: str, device: st
     diags: list[Diagnostic] = []
     sizes = [int(np.prod(np.shape(arrays[w]))) for w in wrt]
     n = sum(sizes)
-    labels = [input_label(w, tuple(np.shape(arrays[w])), j) for w, s in zip(wrt, sizes) for j in range(s)]
     sample = np.arange(n) if n <= MAX_ORDER2_ELEMENTS else np.sort(rng.choice(n, ORDER2_SAMPLE, replace=False))
     try:
         tensors = make_tensors(spec, arrays, dtype, device)
@@ -82,8 +81,9 @@ def double_backward(spec, arrays: dict, ref_arrays: dict, dtype: str, device: st
                 "backward)") if reached else \
             (" (the backward's result does not require grad w.r.t. the inputs: it is computed outside autograd, "
              "e.g. @once_differentiable, .detach(), .data or no_grad)")
+        wrt_j, of_i = (concat_label(arrays, wrt, sizes, sample[k]) for k in (j, i))
         diags.append(Diagnostic("double_backward_mismatch", (
-            f"d/d{labels[sample[j]]} of (v^T J)[{labels[sample[i]]}]: double backward {ad_block[i, j]:.10g} vs "
+            f"d/d{wrt_j} of (v^T J)[{of_i}]: double backward {ad_block[i, j]:.10g} vs "
             f"finite differences of the backward {fd_block[i, j]:.10g} (allowed {allowed[i, j]:.3g}); "
             f"{int(bad.sum())} of {bad.size} entries out of tolerance{hint}")))
     if wrt_v is not None and jac_u is not None:
@@ -99,7 +99,7 @@ def double_backward(spec, arrays: dict, ref_arrays: dict, dtype: str, device: st
         diags.append(Diagnostic("order2_sampled", f"double backward checked on {sample.size} of {n} input "
                                                   "elements (a seeded sample)"))
     hessian = {"autograd": ad_block, "finite_difference": fd_block, "symbolic": None, "passed": passed,
-               "labels": [labels[i] for i in sample], "wrt": wrt, "of": "sum(v * out), v a random grad_output",
+               "labels": [concat_label(arrays, wrt, sizes, i) for i in sample], "wrt": wrt, "of": "sum(v * out), v a random grad_output",
                "max_abs_error": float(np.nanmax(np.abs(ad_block - fd_block))) if ad_block.size else 0.0}
     return Order2Outcome(passed, diags, hessian)
 
@@ -137,7 +137,7 @@ def forward_over_reverse_check(spec, arrays: dict, ref_arrays: dict, dtype: str,
     torch.func's jacfwd(jacrev(f)) Hessians run) against central differences of the
     backward along the same random u, with step halving.  Diagnostics: nothing when they
     agree, forward_ad_unsupported when the backward has no forward-mode formulas."""
-    from gradcheck_cli.op.forward_ad import Unsupported, forward_over_reverse, unsupported_message
+    from gradcheck_cli.op.forward_ad import Unsupported, forward_over_reverse, unsupported_reason
 
     wrt = list(spec.wrt)
     sizes = [int(np.prod(np.shape(arrays[w]))) for w in wrt]
@@ -148,8 +148,7 @@ def forward_over_reverse_check(spec, arrays: dict, ref_arrays: dict, dtype: str,
     try:
         got = forward_over_reverse(spec, arrays, dtype, device, v, u)
     except Unsupported as exc:
-        return [Diagnostic("forward_ad_unsupported", "forward-over-reverse not checked: "
-                                                     + unsupported_message(exc).split(": ", 1)[1])]
+        return [Diagnostic("forward_ad_unsupported", "forward-over-reverse not checked: " + unsupported_reason(exc))]
     except OpRaised as exc:
         return [Diagnostic("double_backward_error", f"forward-over-reverse raised: {exc.message}")]
     expected, err = _fd_of_backward_along(spec, ref_arrays if f64_ok else arrays, "float64" if f64_ok else dtype,
@@ -162,10 +161,9 @@ def forward_over_reverse_check(spec, arrays: dict, ref_arrays: dict, dtype: str,
     if not bad.any():
         return []
     k = int(np.argmax(np.where(bad, np.abs(got - expected) / np.maximum(allowed, 1e-300), -1)))
-    labels = [input_label(w, tuple(np.shape(arrays[w])), j) for w, n in zip(wrt, sizes) for j in range(n)]
     return [Diagnostic("forward_over_reverse_mismatch", (
         f"forward-over-reverse (forward-mode AD through the backward) gives {got[k]:.10g} for d/dt of "
-        f"(v^T J)[{labels[k]}] along a random direction, finite differences of the backward {expected[k]:.10g} "
+        f"(v^T J)[{concat_label(arrays, wrt, sizes, k)}] along a random direction, finite differences of the backward {expected[k]:.10g} "
         f"(allowed {allowed[k]:.3g}); {int(bad.sum())} of {bad.size} elements disagree: the backward's own "
         "derivatives (its forward-mode formulas, or a jvp it calls) are wrong"))]
 

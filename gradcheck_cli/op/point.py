@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 
+from gradcheck_cli.devices import kind as device_kind
 from gradcheck_cli.dtypes import rounded, torch_version
 from gradcheck_cli.op.gradients import check_gradients
 from gradcheck_cli.op.registration import registration_checks
@@ -218,5 +219,5 @@ def _output_metadata(pt: Point, outs: list, opts) -> None:
         if o.dtype != td:
             pt.note("output_dtype", f"output {k} is {str(o.dtype).replace('torch.', '')} although the op ran on "
                                     f"{opts.dtype} inputs")
-        if o.device.type != opts.device.split(":")[0]:  # cuda:N is a cuda device
+        if o.device.type != device_kind(opts.device):  # cuda:N is a cuda device
             pt.note("output_device", f"output {k} is on {o.device} although the inputs are on {opts.device}")

@@ -89,8 +89,3 @@ def check_call(signatures: tuple, label: str, positional: list[str], keywords: l
 
 def _takes_var_keywords(signatures: tuple) -> bool:
     return any(p.kind == inspect.Parameter.VAR_KEYWORD for sig in signatures for p in sig.parameters.values())
-
-
-def describe(signatures: tuple, label: str) -> Any:
-    """The first signature as text for reports (None when unknown)."""
-    return f"{label}{signatures[0]}" if signatures else None

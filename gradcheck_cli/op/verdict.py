@@ -94,6 +94,12 @@ def input_label(name: str, shape: tuple, flat: int) -> str:
     return f"{name}[{', '.join(str(int(i)) for i in idx)}]"
 
 
+def concat_label(arrays: dict, wrt: list, sizes: list, k: int) -> str:
+    """The label of element k of the inputs `wrt` flattened and concatenated (sizes: theirs)."""
+    i = int(np.searchsorted(np.cumsum(sizes), k, side="right"))
+    return input_label(wrt[i], tuple(np.shape(arrays[wrt[i]])), int(k) - sum(sizes[:i]))
+
+
 @dataclass(frozen=True, eq=False)
 class OpGradientResult(GradientResult):
     """One input's Jacobian (all outputs) with labels that say which output and input

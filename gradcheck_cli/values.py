@@ -312,11 +312,10 @@ def _from_array(name: str, raw: np.ndarray) -> Value:
         return Value(name, raw.copy(), text, False, kind="bool")
     if np.issubdtype(raw.dtype, np.integer):
         return Value(name, raw.astype(np.int64), text, False, kind="int")
-    array = np.asarray(raw, dtype=np.float64)
-    if array.size == 0:
-        raise UserInputError(f"value {name!r} of shape {tuple(array.shape)} has no elements: "
+    if raw.size == 0:
+        raise UserInputError(f"value {name!r} of shape {tuple(raw.shape)} has no elements: "
                              "there is nothing to differentiate")
-    return Value(name, array.copy(), text, False)
+    return Value(name, np.array(raw, dtype=np.float64, order="C"), text, False)  # our own copy
 
 
 def parse_value(name: str, raw: Any, rng: np.random.Generator, complex_: bool = False) -> Value:

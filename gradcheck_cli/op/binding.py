@@ -44,9 +44,10 @@ def build_call(target, at: list, kw: list, *, seed: int, complex_: bool, device:
         seen.add(k)
     tensor_kw = [(k, v) for k, v in kw if is_tensor_text(v)]
     parsed = parse_values(list(at) + tensor_kw, seed, complex_)  # one seeded stream: --at first, in order
-    plain = {k: parse_kw(k, v) for k, v in kw if not is_tensor_text(v)}
+    tensor_names = {k for k, _ in tensor_kw}
+    plain = {k: parse_kw(k, v) for k, v in kw if k not in tensor_names}
     sig.check_call(target.signatures, target.label, names_at, [k for k, _ in kw])
-    call = Call(target.fn, order=names_at + [k for k, v in kw if is_tensor_text(v)])
+    call = Call(target.fn, order=names_at + [k for k, _ in tensor_kw])
     for name in names_at:
         _positional(call, parsed[name], device)
     for k, _ in kw:

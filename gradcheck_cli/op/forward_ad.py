@@ -12,6 +12,7 @@ double-backward check beside it).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,25 +65,20 @@ def _decompositions_loaded() -> bool:
     return "torch._decomp.decompositions_for_jvp" in sys.modules
 
 
+@contextlib.contextmanager
 def _decompositions_deferred():
     """make_dual without loading torch's forward-AD decompositions (put back after)."""
-    import contextlib
-
     import torch.autograd.forward_ad as fwad
 
-    @contextlib.contextmanager
-    def deferred():
-        loader = getattr(fwad, "_maybe_load_decompositions", None)
-        if loader is None:
-            yield
-            return
-        fwad._maybe_load_decompositions = lambda: None
-        try:
-            yield
-        finally:
-            fwad._maybe_load_decompositions = loader
-
-    return deferred()
+    loader = getattr(fwad, "_maybe_load_decompositions", None)
+    if loader is None:
+        yield
+        return
+    fwad._maybe_load_decompositions = lambda: None
+    try:
+        yield
+    finally:
+        fwad._maybe_load_decompositions = loader
 
 
 def _tangents(spec, arrays: dict, dtype: str, device: str, directions: dict, phase: str):
@@ -291,8 +287,7 @@ def apply_full(pt, refs: dict, outs: list, tensors: dict, layout, jac_ok: dict) 
     for d in res.diagnostics:
         (pt.note if d.code == "forward_ad_unsupported" else pt.fail)(d.code, d.message, d.wrt)
     pt.extra["forward_ad"] = "checked" if res.ran else "unsupported"
-    calls = pt.extra.setdefault("calls", {})
-    calls["forward_ad"] = calls.get("forward_ad", 0) + res.calls
+    pt.count("forward_ad", res.calls)
 
 
 def apply_projections(pt, w: str, projections: list, s_fd: np.ndarray, allowed: np.ndarray, used: int = 1) -> None:
@@ -311,8 +306,7 @@ def apply_projections(pt, w: str, projections: list, s_fd: np.ndarray, allowed: 
         except OpRaised as exc:
             pt.fail("op_error", f"the op raised in {exc.phase}: {exc.message}")
             return
-        calls = pt.extra.setdefault("calls", {})
-        calls["forward_ad"] = calls.get("forward_ad", 0) + 1
+        pt.count("forward_ad")
         pt.extra["forward_ad"] = "checked"
         if not abs(got - s_fd[k]) <= allowed[k]:
             pt.fail("jvp_mismatch", (

@@ -26,8 +26,7 @@ def _report_determinism(pt: Point) -> None:
         (pt.note if d.code in INFO_CODES else pt.fail)(d.code, d.message, d.wrt)
     if det.record is not None:
         pt.extra["determinism"] = det.record
-    calls = pt.extra.setdefault("calls", {})
-    calls["checks_backward"] = calls.get("checks_backward", 0) + det.calls
+    pt.count("checks_backward", det.calls)
 
 
 def _determinism(pt: Point, outs: list, tensors: dict, inspect_inputs, keep_gradient: bool = False) -> bool:

@@ -17,9 +17,11 @@ which checks ran and how each ended.  They run once per check, at the given poin
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
-from gradcheck_cli.op.runner import make_tensors, user_failures
+from gradcheck_cli.op.runner import describe_exception, make_tensors, user_failures
 
 # torch's words when no autograd formula exists for an operator
 _NO_AUTOGRAD = ("no autograd formula was registered", "autograd kernel was not registered",
@@ -35,7 +37,7 @@ def registration_checks(pt) -> None:
     """Every registration check, once per check (its first point); findings into pt."""
     spec = pt.prep.spec
     target = spec.target
-    if target is None or not target.custom_operator or getattr(spec, "registration_done", False):
+    if target is None or not target.custom_operator or spec.registration_done:
         return
     spec.registration_done = True
     import warnings
@@ -45,24 +47,20 @@ def registration_checks(pt) -> None:
         _run_all(pt, target.overload)
 
 
+@contextlib.contextmanager
 def _quiet_dynamo():
     """torch.compile's graph-break messages go to stderr through logging: not the op's words."""
-    import contextlib
     import logging
 
-    @contextlib.contextmanager
-    def quiet():
-        loggers = [logging.getLogger(n) for n in ("torch._dynamo", "torch._inductor", "torch.fx")]
-        levels = [lg.level for lg in loggers]
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
-
-    return quiet()
+    loggers = [logging.getLogger(n) for n in ("torch._dynamo", "torch._inductor", "torch.fx")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _run_all(pt, overload) -> None:
@@ -113,8 +111,6 @@ def _fake_kernel(pt, overload):
             fake = _outputs(overload(*torch.utils._pytree.tree_map(conv, args),
                                      **torch.utils._pytree.tree_map(conv, kwargs)))
     except user_failures() as exc:
-        from gradcheck_cli.op.runner import describe_exception
-
         missing = "fake" in str(exc).lower() or "meta" in str(exc).lower() or type(exc).__name__.startswith("Unsupp")
         return ("fake_kernel_mismatch", (
             f"{overload.name()}: running the op on fake tensors raised {describe_exception(exc)}"
@@ -238,8 +234,8 @@ def _compile(pt, overload):
     wrt = list(spec.wrt)
 
     def eager(*xs):
-        return _outputs(overload(*spec.arguments(dict(zip(wrt, xs)) | fixed), **spec.keywords(dict(zip(wrt, xs))
-                                                                                                 | fixed)))
+        tensors = dict(zip(wrt, xs)) | fixed
+        return _outputs(overload(*spec.arguments(tensors), **spec.keywords(tensors)))
 
     base = make_tensors(spec, pt.arrays, opts.dtype, opts.device, grad=False)
     fixed = {k: v for k, v in base.items() if k not in wrt}
@@ -259,8 +255,6 @@ def _compile(pt, overload):
         got = compiled(*ys)
         got_g = _grads(got, ys, v)
     except user_failures() as exc:
-        from gradcheck_cli.op.runner import describe_exception
-
         return ("compile_mismatch", f"{overload.name()} under torch.compile(backend='aot_eager') raised "
                                     f"{describe_exception(exc)}")
     finally:

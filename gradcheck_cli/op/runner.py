@@ -57,12 +57,18 @@ class BadOutput(Exception):
     """The op returned something that is not a floating tensor or a tuple of them."""
 
 
+MESSAGE_LIMIT = 600  # characters of an exception's message kept in reports
+
+
+def clipped(text: str) -> str:
+    """`text`, cut to MESSAGE_LIMIT characters (marked ' ...')."""
+    return text if len(text) <= MESSAGE_LIMIT else text[:MESSAGE_LIMIT] + " ..."
+
+
 def describe_exception(exc: BaseException) -> str:
     """'ValueError: the message (at swish.py:14, in backward)': the op's own words and the
     innermost line of user code (not torch's, not ours) it was raised from."""
-    text = f"{type(exc).__name__}: {exc}".strip()
-    if len(text) > 600:
-        text = text[:600] + " ..."
+    text = clipped(f"{type(exc).__name__}: {exc}".strip())
     frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
     torch_dir = _torch_dir()
     user = [f for f in frames if not _inside(f.filename, _PACKAGE_DIR) and not _inside(f.filename, torch_dir)]
@@ -126,6 +132,7 @@ class OpSpec:
     given: dict = field(default_factory=dict)  # int / bool values passed as they are, by name (for reports)
     order: tuple = ()  # every named value in the order the user gave them (the report's point)
     target: Any = None  # targets.OpTarget when known (a module, a torch.library operator, ...)
+    registration_done: bool = False  # registration.py's checks ran (they run once per check, at its first point)
 
     def _value(self, slot, tensors: dict):
         if isinstance(slot, str):

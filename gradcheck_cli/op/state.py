@@ -12,6 +12,7 @@ import numpy as np
 
 from gradcheck_cli.codes import note_severity
 from gradcheck_cli.op.registration import no_autograd_message
+from gradcheck_cli.op.runner import clipped
 from gradcheck_cli.op.verdict import OutputLayout, input_label
 from gradcheck_cli.report import Diagnostic, GradientResult
 
@@ -40,6 +41,11 @@ class Point:
     def note(self, code: str, message: str, wrt: str | None = None) -> None:
         """A diagnostic that does not fail the check (its code's default severity, never failure)."""
         self.diags.append(Diagnostic(code, message, wrt, note_severity(code)))
+
+    def count(self, kind: str, n: int = 1) -> None:
+        """n more calls of the op of this kind (the report's extra.calls)."""
+        calls = self.extra.setdefault("calls", {})
+        calls[kind] = calls.get(kind, 0) + n
 
 
 def finite_output(pt: Point, value: dict, layout: OutputLayout, second: bool = False) -> bool:
@@ -79,7 +85,7 @@ def report_values(flat: np.ndarray, layout: OutputLayout) -> np.ndarray:
 
 def op_raised(pt: Point, exc) -> None:
     text = str(exc.exc)
-    raised = {"type": type(exc.exc).__name__, "message": text if len(text) <= 600 else text[:600] + " ..."}
+    raised = {"type": type(exc.exc).__name__, "message": clipped(text)}
     if "leaf Variable that requires grad is being used in an in-place operation" in text:
         pt.fail("input_mutated", f"the op modifies its input in place ({exc.message}); ops must not mutate "
                                  "their inputs", exception=raised)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradcheck_cli.op.runner import engine_grad, grads_numpy, unflatten, user_failures
+from gradcheck_cli.op.runner import describe_exception, engine_grad, grads_numpy, unflatten, user_failures
 from gradcheck_cli.report import Diagnostic
 
 MAX_OUTPUTS = 8  # outputs undefined one at a time (more are sampled)
@@ -78,8 +78,6 @@ def _grad(outs: list, inputs: list, grad_outputs: list) -> list:
 
 
 def _crash(exc: BaseException, when: str) -> Diagnostic:
-    from gradcheck_cli.op.runner import describe_exception
-
     return Diagnostic("undefined_grad", (
         f"the backward raises when {when}, as it is whenever a loss uses only some of the op's outputs: "
         f"{describe_exception(exc)}. Handle None grad_outputs (or leave ctx.set_materialize_grads on)"))

@@ -96,21 +96,30 @@ def likely_cause(prep, arrays: dict, dtype: str) -> str:
                 break
             q = float(np.max(np.minimum(p, 1 - p)))
             inner = node.args[0]
-            logit = ir.to_source(inner.args[0]) if isinstance(inner, ir.Call) and inner.func == "sigmoid" else \
-                f"logit({ir.to_source(inner)})"
+            logit = sigmoid_logit(inner)
+            if logit is None:
+                logit = f"logit({ir.to_source(inner)})"
             target = prep.target.text if prep.target is not None else ir.to_source(node.args[1])
             return (f". Likely cause: cancellation in log(1-p): p = {float(np.max(p)):.9g} here, so 1-p = {q:.3g} "
                     f"keeps only a few significant digits in {dtype}. The stable form is "
                     f"bce_logits({logit}, {target}), which never forms 1-p (--loss bce_logits on the logit)")
     return ". Likely cause: rounding in the low-precision forward pass amplified by cancellation"
 
+def sigmoid_logit(node: ir.Node) -> str | None:
+    """The source of a sigmoid's argument (its logit, what bce_logits takes), or None when
+    the node is not a sigmoid call."""
+    return ir.to_source(node.args[0]) if isinstance(node, ir.Call) and node.func == "sigmoid" else None
+
+
 def float64_value(node: ir.Node, arrays: dict):
+    """The sub-expression's value in float64 at the point (a numpy array), or None when it
+    cannot be evaluated: for notes that explain a result, never for the result itself."""
     import torch
 
     from gradcheck_cli.engines.torch_eval import evaluate
 
     try:
-        inputs = {k: torch.tensor(v, dtype=torch.float64) for k, v in arrays.items()}
-        return evaluate(node, inputs, torch, dtype=torch.float64).numpy()
-    except Exception:  # a best-effort explanation; the check itself already ran
+        inputs = {k: torch.tensor(np.asarray(v, dtype=np.float64)) for k, v in arrays.items()}
+        return np.asarray(evaluate(node, inputs, torch, dtype=torch.float64).numpy(), dtype=np.float64)
+    except Exception:  # noqa: BLE001 -- a best-effort explanation; the check itself already ran
         return None

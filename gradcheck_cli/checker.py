@@ -184,7 +184,7 @@ def _rounded(arrays: dict, dtype: str) -> dict:
 
 def check_at(prep: Prepared, arrays: dict, opts: Options) -> CheckResult:
     """All three methods at one point, compared."""
-    from gradcheck_cli.engines import autograd, fd_screen, finite_diff, symbolic
+    from gradcheck_cli.engines import autograd, fd_batch, fd_screen, finite_diff, symbolic
 
     started = time.perf_counter()
     diags: list[Diagnostic] = []
@@ -220,14 +220,18 @@ def check_at(prep: Prepared, arrays: dict, opts: Options) -> CheckResult:
         if symbolic_error:
             diags.append(Diagnostic("symbolic_unavailable", symbolic_error + "; symbolic is null, the verdict "
                                     "rests on finite differences"))
-        scheme, why = finite_diff.resolve_scheme(opts.fd, prep.root, ref_arrays)
+        shapes = fd_batch.node_shapes(prep.root, ref_arrays)
+        scheme, why = finite_diff.resolve_scheme(opts.fd, prep.root, ref_arrays, shapes)
         if why:
             diags.append(Diagnostic("fd_fallback", why))
         max_numel = max(math.prod(s) for s in prep.node_shapes.values())
         tol = cmp.tolerance(opts.dtype, opts.atol, opts.rtol)
+        # one batch (the point, f0, its kinks) for every variable differenced
+        batch = fd_batch.Batch(prep.root, ref_arrays, out_shape, max_numel, scheme == "complex", shapes=shapes)
         fd_results = {w: fd_screen.jacobian_for_check(
             prep.root, ref_arrays, w, out_shape, requested=opts.fd, scheme=scheme, eps=opts.eps, max_numel=max_numel,
-            seed=opts.seed, tol=tol, autograd=None if "detach" in prep.calls else auto.gradients[w]) for w in prep.wrt}
+            seed=opts.seed, tol=tol, autograd=None if "detach" in prep.calls else auto.gradients[w], batch=batch)
+            for w in prep.wrt}
     for warning in caught:
         diags.append(Diagnostic("warning", f"{warning.category.__name__}: {warning.message}"))
     gradients = []
@@ -305,18 +309,6 @@ def _gradient(prep, w, auto, sym, fd, out_shape, tol, formula) -> tuple[Gradient
         tolerance={"atol": tol["atol"], "rtol": tol["rtol"], "fd_safety": cmp.FD_SAFETY},
         errors=result.errors, formula=formula, failed_elements=int((~result.ok).sum()), failing=result.failing)
     return g, result.diagnostics
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def _hessian_size(prep) -> int:

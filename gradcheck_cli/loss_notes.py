@@ -8,21 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from gradcheck_cli.check_notes import float64_value, sigmoid_logit
 from gradcheck_cli.expr import ir
 from gradcheck_cli.expr.functions import BCE_EPS
 from gradcheck_cli.report import Diagnostic
-
-
-def _float64(node: ir.Node, arrays: dict):
-    import torch
-
-    from gradcheck_cli.engines.torch_eval import evaluate
-
-    try:
-        inputs = {k: torch.tensor(np.asarray(v, dtype=np.float64)) for k, v in arrays.items()}
-        return np.asarray(evaluate(node, inputs, torch, dtype=torch.float64).numpy(), dtype=np.float64)
-    except Exception:  # noqa: BLE001 -- a best-effort note; the check itself already ran
-        return None
 
 
 def bce_clamped(root: ir.Node, arrays: dict) -> list[Diagnostic]:
@@ -31,7 +20,7 @@ def bce_clamped(root: ir.Node, arrays: dict) -> list[Diagnostic]:
     for node in ir.preorder(root):
         if not (isinstance(node, ir.Call) and node.func == "bce"):
             continue
-        p = _float64(node.args[0], arrays)
+        p = float64_value(node.args[0], arrays)
         if p is None:
             continue
         with np.errstate(invalid="ignore"):
@@ -42,8 +31,8 @@ def bce_clamped(root: ir.Node, arrays: dict) -> list[Diagnostic]:
         shown = ", ".join(f"{v:.6g}" for v in np.asarray(p)[clamped].reshape(-1)[:3])
         where = (f"{int(np.sum(clamped))} of {np.size(p)} elements of p lie outside it (p = {shown})"
                  if np.size(p) > 1 else f"p = {shown} lies outside it")
-        if isinstance(inner, ir.Call) and inner.func == "sigmoid":
-            logit = ir.to_source(inner.args[0])
+        logit = sigmoid_logit(inner)
+        if logit is not None:
             advice = (f"the sigmoid saturates there; bce_logits({logit}, {ir.to_source(node.args[1])}) takes the "
                       "logit and keeps the gradient (--loss bce_logits on the logit)")
         else:

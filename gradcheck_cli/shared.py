@@ -15,7 +15,6 @@ from gradcheck_cli.report import CheckResult, Diagnostic
 from gradcheck_cli.values import redraw
 
 MAX_POINTS = 10_000  # --points
-DEVICES = ("cpu", "cuda")
 MAX_POINT_TRIES = 10  # draws per random point: one on a kink says nothing, so draw again
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import sympy as sp
 
 from gradcheck_cli.engines.sympy_base import numpy_lambdify, numpy_safe
-from gradcheck_cli.engines.sympy_tensor import TensorOps, expand
+from gradcheck_cli.engines.sympy_tensor import TensorOps, element_symbols, expand
 from gradcheck_cli.expr import ir
 
 MAX_EXPANDED_ELEMENTS = 64
@@ -18,9 +18,7 @@ MAX_EXPANDED_ELEMENTS = 64
 def expand_scalar(root: ir.Node, var_shapes: dict) -> tuple[sp.Expr, dict]:
     """The whole expression as one SymPy scalar in per-element symbols (only for scalar
     results and few elements; structured functions included).  Returns (expr, {name: [symbols]})."""
-    elements = {name: np.array([sp.Symbol(f"__v{k}_{i}", real=True) for i in range(math.prod(shape))] + [None],
-                               dtype=object)[:-1].reshape(shape)
-                for k, (name, shape) in enumerate(var_shapes.items())}
+    elements = {name: element_symbols(k, shape) for k, (name, shape) in enumerate(var_shapes.items())}
     result = expand(root, elements, TensorOps())
     return result.reshape(()).item() if result.size == 1 else result, \
         {name: list(arr.reshape(-1)) for name, arr in elements.items()}

@@ -5,25 +5,29 @@ signed distances to every kink each row saw."""
 from __future__ import annotations
 
 import math
+from functools import cached_property
 
 import numpy as np
 
 from gradcheck_cli.engines.torch_eval import evaluate
 from gradcheck_cli.expr import ir
+from gradcheck_cli.expr.functions import FUNCTIONS, structured
 
 CALL_NUMBERS = 2**17  # numbers per torch call: a few MiB, which stay in cache between the
 # expression's operations (one call over every row at once is 2-10x slower per number at N=1e3)
 
 
 class Batch:
-    """Evaluates the expression on batches of points that differ in one input."""
+    """Evaluates the expression on batches of points that differ in one input.  One batch
+    serves every input of a check: it holds the point, not the input being differenced.
+    `shapes` (node_shapes(root, arrays)) saves working them out again where they are known."""
 
-    def __init__(self, root, arrays, out_shape, max_numel, use_complex):
+    def __init__(self, root, arrays, out_shape, max_numel, use_complex, shapes: dict | None = None):
         import torch
 
         self.torch, self.root, self.out_shape = torch, root, out_shape
         self.n_out = math.prod(out_shape)
-        self.shapes = node_shapes(root, arrays)
+        self.shapes = node_shapes(root, arrays) if shapes is None else shapes
         self.rank = max([a.ndim for a in arrays.values()] + [len(out_shape)] + [len(s) for s in self.shapes.values()])
         self.max_numel = max(1, max_numel)
         self.use_complex = use_complex
@@ -36,6 +40,11 @@ class Batch:
             with torch.no_grad():
                 out = evaluate(root, real, torch, dtype=torch.float64, batched=True, shapes=self.shapes)
             self.real_f0 = out.reshape(1, -1).expand(1, self.n_out).numpy()
+
+    @cached_property
+    def elementwise(self) -> set[str]:
+        """elementwise_only(root), worked out once for every input differenced."""
+        return elementwise_only(self.root)
 
     def pad(self, a: np.ndarray):
         a = np.asarray(a)
@@ -105,6 +114,16 @@ class Batch:
                     hits.append((rec.func, rec.pos + 1))
                 rows = flag if rows is None else (rows | flag)
         return rows, hits
+
+
+def elementwise_only(root: ir.Node) -> set[str]:
+    """Names that reach the result only through elementwise operations (not through a
+    reduction, nor a structured function such as matmul, softmax or indexing)."""
+    under_reduction: set[str] = set()
+    for node in ir.preorder(root):
+        if (isinstance(node, ir.Call) and FUNCTIONS[node.func].kind == "reduction") or structured(node):
+            under_reduction.update(ir.names_in(node))
+    return set(ir.names_in(root)) - under_reduction
 
 
 def node_shapes(root: ir.Node, arrays: dict) -> dict:

@@ -38,8 +38,8 @@ import math
 import numpy as np
 
 from gradcheck_cli.engines.fd_steps import EPS, candidate_steps, plan_rows, step_sizes
-from gradcheck_cli.engines.finite_diff import (FOURTH_NORM, NOISE_SAFETY, Batch, FDResult, element_steps,
-                                               elementwise_only, jacobian, sample)
+from gradcheck_cli.engines.finite_diff import (FOURTH_NORM, NOISE_SAFETY, Batch, FDResult, element_steps, jacobian,
+                                               sample)
 from gradcheck_cli.tolerances import FD_SAFETY
 
 GROUP = 16  # elements per combined complex-step row (the rounding samples)
@@ -54,16 +54,19 @@ PILOT_GIVE_UP = 0.5  # share of the pilot needing the full scheme above which th
 
 def jacobian_for_check(root, arrays: dict, name: str, out_shape: tuple, *, requested: str, scheme: str,
                        eps: float | None, max_numel: int, seed: int, tol: dict,
-                       autograd: np.ndarray | None = None) -> FDResult:
+                       autograd: np.ndarray | None = None, batch: Batch | None = None) -> FDResult:
     """The finite-difference Jacobian a check compares with: screened (this module) under
     --fd auto without --eps for inputs differenced element by element; otherwise exactly
     finite_diff.jacobian.  `autograd` (the gradient being checked, out_shape + in_shape)
-    sends every entry that disagrees with it to the full scheme."""
-    if requested != "auto" or eps is not None or name in elementwise_only(root) or \
+    sends every entry that disagrees with it to the full scheme.  `batch`, where given, is
+    Batch(root, arrays, out_shape, max_numel, scheme == "complex"), one for every input."""
+    batch = batch or Batch(root, arrays, out_shape, max_numel, scheme == "complex")
+    if requested != "auto" or eps is not None or name in batch.elementwise or \
             full_cost(scheme, arrays[name], max_numel) < SCREEN_FROM:
-        return jacobian(root, arrays, name, out_shape, scheme=scheme, eps=eps, max_numel=max_numel, seed=seed)
+        return jacobian(root, arrays, name, out_shape, scheme=scheme, eps=eps, max_numel=max_numel, seed=seed,
+                        batch=batch)
     return screened_jacobian(root, arrays, name, out_shape, scheme=scheme, max_numel=max_numel, seed=seed,
-                             tol=tol, autograd=autograd)
+                             tol=tol, autograd=autograd, batch=batch)
 
 
 def full_cost(scheme: str, x, max_numel: int) -> int:
@@ -73,12 +76,13 @@ def full_cost(scheme: str, x, max_numel: int) -> int:
 
 
 def screened_jacobian(root, arrays: dict, name: str, out_shape: tuple, *, scheme: str, max_numel: int,
-                      seed: int, tol: dict, autograd: np.ndarray | None = None) -> FDResult:
+                      seed: int, tol: dict, autograd: np.ndarray | None = None,
+                      batch: Batch | None = None) -> FDResult:
     """Screen every differenced element (the same seeded sample finite_diff.jacobian takes)
     with the short stencil; redo with the full `scheme` the elements whose verdict could
-    depend on more than the screen knows."""
+    depend on more than the screen knows.  `batch` as for jacobian_for_check."""
     use_complex = scheme == "complex"
-    batch = Batch(root, arrays, out_shape, max_numel, use_complex)
+    batch = batch or Batch(root, arrays, out_shape, max_numel, use_complex)
     x = np.asarray(arrays[name], dtype=np.float64)
     flat = x.reshape(-1)
     n_in = flat.size

@@ -47,11 +47,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradcheck_cli.engines.fd_batch import Batch, as_rows, node_shapes
+from gradcheck_cli.engines.fd_batch import Batch, as_rows, elementwise_only, node_shapes  # noqa: F401  (re-exported)
 from gradcheck_cli.engines.fd_steps import (EPS, PROBE_POINTS, STENCILS, Plan, make_plan, plan_rows, probe_noise,
                                             single_scale)
 from gradcheck_cli.expr import ir
-from gradcheck_cli.expr.functions import FUNCTIONS, structured
+from gradcheck_cli.expr.functions import FUNCTIONS
 from gradcheck_cli.tolerances import FD_SCHEMES
 
 SCHEMES = FD_SCHEMES
@@ -84,13 +84,15 @@ def non_analytic_calls(root: ir.Node) -> list[str]:
                   | ({"comparison"} if any(isinstance(n, ir.Compare) for n in ir.preorder(root)) else set()))
 
 
-def resolve_scheme(requested: str, root: ir.Node, arrays: dict | None = None) -> tuple[str, str | None]:
+def resolve_scheme(requested: str, root: ir.Node, arrays: dict | None = None,
+                   shapes: dict | None = None) -> tuple[str, str | None]:
     """The scheme to use and, when it differs from the request, why.  With the point's
     `arrays`, an analytic function sitting on its kink there (norm at a zero vector, atan2
-    at the origin) takes the complex step away too."""
+    at the origin) takes the complex step away too.  `shapes`: node_shapes(root, arrays),
+    where the caller has them."""
     blockers = non_analytic_calls(root)
     if requested in ("auto", "complex") and not blockers and arrays is not None:
-        near = kinks_at(root, arrays)
+        near = kinks_at(root, arrays, shapes)
         if near:
             return "richardson", None if requested == "auto" else (
                 f"complex-step differences need an expression analytic at the point, and {', '.join(near)} "
@@ -107,18 +109,19 @@ def resolve_scheme(requested: str, root: ir.Node, arrays: dict | None = None) ->
 NEAR_KINK = 1e-12  # relative to max(1, the largest |input|): a complex step is no longer small against it
 
 
-def kinks_at(root: ir.Node, arrays: dict) -> list[str]:
+def kinks_at(root: ir.Node, arrays: dict, shapes: dict | None = None) -> list[str]:
     """The analytic functions with a kink (norm, atan2) whose kink lies at this point, or
     within NEAR_KINK of it: there the complex step would read a derivative that does not
-    exist (norm at 0 gives 1, not torch's 0) or one its step is not small against."""
-    kinked = {n.func if isinstance(n, ir.Call) else "" for n in ir.preorder(root) if isinstance(n, ir.Call)
-              and FUNCTIONS[n.func].analytic and (FUNCTIONS[n.func].kinks is not None or FUNCTIONS[n.func].axis == "norm")}
+    exist (norm at 0 gives 1, not torch's 0) or one its step is not small against.
+    `shapes`: node_shapes(root, arrays), where the caller has them."""
+    kinked = {n.func for n in ir.preorder(root)
+              if isinstance(n, ir.Call) and FUNCTIONS[n.func].analytic and FUNCTIONS[n.func].kinks is not None}
     if not kinked:
         return []
     floats = [np.abs(np.asarray(a, dtype=np.float64)) for a in arrays.values() if np.asarray(a).dtype.kind == "f"]
     scale = max([1.0] + [float(np.max(a)) for a in floats if a.size and np.all(np.isfinite(a))])
-    out_shape = node_shapes(root, arrays)[id(root)]
-    batch = Batch(root, arrays, out_shape, 1, False)
+    shapes = node_shapes(root, arrays) if shapes is None else shapes
+    batch = Batch(root, arrays, shapes[id(root)], 1, False, shapes=shapes)
     near = []
     for rec in batch.kinks0:
         if rec.func in kinked and rec.func not in near:
@@ -127,29 +130,20 @@ def kinks_at(root: ir.Node, arrays: dict) -> list[str]:
     return near
 
 
-def elementwise_only(root: ir.Node) -> set[str]:
-    """Names that reach the result only through elementwise operations (not through a
-    reduction, nor a structured function such as matmul, softmax or indexing)."""
-    under_reduction: set[str] = set()
-    for node in ir.preorder(root):
-        if (isinstance(node, ir.Call) and FUNCTIONS[node.func].kind == "reduction") or structured(node):
-            under_reduction.update(ir.names_in(node))
-    return set(ir.names_in(root)) - under_reduction
-
-
 def jacobian(root: ir.Node, arrays: dict, name: str, out_shape: tuple, *, scheme: str,
              eps: float | None = None, max_numel: int = 1, seed: int = 0, batch: Batch | None = None,
              elements: np.ndarray | None = None) -> FDResult:
     """Finite-difference Jacobian of the expression w.r.t. `name` (all other inputs fixed).
     With `elements` (flat indices), only those columns are differenced (the rest are NaN,
-    and `sampled` lists them); each gets the numbers a full run would give it."""
+    and `sampled` lists them); each gets the numbers a full run would give it.  `batch`,
+    where given, is Batch(root, arrays, out_shape, max_numel, scheme == "complex")."""
     use_complex = scheme == "complex"
     batch = batch or Batch(root, arrays, out_shape, max_numel, use_complex)
     x = np.asarray(arrays[name], dtype=np.float64)
     flat = x.reshape(-1)
     n_in = flat.size
     columns = computed = None
-    if elements is None and name in elementwise_only(root):
+    if elements is None and name in batch.elementwise:
         columns = np.broadcast_to(np.arange(n_in).reshape(x.shape), _pad_shape(x.shape, out_shape)).reshape(-1)
         picked, hits = _together(batch, name, x, make_plan(scheme, flat, eps), columns)
     else:

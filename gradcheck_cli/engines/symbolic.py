@@ -24,9 +24,6 @@ from gradcheck_cli.engines.sympy_base import literal, numpy_lambdify, numpy_safe
 from gradcheck_cli.expr import ir
 from gradcheck_cli.expr.functions import FUNCTIONS
 
-_MODULES = [fns.NUMPY_FUNCTIONS, "numpy"]
-
-
 CSE_MIN_OPS = 60  # formulas with more operations than this are compiled with cse
 MAX_EXACT_ELEMENTS = 1000  # forward values are computed exactly (mpmath) up to this many elements
 

@@ -14,7 +14,7 @@ from gradcheck_cli.expr import ir
 
 
 def numpy_lambdify(args, expr, cse=False, order: str | None = None):
-    """`sp.lambdify(args, expr, modules=_MODULES)`, minus its `from numpy import *`.
+    """`sp.lambdify(args, expr, modules=[fns.NUMPY_FUNCTIONS, "numpy"])`, minus its `from numpy import *`.
 
     That star import touches every lazily loaded numpy submodule (f2py, testing, ...) and
     costs ~80 ms on a check's first formula.  The same NumPy printer and the same generated
@@ -95,9 +95,5 @@ def numpy_safe(expr: sp.Expr) -> sp.Expr:
 
 
 def literal(node: ir.Num) -> sp.Expr:
-    """An exact number for a literal: 6.7 is 67/10, not the nearest double."""
-    if node.value.is_integer() and abs(node.value) < 1e15:
-        return sp.Integer(int(node.value))
-    if len(node.text) <= 24 and 1e-30 < abs(node.value) < 1e30:
-        return sp.Rational(node.text.lower())
-    return sp.Float(node.value)
+    """An exact number for a literal, as written: 6.7 is 67/10, not the nearest double."""
+    return fns.exact(node.value, node.text)

@@ -126,9 +126,12 @@ MPMATH_FUNCTIONS.update({"stopmax": lambda *xs: max(xs), "amax_ties": lambda *xs
                          "amin_ties": lambda *xs: min(xs)})
 
 
-def exact(v: float) -> sp.Expr:
-    """A literal parameter (leaky_relu's slope) as an exact number: 0.1 is 1/10."""
+def exact(v: float, text: str | None = None) -> sp.Expr:
+    """A number as an exact one while it is small: 6.7 is 67/10, not the nearest double.
+    `text` is the number as written (a literal's source text, sympy_base.literal); without
+    it, the shortest text that reads back as v (a literal parameter, leaky_relu's slope:
+    0.1 is 1/10)."""
     if isinstance(v, int) or float(v).is_integer() and abs(v) < 1e15:
         return sp.Integer(int(v))
-    text = repr(float(v))
+    text = repr(float(v)) if text is None else text.lower()
     return sp.Rational(text) if len(text) <= 24 and 1e-30 < abs(v) < 1e30 else sp.Float(v)

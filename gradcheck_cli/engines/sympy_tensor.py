@@ -13,6 +13,8 @@ Hessians), or a named intermediate (tensor_model.py, for gradients of larger pro
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import sympy as sp
 
@@ -31,6 +33,14 @@ def obj(x) -> np.ndarray:
         return x.astype(object)
     out[()] = x
     return out
+
+
+def element_symbols(k: int, shape: tuple) -> np.ndarray:
+    """One real symbol per element of the k-th variable, shaped like it; generated names start
+    with '__' (no user name can), so no element of one variable can be mistaken for another
+    variable."""
+    flat = [sp.Symbol(f"__v{k}_{i}", real=True) for i in range(math.prod(shape))]
+    return np.array(flat + [None], dtype=object)[:-1].reshape(shape)
 
 
 class TensorOps:
@@ -211,7 +221,7 @@ def _structured(node, args, ops: TensorOps) -> np.ndarray:
     if isinstance(node, ir.Index):
         return ops.index(args[0], node.items)
     spec = spec_of(node)
-    params = spec.bound(node) if isinstance(node, ir.Call) else {}
+    params = spec.bound(node)
     if spec.axis:
         return _real(ops.reduce(spec.axis, args[0], params.get("dim")))
     return _real(obj(spec.sympy(sp, ops, *args, **params)))

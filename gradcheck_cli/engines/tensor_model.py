@@ -24,7 +24,7 @@ import numpy as np
 import sympy as sp
 
 from gradcheck_cli.engines.sympy_base import numpy_lambdify, numpy_safe
-from gradcheck_cli.engines.sympy_tensor import TensorOps, expand
+from gradcheck_cli.engines.sympy_tensor import TensorOps, element_symbols, expand
 from gradcheck_cli.expr import ir
 from gradcheck_cli.expr.functions import FUNCTIONS, structured
 
@@ -78,7 +78,7 @@ class TensorModel:
     def __init__(self, root: ir.Node, node_shapes: dict, var_shapes: dict):
         self.top_shape = tuple(node_shapes[id(root)])
         self.shapes = dict(var_shapes)
-        self.variables = {name: _symbols(k, shape) for k, (name, shape) in enumerate(var_shapes.items())}
+        self.variables = {name: element_symbols(k, shape) for k, (name, shape) in enumerate(var_shapes.items())}
         self.defs: list = []  # (symbol, formula) in evaluation order
         self.formula: dict = {}  # symbol -> formula
         self.outputs = expand(root, self.variables, TensorOps(self.define), self._settle)
@@ -220,13 +220,6 @@ def _diff(term: sp.Expr, v: sp.Symbol, templates: dict) -> sp.Expr:
     if key not in templates:
         templates[key] = sp.diff(canon, _DUMMIES[key[1]])
     return templates[key].xreplace(dict(zip(_DUMMIES, syms)))
-
-
-def _symbols(k: int, shape: tuple) -> np.ndarray:
-    """One real symbol per element of the k-th variable; generated names start with '__' (no
-    user name can), so no element of one variable can be mistaken for another variable."""
-    flat = [sp.Symbol(f"__v{k}_{i}", real=True) for i in range(math.prod(shape))]
-    return np.array(flat + [None], dtype=object)[:-1].reshape(shape)
 
 
 def is_structured(root: ir.Node) -> bool:

@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gradcheck_cli.engines import torch_structured as L
+from gradcheck_cli.expr import complex_forms as CF
 from gradcheck_cli.expr import ir
 from gradcheck_cli.expr.functions import FUNCTIONS, spec_of, structured
-from gradcheck_cli.expr.shapes import CLASS_TARGETS
 
 
 class Reducer:
@@ -49,14 +49,10 @@ class Reducer:
         return x.reshape(x.shape[0], -1).prod(dim=1).reshape((x.shape[0],) + (1,) * (x.ndim - 1))
 
     def norm(self, x):
-        dims = self.dims(x)
-        if not dims:
-            return x.abs()
-        return self.t.linalg.vector_norm(x, dim=dims, keepdim=self.batched)
+        return CF.norm(self.t, x, self.dims(x), self.batched)
 
     def logsumexp(self, x):
-        dims = self.dims(x)
-        return self.t.logsumexp(x, dim=dims, keepdim=self.batched) if dims else x
+        return CF.logsumexp(self.t, x, self.dims(x), self.batched)
 
     def dot(self, a, b):
         a, b = self.t.broadcast_tensors(a, b)
@@ -86,7 +82,7 @@ class Layout:
 def class_targets(root: ir.Node) -> set:
     """ids of the variables a class loss takes as its target: they keep their integer dtype."""
     return {id(n.args[1]) for n in ir.preorder(root)
-            if isinstance(n, ir.Call) and n.func in CLASS_TARGETS and isinstance(n.args[1], ir.Name)}
+            if isinstance(n, ir.Call) and FUNCTIONS[n.func].class_target and isinstance(n.args[1], ir.Name)}
 
 
 def evaluate(root: ir.Node, inputs: dict, torch, *, dtype, device="cpu", batched=False,
@@ -173,7 +169,7 @@ def _structured(node, args: list, torch, layout: Layout, kinks):
         out = L.index(cores[0], node.items)
     else:
         spec = spec_of(node)
-        params = spec.bound(node) if isinstance(node, ir.Call) else {}
+        params = spec.bound(node)
         if spec.axis:
             out = L.reduce(spec.axis, cores[0], params.get("dim"))
             offsets = L.axis_kinks(spec.axis, cores[0], params.get("dim"))

@@ -10,6 +10,9 @@ F.cross_entropy, ...), so autograd checks torch's own backward formulas.
 
 from __future__ import annotations
 
+from gradcheck_cli.expr import complex_forms
+
+
 def _t():
     import torch
 
@@ -74,16 +77,10 @@ def reduce(name: str, x, dim: int | None = None):
         flat = x.reshape(x.shape[0], -1)
         return reduce(name, flat, 0).reshape(x.shape[0])
     d = dim_of(x, dim)
-    if x.is_complex() and name in ("logsumexp", "norm"):  # complex steps: the analytic forms
-        from gradcheck_cli.expr import complex_forms
-
+    if name in ("logsumexp", "norm"):  # real, or the analytic forms complex steps need
         return getattr(complex_forms, name)(torch, x, (d,), True)
     if name in ("sum", "mean", "prod"):
         return getattr(torch, name)(x, dim=d, keepdim=True)
-    if name == "logsumexp":
-        return torch.logsumexp(x, dim=d, keepdim=True)
-    if name == "norm":
-        return torch.linalg.vector_norm(x, dim=d, keepdim=True)
     if name in ("amax", "amin"):
         return getattr(torch, name)(x, dim=d, keepdim=True)
     if name == "var":

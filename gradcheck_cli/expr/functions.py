@@ -95,6 +95,7 @@ class FunctionSpec:
     axis: str = ""  # reductions over a dim: which one (sum, mean, prod, logsumexp, norm, amax, amin, var, std)
     index_form: str = ""  # structured: the result in index notation (for --formula)
     vjp: tuple = ()  # structured: the gradient each operand receives, from G (the result's), for --formula
+    class_target: bool = False  # the second operand may hold class indices (cross_entropy, nll)
 
     def bound(self, node) -> dict:
         """The literal parameters of a call, as keyword arguments."""
@@ -161,6 +162,16 @@ DIM = Params(("dim",))  # an optional dim (an integer literal, negative from the
 
 def _row(name, arity, kind, signature, derivative, torch, sympy, **kw) -> FunctionSpec:
     return FunctionSpec(name, arity, kind, signature, derivative, torch, sympy, **kw)
+
+
+def _along_dim(name, axis, signature, derivative, shape, index_form, vjp, **kw) -> FunctionSpec:
+    """A structured reduction over an optional dim (max, min, var, std): one operand, DIM,
+    not analytic.  The engines evaluate every row with an `axis` through L.reduce / T.reduce
+    (torch_eval._structured, sympy_tensor._structured), so its torch and SymPy forms are
+    those same calls."""
+    return _row(name, 1, "structured", signature, derivative,
+                lambda t, L, x, dim=None: L.reduce(axis, x, dim), lambda sp, T, x, dim=None: T.reduce(axis, x, dim),
+                params=DIM, axis=axis, shape=shape, analytic=False, index_form=index_form, vjp=vjp, **kw)
 
 
 _ROWS = [
@@ -312,30 +323,22 @@ _ROWS = [
          lambda t, L, a, b: L.outer(a, b), lambda sp, T, a, b: T.outer(a, b), shape=rules.outer,
          index_form="outer(a, b)[i, j] = a[i] b[j]",
          vjp=('{G} @ {1}', '{G}^T @ {0}')),
-    _row("max", 1, "structured", "max(x[, dim])",
-         "1/k to each of the k elements that attain the maximum (torch.amax), 0 to the others",
-         lambda t, L, x, dim=None: L.reduce("amax", x, dim), lambda sp, T, x, dim=None: T.reduce("amax", x, dim),
-         params=DIM, axis="amax", shape=rules.reduce, kink_text="max has a kink where elements tie for the maximum",
-         analytic=False,
-         index_form="max(x, d)[..., 0, ...] = max_k x[..., k, ...]",
-         vjp=('{G} split evenly among the maxima of {0} along dim {dim}',)),
-    _row("min", 1, "structured", "min(x[, dim])",
-         "1/k to each of the k elements that attain the minimum (torch.amin), 0 to the others",
-         lambda t, L, x, dim=None: L.reduce("amin", x, dim), lambda sp, T, x, dim=None: T.reduce("amin", x, dim),
-         params=DIM, axis="amin", shape=rules.reduce, kink_text="min has a kink where elements tie for the minimum",
-         analytic=False,
-         index_form="min(x, d)[..., 0, ...] = min_k x[..., k, ...]",
-         vjp=('{G} split evenly among the minima of {0} along dim {dim}',)),
-    _row("var", 1, "structured", "var(x[, dim])", "2 (x - mean) / (n - 1)  (torch's correction=1, unbiased)",
-         lambda t, L, x, dim=None: L.reduce("var", x, dim), lambda sp, T, x, dim=None: T.reduce("var", x, dim),
-         params=DIM, axis="var", shape=rules.variance, analytic=False,
-         index_form="var(x, d)[..., 0, ...] = sum_k (x[..., k, ...] - mean)^2 / (n - 1)",
-         vjp=('{G} * 2 ({0} - mean({0}, {dim})) / (n - 1)',)),
-    _row("std", 1, "structured", "std(x[, dim])", "(x - mean) / ((n - 1) std)  (torch's correction=1, unbiased)",
-         lambda t, L, x, dim=None: L.reduce("std", x, dim), lambda sp, T, x, dim=None: T.reduce("std", x, dim),
-         params=DIM, axis="std", shape=rules.variance, analytic=False,
-         index_form="std(x, d)[..., 0, ...] = sqrt(var(x, d))",
-         vjp=('{G} * ({0} - mean({0}, {dim})) / ((n - 1) std({0}, {dim}))',)),
+    _along_dim("max", "amax", "max(x[, dim])",
+               "1/k to each of the k elements that attain the maximum (torch.amax), 0 to the others", rules.reduce,
+               "max(x, d)[..., 0, ...] = max_k x[..., k, ...]",
+               ('{G} split evenly among the maxima of {0} along dim {dim}',),
+               kink_text="max has a kink where elements tie for the maximum"),
+    _along_dim("min", "amin", "min(x[, dim])",
+               "1/k to each of the k elements that attain the minimum (torch.amin), 0 to the others", rules.reduce,
+               "min(x, d)[..., 0, ...] = min_k x[..., k, ...]",
+               ('{G} split evenly among the minima of {0} along dim {dim}',),
+               kink_text="min has a kink where elements tie for the minimum"),
+    _along_dim("var", "var", "var(x[, dim])", "2 (x - mean) / (n - 1)  (torch's correction=1, unbiased)",
+               rules.variance, "var(x, d)[..., 0, ...] = sum_k (x[..., k, ...] - mean)^2 / (n - 1)",
+               ('{G} * 2 ({0} - mean({0}, {dim})) / (n - 1)',)),
+    _along_dim("std", "std", "std(x[, dim])", "(x - mean) / ((n - 1) std)  (torch's correction=1, unbiased)",
+               rules.variance, "std(x, d)[..., 0, ...] = sqrt(var(x, d))",
+               ('{G} * ({0} - mean({0}, {dim})) / ((n - 1) std({0}, {dim}))',)),
     _row("softmax", 1, "structured", "softmax(x[, dim])", "s * (G - sum_k G_k s_k) along dim (s: the softmax)",
          lambda t, L, x, dim=-1: L.softmax(x, dim), lambda sp, T, x, dim=-1: T.softmax(x, dim),
          params=DIM, shape=rules.along, analytic=False,
@@ -350,12 +353,13 @@ _ROWS = [
          "(softmax(logits) - onehot(target)) / N, or (softmax(logits) - p) / N for probabilities p "
          "(d/dp = -log_softmax(logits) / N)",
          lambda t, L, z, y: L.cross_entropy(z, y), lambda sp, T, z, y: T.cross_entropy(z, y),
-         shape=rules.cross_entropy, analytic=False,
+         shape=rules.cross_entropy, analytic=False, class_target=True,
          index_form="cross_entropy(z, y) = (1/N) sum_i (logsumexp_c z[i, c] - z[i, y[i]])",
          vjp=('{G} * (softmax({0}) - t) / N, t = onehot({1}) (class indices) or {1} (probabilities)',
               '{G} * -log_softmax({0}) / N (probabilities only)')),
     _row("nll", 2, "structured", "nll(logp, target)", "-onehot(target) / N (torch's nll_loss, mean)",
          lambda t, L, lp, y: L.nll(lp, y), lambda sp, T, lp, y: T.nll(lp, y), shape=rules.nll, analytic=False,
+         class_target=True,
          index_form="nll(logp, y) = -(1/N) sum_i logp[i, y[i]]",
          vjp=('{G} * -onehot({1}) / N',)),
     _row("reshape", 1, "structured", "reshape(x, d0, d1, ...)", "the gradient reshaped back",

@@ -15,8 +15,6 @@ from gradcheck_cli.expr import ir
 from gradcheck_cli.expr.functions import FUNCTIONS, spec_of
 from gradcheck_cli.expr.shape_rules import ShapeProblem, broadcast, index  # noqa: F401  (broadcast re-exported)
 
-CLASS_TARGETS = ("cross_entropy", "nll")  # functions whose second operand may hold class indices
-
 
 def max_elements() -> int:
     """The most elements any intermediate result may have: one value's memory bound
@@ -45,6 +43,7 @@ def infer(root: ir.Node, shapes: dict[str, tuple], source: str, kinds: dict | No
         return UserInputError(f"{message} at column {pos + 1}", source=source, column=pos + 1)
 
     for node in ir.postorder(root):
+        spec = spec_of(node)
         if isinstance(node, (ir.Num, ir.Const)):
             shape = ()
         elif isinstance(node, ir.Name):
@@ -57,12 +56,11 @@ def infer(root: ir.Node, shapes: dict[str, tuple], source: str, kinds: dict | No
             except ShapeProblem as p:
                 at = node.item_pos[p.item] if p.item is not None and p.item < len(node.item_pos) else None
                 raise fail(p.message, node, at) from None
-        elif spec_of(node) is not None and spec_of(node).shape is not None:
-            spec = spec_of(node)
+        elif spec is not None and spec.shape is not None:
             args = node.args if isinstance(node, ir.Call) else (node.left, node.right)
             arg_kinds = [kind_of(a, kinds) for a in args] if kinds is not None else None
             try:
-                shape = spec.shape([out[id(a)] for a in args], arg_kinds, **_params(node, spec))
+                shape = spec.shape([out[id(a)] for a in args], arg_kinds, **spec.bound(node))
             except ShapeProblem as p:
                 raise fail(p.message, node) from None
         elif isinstance(node, (ir.Binary, ir.Compare)):
@@ -71,7 +69,6 @@ def infer(root: ir.Node, shapes: dict[str, tuple], source: str, kinds: dict | No
             if shape is None:
                 raise fail(f"shapes {list(a)} and {list(b)} do not broadcast for '{node.op}'", node)
         else:
-            spec = FUNCTIONS[node.func]
             arg_shapes = [out[id(a)] for a in node.args]
             shape = ()
             for s in arg_shapes:
@@ -89,16 +86,12 @@ def infer(root: ir.Node, shapes: dict[str, tuple], source: str, kinds: dict | No
     return out
 
 
-def _params(node, spec) -> dict:
-    return spec.bound(node) if isinstance(node, ir.Call) else {}
-
-
 def check_class_targets(root: ir.Node, arrays: dict, kinds: dict, node_shapes: dict, source: str) -> None:
     """Class indices must name a class: 0 <= y < C (C = the logits' last dimension)."""
     import numpy as np
 
     for node in ir.preorder(root):
-        if not (isinstance(node, ir.Call) and node.func in CLASS_TARGETS):
+        if not (isinstance(node, ir.Call) and FUNCTIONS[node.func].class_target):
             continue
         target = node.args[1]
         if kind_of(target, kinds) != "int":

@@ -62,11 +62,16 @@ class VJPMany:
         """Compare one batched backward call (a batch of one) for grad_output v with g, its
         plain result, where no batched call has been compared yet: where calls are too large
         to batch, this is how batching is still checked (one more call)."""
-        if self.checked or not self.batched:
+        if not self.unchecked():
             return
         got = self.batched_one(v)
         if got is not None:
             self.settle(got, g)
+
+    def unchecked(self) -> bool:
+        """Whether batched calls are on and none has been compared with a plain one yet
+        (where check_batched makes its call)."""
+        return self.batched and not self.checked
 
     def batched_one(self, v: np.ndarray) -> np.ndarray | None:
         """v^T J by one batched call (a batch of one), or None where batching is off or the
@@ -83,11 +88,12 @@ class VJPMany:
         """Whether a batched result is a plain call's for the same grad_output, up to rounding."""
         return _agree(got, plain, self._eps())
 
-    def settle(self, got: np.ndarray, plain: np.ndarray) -> None:
+    def settle(self, got: np.ndarray, plain: np.ndarray, agreed: bool | None = None) -> None:
         """Record a batched result against the plain result of the same grad_output: batching
-        is checked, and switched off (with the disagreement reported) when they differ."""
+        is checked, and switched off (with the disagreement reported) when they differ.
+        `agreed`: what agrees(got, plain) already said, when the caller asked it."""
         self.checked = True
-        if not _agree(got, plain, self._eps()):
+        if not (self.agrees(got, plain) if agreed is None else agreed):
             self.disagreement = _describe(got, plain)
             self.batched = False
 
@@ -161,11 +167,9 @@ class VJPMany:
                     result[done:stop] = self._batched(vectors[done:stop])
                 else:
                     got = self._batched(vectors[:stop])
-                    if not _agree(got[0], result[0], self._eps()):
-                        self.disagreement = _describe(got[0], result[0])
-                        self.batched = False
+                    self.settle(got[0], result[0])
+                    if not self.batched:  # it differs: plain calls do the rest
                         return done
-                    self.checked = True
                     result[1:stop] = got[1:]
                 done = stop
         except user_failures():  # the backward does not run under vmap: plain calls do the rest

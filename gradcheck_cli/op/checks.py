@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gradcheck_cli.op.directions import Direction
+from gradcheck_cli.op.memory import SMALL_PIECE
 from gradcheck_cli.op.runner import OpRaised, grads_numpy, unflatten, vjp
 from gradcheck_cli.op.undefined import undefined_checks
 from gradcheck_cli.op.verdict import FD_SAFETY, input_label
@@ -71,14 +72,13 @@ def noncontiguous_layouts(t, only: str | None = None) -> list:
 
     out = []
     shape = tuple(t.shape)
-    if only in (None, "transposed") and t.ndim >= 2 and shape[-1] > 1 and shape[-2] > 1:
+    if only in (None, "transposed") and _has_layout(t, "transposed"):
         buf = torch.empty(shape[:-2] + (shape[-1], shape[-2]), dtype=t.dtype, device=t.device)
         view = buf.transpose(-1, -2)
         view.copy_(t)
         out.append(("transposed", view))
-    dims = [d for d, s in enumerate(shape) if s > 1]
-    if only in (None, "strided") and dims:
-        d = dims[-1]
+    if only in (None, "strided") and _has_layout(t, "strided"):
+        d = max(d for d, s in enumerate(shape) if s > 1)  # the last dimension of more than one element
         big = list(shape)
         big[d] *= 2
         buf = torch.zeros(big, dtype=t.dtype, device=t.device)
@@ -193,17 +193,15 @@ def vjp_checks(outs: list, inputs: list, wrt: list, expect, jac_ok: dict, m: int
     return res
 
 
-PIECE = 65_536  # elements compared at a time (no full-size temporaries at 1e6 elements)
-
-
 def _worst_outside(g: np.ndarray, ref: np.ndarray, allowed: np.ndarray) -> int | None:
     """The element where |g - ref| exceeds `allowed` the most (nan the worst), among those
     where ref is finite; None when none does.  A piece at a time."""
     worst, where = -1.0, None
     with np.errstate(invalid="ignore"):
-        for a in range(0, g.size, PIECE):
-            diff = np.abs(g[a:a + PIECE] - ref[a:a + PIECE])
-            bad = ~(diff <= allowed[a:a + PIECE]) & np.isfinite(ref[a:a + PIECE])
+        for a in range(0, g.size, SMALL_PIECE):  # no full-size temporaries at 1e6 elements
+            b = a + SMALL_PIECE
+            diff = np.abs(g[a:b] - ref[a:b])
+            bad = ~(diff <= allowed[a:b]) & np.isfinite(ref[a:b])
             if bad.any():
                 score = np.where(bad, np.nan_to_num(diff, nan=np.inf), -1.0)
                 k = int(np.argmax(score))

@@ -10,7 +10,7 @@ import numpy as np
 
 from gradcheck_cli.op.directions import Direction
 from gradcheck_cli.op.jacobian import EPS
-from gradcheck_cli.op.memory import PIECE
+from gradcheck_cli.op.memory import PIECE, SMALL_PIECE
 from gradcheck_cli.op.runner import OpRaised, call, flat_numpy, make_tensors, unflatten, vjp
 from gradcheck_cli.op.verdict import input_label
 from gradcheck_cli.report import Diagnostic
@@ -127,9 +127,6 @@ def determinism(spec, arrays: dict, dtype: str, device: str, outs: list, tensors
     return res
 
 
-COMPARE_PIECE = 65_536  # elements compared at a time: no full-size temporaries beside the runs compared
-
-
 def _compare(g: np.ndarray, third: np.ndarray, idx: np.ndarray, vals: np.ndarray, tol: dict,
              dtype: str) -> tuple[float, int | None]:
     """(spread, first element out of rounding_allowed or None) of three runs: the reference
@@ -141,8 +138,8 @@ def _compare(g: np.ndarray, third: np.ndarray, idx: np.ndarray, vals: np.ndarray
     floor = tol["atol"] + max(tol["scale"], 16 * EPS[dtype]) * scale
     spread, first_bad, nan = 0.0, None, False
     with np.errstate(invalid="ignore"):
-        for a in range(0, g.size, COMPARE_PIECE):
-            b = min(g.size, a + COMPARE_PIECE)
+        for a in range(0, g.size, SMALL_PIECE):  # no full-size temporaries beside the runs compared
+            b = min(g.size, a + SMALL_PIECE)
             gp = g[a:b]
             diff = np.abs(third[a:b] - gp)
             lo, hi = np.searchsorted(idx, [a, b])
@@ -174,13 +171,13 @@ def _repeat(res: DeterminismOutcome, outs: list, tensors: dict, wrt: list, direc
     if got is not None:
         res.calls += 1
         if vjps.agrees(got, plain_ref):
-            vjps.settle(got, plain_ref)
+            vjps.settle(got, plain_ref, agreed=True)
             offsets = np.cumsum([0] + [ref[w].size for w in wrt])
             return {w: got[offsets[k]:offsets[k + 1]] for k, w in enumerate(wrt)}
     third = run(outs, tensors)
     if got is not None and vjps.agrees(np.concatenate([third[w] for w in wrt]) if len(wrt) > 1 else third[wrt[0]],
                                        plain_ref):
-        vjps.settle(got, plain_ref)  # deterministic, so the batched call is what differs
+        vjps.settle(got, plain_ref, agreed=False)  # deterministic, so the batched call is what differs
     return third
 
 

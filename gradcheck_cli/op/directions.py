@@ -8,9 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from gradcheck_cli.op.batched import BatchedForward
-from gradcheck_cli.op.jacobian import default_step
-
-DRAW_CHUNK = 65_536  # elements per step when a direction is re-drawn or combined piecewise
+from gradcheck_cli.op.jacobian import DELTAS, default_step
+from gradcheck_cli.op.memory import SMALL_PIECE
 
 
 class Direction:
@@ -55,8 +54,8 @@ class Direction:
         """(start, stop, values) pieces of the same direction, drawn again."""
         gen = np.random.Generator(self._kind())
         gen.bit_generator.state = self._state
-        for start in range(0, self.n, DRAW_CHUNK):
-            stop = min(self.n, start + DRAW_CHUNK)
+        for start in range(0, self.n, SMALL_PIECE):
+            stop = min(self.n, start + SMALL_PIECE)
             if self.mask is None:
                 yield start, stop, self._values(gen, stop - start)
             else:
@@ -76,13 +75,8 @@ def direction_fd(batch: BatchedForward, x: np.ndarray, direction: Direction, nor
     n = x.size
     norm = max(float(norm), 1e-300)
     eps_dtype = batch.effective_eps(eps_dtype)
-    rel = default_step("central", eps_dtype) if eps is None else eps
-    biggest = float(np.max(np.abs(x))) if x.size else 1.0
-    if not np.isfinite(biggest):  # non-finite elements are never stepped (u is 0 there)
-        finite = np.abs(x[np.isfinite(x)])
-        biggest = float(np.max(finite)) if finite.size else 1.0
-    t = rel * max(1.0, biggest)
-    deltas = (1, -1, 2, -2)
+    t = _step(x, eps, eps_dtype)
+    deltas = DELTAS["central"]
 
     def points(ds, outs):  # x + d t u/norm for each d, the direction drawn once for them all
         for a, b, vals in direction.chunks():
@@ -128,8 +122,8 @@ def direction_fd(batch: BatchedForward, x: np.ndarray, direction: Direction, nor
             om2 = at(-2)
             del p, unit
         err = biggest  # filled in place, piece by piece
-        for a in range(0, m, DRAW_CHUNK):
-            b = min(m, a + DRAW_CHUNK)
+        for a in range(0, m, SMALL_PIECE):
+            b = min(m, a + SMALL_PIECE)
             d2 = (o2[a:b] - om2[a:b]) / (4 * t)
             most = np.maximum(np.maximum(biggest[a:b], np.abs(o2[a:b])), np.abs(om2[a:b]))
             noise = 4 * eps_dtype * (np.abs(f0[a:b]) + most) + 4 * batch.noise[a:b]
@@ -140,6 +134,16 @@ def direction_fd(batch: BatchedForward, x: np.ndarray, direction: Direction, nor
     return d1, err
 
 
+def _step(x: np.ndarray, eps: float | None, eps_dtype: float) -> float:
+    """The step t along a direction scaled to max |u| = 1: the central scheme's relative
+    step (or eps) times the largest finite |x| (at least 1)."""
+    rel = default_step("central", eps_dtype) if eps is None else eps
+    biggest = float(np.max(np.abs(x))) if x.size else 1.0
+    if not np.isfinite(biggest):  # non-finite elements are never stepped (u is 0 there)
+        finite = np.abs(x[np.isfinite(x)])
+        biggest = float(np.max(finite)) if finite.size else 1.0
+    return rel * max(1.0, biggest)
+
 
 def one_sided(batch: BatchedForward, x: np.ndarray, direction: Direction, norm: float, f0: np.ndarray,
               eps: float | None, eps_dtype: float, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -149,9 +153,7 @@ def one_sided(batch: BatchedForward, x: np.ndarray, direction: Direction, norm: 
     the central difference along u disagrees with autograd."""
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     norm = max(float(norm), 1e-300)
-    rel = default_step("central", batch.effective_eps(eps_dtype)) if eps is None else eps
-    finite = np.abs(x[np.isfinite(x)])
-    t = rel * max(1.0, float(finite.max()) if finite.size else 1.0)
+    t = _step(x, eps, batch.effective_eps(eps_dtype))
     slopes = []
     for sign in (1.0, -1.0):
         point = np.empty_like(x)

@@ -155,15 +155,11 @@ def run_fast(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -
     del projections
     apply_backward_checks(pt, checks)
     if opts.order == 2:
-        from gradcheck_cli.op.order2 import apply_forward_over_reverse, double_backward
+        from gradcheck_cli.op.order2 import apply_order2, double_backward
 
         outcome = double_backward(spec, pt.arrays, pt.ref_arrays, opts.dtype, opts.device, rng.standard_normal(m),
                                   pt.tol, opts.eps, rng, f64 is not None, None)
-        for d in outcome.diagnostics:
-            (pt.note if d.code == "order2_sampled" else pt.fail)(d.code, d.message, d.wrt)
-        if outcome.hessian is not None:
-            pt.extra["hessian"] = outcome.hessian
-        apply_forward_over_reverse(pt, rng.standard_normal(m), f64 is not None)
+        apply_order2(pt, outcome, rng.standard_normal(m), f64 is not None)  # v drawn after double_backward's
     return tuple(results)
 
 
@@ -204,9 +200,9 @@ def _backward_phase(pt, vjps: VJPMany, exact: ExactRows, plans: dict, sizes: dic
     batched = None
     if vjps.per_call(m) >= PROJECTIONS:  # one batched call (its first row compared with `first`
         batched = vjps(np.stack([d.again() for d in dirs]), first=first)  # unless determinism did)
-    else:  # one grad_output per call: batching is checked with one batched call of one (where
-        vjps.check_batched(d_first.again(), first)  # determinism's repeat did not already)
-    projections, sampled, held, checks, shared = [], {}, [], None, {}
+    elif vjps.unchecked():  # one grad_output per call: batching is checked with one batched call of
+        vjps.check_batched(d_first.again(), first)  # one (where determinism's repeat did not already)
+    projections, sampled, checks, shared = [], {}, None, {}
     for k in range(PROJECTIONS):
         if batched is not None:
             g = batched[k]
@@ -235,14 +231,15 @@ def _backward_phase(pt, vjps: VJPMany, exact: ExactRows, plans: dict, sizes: dic
                 shared[w] = u
             del u, gw
         projections.append(proj)
-        if k < 2:
-            held.append(g)
+        if k == 0:
+            g_first = split(g)
+        elif k == 1:
+            g_second = split(g)
         del g
         if k == 1:  # grad_output variety, its two dense grad_outputs those of the first two projections
             checks = backward_checks(pt, outs, tensors, layout, expect, {},
-                                     known=(dirs[0], split(held.pop(0)), dirs[1], split(held.pop(0))))
-    if checks is None:  # fewer than two projections
-        checks = backward_checks(pt, outs, tensors, layout, expect, {})
+                                     known=(dirs[0], g_first, dirs[1], g_second))
+            del g_first, g_second
     return projections, sampled, checks
 
 

@@ -20,7 +20,8 @@ import numpy as np
 
 from gradcheck_cli.op import verdict as oc
 from gradcheck_cli.op.batched import BatchedForward, VJPMany
-from gradcheck_cli.op.jacobian import greedy_colors, step_sizes
+from gradcheck_cli.op.jacobian import DELTAS as SCHEME_DELTAS, greedy_colors, one_hot_rows, step_sizes
+from gradcheck_cli.op.memory import SMALL_PIECE
 from gradcheck_cli.op.runner import STREAM_ELEMENTS
 
 EXTRA_COLUMNS = 8
@@ -32,7 +33,7 @@ SPARSE_ROW = 16  # an exact row is kept as (index, value) pairs when at most 1/1
 # be from a row's factor (the backward's rounding of a few operations)
 GROUPED_CALLS = {"float64": 2, "float32": 3}
 RATIO_TOLERANCE = {"float64": 64 * 2.0**-52, "float32": 64 * 2.0**-23}
-DELTAS = np.array([1, -1, 2, -2])  # central differences with step halving
+DELTAS = np.array(SCHEME_DELTAS["central"])  # central differences with step halving
 
 
 def dot(a: np.ndarray, b: np.ndarray) -> float:
@@ -41,12 +42,9 @@ def dot(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.einsum("i,i->", a, b))
 
 
-PIECE = 65_536  # elements per piece where a full-size temporary would be a fresh 8 MB at 1e6
-
-
 def abs_dot(a: np.ndarray, b: np.ndarray) -> float:
-    """|a| . |b|, a piece at a time (no full-size temporaries)."""
-    return sum(dot(np.abs(a[i:i + PIECE]), np.abs(b[i:i + PIECE])) for i in range(0, a.size, PIECE))
+    """|a| . |b|, a piece at a time (no full-size temporaries: each would be a fresh 8 MB at 1e6)."""
+    return sum(dot(np.abs(a[i:i + SMALL_PIECE]), np.abs(b[i:i + SMALL_PIECE])) for i in range(0, a.size, SMALL_PIECE))
 
 
 def abs_max(a: np.ndarray) -> float:
@@ -73,9 +71,7 @@ class ExactRows:
         tell the rows apart (grouped), else one one-hot call per row."""
         self.touched = np.zeros(total, dtype=bool)
         if self.rows.size * total <= STREAM_ELEMENTS and self.vjps.per_call(self.m) > 1:
-            vectors = np.zeros((self.rows.size, self.m))
-            vectors[np.arange(self.rows.size), self.rows] = 1.0
-            self.held = self.vjps(vectors)
+            self.held = one_hot_rows(self.vjps, self.rows, self.m)
             self.touched[np.flatnonzero(np.any(self.held != 0, axis=0))] = True  # nan is nonzero too
             return
         if self.grouped(total, dtype):
@@ -102,16 +98,12 @@ class ExactRows:
         n_rows = self.rows.size
         if calls < 2 or n_rows < 2:
             return False
-        import torch
-
-        from gradcheck_cli.dtypes import torch_dtype
-
         gen = np.random.default_rng([n_rows, int(self.rows[0]), total, 23])  # private: the check's draws stay
         sign = gen.choice(np.array([-1.0, 1.0]), n_rows)
         factors = [np.ones(n_rows)]
         for _ in range(calls - 1):
             bucket = gen.permutation(n_rows) + gen.uniform(0.25, 0.75, n_rows)
-            exact = torch.tensor(1.0 + bucket / n_rows, dtype=torch_dtype(dtype)).double().numpy()
+            exact = (1.0 + bucket / n_rows).astype(dtype).astype(np.float64)  # rounded to the dtype
             factors.append(exact)
         grads = []
         for f in factors:
@@ -237,30 +229,33 @@ def columns_fd(batch: BatchedForward, x: np.ndarray, cols: np.ndarray, rows: np.
     else:
         n_groups = int(colors.max()) + 1 if colors.size else 0
     coef = rng.uniform(1.0, 2.0, n_cols) * rng.choice(np.array([-1.0, 1.0]), n_cols)
-    h = step_sizes(x[cols], "central", eps, eps_dtype) * np.where(np.bincount(colors, minlength=n_groups)[colors] > 1,
-                                                                coef, 1.0)
+    group_size = np.bincount(colors, minlength=n_groups)[colors]  # per column: its group's size
+    h = step_sizes(x[cols], "central", eps, eps_dtype) * np.where(group_size > 1, coef, 1.0)
     nd = DELTAS.size
     out = np.empty((nd, n_groups, n_rows))
     disp = np.zeros((nd, n_cols))
-    members = [np.flatnonzero(colors == g) for g in range(n_groups)]
-    jobs = [(k, g) for g in range(n_groups) for k in range(nd)]
+    # the columns group by group (each group's in index order): group g is order[bounds[g]:bounds[g + 1]]
+    order = np.argsort(colors, kind="stable")
+    bounds = np.searchsorted(colors[order], np.arange(n_groups + 1))
+    count = np.diff(bounds)
     per_call = batch.rows_per_call()
-    for start in range(0, len(jobs), per_call):
-        block = jobs[start:start + per_call]
-        pts = np.repeat(x[None], len(block), axis=0)
-        for i, (k, g) in enumerate(block):
-            pts[i, cols[members[g]]] += DELTAS[k] * h[members[g]]
+    for start in range(0, n_groups * nd, per_call):  # job j: group j // nd, step DELTAS[j % nd]
+        job = np.arange(start, min(n_groups * nd, start + per_call))
+        kk, gg = job % nd, job // nd
+        # every (point, column) pair the block moves: point i moves its group's columns
+        ii = np.repeat(np.arange(job.size), count[gg])
+        cc = order[np.repeat(bounds[gg] - (np.cumsum(count[gg]) - count[gg]), count[gg]) + np.arange(ii.size)]
+        at = cols[cc]
+        pts = np.repeat(x[None], job.size, axis=0)
+        pts[ii, at] += DELTAS[kk[ii]] * h[cc]
         pts = batch._representable(pts)
-        for i, (k, g) in enumerate(block):
-            disp[k, members[g]] = pts[i, cols[members[g]]] - x[cols[members[g]]]
+        disp[kk[ii], cc] = pts[ii, at] - x[at]
         got = batch(pts, scratch=True)
-        for i, (k, g) in enumerate(block):
-            out[k, g] = got[i, rows]
+        out[kk, gg] = got[:, rows]
         del pts, got
     # each row's target column in each group: its autograd column there, else the group's first
     target = np.empty((n_rows, n_groups), dtype=np.int64)
-    first = np.array([mem[0] for mem in members], dtype=np.int64)
-    target[:] = first[None]
+    target[:] = order[bounds[:-1]][None]
     r, c = np.nonzero(auto)
     target[r, colors[c]] = c
     t = np.stack([disp[k][target] for k in range(nd)])  # (nd, R, G) the target columns' steps
@@ -275,8 +270,7 @@ def columns_fd(batch: BatchedForward, x: np.ndarray, cols: np.ndarray, rows: np.
     rr = np.repeat(np.arange(n_rows), n_groups)
     est[rr, target.reshape(-1)] = d1.reshape(-1)
     err[rr, target.reshape(-1)] = err_g.reshape(-1)
-    alone = np.bincount(colors, minlength=n_groups)[colors] == 1
-    return ColumnsFD(est, err, colors, n_groups, alone)
+    return ColumnsFD(est, err, colors, n_groups, group_size == 1)
 
 
 def sampled_verdict(pt, batch: BatchedForward, x: np.ndarray, cols: np.ndarray, rows: np.ndarray, f0: np.ndarray,

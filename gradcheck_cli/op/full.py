@@ -17,10 +17,10 @@ from gradcheck_cli.op import verdict as oc
 from gradcheck_cli.op.batched import BatchedForward, VJPMany, shared_vjps
 from gradcheck_cli.op.checks import vjp_checks
 from gradcheck_cli.op.full_entries import Autograd, InputEntries, entries as input_entries, grouped_backward, leaks, member, scales
-from gradcheck_cli.op.full_results import broadcast_factor, results as gradient_results  # noqa: F401
+from gradcheck_cli.op.full_results import results as gradient_results
 from gradcheck_cli.op.jacobian import EPS, FDEntries, fd_entries, group_rows
 from gradcheck_cli.op import forward_ad
-from gradcheck_cli.op.order2 import apply_forward_over_reverse, double_backward
+from gradcheck_cli.op.order2 import apply_order2, double_backward
 from gradcheck_cli.op.noise import noise_note
 from gradcheck_cli.op.pattern import PatternTooCostly
 from gradcheck_cli.op.runner import OpRaised, flat_numpy
@@ -63,7 +63,7 @@ def run_full(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -
         for attempt in range(2):
             grouping = group_rows([fds[w] for w in wrt], [offsets[w] for w in wrt], m, pt.rng)
             ad = Autograd.initial(grouped_backward(vjps, grouping, m), grouping)
-            found, verdicts, unlocalized = _localize(pt, ad, vjps, fds, offsets, sizes, sym, m)
+            found, verdicts, unlocalized, ref_scales = _localize(pt, ad, vjps, fds, offsets, sizes, sym, m)
             # shortcuts are trusted only while they agree: before failing a gradient, check the
             # batched forward against plain calls, and find the nonzeros one element at a time
             # (where one row per element is affordable)
@@ -96,7 +96,7 @@ def run_full(pt, tensors: dict, outs: list, layout: oc.OutputLayout, f64, sym) -
     batched_disagreement(pt, vjps)
     pt.extra["fd_batching"] = {w: fds[w].mode for w in wrt}
     results, refs, jac_ok = gradient_results(pt, layout, fds, found, verdicts, unlocalized, sym, vjps, offsets,
-                                             grouping, REFINE_ROWS)
+                                             grouping, REFINE_ROWS, ref_scales)
     run_backward_checks(pt, outs, tensors, layout, lambda w, v, g: refs[w].vjp(v), jac_ok)
     forward_ad.apply_full(pt, refs, outs, tensors, layout, jac_ok)
     if opts.order == 2:
@@ -154,7 +154,8 @@ def apply_backward_checks(pt, res) -> None:
 
 
 def _localize(pt, ad: Autograd, vjps: VJPMany, fds: dict, offsets: dict, sizes: dict, sym, m: int):
-    """Judge every input; redo failing groups one row at a time (bounded); judge again."""
+    """Judge every input; redo failing groups one row at a time (bounded); judge again.
+    (entries, verdicts, leaked entries not localized, the references' (row, column) scales)."""
     spent = 0
     while True:
         found = {w: input_entries(ad, fd, offsets[w], None if sym is None else sym[w], m, pt.fixed.get(w))
@@ -170,7 +171,7 @@ def _localize(pt, ad: Autograd, vjps: VJPMany, fds: dict, offsets: dict, sizes: 
         todo = np.flatnonzero(member(ad.grouping.colors, bad_groups) & ~exact)
         todo = todo[:max(0, REFINE_ROWS - spent)]
         if todo.size == 0:
-            return found, verdicts, leak_count
+            return found, verdicts, leak_count, (srow, scol)
         ad = ad.with_rows(vjps, todo, m)
         spent += todo.size
 
@@ -196,9 +197,5 @@ def _order2(pt, layout, refs: dict, f64_ok: bool) -> None:
         allowed += r.floor_row * np.abs(u[w]).sum() + float(np.abs(u[w]) @ r.floor_col)
     outcome = double_backward(spec, pt.arrays, pt.ref_arrays, opts.dtype, opts.device, v, pt.tol, opts.eps,
                               pt.rng, f64_ok, (u, expected, allowed))
-    for d in outcome.diagnostics:
-        (pt.note if d.code == "order2_sampled" else pt.fail)(d.code, d.message, d.wrt)
-    if outcome.hessian is not None:
-        pt.extra["hessian"] = outcome.hessian
-    apply_forward_over_reverse(pt, v, f64_ok)
+    apply_order2(pt, outcome, v, f64_ok)
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from gradcheck_cli.op import verdict as oc
 from gradcheck_cli.op.batched import VJPMany
-from gradcheck_cli.op.jacobian import FDEntries, Grouping, seed_vectors
+from gradcheck_cli.op.jacobian import FDEntries, Grouping, one_hot_rows, seed_vectors
 
 ROW_BLOCK_ELEMENTS = 4_000_000  # one-hot rows computed at once: rows x N at most this
 
@@ -137,10 +137,7 @@ class Autograd:
         per = max(1, ROW_BLOCK_ELEMENTS // max(1, self.G.shape[1] + m))
         for start in range(0, rows.size, per):
             block = rows[start:start + per]
-            vectors = np.zeros((block.size, m))
-            vectors[np.arange(block.size), block] = 1.0
-            refined = refined.with_rows(block, vjps(vectors))
-            del vectors
+            refined = refined.with_rows(block, one_hot_rows(vjps, block, m))
         return Autograd(self.G, self.grouping, refined)
 
 

@@ -17,19 +17,19 @@ import numpy as np
 from gradcheck_cli.jsonform import DENSE_LIMIT
 from gradcheck_cli.op import verdict as oc
 from gradcheck_cli.op.checks import ReferenceJacobian
-from gradcheck_cli.op.full_entries import InputEntries, scales
+from gradcheck_cli.op.full_entries import InputEntries
 from gradcheck_cli.report import Diagnostic
 
 DENSE_SHARE = 4  # a Jacobian past DENSE_LIMIT stays dense when at least 1/DENSE_SHARE of it is compared
 
 
 def results(pt, layout, fds: dict, found: dict, verdicts: dict, unlocalized: int, sym, vjps, offsets: dict,
-            grouping, refine_rows: int) -> tuple:
-    """(gradient results, reference Jacobians, whether each input's Jacobian passed)."""
+            grouping, refine_rows: int, ref_scales: tuple) -> tuple:
+    """(gradient results, reference Jacobians, whether each input's Jacobian passed).
+    `ref_scales`: full_entries.scales of `found` (the largest |reference| per row and column)."""
     wrt = list(pt.prep.spec.wrt)
-    m = layout.m
     out, refs, jac_ok = [], {}, {}
-    srow, scol = scales(found, m, offsets, {w: fds[w].n_in for w in wrt})
+    srow, scol = ref_scales
     failing = {}
     for k, w in enumerate(wrt):
         fd, e, v = fds[w], found[w], verdicts[w]
@@ -47,7 +47,7 @@ def results(pt, layout, fds: dict, found: dict, verdicts: dict, unlocalized: int
         vjp_ref = np.where(v.kink & v.ok, e.auto, ref_vals)
         refs[w] = ReferenceJacobian(e.rows, e.cols, vjp_ref, v.allowed, pt.tol["atol"] + pt.tol["scale"] * srow,
                                     pt.tol["scale"] * scol[offsets[w]:offsets[w] + n], n, fd.noise, fd.steps)
-        input_diagnostics(pt, w, k, layout, fd, e, v, in_shape, k in vjps.none, sym is not None)
+        input_diagnostics(pt, w, layout, fd, e, v, in_shape, k in vjps.none, sym is not None)
         if not v.passed:
             failing[w] = (e, ref_vals, v.allowed, n)
     if unlocalized:
@@ -101,17 +101,10 @@ def swapped(failing: dict, atol: float) -> list[Diagnostic]:
                 continue
             ka, kb = ea.rows.astype(np.int64) * na + ea.cols, eb.rows.astype(np.int64) * nb + eb.cols
             keys = np.union1d(ka, kb)
-
-            def at(k, vals, fill):
-                order = np.argsort(k, kind="stable")
-                sk = k[order]
-                pos = np.minimum(np.searchsorted(sk, keys), max(sk.size - 1, 0))
-                hit = sk[pos] == keys if sk.size else np.zeros(keys.size, dtype=bool)
-                return np.where(hit, vals[order][pos] if sk.size else fill, fill)
-
-            auto_a, auto_b = at(ka, ea.auto, 0.0), at(kb, eb.auto, 0.0)
-            ref_a, ref_b = at(ka, ra, 0.0), at(kb, rb, 0.0)
-            allow_a, allow_b = at(ka, la, atol), at(kb, lb, atol)
+            at_a, at_b = _aligned(ka, keys), _aligned(kb, keys)
+            auto_a, auto_b = at_a(ea.auto, 0.0), at_b(eb.auto, 0.0)
+            ref_a, ref_b = at_a(ra, 0.0), at_b(rb, 0.0)
+            allow_a, allow_b = at_a(la, atol), at_b(lb, atol)
             with np.errstate(all="ignore"):
                 ab = np.all(np.abs(auto_a - ref_b) <= allow_b)
                 ba = np.all(np.abs(auto_b - ref_a) <= allow_a)
@@ -123,7 +116,21 @@ def swapped(failing: dict, atol: float) -> list[Diagnostic]:
     return out
 
 
-def input_diagnostics(pt, w, k, layout, fd, e, v, in_shape, missing, have_sym) -> None:
+def _aligned(k: np.ndarray, keys: np.ndarray):
+    """(vals, fill) -> vals (one per key in k) at `keys`, fill where k lacks a key: k sorted
+    and searched once for every array read."""
+    order = np.argsort(k, kind="stable")
+    sk = k[order]
+    pos = np.minimum(np.searchsorted(sk, keys), max(sk.size - 1, 0))
+    hit = sk[pos] == keys if sk.size else np.zeros(keys.size, dtype=bool)
+
+    def at(vals: np.ndarray, fill: float) -> np.ndarray:
+        return np.where(hit, vals[order][pos] if sk.size else fill, fill)
+
+    return at
+
+
+def input_diagnostics(pt, w, layout, fd, e, v, in_shape, missing, have_sym) -> None:
     """One input's diagnostics: a None gradient, non-finite entries, a systematic or an
     elementwise mismatch (named where the numbers show a pattern), kinks, and references
     that disagree with each other."""

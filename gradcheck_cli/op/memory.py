@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 PIECE = 1 << 18  # elements handled at a time where a full-size temporary would cost memory
+SMALL_PIECE = 65_536  # elements per piece where a vector is re-drawn, compared or reduced piecewise
 
 _RELEASED = []
 RELEASE_FROM = 1_000_000  # input + output elements from which freed memory goes straight back (see below)

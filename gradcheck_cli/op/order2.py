@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from gradcheck_cli.op.jacobian import EPS, step_sizes
-from gradcheck_cli.op.runner import OpRaised, call, grad_numpy, make_tensors, unflatten, user_failures, vjp
+from gradcheck_cli.op.runner import (OpRaised, call, describe_exception, grad_numpy, make_tensors, unflatten,
+                                     user_failures, vjp)
 from gradcheck_cli.op.verdict import FD_SAFETY, concat_label
 from gradcheck_cli.report import Diagnostic
 
@@ -60,8 +61,6 @@ def double_backward(spec, arrays: dict, ref_arrays: dict, dtype: str, device: st
         return Order2Outcome(False, [Diagnostic("double_backward_error", f"double backward raised: {exc.message}")],
                              None)
     except user_failures() as exc:  # torch's own refusal (e.g. @once_differentiable) is the op's failure
-        from gradcheck_cli.op.runner import describe_exception
-
         return Order2Outcome(False, [Diagnostic("double_backward_error", (
             f"the backward cannot be differentiated: {describe_exception(exc)}"))], None)
     ad_block = rows[:, sample]
@@ -185,6 +184,16 @@ def _fd_of_backward_along(spec, arrays, dtype, device, v, wrt, sizes, u, eps):
     d2 = (vals[2] - vals[-2]) / (4 * h)
     noise = 4 * eps_dtype * (np.abs(vals[1]) + np.abs(vals[-1])) / h
     return d1, np.abs(d1 - d2) / 3 + noise
+
+
+def apply_order2(pt, outcome: Order2Outcome, v: np.ndarray, f64_ok: bool) -> None:
+    """double_backward's outcome into the point's report (order2_sampled is a note), then
+    forward-over-reverse with grad_output v (apply_forward_over_reverse)."""
+    for d in outcome.diagnostics:
+        (pt.note if d.code == "order2_sampled" else pt.fail)(d.code, d.message, d.wrt)
+    if outcome.hessian is not None:
+        pt.extra["hessian"] = outcome.hessian
+    apply_forward_over_reverse(pt, v, f64_ok)
 
 
 def apply_forward_over_reverse(pt, v: np.ndarray, f64_ok: bool) -> None:

@@ -232,6 +232,20 @@ def test_just_inside_the_limits_parses(text):
     assert parse(text) is not None
 
 
+@pytest.mark.parametrize("text,column", [("x + (10 @ 400)**2", 9), ("x + 2**(3 @ 4)", 11), ("(-2 @ 0.5)**2 + x", 5)])
+def test_matmul_of_numbers_in_a_constant_power_is_a_shape_error(text, column):
+    """A constant power's bound evaluates + - * / ** only: `@` of two numbers is no number
+    (it once went to math.pow, so (10 @ 400)**2 was refused as a huge power); shape
+    inference reports it, at the '@'."""
+    from gradcheck_cli.expr.shapes import infer
+
+    root = parse(text)
+    with pytest.raises(UserInputError) as info:
+        infer(root, {"x": ()}, text)
+    assert "'@' needs tensors with at least one dimension, got shapes [] and []" in info.value.message
+    assert f"at column {column}" in info.value.message
+
+
 def test_long_sign_runs_do_not_recurse():
     """'-' * 5000 + 'x' is a RecursionError in ast/sympy-based parsers; here it folds to x."""
     assert shape(parse("-" * 5000 + "x")) == "x"

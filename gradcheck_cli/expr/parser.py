@@ -26,6 +26,7 @@ from __future__ import annotations
 import difflib
 import keyword
 import math
+import operator
 
 from gradcheck_cli.errors import ParseError
 from gradcheck_cli.expr import ir
@@ -336,6 +337,9 @@ def _number_value(node: ir.Node) -> float | None:
     return node.value if isinstance(node, ir.Num) else None
 
 
+_CONSTANT_OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "**": math.pow}
+
+
 def _constant_value(node: ir.Node) -> float | None:
     """The float value of a subtree without names or calls, or None if it has any.
 
@@ -351,10 +355,11 @@ def _constant_value(node: ir.Node) -> float | None:
         elif isinstance(n, ir.Unary):
             values[id(n)] = -values[id(n.operand)]
         elif isinstance(n, ir.Binary):
-            a, b = values[id(n.left)], values[id(n.right)]
+            op = _CONSTANT_OPS.get(n.op)
+            if op is None:  # '@' of numbers is not a number: shape inference says why
+                return None
             try:
-                values[id(n)] = {"+": a + b, "-": a - b, "*": a * b}.get(n.op) if n.op in "+-*" else (
-                    a / b if n.op == "/" else math.pow(a, b))
+                values[id(n)] = op(values[id(n.left)], values[id(n.right)])
             except (OverflowError, ValueError, ZeroDivisionError):
                 values[id(n)] = math.inf
         else:

@@ -239,3 +239,34 @@ def test_a_uniform_direction_is_drawn_again_exactly_and_advances_like_one_draw()
     np.testing.assert_array_equal(d.again(), expected)
     assert rng.random() == ref.random()
     assert -1 <= first.min() and first.max() < 1
+
+
+# ---- the projections' directions are independent draws -------------------------------------------
+
+@pytest.mark.parametrize("stream", [False, True], ids=["batched", "streaming"])
+def test_each_projection_has_its_own_grad_output(monkeypatch, stream):
+    """A Direction only saves its generator's state: each projection's v must be drawn past
+    the one before it, else projections 2-4 share one v (and the u drawn next repeats it:
+    for an elementwise op the projection is sum J_ii u_i^2).  The four v are pairwise
+    different, none is a u, the call counts stay, and a wrong backward is still caught."""
+    if stream:
+        monkeypatch.setattr(ops_fast, "STREAM_ELEMENTS", 100)
+        monkeypatch.setattr(fast_rows, "STREAM_ELEMENTS", 100)
+    made = []
+    real = ops_fast.Projection
+    monkeypatch.setattr(ops_fast, "Projection", lambda *args: made.append(real(*args)) or made[-1])
+    check = only(check_op(op_zoo.Swish, x64(3000), mode="fast"))
+    assert check.passed and len(made) == ops_fast.PROJECTIONS == 4
+    vs = [p.v.again() for p in made]
+    us = [d.again() for p in made for d in p.u.values()]
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not np.array_equal(vs[i], vs[j]), (i, j)
+        assert not any(np.array_equal(vs[i], u[:vs[i].size]) for u in us), i
+    (g,) = check.gradients
+    assert len(set(g.details["projections"]["autograd"].tolist())) == 4
+    assert check.extra["calls"]["jacobian_backward"] == (3 + 2 if stream else 2)
+    made.clear()
+    bad = only(check_op(op_zoo.SwishSubtle, x64(3000), mode="fast"))
+    assert not bad.passed and {"projection_mismatch", "scale_error"} <= set(bad.codes())
+    assert bad.gradients[0].details["projections"]["passed"] is False

@@ -43,6 +43,13 @@ class Direction:
         u[self.mask] = self._values(rng, self.count)
         return u
 
+    def skip(self, rng: np.random.Generator) -> None:
+        """Advance `rng` (which must be where __init__ saw it) exactly as draw(rng) would,
+        a piece at a time (nothing of the direction's size is held): the next draws from
+        `rng` are then independent of this direction."""
+        for start in range(0, self.count, SMALL_PIECE):
+            self._values(rng, min(SMALL_PIECE, self.count - start))
+
     def again(self) -> np.ndarray:
         """The whole direction, drawn again."""
         out = np.empty(self.n)

@@ -196,7 +196,10 @@ def _backward_phase(pt, vjps: VJPMany, exact: ExactRows, plans: dict, sizes: dic
         return {w: g[offsets[w]:offsets[w] + sizes[w]] for w in wrt}
 
     d_first, first = _first_gradient(pt, vjps, m, wrt)
-    dirs = [d_first] + [Direction(rng, m, uniform=True) for _ in range(PROJECTIONS - 1)]
+    dirs = [d_first]
+    for _ in range(PROJECTIONS - 1):  # each v from its own draws: rng moves past one before the next
+        dirs.append(Direction(rng, m, uniform=True))
+        dirs[-1].skip(rng)
     batched = None
     if vjps.per_call(m) >= PROJECTIONS:  # one batched call (its first row compared with `first`
         batched = vjps(np.stack([d.again() for d in dirs]), first=first)  # unless determinism did)

@@ -46,7 +46,7 @@ def fail(err: UserInputError, as_json: bool = False) -> "typer.Exit":
     """One message on stderr (and the error JSON with --json): exit 2."""
     typer.echo(f"gradcheck: error: {err.render()}", err=True)
     if as_json:
-        write_error_json(err.message, getattr(err, "kind", "input"), err.column)
+        write_error_json(err.message, err.kind, err.column)
     return typer.Exit(2)
 
 
@@ -204,23 +204,20 @@ def progress(label: str, enabled: bool):
 def quiet_broken_pipe() -> None:
     """Python's signal docs, "Note on SIGPIPE": point stdout at devnull so the interpreter's
     final flush does not raise again, then exit."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except OSError:
-        pass
+    stdout_to_devnull()
     sys.exit(1)
 
 
 def prefetch_renderer(as_json: bool, junit: Optional[Path] = None) -> None:
-    """Import what reading and rendering the report needs (numpy to unpickle it, the
-    renderer) in a background thread, while the worker runs the check: the parent waits
-    on a pipe meanwhile, so these imports cost no wall time."""
+    """Import the renderer the report needs in a background thread, while the worker runs
+    the check: the parent waits on a pipe meanwhile, so these imports cost no wall time.
+    (numpy and the report, which unpickling the result needs, are already loaded: `op`
+    imports them to validate its options before it calls this.)"""
     import importlib
     import threading
 
-    names = ["numpy", "gradcheck_cli.report", "gradcheck_cli.render.json_out" if as_json else
-             "gradcheck_cli.render.table"] + (["gradcheck_cli.render.junit"] if junit is not None else [])
+    names = ["gradcheck_cli.render.json_out" if as_json else "gradcheck_cli.render.table"] + \
+        (["gradcheck_cli.render.junit"] if junit is not None else [])
 
     def load() -> None:
         for name in names:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gradcheck_cli.jsonform import element_label
 from gradcheck_cli.report import Diagnostic, failing_order
 
 from gradcheck_cli.tolerances import DTYPES, FD_SAFETY, TOLERANCES  # noqa: F401  (data lives there)
@@ -199,14 +200,6 @@ def _reference_diagnostics(wrt, auto, sym, fd, fd_err, tol, sym_ok, fd_ok, usabl
             f"autograd agrees with finite differences but not with symbolic on {int(wrong_both.sum())} "
             f"element(s) (symbolic {fmt_values(sym[wrong_both])})"), wrt, "warning"))
     return diags
-
-
-def element_label(wrt: str, idx: tuple, input_ndim: int | None) -> str:
-    """'x[2]', or 'out[1] / x[2]' for a Jacobian entry when the input's dimensions are known."""
-    n_out = 0 if input_ndim is None else len(idx) - input_ndim
-    out_idx, in_idx = tuple(idx[:n_out]), tuple(idx[n_out:])
-    name = f"{wrt}[{', '.join(map(str, in_idx))}]" if in_idx else wrt
-    return f"out[{', '.join(map(str, out_idx))}] / {name}" if out_idx else name
 
 
 def _mismatch(code, wrt, auto, ref, primary, bad, worst, tol, fd_err, input_ndim) -> Diagnostic:

@@ -55,6 +55,11 @@ def flat_pair(g, idx: tuple) -> tuple[int, int]:
     """(output flat index, input flat index) of the entry at `idx` of the stored arrays."""
     if getattr(g, "flat_pair", None) is not None:
         return g.flat_pair(tuple(idx))
+    return dense_flat_pair(g, idx)
+
+
+def dense_flat_pair(g, idx: tuple) -> tuple[int, int]:
+    """flat_pair of a dense Jacobian (its arrays shaped output_shape + input_shape)."""
     n_out = len(g.shape) - len(g.input_shape)
     out_idx, in_idx = idx[:n_out], idx[n_out:]
     o = int(np.ravel_multi_index(out_idx, g.shape[:n_out])) if n_out else 0
@@ -134,27 +139,41 @@ def entry_label(g, idx: tuple) -> str:
     if label_for is not None:
         return label_for(tuple(idx))
     n_out = len(g.shape) - len(g.input_shape)
+    return element_label(g.wrt, idx, len(idx) - n_out)
+
+
+def element_label(wrt: str, idx: tuple, input_ndim: int | None) -> str:
+    """'x[2]', or 'out[1] / x[2]' for a Jacobian entry when the input's dimensions are known."""
+    n_out = 0 if input_ndim is None else len(idx) - input_ndim
     out_idx, in_idx = tuple(idx[:n_out]), tuple(idx[n_out:])
-    name = f"{g.wrt}[{', '.join(map(str, in_idx))}]" if in_idx else g.wrt
+    name = f"{wrt}[{', '.join(map(str, in_idx))}]" if in_idx else wrt
     return f"out[{', '.join(map(str, out_idx))}] / {name}" if out_idx else name
 
 
-def _at(arr, idx):
+def value_at(arr, idx):
+    """The element of `arr` at `idx` (None without an array)."""
     return None if arr is None else np.asarray(arr)[idx]
+
+
+def pair_errors(a, r) -> tuple:
+    """(abs, rel) error of autograd `a` against reference `r` ((None, None) without both,
+    or when `r` is a string such as "not sampled")."""
+    if r is None or isinstance(r, str) or a is None:
+        return None, None
+    a, r = float(a), float(r)
+    if a == r or (math.isnan(a) and math.isnan(r)):
+        return 0.0, 0.0
+    abs_err = abs(a - r)
+    return abs_err, (abs_err / abs(r) if r != 0 else math.inf)
 
 
 def entry_values(g, idx: tuple) -> dict:
     """One entry's numbers: every method's value and the errors against the reference."""
-    a, s, f = _at(g.autograd, idx), _at(g.symbolic, idx), _at(g.finite_difference, idx)
+    a, s, f = value_at(g.autograd, idx), value_at(g.symbolic, idx), value_at(g.finite_difference, idx)
     if f is not None and g.fd_computed is not None and not bool(np.asarray(g.fd_computed)[idx]):
         f = None
     ref = s if g.reference == "symbolic" else f if g.reference == "finite_difference" else None
-    abs_err = rel_err = None
-    if a is not None and ref is not None:
-        with np.errstate(all="ignore"):
-            same = a == ref or (math.isnan(float(a)) and math.isnan(float(ref)))
-            abs_err = 0.0 if same else abs(float(a) - float(ref))
-            rel_err = 0.0 if same else (abs_err / abs(float(ref)) if ref != 0 else math.inf)
+    abs_err, rel_err = pair_errors(a, ref)
     return {"index": [int(i) for i in idx], "label": entry_label(g, idx), "autograd": _number(a),
             "symbolic": _number(s), "finite_difference": _number(f), "abs_error": _number(abs_err),
             "rel_error": _number(rel_err)}
@@ -184,16 +203,18 @@ def element_failed(g, idx: tuple) -> bool | None:
 
 def worst_entries(g, limit: int = WORST_ENTRIES) -> list:
     """Up to `limit` out-of-tolerance entries, worst first."""
+    return [{**entry_values(g, idx), "passed": False} for idx in failing_indices(g, limit)]
+
+
+def failing_indices(g, limit: int) -> list:
+    """The indices (into the stored arrays) of up to `limit` out-of-tolerance entries,
+    worst first; [] where the producer did not list them."""
     failing = getattr(g, "failing", None)
     if failing is None or g.autograd is None:
         return []
     shape = np.shape(g.autograd)
-    out = []
-    for flat in np.asarray(failing).reshape(-1)[:limit]:
-        entry = entry_values(g, tuple(int(i) for i in np.unravel_index(int(flat), shape)))
-        entry["passed"] = False
-        out.append(entry)
-    return out
+    flats = np.asarray(failing).reshape(-1)[:limit]
+    return [tuple(int(i) for i in np.unravel_index(int(flat), shape)) for flat in flats]
 
 
 # ---- --json-detail summary -----------------------------------------------------------------

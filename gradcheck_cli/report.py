@@ -15,8 +15,8 @@ import numpy as np
 
 from gradcheck_cli import codes, jsonform
 from gradcheck_cli.jsonvalues import json_number, jsonable  # noqa: F401  (re-exported: renderers and op use them)
+from gradcheck_cli.versions import SCHEMA_VERSION, tool_versions
 
-SCHEMA_VERSION = 1
 DETAILS = ("full", "summary")  # --json-detail
 
 
@@ -184,8 +184,6 @@ class Report:
         entries, errors and diagnostics only)."""
         if detail not in DETAILS:
             raise ValueError(f"detail must be one of {DETAILS}, got {detail!r}")
-        from gradcheck_cli.versions import tool_versions
-
         out = {"schema_version": SCHEMA_VERSION, "passed": self.passed,
                "checks": [c.to_dict(detail) for c in self.checks]}
         if detail != "full":
@@ -196,13 +194,3 @@ class Report:
             out["meta"] = jsonable(self.meta)
         out["tool"] = dict(tool_versions())
         return out
-
-
-def error_document(message: str, kind: str, column: int | None = None) -> dict:
-    """What `--json` prints on exit 2: the input could not be used, and why."""
-    from gradcheck_cli.versions import tool_versions
-
-    error = {"message": message, "kind": kind}
-    if column is not None:
-        error["column"] = column
-    return {"schema_version": SCHEMA_VERSION, "passed": False, "error": error, "tool": dict(tool_versions())}

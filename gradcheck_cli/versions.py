@@ -15,6 +15,7 @@ import sys
 from functools import lru_cache
 
 GRADCHECK_VERSION = "0.1.0"  # the package's version (pyproject.toml says the same)
+SCHEMA_VERSION = 1  # the JSON report's schema_version (report.py and the error document)
 
 
 def _version_of(module: str, distribution: str) -> str | None:

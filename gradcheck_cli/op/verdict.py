@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gradcheck_cli.compare import elementwise_errors, max_error  # the same elementwise errors as expression checks
+from gradcheck_cli.jsonform import dense_flat_pair
 from gradcheck_cli.report import Diagnostic, GradientResult, failing_order
 from gradcheck_cli.tolerances import FD_SAFETY, OP_TOLERANCES, SYSTEMATIC  # data only, so `op --help` can show it
 
@@ -48,12 +49,6 @@ def op_tolerance(dtype: str, atol: float | None = None, rtol: float | None = Non
         tol["systematic"] = SYSTEMATIC[dtype]
     tol["fd_safety"] = FD_SAFETY
     return tol
-
-
-def describe_tolerances() -> str:
-    """One line per dtype, for help texts."""
-    return "; ".join(f"{d}: atol {t['atol']:g}, rtol {t['rtol']:g}, scale {t['scale']:g}, output {t['output']:.3g}"
-                     for d, t in OP_TOLERANCES.items())
 
 
 # ---- labels -------------------------------------------------------------------------------
@@ -114,11 +109,7 @@ class OpGradientResult(GradientResult):
         if self.entries is not None:
             o, j = self.entries[int(idx[0])]
             return int(o), int(j)
-        n_out = len(self.shape) - len(self.input_shape)
-        out_idx, in_idx = idx[:n_out], idx[n_out:]
-        o = int(np.ravel_multi_index(out_idx, self.shape[:n_out])) if n_out else 0
-        j = int(np.ravel_multi_index(in_idx, self.input_shape)) if self.input_shape else 0
-        return o, j
+        return dense_flat_pair(self, idx)
 
     def label_for(self, idx: tuple) -> str:
         """'out[1, 2] / x[1, 2]': the derivative of that output element w.r.t. that input element."""

@@ -66,6 +66,15 @@ def _write(value, path: tuple, depth: int, parts: list) -> None:
 
 def render_error(message: str, kind: str, column: int | None = None) -> str:
     """What `--json` prints on exit 2: {"schema_version": 1, "error": {"message", "kind"}, ...}."""
-    from gradcheck_cli.report import error_document
-
     return dumps(error_document(message, kind, column))
+
+
+def error_document(message: str, kind: str, column: int | None = None) -> dict:
+    """What `--json` prints on exit 2: the input could not be used, and why (without
+    importing the report and numpy: a usage error answers at once)."""
+    from gradcheck_cli.versions import SCHEMA_VERSION, tool_versions
+
+    error = {"message": message, "kind": kind}
+    if column is not None:
+        error["column"] = column
+    return {"schema_version": SCHEMA_VERSION, "passed": False, "error": error, "tool": dict(tool_versions())}

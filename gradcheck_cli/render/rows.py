@@ -9,12 +9,12 @@ first (or, when none fails, its worst one), and a line with the counts.
 
 from __future__ import annotations
 
-import math
+import functools
 
 import numpy as np
 
 from gradcheck_cli.compare import references_differ
-from gradcheck_cli.jsonform import element_failed, entry_label
+from gradcheck_cli.jsonform import element_failed, entry_label, failing_indices, pair_errors, value_at
 
 MAX_ROWS = 8  # elements of a gradient shown in full; larger ones show their failing (or worst) elements
 MAX_FAILING_ROWS = 8
@@ -23,26 +23,19 @@ FLAG = "!"  # after a reference's value: it disagrees with the other reference h
 
 
 def fmt(v) -> str:
-    """A number with ten significant digits, or its name when not finite."""
+    """A number with ten significant digits, or its name when not finite (the format
+    writes nan, inf and -inf itself)."""
     if v is None:
         return "—"
-    v = float(v)
-    if math.isnan(v):
-        return "nan"
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    return f"{v:.10g}"
+    return f"{float(v):.10g}"
 
 
 def fmt_err(v) -> str:
+    """An error with three significant digits; 0 (and -0.0) as "0"."""
     if v is None:
         return "—"
     v = float(v)
-    if math.isnan(v):
-        return "nan"
-    if v == 0:
-        return "0"
-    return f"{v:.2e}"
+    return "0" if v == 0 else f"{v:.2e}"
 
 
 def primary_reference(check) -> str:
@@ -62,28 +55,16 @@ def _count(g) -> int:
     return int(np.prod(g.shape)) if g.shape else 1
 
 
-def _failing_indices(g) -> list:
-    failing = getattr(g, "failing", None)
-    if failing is None or g.autograd is None:
-        return []
-    shape = np.shape(g.autograd)
-    return [tuple(int(i) for i in np.unravel_index(int(f), shape)) for f in np.asarray(failing)[:MAX_FAILING_ROWS]]
-
-
 def shown_indices(g) -> list:
     """The elements of `g` shown as rows: all of a small gradient; else its failing ones,
     worst first, or its worst one."""
     shape = tuple(g.shape)
     if _count(g) <= MAX_ROWS:
         return list(np.ndindex(*shape)) if shape else [()]
-    failing = _failing_indices(g) if not g.passed else []
+    failing = failing_indices(g, MAX_FAILING_ROWS) if not g.passed else []
     if failing:
         return failing
     return [tuple(g.worst_index or (0,) * len(shape))]
-
-
-def _value(arr, idx):
-    return None if arr is None else np.asarray(arr)[idx]
 
 
 def _fd_value(g, idx):
@@ -91,18 +72,7 @@ def _fd_value(g, idx):
         return None
     if g.fd_computed is not None and not bool(np.asarray(g.fd_computed)[idx]):
         return "not sampled"
-    return _value(g.finite_difference, idx)
-
-
-def errors(a, r) -> tuple:
-    """(abs, rel) error of autograd `a` against reference `r` (None without one)."""
-    if r is None or isinstance(r, str) or a is None:
-        return None, None
-    a, r = float(a), float(r)
-    if a == r or (math.isnan(a) and math.isnan(r)):
-        return 0.0, 0.0
-    abs_err = abs(a - r)
-    return abs_err, (abs_err / abs(r) if r != 0 else math.inf)
+    return value_at(g.finite_difference, idx)
 
 
 def failed_here(g, idx) -> bool:
@@ -114,33 +84,40 @@ def failed_here(g, idx) -> bool:
     if tuple(idx) == tuple(g.worst_index or ()):
         return True
     ref = g.symbolic if g.reference == "symbolic" else g.finite_difference
-    abs_err, _ = errors(_value(g.autograd, idx), _value(ref, idx))
+    abs_err, _ = pair_errors(value_at(g.autograd, idx), value_at(ref, idx))
     if abs_err is None:
         return False
     r = abs(float(np.asarray(ref)[idx]))
     return not abs_err <= g.tolerance.get("atol", 0.0) + g.tolerance.get("rtol", 0.0) * r
 
 
-def references_disagree(g, idx) -> bool:
+def _symbolic_scale(g) -> float:
+    """The largest |symbolic| entry of `g` (nan as 0, inf as the largest float): what an op
+    tolerance's scale term multiplies."""
+    return float(np.max(np.abs(np.nan_to_num(np.asarray(g.symbolic, dtype=float)))))
+
+
+def references_disagree(g, idx, scale=None) -> bool:
     """Symbolic and finite differences differ by more than the tolerance at this element
-    (a 5% off finite difference next to a passing symbolic column is not silent)."""
-    s, f = _value(g.symbolic, idx), _fd_value(g, idx)
+    (a 5% off finite difference next to a passing symbolic column is not silent).
+    `scale`: a function of no arguments giving _symbolic_scale(g) (gradient_rows computes it once)."""
+    s, f = value_at(g.symbolic, idx), _fd_value(g, idx)
     if s is None or f is None or isinstance(f, str):
         return False
     tol = g.tolerance or {}
     atol = tol.get("atol", 0.0)
     if tol.get("scale"):  # op tolerances: the largest entry's scale term bounds each entry's
-        atol += tol["scale"] * float(np.max(np.abs(np.nan_to_num(np.asarray(g.symbolic, dtype=float)))))
+        atol += tol["scale"] * (scale() if scale is not None else _symbolic_scale(g))
     return bool(references_differ(f, s, atol, tol.get("rtol", 0.0)))
 
 
-def row(g, idx, primary: str, label_suffix: str = "") -> dict:
+def row(g, idx, primary: str, label_suffix: str = "", scale=None) -> dict:
     """One row's cells (str), keyed by column, plus 'failed' and 'flagged' (bool)."""
-    a, s, f = _value(g.autograd, idx), _value(g.symbolic, idx), _fd_value(g, idx)
+    a, s, f = value_at(g.autograd, idx), value_at(g.symbolic, idx), _fd_value(g, idx)
     ref = s if primary == "symbolic" else f
-    abs_p, rel_p = errors(a, ref)
-    _, rel_s = errors(a, f) if primary == "symbolic" else (None, None)
-    flagged = references_disagree(g, idx)
+    abs_p, rel_p = pair_errors(a, ref)
+    _, rel_s = pair_errors(a, f) if primary == "symbolic" else (None, None)
+    flagged = references_disagree(g, idx, scale)
     failed = failed_here(g, idx)
     fd_text = f if isinstance(f, str) else fmt(f)
     return {"label": entry_label(g, idx) + label_suffix, "autograd": fmt(a), "symbolic": fmt(s),
@@ -158,8 +135,9 @@ def gradient_rows(g, primary: str) -> list:
     out = []
     # the worst is named among several failing rows, and always in a gradient too large to show whole
     name_worst = _count(g) > MAX_ROWS or (not g.passed and len(indices) > 1)
+    scale = functools.cache(lambda: _symbolic_scale(g))  # once per gradient, and only where a row needs it
     for idx in indices:
-        out.append(row(g, idx, primary, " (worst)" if name_worst and tuple(idx) == worst else ""))
+        out.append(row(g, idx, primary, " (worst)" if name_worst and tuple(idx) == worst else "", scale))
     return out
 
 

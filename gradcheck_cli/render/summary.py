@@ -50,9 +50,10 @@ def summary_table(report, width: int = 120) -> list:
     columns first) or, on a very narrow console, as folded lines."""
     from rich.text import Text
 
+    keys = [c.key for c in COLUMNS]
+    all_cells = [dict(zip(keys, summary_row(check))) for check in report.checks]
     rows = []
-    for check in report.checks:
-        cells = dict(zip([c.key for c in COLUMNS], summary_row(check)))
+    for check, cells in zip(report.checks, all_cells):
         style = STYLE["ok"] if check.passed else STYLE["fail"]
         rows.append({**cells, "verdict": Text(cells["verdict"], style=style),
                      "notes": Text(cells["notes"], style=STYLE["diag"])})
@@ -60,8 +61,7 @@ def summary_table(report, width: int = 120) -> list:
     if table is not None:
         return [table]
     out = []
-    for check in report.checks:
-        cells = dict(zip([c.key for c in COLUMNS], summary_row(check)))
+    for check, cells in zip(report.checks, all_cells):
         out.append(Text(f"{cells['check']}  {cells['verdict']}", style=STYLE["ok"] if check.passed else STYLE["fail"]))
         pairs = [(c.header, cells[c.key]) for c in COLUMNS if c.key not in ("check", "verdict") and cells[c.key]]
         out += [Text(line, no_wrap=True, overflow="ignore") for line in fold_pairs(pairs, width)]

@@ -11,6 +11,7 @@ not fit (fit.py).  Colour and width follow console.py (COLUMNS, FORCE_COLOR, NO_
 from __future__ import annotations
 
 import io
+import itertools
 import math
 
 import numpy as np
@@ -19,8 +20,6 @@ from gradcheck_cli.render.console import make_console  # noqa: F401  (the render
 from gradcheck_cli.render.fit import Column, fit, fold_pairs
 from gradcheck_cli.render.rows import (FLAG, count_line, fmt, fmt_err, gradient_rows, has_both,  # noqa: F401
                                        primary_reference)
-
-MAX_ROWS_PER_VARIABLE = 8  # tensors with more elements show their failing (or worst) elements
 
 STYLE = {"ok": "green", "fail": "bold red", "diag": "yellow", "dim": "dim",
          "failure": "bold red", "warning": "yellow", "info": "dim"}
@@ -111,14 +110,14 @@ def _heading(check) -> list:
     bits = [check.kind, check.dtype]
     if extra.get("loss"):
         target = extra["target"]
-        bits.append(f"loss {extra['loss']} (target {_preview(target) if np.ndim(target) else fmt(target)})")
+        bits.append(f"loss {extra['loss']} (target {_value_text(target)})")
     if extra.get("fd_scheme"):
         bits.append(f"finite differences: {extra['fd_scheme']}")
     if extra.get("points_checked"):
         bits.append(f"worst of {extra['points_checked']} points")
     head.append("   " + " · ".join(bits), style=STYLE["dim"])
     out.append(head)
-    point = " ".join(f"{k}={_preview(v) if np.ndim(v) else fmt(v)}" for k, v in check.point.items())
+    point = " ".join(f"{k}={_value_text(v)}" for k, v in check.point.items())
     if point:
         out.append(Text(f"at {point}"))
     value = check.value
@@ -170,13 +169,10 @@ def _hessian_renderables(h, width: int) -> list:
     n = np.asarray(h["autograd"]).shape[0]
     labels = _flat_labels(h)
     sym, fdh = h.get("symbolic"), h.get("finite_difference")
-    rows = []
-    for i in range(n):
-        for j in range(i, n):
-            rows.append({"entry": f"{labels[i]}, {labels[j]}", "autograd": fmt(h["autograd"][i][j]),
-                         "symbolic": fmt(sym[i][j]) if sym is not None else "—",
-                         "finite_difference": fmt(fdh[i][j]) if fdh is not None else "—"})
-    rows = rows[:36]
+    upper = itertools.islice(((i, j) for i in range(n) for j in range(i, n)), 36)
+    rows = [{"entry": f"{labels[i]}, {labels[j]}", "autograd": fmt(h["autograd"][i][j]),
+             "symbolic": fmt(sym[i][j]) if sym is not None else "—",
+             "finite_difference": fmt(fdh[i][j]) if fdh is not None else "—"} for i, j in upper]
     columns = [Column("entry", "entry", "left"), Column("autograd", "autograd"), Column("symbolic", "symbolic"),
                Column("finite_difference", "finite\ndifferences", rank=1)]
     verdict = "" if h.get("passed") is None else ("   ok" if h["passed"] else "   FAIL")

@@ -114,11 +114,11 @@ def _validators() -> dict:
     from gradcheck_cli.shared import MAX_POINTS
     from gradcheck_cli.tolerances import DTYPES
 
+    kw_table = _table_of(_is_kw, "a number, a boolean, a string or an array of numbers")  # the kw and init tables
     return {
         "name": _string, "expr": _string, "op": _string, "reference": _string,
         "at": _table_of(_is_value, "a number, an array of numbers or a value string like \"randn(3)\""),
-        "kw": _table_of(_is_kw, "a number, a boolean, a string or an array of numbers"),
-        "init": _table_of(_is_kw, "a number, a boolean, a string or an array of numbers"),
+        "kw": kw_table, "init": kw_table,
         "wrt": _wrt, "target": _value,
         "loss": _enum(LOSSES), "dtype": _enum(DTYPES), "fd": _enum(SCHEMES), "mode": _enum(MODES),
         "device": syntax_problem,

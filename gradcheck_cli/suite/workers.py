@@ -123,6 +123,13 @@ def _spawn(threads: int) -> Worker:
     return Worker(proc, jobs_w, results_r, out_r, life_w)
 
 
+def _assign(worker: Worker, task: Task) -> Worker:
+    """`worker` takes `task` (its clock starts; its caches will hold the task's group)."""
+    worker.task, worker.started = task, time.perf_counter()
+    worker.groups.add(task.group)
+    return worker
+
+
 @contextlib.contextmanager
 def _main_module_hidden():
     """multiprocessing would re-run the parent's __main__ script in every worker (a user's
@@ -221,16 +228,12 @@ class Pool:
             return signals.received
 
     def _start(self, task: Task, cwd: str, environ: dict, worker: Worker | None = None) -> None:
-        worker = worker or _spawn(self.threads)
-        worker.task, worker.started = task, time.perf_counter()
-        worker.groups.add(task.group)
+        worker = _assign(worker or _spawn(self.threads), task)
         try:
             worker.jobs.send((cwd, environ, task.job))
         except (OSError, EOFError):  # it died while idle: the next one takes the task
             self._discard(worker)
-            worker = _spawn(self.threads)
-            worker.task, worker.started = task, time.perf_counter()
-            worker.groups.add(task.group)
+            worker = _assign(_spawn(self.threads), task)
             worker.jobs.send((cwd, environ, task.job))
         self.busy.append(worker)
 

@@ -96,7 +96,6 @@ def compare(wrt: str, auto: np.ndarray, sym: np.ndarray | None, fd: np.ndarray |
         with np.errstate(invalid="ignore"):
             in_kink = (auto >= kink_lo - slack) & (auto <= kink_hi + slack)
     sym_ok = None
-    allowed = None
     if sym is not None:
         abs_s, rel_s = elementwise_errors(auto, sym)
         allowed = atol + rtol * np.abs(sym)

@@ -279,3 +279,80 @@ def test_piped_output_honours_the_environment(env, width, coloured):
     plain = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
     assert max(len(line) for line in plain.splitlines()) <= width
     assert "1.042996645" in plain and "FAIL" in plain
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fit_measures_a_few_rows_as_wide_as_all_of_them(seed):
+    """fit() measures only each column's widest row (render/fit.widest_rows): the table it
+    picks must be the one measuring every row would pick, at every width."""
+    import random
+
+    from rich.text import Text
+
+    from gradcheck_cli.render.fit import FRAMES, Column, build_table, fit, natural_width, widest_rows
+
+    rng = random.Random(seed)
+    columns = [Column("name", "check", "left", flex=8), Column("kind", "kind", "left", rank=2),
+               Column("err", "worst rel err"), Column("of", "of", "left", rank=1), Column("v", "verdict", "left")]
+    words = ["x", "sigmoid(w*x+b)", "d/dx[3, 4]", "1.2e-07", "—", "naïve", "界面", "a\nlonger second line", ""]
+    rows = [{c.key: (Text(rng.choice(words)) if rng.random() < 0.3 else rng.choice(words)) for c in columns}
+            for _ in range(rng.randint(1, 60))]
+    for frame in FRAMES:
+        assert natural_width(build_table(columns, widest_rows(columns, rows), frame)) == \
+            natural_width(build_table(columns, rows, frame))
+    for width in (20, 40, 60, 80, 120):
+        got, full = fit(columns, rows, width), None
+        # the reference: fit's own search, measuring every row
+        import gradcheck_cli.render.fit as fit_module
+        original = fit_module.widest_rows
+        fit_module.widest_rows = lambda cols, rs: rs
+        try:
+            full = fit(columns, rows, width)
+        finally:
+            fit_module.widest_rows = original
+        assert (got is None) == (full is None)
+        if got is not None:
+            assert [c.header for c in got.columns] == [c.header for c in full.columns]
+            assert [c.width for c in got.columns] == [c.width for c in full.columns]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_plain_summary_table_is_exactly_what_rich_prints(seed):
+    """render/plain_table.py writes a long summary without rich's layout: wherever it does
+    (not None), its text must be rich's to the character; the summary itself takes that path."""
+    import random
+
+    from rich.console import Console
+    from rich.text import Text
+
+    from gradcheck_cli.render.console import make_console
+    from gradcheck_cli.render.fit import fit
+    from gradcheck_cli.render.plain_table import table_text
+
+    rng = random.Random(seed)
+    words = ["expr-001", "tab\there", "sigmoid(w*x+b)", "d/dx[3, 4]", "1.2e-07", "—", "naïve", "界面", "worst of 20 points; "
+             "masked_nan", "", "PASS", "FAIL", "a rather long check name that needs room", "x"]
+    short = [w for w in words if len(w) <= 10 and "\t" not in w]
+    used = 0
+    for attempt in range(20):
+        pool = short if attempt % 2 else words  # short words: nothing wraps, the plain path applies
+        rows = [{c.key: (Text(rng.choice(pool), style="bold red") if rng.random() < 0.3 else rng.choice(pool))
+                 for c in summary.COLUMNS} for _ in range(rng.randint(1, 30))]
+        width = rng.choice([40, 60, 80, 100, 120, 160])
+        table = fit(summary.COLUMNS, rows, width)
+        if table is None:
+            continue
+        buf = io.StringIO()
+        console = make_console(buf, force_plain=True, width=width)
+        console.print(table)
+        fast = table_text(table, make_console(io.StringIO(), force_plain=True, width=width))
+        if fast is not None:
+            used += 1
+            assert fast == buf.getvalue()
+        coloured = Console(file=io.StringIO(), color_system="standard", force_terminal=True, width=width)
+        assert table_text(table, coloured) is None  # colour: always rich's
+    assert used > 0, "the plain path never applied"
+    checks = [check_expression("x**2", {"x": 3.0}, name=f"c{i}").checks[0] for i in range(3)]
+    (table_of_three,) = summary.summary_table(Report(tuple(checks)), 100)
+    fast = table_text(table_of_three, make_console(io.StringIO(), force_plain=True, width=100))
+    assert fast is not None and fast in summary.render_text(Report(tuple(checks)), width=100)

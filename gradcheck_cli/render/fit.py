@@ -58,6 +58,17 @@ def natural_width(table) -> int:
     return console.measure(table).maximum
 
 
+def widest_rows(columns: list, rows: list) -> list:
+    """The rows that hold some column's widest cell, in their order.  A table of these
+    measures exactly as wide as one of all rows (a column is as wide as its widest cell,
+    a flex column as its set width), so fit() measures a few rows, not hundreds."""
+    keep = set()
+    for c in columns:
+        if rows and not c.flex:
+            keep.add(max(range(len(rows)), key=lambda i: _cell_width(rows[i].get(c.key, ""))))
+    return [rows[i] for i in sorted(keep)]
+
+
 def _cell_width(cell) -> int:
     from rich.cells import cell_len
 
@@ -106,7 +117,7 @@ def fit(columns: list, rows: list, width: int):
                 kept = [c for c in kept if c.rank != drop]
             flex = [c for c in kept if c.flex]
             minimums = flex_minimums(flex, rows)
-            least = natural_width(build_table(kept, rows, frame, minimums))
+            least = natural_width(build_table(kept, widest_rows(kept, rows), frame, minimums))
             if least <= width:
                 budget = width - least + sum(minimums.values())
                 return build_table(kept, rows, frame, _share(flex, rows, budget, minimums))

@@ -78,8 +78,10 @@ def render(report, console=None) -> None:
         shard = f" in shard {meta['shard']}" if meta.get("shard") else ""
         console.print(Text(f"no checks{shard} (of {meta.get('checks_total', 0)} in the suite)"))
     else:
+        from gradcheck_cli.render.plain_table import print_table
+
         for item in summary_table(report, console.width):
-            console.print(item)
+            print_table(console, item)
     failed = [c for c in report.checks if not c.passed]
     for check in failed:
         console.print()

@@ -12,8 +12,8 @@ from typing import List, Optional
 
 import typer
 
-from gradcheck_cli.cli_io import (JsonErrorGroup, check_detail, emit, fail, prefetch_renderer, prepare_junit, progress,
-                                  quiet_broken_pipe, stdout_to_stderr)
+from gradcheck_cli.cli_io import (TYPER_SETTINGS, JsonErrorGroup, check_detail, emit, exit_now, fail, prefetch_renderer,
+                                  prepare_junit, progress, quiet_broken_pipe, stdout_to_stderr)
 from gradcheck_cli.errors import UserInputError
 from gradcheck_cli.output import write_stdout
 from gradcheck_cli.tolerances import describe as describe_tolerances
@@ -23,12 +23,8 @@ app = typer.Typer(
     name="gradcheck",
     help="Tells you whether gradients are right: autograd vs exact SymPy vs finite differences.\n\n"
          "Exit codes: 0 every check passed; 1 a check failed; 2 the input could not be used.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
     cls=JsonErrorGroup,
+    **TYPER_SETTINGS,
 )
 
 
@@ -38,6 +34,15 @@ def _show_version(value: bool) -> None:
 
         typer.echo(version_text())
         raise typer.Exit(0)
+
+
+def _add_server_commands() -> None:
+    from gradcheck_cli.cli_server import server_app
+
+    app.add_typer(server_app, name="server")
+
+
+_add_server_commands()
 
 
 @app.callback()
@@ -375,7 +380,11 @@ def main() -> None:
     ensure_std_streams()
     start_server_early(sys.argv[1:])
     try:
-        app()
+        try:
+            app()
+        except SystemExit as done:
+            exit_now(done.code)  # returns only when the normal exit must handle something
+            raise
     except BrokenPipeError:
         quiet_broken_pipe()
     except KeyboardInterrupt:

@@ -22,6 +22,8 @@ def describe() -> str:
 
 
 FD_SCHEMES = ("auto", "central", "forward", "richardson", "complex")  # --fd
+# op --mode; here beside --fd so that a spec file is validated without loading the op gate
+OP_MODES = ("auto", "full", "fast")
 DTYPE_EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}  # machine epsilon, the one table of it
 
 # `gradcheck op`'s defaults: an op entry passes when |a - r| <= atol + rtol·|r| + scale·S +

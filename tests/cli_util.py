@@ -49,7 +49,7 @@ def run_gradcheck(args: list[str], *, cwd: Path | str | None = None, env: dict |
     elapsed = time.perf_counter() - started
     result = Result(proc.returncode, proc.stdout.decode("utf-8", errors="replace"),
                     proc.stderr.decode("utf-8", errors="replace"), elapsed)
-    if "--json" in args and result.stdout.strip() and (not args or args[0] != "steps"):
+    if "--json" in args and result.stdout.strip() and (not args or args[0] not in ("steps", "server")):
         from report_audit import audit_json_text
 
         audit_json_text(result.stdout, f"gradcheck {' '.join(map(str, args))[:200]}")

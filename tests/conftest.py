@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import NamedTuple
 
 import pytest
 
 import report_audit
+
+# A developer's own `gradcheck server` must not serve the suite's checks (tests about
+# workers would see the server's instead of the run's): off for this process and every
+# gradcheck it starts; tests/test_server.py turns it on for its own servers.
+os.environ["GRADCHECK_SERVER"] = "off"
 
 
 class CliResult(NamedTuple):

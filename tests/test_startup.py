@@ -117,3 +117,22 @@ def test_op_and_run_start_the_server_before_typer_parses(monkeypatch, argv, star
     monkeypatch.setattr(workers, "warm_up", lambda symbolic=True: calls.append(symbolic))
     cli.start_server_early(argv)
     assert calls == started
+
+
+def test_the_quick_exit_leaves_no_temporary_folder_and_keeps_the_exit_code(tmp_path):
+    """main() ends with os._exit after the report (cli_io.exit_now): multiprocessing's own
+    cleanup must still run (its server's folder under TMPDIR removed), and the code is the
+    report's."""
+    from cli_util import clean_env, run_gradcheck
+
+    spec = tmp_path / "s.toml"
+    spec.write_text('[[check]]\nname = "ok"\nexpr = "x**2"\nat = { x = 3 }\n\n'
+                    '[[check]]\nname = "op"\nop = "torch:tanh"\nat = { x = "randn(3)" }\n')
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    done = run_gradcheck(["run", str(spec), "--jobs", "2"], env=clean_env(TMPDIR=str(temp)))
+    assert done.returncode == 0, done.stderr
+    assert "PASS" in done.stdout and done.stdout.endswith("\n")
+    assert list(temp.iterdir()) == []
+    failed = run_gradcheck(["check", "x**2", "--at", "x=3", "--atol", "-1"], env=clean_env(TMPDIR=str(temp)))
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr

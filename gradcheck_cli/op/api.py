@@ -31,10 +31,11 @@ from gradcheck_cli.op.point import check_point
 from gradcheck_cli.op.verdict import OP_TOLERANCES
 from gradcheck_cli.report import CheckResult, Report
 from gradcheck_cli.shared import SharedOptions, validate_shared, worst_of_points
+from gradcheck_cli.tolerances import OP_MODES
 from gradcheck_cli.torch_state import preserved_state
 from gradcheck_cli.values import Value
 
-MODES = ("auto", "full", "fast")
+MODES = OP_MODES
 # op only: every floating input complex, held and differenced as its real view (..., 2) in
 # the real dtype of the same precision (runner.OpSpec.complex_inputs)
 COMPLEX_DTYPES = {"complex128": "float64", "complex64": "float32"}

@@ -108,11 +108,9 @@ def _value(v: Any) -> str | None:
 
 def _validators() -> dict:
     from gradcheck_cli.checker import LOSSES
-    from gradcheck_cli.engines.finite_diff import SCHEMES
-    from gradcheck_cli.op.api import MODES
     from gradcheck_cli.devices import syntax_problem
     from gradcheck_cli.shared import MAX_POINTS
-    from gradcheck_cli.tolerances import DTYPES
+    from gradcheck_cli.tolerances import DTYPES, FD_SCHEMES, OP_MODES
 
     kw_table = _table_of(_is_kw, "a number, a boolean, a string or an array of numbers")  # the kw and init tables
     return {
@@ -120,7 +118,7 @@ def _validators() -> dict:
         "at": _table_of(_is_value, "a number, an array of numbers or a value string like \"randn(3)\""),
         "kw": kw_table, "init": kw_table,
         "wrt": _wrt, "target": _value,
-        "loss": _enum(LOSSES), "dtype": _enum(DTYPES), "fd": _enum(SCHEMES), "mode": _enum(MODES),
+        "loss": _enum(LOSSES), "dtype": _enum(DTYPES), "fd": _enum(FD_SCHEMES), "mode": _enum(OP_MODES),
         "device": syntax_problem,
         "eps": _positive_number, "atol": _nonneg_number, "rtol": _nonneg_number, "timeout": _nonneg_number,
         "points": _integer(0, MAX_POINTS), "seed": _integer(0, 2**63 - 1), "order": _integer(1, 2),

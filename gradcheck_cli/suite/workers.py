@@ -6,7 +6,8 @@ leave a thread running, change torch's global state.  None of it may take the ru
 hang CI, or change another check's verdict.  So:
 
 * checks run in worker processes forked from a server process that imported torch and
-  SymPy once (multiprocessing's forkserver).  Never a fork of the parent: a process whose
+  SymPy once (multiprocessing's forkserver, or the persistent server of `gradcheck server
+  start` when one serves this environment: daemon.py, remote.py).  Never a fork of the parent: a process whose
   OpenMP pool has run deadlocks a forked child, and the parent never imports user code.
   Forking a worker costs milliseconds, so one that died or misbehaved is replaced;
 * the parent waits on every worker's result pipe, output pipe and process sentinel, the
@@ -38,11 +39,17 @@ from typing import Any, Callable, Iterable
 # What the worker server imports before it forks workers: a suite may hold expression checks
 # (SymPy and the engines); a plain `gradcheck op` needs torch and the op gate only, and SymPy
 # (~0.4 s) is left out of its start-up unless --reference asks for an exact forward.
+# Everything a first check would import is imported here, once, not again in every worker
+# (a worker's first expression check took 63 ms instead of 10 ms before the last lines).
 OP_PRELOAD = ["numpy", "torch", "gradcheck_cli.suite.child", "gradcheck_cli.op.api", "gradcheck_cli.op.full",
-              "gradcheck_cli.op.fast"]
+              "gradcheck_cli.op.fast", "gradcheck_cli.op.loading", "gradcheck_cli.op.mutation",
+              "gradcheck_cli.op.reference", "gradcheck_cli.op.targets", "numpy.random", "torch.utils._device"]
 PRELOAD = OP_PRELOAD + ["sympy", "gradcheck_cli.suite.runner", "gradcheck_cli.checker",
                         "gradcheck_cli.engines.symbolic", "gradcheck_cli.engines.finite_diff",
-                        "gradcheck_cli.engines.autograd"]
+                        "gradcheck_cli.engines.autograd", "gradcheck_cli.engines.fd_screen",
+                        "gradcheck_cli.engines.sympy_tensor", "gradcheck_cli.engines.tensor_model", "numpy.ma",
+                        "sympy.combinatorics", "sympy.tensor.tensor", "sympy.assumptions.wrapper",
+                        "torch.fx.experimental.symbolic_shapes"]
 GRACE_S = 2.0  # how long a worker told to exit may take before it is killed
 
 
@@ -87,11 +94,29 @@ def _context(preload: list | None = None):
 
 def warm_up(symbolic: bool = True) -> None:
     """Start the server now, so its imports overlap with the parent's own work;
-    symbolic=False: a server for op checks without an expression (no SymPy)."""
+    symbolic=False: a server for op checks without an expression (no SymPy).  Nothing to
+    start when a persistent server (`gradcheck server start`) serves this environment."""
+    if _persistent() is not None:
+        return
     from multiprocessing import forkserver
 
     _context(None if symbolic else OP_PRELOAD)
     forkserver.ensure_running()
+
+
+_PERSISTENT: list = []
+
+
+def _persistent(failed: bool = False):
+    """The socket of the persistent server workers come from (remote.py), or None: decided
+    once a process; `failed` (it went away mid-run): None from now on, the forkserver's turn."""
+    if failed:
+        _PERSISTENT[:] = [None]
+    if not _PERSISTENT:
+        from gradcheck_cli.suite import remote
+
+        _PERSISTENT.append(remote.available())
+    return _PERSISTENT[0]
 
 
 @dataclass
@@ -107,6 +132,14 @@ class Worker:
 
 
 def _spawn(threads: int) -> Worker:
+    path = _persistent()
+    if path is not None:
+        from gradcheck_cli.suite import remote
+
+        got = remote.spawn_worker(path, threads)
+        if got is not None:
+            return Worker(*got)
+        _persistent(failed=True)
     ctx = _context()
     jobs_r, jobs_w = ctx.Pipe(duplex=False)
     results_r, results_w = ctx.Pipe(duplex=False)

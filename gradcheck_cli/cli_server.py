@@ -1,0 +1,85 @@
+"""`gradcheck server start|stop|status`: the persistent worker server (suite/daemon.py,
+suite/remote.py), thin commands like the rest of the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import typer
+
+from gradcheck_cli.cli_io import TYPER_SETTINGS, JsonErrorGroup, fail
+from gradcheck_cli.errors import UserInputError
+from gradcheck_cli.output import write_stdout
+
+server_app = typer.Typer(
+    help="A persistent worker server: torch and SymPy imported once, so every later `gradcheck op` and "
+         "`gradcheck run` in this environment skips their ~1.3 s import (opt-in; GRADCHECK_SERVER=off ignores it).",
+    cls=JsonErrorGroup,
+    **TYPER_SETTINGS,
+)
+
+
+def _describe(info: dict) -> str:
+    up = time.time() - float(info.get("started", time.time()))
+    idle = float(info.get("idle_timeout_s", 0))
+    ends = f"exits after {idle / 60:g} min with nothing to do" if idle > 0 else "runs until `gradcheck server stop`"
+    return (f"pid {info.get('pid')}, up {up:.0f} s, {info.get('served', 0)} workers started, "
+            f"{info.get('workers_running', 0)} running, peak {info.get('rss_mib', '?')} MiB; {ends}")
+
+
+@server_app.command()
+def start(idle_timeout: float = typer.Option(30.0, "--idle-timeout", metavar="MINUTES",
+                                             help="exit after this long with no worker and no caller (0: never)"),
+          as_json: bool = typer.Option(False, "--json", help="its status as JSON on stdout")) -> None:
+    """Start this environment's server (imports torch and SymPy, then waits for callers)."""
+    from gradcheck_cli.suite import remote
+
+    try:
+        if not math.isfinite(idle_timeout) or idle_timeout < 0:
+            raise UserInputError(f"--idle-timeout must be >= 0 minutes, got {idle_timeout:g}")
+        info, started = remote.start(idle_timeout)
+    except UserInputError as err:
+        raise fail(err, as_json) from None
+    if as_json:
+        write_stdout(json.dumps({**info, "started_now": started}) + "\n")
+    else:
+        typer.echo(f"gradcheck server {'started' if started else 'already running'}: {_describe(info)}")
+
+
+@server_app.command()
+def stop(as_json: bool = typer.Option(False, "--json", help="what was stopped, as JSON on stdout")) -> None:
+    """Stop this environment's server (running workers finish first).  No server: says so, exit 0."""
+    from gradcheck_cli.suite import remote
+
+    answer = remote.stop()
+    if as_json:
+        write_stdout(json.dumps({"stopped": answer is not None, "pid": (answer or {}).get("pid")}) + "\n")
+    elif answer is None:
+        typer.echo("gradcheck server: none running for this environment")
+    else:
+        typer.echo(f"gradcheck server stopped (pid {answer['pid']})")
+
+
+@server_app.command()
+def status(as_json: bool = typer.Option(False, "--json", help="the status as JSON on stdout")) -> None:
+    """Whether a server serves this environment (exit 0) or not (exit 1)."""
+    from gradcheck_cli.suite import remote
+
+    try:
+        remote.safe_directory()
+    except FileNotFoundError:
+        pass
+    except UserInputError as err:
+        raise fail(err, as_json) from None
+    info = None if remote.disabled() else remote.status()
+    if as_json:
+        write_stdout(json.dumps({"running": info is not None, **(info or {}),
+                                 "socket": str(remote.socket_path()), "disabled": remote.disabled()}) + "\n")
+    elif info is None:
+        why = " (GRADCHECK_SERVER is off)" if remote.disabled() else ""
+        typer.echo(f"gradcheck server: none running for this environment{why}")
+    else:
+        typer.echo(f"gradcheck server: running, {_describe(info)}")
+    raise typer.Exit(0 if info is not None else 1)

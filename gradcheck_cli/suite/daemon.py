@@ -1,0 +1,230 @@
+"""The persistent worker server (`gradcheck server start`): one process that imported
+torch, SymPy and the engines once and forks a worker for every `gradcheck op` / `gradcheck
+run` that asks, across invocations, so they skip the ~1.3 s of imports.  remote.py is the
+callers' side (where it lives, who may use it, how to ask); workers.py uses it when one is
+up for the caller's environment and falls back to its own forkserver when not.
+
+The protocol, on a Unix socket only the user can reach (a 0700 directory, and the peer's
+uid checked): a connection sends one length-prefixed JSON request; "spawn" comes with the
+four pipe ends of a worker (child.py's jobs, results, output, lifeline) as SCM_RIGHTS.  The
+server forks, answers the child's pid, and when the child ends answers its exit code (as
+multiprocessing's: -N for signal N) and closes the connection, so that connection is the
+caller's sentinel.  "status" answers a JSON object; "stop" stops accepting, lets running
+workers finish, and exits.
+
+A worker is exactly what workers.py gets from its own server: child.worker_main, with the
+caller's sys.path, umask and resource limits (its cwd and environment come with every job),
+dying with this server (PR_SET_PDEATHSIG) or the caller (the lifeline).  The server never
+runs user code itself, and never runs a torch op (a process whose OpenMP pool has run must
+not fork).  It ends after `idle_s` seconds with no worker and no request, on "stop", or
+on SIGTERM; it removes its socket when it goes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+
+from gradcheck_cli.suite.wire import receive_message, send_message
+
+class Server:
+    def __init__(self, listener: socket.socket, path: str, idle_s: float, info: dict):
+        self.listener, self.path, self.idle_s, self.info = listener, path, idle_s, info
+        self.inode = os.stat(path).st_ino
+        self.children: dict = {}  # pid -> the connection that asked for it
+        self.served = 0
+        self.stopping = False
+        self.last = time.monotonic()
+        self.started = time.time()
+        self.selector = selectors.DefaultSelector()
+        self.lock: int | None = None  # the fd holding this environment's lock: a worker closes it
+        self.wake_r, self.wake_w = os.pipe()
+        for fd in (self.wake_r, self.wake_w):
+            os.set_blocking(fd, False)
+
+    def serve(self) -> None:
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self.selector.register(self.listener, selectors.EVENT_READ)
+        self.selector.register(self.wake_r, selectors.EVENT_READ)
+        while not (self.stopping and not self.children):
+            timeout = None
+            if not self.children and self.idle_s > 0 and not self.stopping:
+                timeout = max(0.0, self.last + self.idle_s - time.monotonic())
+                if timeout == 0.0:
+                    break
+            for key, _ in self.selector.select(timeout):
+                if key.fileobj is self.listener:
+                    self._accept()
+                else:
+                    try:
+                        os.read(self.wake_r, 4096)
+                    except OSError:
+                        pass
+            self._reap()
+            if self.children:
+                self.last = time.monotonic()
+        self.stop()
+
+    def stop(self) -> None:
+        """Accept no more callers (the socket goes now); exit once the running workers end."""
+        if self.stopping:
+            return
+        self.stopping = True
+        try:
+            if os.stat(self.path).st_ino == self.inode:  # still ours: a newer server may have replaced it
+                os.unlink(self.path)
+        except OSError:
+            pass
+        try:
+            self.selector.unregister(self.listener)
+        except (KeyError, ValueError):
+            pass
+        self.listener.close()
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        self.last = time.monotonic()
+        conn.settimeout(5.0)  # a caller that connects and says nothing does not hold the server
+        fds: list = []
+        try:
+            uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
+            if uid != os.getuid():
+                raise PermissionError(f"uid {uid}")
+            request, fds = receive_message(conn, max_fds=4)
+            what = request.get("request")
+            if what == "spawn" and len(fds) == 4 and not self.stopping:
+                self._spawn(conn, request, fds)
+                return
+            if what == "status":
+                send_message(conn, self.status())
+            elif what == "stop":
+                send_message(conn, {"stopping": True, "pid": os.getpid()})
+                self.stop()
+        except (OSError, ValueError, EOFError, struct.error):
+            pass
+        for fd in fds:
+            os.close(fd)
+        conn.close()
+
+    def status(self) -> dict:
+        return {**self.info, "pid": os.getpid(), "started": self.started, "served": self.served,
+                "workers_running": len(self.children), "idle_timeout_s": self.idle_s,
+                "rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+    def _spawn(self, conn: socket.socket, request: dict, fds: list) -> None:
+        pid = os.fork()
+        if pid == 0:
+            _child(self, conn, request, fds)  # never returns
+        for fd in fds:
+            os.close(fd)
+        self.served += 1
+        self.children[pid] = conn
+        try:
+            conn.sendall(struct.pack("!i", pid))
+        except OSError:
+            pass
+
+    def _reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            conn = self.children.pop(pid, None)
+            if conn is None:
+                continue
+            try:
+                conn.sendall(struct.pack("!i", os.waitstatus_to_exitcode(status)))
+            except OSError:
+                pass
+            conn.close()
+
+
+def _child(server: Server, conn: socket.socket, request: dict, fds: list) -> None:
+    """In the forked worker: drop the server's sockets and handlers, take on the caller's
+    sys.path, umask and limits, and be child.worker_main.  Always ends with os._exit."""
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        server.selector.close()
+        for sock in [server.listener, conn, *server.children.values()]:
+            sock.close()
+        for fd in (server.wake_r, server.wake_w, server.lock):
+            if fd is not None:
+                os.close(fd)
+        sys.path[:] = [str(p) for p in request.get("sys_path", sys.path)]
+        os.umask(int(request.get("umask", 0o022)))
+        for name, (soft, hard) in request.get("limits", {}).items():
+            try:
+                resource.setrlimit(getattr(resource, name), (soft, hard))
+            except (ValueError, OSError, AttributeError):
+                pass  # a limit above the server's own hard limit: the server's stays
+        from multiprocessing.connection import Connection
+
+        from gradcheck_cli.suite.child import worker_main
+
+        jobs, results, output, lifeline = fds
+        worker_main(Connection(jobs, writable=False), Connection(results, readable=False),
+                    Connection(output, readable=False), Connection(lifeline, writable=False),
+                    int(request.get("threads", 1)))
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def main(argv: list) -> None:
+    """python -m gradcheck_cli.suite.daemon PATH IDLE_S READY_FD INFO_JSON: preload, then
+    bind PATH (only once the imports are done: a caller that finds the socket finds a
+    ready server), write one byte to READY_FD, serve."""
+    path, idle_s, ready_fd, info = argv[0], float(argv[1]), int(argv[2]), json.loads(argv[3])
+    os.chdir("/")  # hold no directory busy; each job brings its own cwd
+    import fcntl
+    import importlib
+
+    from gradcheck_cli.suite.workers import PRELOAD
+
+    lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        sys.stderr.write("gradcheck server: another server for this environment holds the lock\n")
+        sys.exit(3)  # remote.LOCKED
+    for name in PRELOAD:
+        importlib.import_module(name)
+    import gc
+
+    gc.collect()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    staging = f"{path}.{os.getpid()}"
+    listener.bind(staging)
+    os.chmod(staging, 0o600)
+    listener.listen(64)
+    os.replace(staging, path)
+    server = Server(listener, path, idle_s, info)
+    server.lock = lock
+    os.write(ready_fd, b"1")
+    os.close(ready_fd)
+    server.serve()
+    os.close(lock)
+    os._exit(0)  # no interpreter shutdown with torch and SymPy loaded
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

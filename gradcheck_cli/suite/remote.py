@@ -1,0 +1,301 @@
+"""The callers' side of the persistent worker server (daemon.py): where it lives, which
+environment it serves, and starting, asking, stopping it.
+
+One server serves one environment, named by a fingerprint of what its preloaded modules
+would be in the caller: the Python executable, version and flags, where torch, numpy and SymPy
+are installed (and their files' times), every gradcheck_cli source file's time and size
+(an edited checkout is a new environment), and the environment variables read when torch
+loads (TORCH_*, OMP_*, MKL_*, PYTHON*, LD_*, CUDA_* ...).  Its socket is named by that
+fingerprint, so a caller never reaches a server of another environment: a stale one simply
+goes unused and ends after its idle time.
+
+The directory is $GRADCHECK_SERVER_DIR, else $XDG_RUNTIME_DIR/gradcheck, else
+/tmp/gradcheck-UID; it must be the user's own and closed to others (0700), or it is not
+used.  GRADCHECK_SERVER=off: never use a server (the run starts its own, as without one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gradcheck_cli.errors import UserInputError
+
+ENV_PREFIXES = ("TORCH", "PYTORCH", "OMP_", "MKL_", "KMP_", "GOMP", "OPENBLAS", "CUDA", "NVIDIA", "LD_", "PYTHON",
+                "DNNL", "ONEDNN", "SYMPY", "NUMPY", "MPMATH")
+IDLE_MINUTES = 30.0
+START_TIMEOUT_S = 120.0
+LOCKED = 3  # a server's exit status when another one for its environment holds the lock (daemon.main)
+
+_CACHE: dict = {}
+
+
+class ServerError(UserInputError):
+    """The server cannot be started or its directory cannot be used safely."""
+
+    kind = "server"
+
+
+def disabled() -> bool:
+    return os.environ.get("GRADCHECK_SERVER", "").strip().lower() in ("0", "off", "no", "false")
+
+
+def directory() -> Path:
+    if os.environ.get("GRADCHECK_SERVER_DIR"):
+        return Path(os.environ["GRADCHECK_SERVER_DIR"])
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return Path(runtime) / "gradcheck"
+    return Path("/tmp") / f"gradcheck-{os.getuid()}"
+
+
+def safe_directory(create: bool = False) -> Path:
+    """The server directory, checked: ours and closed to others (created 0700 if asked).
+    Raises ServerError when it is not safe (another user could reach our workers)."""
+    folder = directory()
+    if create:
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ServerError(f"cannot create the server directory {folder}: {exc.strerror}") from None
+    st = os.lstat(folder)
+    if not os.path.isdir(folder) or os.path.islink(folder):
+        raise ServerError(f"the server directory {folder} is not a directory")
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise ServerError(f"the server directory {folder} is not private (owner uid {st.st_uid}, mode "
+                          f"{st.st_mode & 0o777:o}; it must be yours, mode 700): not used")
+    return folder
+
+
+def fingerprint() -> str:
+    """16 hex digits naming this environment (see the module's doc)."""
+    if "fingerprint" in _CACHE:
+        return _CACHE["fingerprint"]
+    import importlib.util
+
+    h = hashlib.sha256()
+    h.update(repr((os.path.realpath(sys.executable), sys.version, sys.flags, os.getuid())).encode())
+    for name in ("torch", "numpy", "sympy"):
+        spec = importlib.util.find_spec(name)
+        origin = getattr(spec, "origin", None) or ""
+        h.update(f"{name}:{origin}".encode())
+        for extra in ("__init__.py", "version.py", "_version.py", "release.py"):
+            try:
+                st = os.stat(os.path.join(os.path.dirname(origin), extra))
+                h.update(f"{extra}:{st.st_mtime_ns}:{st.st_size}".encode())
+            except OSError:
+                pass
+    package = Path(__file__).resolve().parent.parent
+    for path in sorted(package.rglob("*.py")):
+        st = path.stat()
+        h.update(f"{path}:{st.st_mtime_ns}:{st.st_size}".encode())
+    for key in sorted(os.environ):
+        if key.startswith(ENV_PREFIXES):
+            h.update(f"{key}={os.environ[key]}".encode())
+    _CACHE["fingerprint"] = h.hexdigest()[:16]
+    return _CACHE["fingerprint"]
+
+
+def socket_path(folder: Path | None = None) -> Path:
+    return (folder or directory()) / f"server-{fingerprint()}.sock"
+
+
+def _connect(path: Path, timeout: float = 5.0) -> socket.socket | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(path))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def available() -> Path | None:
+    """The socket of a server for this environment that callers may use now, else None.
+    Cheap when there is none (no socket file: a stat); never raises."""
+    if disabled():
+        return None
+    try:
+        path = socket_path()
+        if not path.exists():
+            return None
+        safe_directory()
+    except (OSError, UserInputError):
+        return None
+    return path
+
+
+def request(path: Path, payload: dict, timeout: float = 5.0) -> dict | None:
+    """One status/stop request; None when no server answers there."""
+    from gradcheck_cli.suite.wire import receive_message, send_message
+
+    sock = _connect(path, timeout)
+    if sock is None:
+        return None
+    with sock:
+        try:
+            send_message(sock, payload)
+            return receive_message(sock)[0]
+        except (OSError, ValueError, EOFError, struct.error):
+            return None
+
+
+class RemoteProcess:
+    """A worker forked by the server, as workers.py sees a multiprocessing Process:
+    `sentinel` (readable when it ended), `exitcode`, join(), kill()."""
+
+    def __init__(self, sock: socket.socket, pid: int):
+        self._sock, self.pid, self.exitcode = sock, pid, None
+        self.sentinel = sock.fileno()
+        self._done = False
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._done:
+            return
+        from multiprocessing.connection import wait
+
+        if not wait([self._sock], timeout):
+            return
+        self._sock.settimeout(1.0)
+        try:
+            data = self._sock.recv(4)
+            self.exitcode = struct.unpack("!i", data)[0] if len(data) == 4 else None
+        except (OSError, struct.error):
+            self.exitcode = None  # the server went: describe_exit says it ended without a status
+        self._done = True
+        self._sock.close()
+
+    def kill(self) -> None:
+        if self._done:
+            return
+        from multiprocessing.connection import wait
+
+        if wait([self._sock], 0):  # already ended (and perhaps reaped: its pid may be another's now)
+            return
+        try:
+            os.kill(self.pid, 9)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _spawn(path: Path, ends: list, threads: int) -> RemoteProcess | None:
+    """A worker from the server at `path` holding the four pipe ends `ends` (child.py's
+    jobs, results, output, lifeline); None when the server is not there any more."""
+    from gradcheck_cli.suite.wire import client_limits, send_message
+
+    sock = _connect(path)
+    if sock is None:
+        return None
+    cwd = os.getcwd()
+    mask = os.umask(0)
+    os.umask(mask)
+    payload = {"request": "spawn", "threads": threads, "umask": mask, "limits": client_limits(),
+               "sys_path": [p if p else cwd for p in sys.path]}
+    try:
+        send_message(sock, payload, [end.fileno() for end in ends])
+        data = sock.recv(4)
+        if len(data) < 4:
+            data += sock.recv(4 - len(data))
+        (pid,) = struct.unpack("!i", data)
+    except (OSError, struct.error):
+        sock.close()
+        return None
+    sock.settimeout(None)
+    return RemoteProcess(sock, pid)
+
+
+def spawn_worker(path: Path, threads: int) -> tuple | None:
+    """A worker from the server at `path` and the caller's ends of its pipes, in workers.Worker's
+    order: (process, jobs, results, output, lifeline); None when the server is not there any more."""
+    from multiprocessing import Pipe
+
+    jobs, results, output, lifeline = (Pipe(duplex=False) for _ in range(4))  # each (read end, write end)
+    theirs = [jobs[0], results[1], output[1], lifeline[0]]
+    mine = [jobs[1], results[0], output[0], lifeline[1]]
+    proc = _spawn(path, theirs, threads)
+    for end in theirs + (mine if proc is None else []):
+        end.close()
+    return None if proc is None else (proc, *mine)
+
+
+def status() -> dict | None:
+    path = available()
+    return request(path, {"request": "status"}) if path is not None else None
+
+
+def start(idle_minutes: float = IDLE_MINUTES) -> tuple[dict, bool]:
+    """Start this environment's server (or find it running): (its status, started now)."""
+    if disabled():
+        raise ServerError("GRADCHECK_SERVER is off in this environment: a server would never be used")
+    folder = safe_directory(create=True)
+    path = socket_path(folder)
+    running = request(path, {"request": "status"}) if path.exists() else None
+    if running is not None:
+        return running, False
+    info = {"fingerprint": fingerprint(), "python": sys.version.split()[0], "executable": sys.executable}
+    log = folder / f"server-{fingerprint()}.log"
+    ready_r, ready_w = os.pipe()
+    bootstrap = ("import sys, json; sys.path[:] = json.loads(sys.argv[1]); "
+                 "from gradcheck_cli.suite.daemon import main; main(sys.argv[2:])")
+    sys_path = [p if p else os.getcwd() for p in sys.path]
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-c", bootstrap, json.dumps(sys_path), str(path),
+                                 str(max(0.0, idle_minutes) * 60), str(ready_w), json.dumps(info)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                pass_fds=(ready_w,), start_new_session=True, close_fds=True)
+    os.close(ready_w)
+    try:
+        from multiprocessing.connection import wait
+
+        ready = wait([ready_r], START_TIMEOUT_S) and os.read(ready_r, 1) == b"1"
+    finally:
+        os.close(ready_r)
+    if not ready:
+        try:
+            code = proc.wait(timeout=5)  # it closed the pipe: it is exiting
+        except subprocess.TimeoutExpired:  # silent past START_TIMEOUT_S: stuck
+            proc.kill()
+            code = None
+        if code == LOCKED:  # another `server start` won the race: its server is the one
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while time.monotonic() < deadline:
+                running = request(path, {"request": "status"}) if path.exists() else None
+                if running is not None:
+                    return running, False
+                time.sleep(0.05)
+        text = log.read_text(errors="replace").strip().splitlines()
+        raise ServerError("the server did not start" + (f": {text[-1]}" if text else "") + f" (log: {log})")
+    return request(path, {"request": "status"}) or {"pid": proc.pid}, True
+
+
+def stop(wait_s: float = 30.0) -> dict | None:
+    """Ask this environment's server to stop; wait until it is gone.  None: none running."""
+    path = available()
+    answer = request(path, {"request": "stop"}) if path is not None else None
+    if answer is None:
+        return None
+    pid, deadline = int(answer["pid"]), time.monotonic() + wait_s
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.02)
+    return answer
+
+
+def _alive(pid: int) -> bool:
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child (started by this process): reaped now
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True

@@ -1,0 +1,52 @@
+"""The persistent server's wire format (daemon.py serves it, remote.py asks): one
+length-prefixed JSON message each way, file descriptors attached with SCM_RIGHTS; and the
+resource limits a worker takes from its caller."""
+
+from __future__ import annotations
+
+import json
+import resource
+import socket
+import struct
+
+MAX_REQUEST = 1 << 20
+LIMITS = ("RLIMIT_AS", "RLIMIT_DATA", "RLIMIT_CPU", "RLIMIT_NOFILE", "RLIMIT_STACK", "RLIMIT_CORE", "RLIMIT_FSIZE")
+
+
+def send_message(sock: socket.socket, payload: dict, fds: list | None = None) -> None:
+    """One request or answer: a 4-byte length, then JSON (with `fds` attached)."""
+    data = json.dumps(payload).encode()
+    framed = struct.pack("!I", len(data)) + data
+    sent = socket.send_fds(sock, [framed], fds) if fds else sock.send(framed)
+    if sent < len(framed):
+        sock.sendall(framed[sent:])
+
+
+def receive_message(sock: socket.socket, max_fds: int = 0) -> tuple[dict, list]:
+    """The other side of send_message: (payload, fds)."""
+    data, fds, _flags, _addr = socket.recv_fds(sock, 65536, max_fds) if max_fds else (sock.recv(65536), [], 0, None)
+    if len(data) < 4:
+        data += _exactly(sock, 4 - len(data))
+    (size,) = struct.unpack("!I", data[:4])
+    if size > MAX_REQUEST:
+        raise ValueError(f"a message of {size} bytes")
+    body = data[4:]
+    if len(body) < size:
+        body += _exactly(sock, size - len(body))
+    return json.loads(body[:size].decode()), fds
+
+
+def _exactly(sock: socket.socket, n: int) -> bytes:
+    chunks = []
+    while n > 0:
+        chunk = sock.recv(n)
+        if not chunk:
+            raise EOFError("the connection closed mid-message")
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def client_limits() -> dict:
+    """The resource limits a worker takes from its caller (a CI step's `ulimit -v` holds)."""
+    return {name: list(resource.getrlimit(getattr(resource, name))) for name in LIMITS if hasattr(resource, name)}

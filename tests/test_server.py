@@ -1,0 +1,291 @@
+"""The persistent worker server (`gradcheck server start|stop|status`, issue 16): checks run
+in workers forked from it, as they would from the run's own server -- the caller's cwd,
+environment, sys.path, umask and limits; crashes, timeouts and a killed caller handled the
+same -- and it is never used by another environment, with GRADCHECK_SERVER=off, from an
+unsafe directory, or after it died.
+
+Everything goes through real processes: the server is one, and so is every caller.  Each
+op records, in the file GC_RECORD names, the process it ran in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from cli_util import clean_env, gradcheck_command, run_gradcheck
+
+OPS = '''
+import json, os, resource, signal, time
+import torch
+
+def _record():
+    path = os.environ.get("GC_RECORD")
+    if path:
+        with open(path, "w") as f:
+            mask = os.umask(0)
+            os.umask(mask)
+            json.dump({"pid": os.getpid(), "ppid": os.getppid(), "cwd": os.getcwd(), "var": os.environ.get("GC_VAR"),
+                       "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0], "umask": mask}, f)
+
+def recorded(x):
+    _record()
+    return torch.tanh(x) * x
+
+def sleeps(x):
+    _record()
+    time.sleep(float(os.environ.get("GC_SLEEP", "60")))
+    return torch.tanh(x) * x
+
+def segfault(x):
+    _record()
+    os.kill(os.getpid(), signal.SIGSEGV)
+'''
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait_gone(pid: int, seconds: float = 15.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def _private_folder() -> Path:
+    return Path(tempfile.mkdtemp(prefix="gcs", dir="/tmp"))  # short: a socket's path holds 107 bytes
+
+
+def _own_server_env(tmp_path: Path) -> tuple[Path, dict, Path]:
+    """A private folder, an environment that uses servers there, and the ops file."""
+    folder = _private_folder()
+    ops = tmp_path / "ops.py"
+    ops.write_text(OPS)
+    return folder, clean_env(GRADCHECK_SERVER="on", GRADCHECK_SERVER_DIR=str(folder)), ops
+
+
+def _wait_for(record: Path) -> dict:
+    """What the op recorded, once it has run (it may still be running)."""
+    deadline = time.monotonic() + 60
+    while not record.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return json.loads(record.read_text())
+
+
+def _start(env: dict, *extra: str) -> dict:
+    started = run_gradcheck(["server", "start", "--json", *extra], env=env)
+    assert started.returncode == 0, started.stderr
+    return json.loads(started.stdout)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder = _private_folder()
+    ops = tmp_path_factory.mktemp("server_ops")
+    (ops / "ops.py").write_text(OPS)
+    env = clean_env(GRADCHECK_SERVER="on", GRADCHECK_SERVER_DIR=str(folder))
+    info = _start(env, "--idle-timeout", "10")
+    yield SimpleNamespace(env=env, pid=info["pid"], folder=folder, ops=ops / "ops.py")
+    run_gradcheck(["server", "stop"], env=env)
+    _wait_gone(info["pid"])
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _op(server, attr: str, tmp_path: Path, *extra: str, env: dict | None = None, **run) -> tuple:
+    record = tmp_path / f"{attr}.json"
+    env = {**(env or server.env), "GC_RECORD": str(record), "GC_VAR": "from-the-caller"}
+    done = run_gradcheck(["op", f"{server.ops}:{attr}", "--at", "x=randn(3)", "--json", *extra], env=env,
+                         cwd=tmp_path, **run)
+    return done, (json.loads(record.read_text()) if record.exists() else None)
+
+
+def _comparable(report: dict) -> dict:
+    """A report without what differs from run to run (times, memory, the tool block)."""
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items()
+                    if k not in ("duration_s", "worker_peak_rss_mib", "tool", "meta")}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+    return strip(report)
+
+
+def test_a_check_runs_in_a_worker_of_the_server_with_the_callers_context(server, tmp_path):
+    before = json.loads(run_gradcheck(["server", "status", "--json"], env=server.env).stdout)
+    done, seen = _op(server, "recorded", tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert seen["ppid"] == server.pid, "the worker was not forked by the server"
+    assert seen["cwd"] == str(tmp_path) and seen["var"] == "from-the-caller"
+    after = json.loads(run_gradcheck(["server", "status", "--json"], env=server.env).stdout)
+    assert after["served"] > before["served"] and after["running"] is True
+    alone, seen_alone = _op(server, "recorded", tmp_path, env={**server.env, "GRADCHECK_SERVER": "off"})
+    assert seen_alone["ppid"] != server.pid
+    assert _comparable(json.loads(done.stdout)) == _comparable(json.loads(alone.stdout))
+
+
+def test_the_callers_umask_and_resource_limits_hold_in_the_worker(server, tmp_path):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    mine = min(soft, 300)
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (mine, hard))
+        os.umask(0o027)
+
+    record = tmp_path / "r.json"
+    env = {**server.env, "GC_RECORD": str(record)}
+    done = subprocess.run(gradcheck_command() + ["op", f"{server.ops}:recorded", "--at", "x=randn(2)"], env=env,
+                          capture_output=True, preexec_fn=limited, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    seen = json.loads(record.read_text())
+    assert seen["ppid"] == server.pid and seen["nofile"] == mine and seen["umask"] == 0o027
+
+
+def test_a_crash_in_a_server_worker_is_that_checks_failure_and_the_server_lives_on(server, tmp_path):
+    done, seen = _op(server, "segfault", tmp_path)
+    assert done.returncode == 1, done.stderr
+    (check,) = json.loads(done.stdout)["checks"]
+    assert [d["code"] for d in check["diagnostics"]][0] == "worker_crashed"
+    assert "SIGSEGV" in check["diagnostics"][0]["message"] and seen["ppid"] == server.pid
+    assert _alive(server.pid)
+    again, _ = _op(server, "recorded", tmp_path)
+    assert again.returncode == 0
+
+
+def test_a_timeout_kills_the_server_worker(server, tmp_path):
+    done, seen = _op(server, "sleeps", tmp_path, "--timeout", "1")
+    assert done.returncode == 1
+    (check,) = json.loads(done.stdout)["checks"]
+    assert check["diagnostics"][0]["code"] == "timeout"
+    assert seen["ppid"] == server.pid and _wait_gone(seen["pid"])
+
+
+def test_a_server_worker_dies_with_a_caller_killed_by_sigkill(server, tmp_path):
+    record = tmp_path / "r.json"
+    env = {**server.env, "GC_RECORD": str(record)}
+    proc = subprocess.Popen(gradcheck_command() + ["op", f"{server.ops}:sleeps", "--at", "x=1"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = _wait_for(record)
+    assert worker["ppid"] == server.pid
+    proc.kill()
+    proc.wait(timeout=10)
+    assert _wait_gone(worker["pid"]), "the worker outlived its caller"
+    assert _alive(server.pid)
+
+
+def test_stop_lets_a_running_check_finish(tmp_path):
+    folder, env, ops = _own_server_env(tmp_path)
+    info = _start(env)
+    record = tmp_path / "r.json"
+    proc = subprocess.Popen(gradcheck_command() + ["op", f"{ops}:sleeps", "--at", "x=1", "--json"],
+                            env={**env, "GC_RECORD": str(record), "GC_SLEEP": "1.5"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    _wait_for(record)
+    stopped = run_gradcheck(["server", "stop"], env=env)
+    assert stopped.returncode == 0 and f"pid {info['pid']}" in stopped.stdout
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    assert json.loads(record.read_text())["ppid"] == info["pid"]
+    assert _wait_gone(info["pid"]) and list(folder.glob("*.sock")) == []
+    status = run_gradcheck(["server", "status"], env=env)
+    assert status.returncode == 1 and "none running" in status.stdout
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_another_environment_off_or_an_unsafe_folder_never_reaches_the_server(server, tmp_path):
+    other = {**server.env, "TORCH_GRADCHECK_TEST_MARK": "1"}  # torch reads TORCH_* at import: another environment
+    for env in (other, {**server.env, "GRADCHECK_SERVER": "off"}):
+        done, seen = _op(server, "recorded", tmp_path, env=env)
+        assert done.returncode == 0 and seen["ppid"] != server.pid
+    assert run_gradcheck(["server", "status"], env=other).returncode == 1
+    open_folder = _private_folder()
+    try:
+        os.chmod(open_folder, 0o777)
+        env = {**server.env, "GRADCHECK_SERVER_DIR": str(open_folder)}
+        refused = run_gradcheck(["server", "start"], env=env)
+        assert refused.returncode == 2 and "is not private" in refused.stderr and "Traceback" not in refused.stderr
+        assert list(open_folder.iterdir()) == []
+    finally:
+        shutil.rmtree(open_folder, ignore_errors=True)
+    off = run_gradcheck(["server", "start"], env={**server.env, "GRADCHECK_SERVER": "off"})
+    assert off.returncode == 2 and "GRADCHECK_SERVER is off" in off.stderr
+
+
+def test_a_dead_server_is_passed_over_and_replaced(tmp_path):
+    folder, env, ops = _own_server_env(tmp_path)
+    first = _start(env)
+    assert _start(env)["pid"] == first["pid"]  # already running: the same one
+    os.kill(first["pid"], signal.SIGKILL)
+    assert _wait_gone(first["pid"])
+    assert list(folder.glob("*.sock")), "the dead server's socket should still be there for this test"
+    record = tmp_path / "r.json"
+    done = run_gradcheck(["op", f"{ops}:recorded", "--at", "x=randn(3)"], env={**env, "GC_RECORD": str(record)})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(record.read_text())["ppid"] != first["pid"]
+    second = _start(env)
+    assert second["pid"] != first["pid"] and second["started_now"] is True
+    run_gradcheck(["server", "stop"], env=env)
+    assert _wait_gone(second["pid"])
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_two_starts_at_once_give_one_server():
+    folder = _private_folder()
+    env = clean_env(GRADCHECK_SERVER="on", GRADCHECK_SERVER_DIR=str(folder))
+    procs = [subprocess.Popen(gradcheck_command() + ["server", "start", "--json"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for _ in range(2)]
+    answers = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err.decode()
+        answers.append(json.loads(out))
+    assert answers[0]["pid"] == answers[1]["pid"] and sorted(a["started_now"] for a in answers) == [False, True]
+    run_gradcheck(["server", "stop"], env=env)
+    assert _wait_gone(answers[0]["pid"])
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_an_idle_server_exits_by_itself(tmp_path):
+    folder = _private_folder()
+    env = clean_env(GRADCHECK_SERVER="on", GRADCHECK_SERVER_DIR=str(folder))
+    info = _start(env, "--idle-timeout", "0.02")  # 1.2 s
+    assert _wait_gone(info["pid"], 20), "the idle server is still running"
+    assert list(folder.glob("*.sock")) == []
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_suite_under_the_server_gives_the_report_it_gives_without(server, tmp_path):
+    spec = tmp_path / "s.toml"
+    spec.write_text("\n".join([
+        '[[check]]\nname = "expr"\nexpr = "sum(sin(x)*exp(x))"\nat = { x = "randn(4)" }\n',
+        f'[[check]]\nname = "op"\nop = "{server.ops}:recorded"\nat = {{ x = "randn(2, 3)" }}\n',
+        '[[check]]\nname = "scalar"\nexpr = "sigmoid(w*x)"\nat = { w = 2, x = 0.5 }\nwrt = ["w"]\n']))
+    reports = []
+    for mode in ("on", "off"):
+        done = run_gradcheck(["run", str(spec), "--jobs", "2", "--json"], env={**server.env, "GRADCHECK_SERVER": mode})
+        assert done.returncode == 0, done.stderr
+        reports.append(_comparable(json.loads(done.stdout)))
+    assert reports[0] == reports[1]
+
+
+@pytest.mark.parametrize("bad", ["-1", "nan"])
+def test_a_bad_idle_timeout_is_a_user_error(bad):
+    done = run_gradcheck(["server", "start", "--idle-timeout", bad],
+                         env=clean_env(GRADCHECK_SERVER="on", GRADCHECK_SERVER_DIR="/nonexistent/gcs"))
+    assert done.returncode == 2 and "--idle-timeout" in done.stderr and "Traceback" not in done.stderr

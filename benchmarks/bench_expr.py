@@ -31,6 +31,8 @@ import time
 
 import numpy as np
 
+os.environ["GRADCHECK_SERVER"] = "off"  # cold timings: a persistent server running here must not serve them
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from hand_fd_check import FUNCTIONS, hand_check, seed_check  # noqa: E402

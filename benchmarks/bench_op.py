@@ -23,6 +23,8 @@ import time
 
 import torch
 
+os.environ["GRADCHECK_SERVER"] = "off"  # cold timings: a persistent server running here must not serve them
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "samples", "ops"))
 
 from matmul import MatMul  # noqa: E402  (samples/ops: the ops users copy)

@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+os.environ["GRADCHECK_SERVER"] = "off"  # cold timings: a persistent server running here must not serve them
+
 ROOT = Path(__file__).resolve().parent.parent
 OPS = ROOT / "samples" / "ops"
 TORCH_FAST = """import sys, torch

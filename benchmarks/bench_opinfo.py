@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import sys
 import time
 import traceback
 import warnings
 from pathlib import Path
+
+os.environ["GRADCHECK_SERVER"] = "off"  # cold timings: a persistent server running here must not serve them
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from opinfo_cases import (bind, first_sample, low_precision_misses, nonfinite_forward, op_name,  # noqa: E402  (shared harness)

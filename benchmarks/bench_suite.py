@@ -11,6 +11,7 @@ because torch and SymPy load once and parsed expressions and SymPy models are sh
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -18,6 +19,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+os.environ["GRADCHECK_SERVER"] = "off"  # cold timings: a persistent server running here must not serve them
 
 GOAL = 3.0
 
@@ -85,11 +88,12 @@ def gradcheck_command() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "gradcheck_cli"]
 
 
-def timed(argv: list[str], repeat: int) -> list[float]:
+def timed(argv: list[str], repeat: int, env: dict | None = None) -> list[float]:
+    """Wall seconds of `argv`, a fresh process each run (in `env`, else this one's)."""
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        proc = subprocess.run(argv, capture_output=True, text=True)
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env)
         times.append(time.perf_counter() - start)
         if proc.returncode != 0:
             sys.exit(f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")

@@ -4,11 +4,14 @@
     python benchmarks/run.py --quick    # fewer repeats
 
 Each row times two things on this machine, in fresh processes where a user would
-start one, and prints both medians and their ratio next to the goal:
+start one, and prints both medians and their ratio next to the goal (gradcheck_cli
+byte-compiled first, as a regular install has it; no persistent server unless a row says
+so):
 
   help          `gradcheck --help`                 vs `python -c pass`
   single check  the seed example, `gradcheck check`   vs `python -c "import torch, sympy"`
   op start-up   `gradcheck op torch:tanh --at x=randn(3) --mode full` vs `python -c "import torch"`
+  op, server up the same with `gradcheck server start` run before (torch imported once, by the server)
   hand script   the seed example, `gradcheck check`   vs a hand-written torch+sympy+numpy script
   symbolic 1e5  mean((x-mean(x))**2), x=randn(1e5)    (seconds; goal: a few)
   numdifftools  gradient of sum(sin(x)*exp(x)) n=200  gradcheck's FD engine vs numdifftools.Gradient
@@ -32,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+os.environ["GRADCHECK_SERVER"] = "off"  # cold timings: a persistent server running here must not serve them
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SEED = ["check", "sigmoid(w*x+b)", "--loss", "bce", "--target", "0", "--at", "w=2", "--at", "b=1", "--at",
@@ -50,14 +55,31 @@ def wall(cmd: list[str], env=None) -> float:
     return time.perf_counter() - start
 
 
-def medians(a: list[str], b: list[str], repeat: int) -> tuple[float, float]:
+def medians(a: list[str], b: list[str], repeat: int, env_a=None) -> tuple[float, float]:
     """Interleave the two commands so a noisy neighbour hits both alike."""
     ta, tb = [], []
-    wall(a), wall(b)  # warm the page cache
+    wall(a, env_a), wall(b)  # warm the page cache
     for _ in range(repeat):
-        ta.append(wall(a))
+        ta.append(wall(a, env_a))
         tb.append(wall(b))
     return statistics.median(ta), statistics.median(tb)
+
+
+def served_op_row(gc: list[str], repeat: int) -> None:
+    """The small op again while `gradcheck server` serves this environment (started here,
+    in a private folder, and stopped after): torch is imported once, by the server."""
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="gcs", dir="/tmp")
+    env = {**os.environ, "GRADCHECK_SERVER": "on", "GRADCHECK_SERVER_DIR": folder}
+    subprocess.run(gc + ["server", "start"], env=env, check=True, capture_output=True)
+    try:
+        ours, base = medians(gc + OP_SMALL, [sys.executable, "-c", "import torch"], repeat, env_a=env)
+    finally:
+        subprocess.run(gc + ["server", "stop"], env=env, capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+    row("op, server up", ours, base, f"none (opt-in `gradcheck server start`): {ours - base:+.2f} s against "
+        "importing torch alone")
 
 
 def row(name: str, ours: float, theirs: float | None, goal: str, unit: str = "s") -> None:
@@ -184,6 +206,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     repeat = 3 if args.quick else 7
     gc = gradcheck_cmd()
+    sys.path.insert(0, str(HERE))
+    from bench_isolation import byte_compile
+
+    byte_compile()  # as a regular install has it (see bench_isolation.py)
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores; medians of {repeat} runs\n")
     print(f"{'':<14} {'gradcheck':>10}  {'baseline':>10}  {'ratio':>7}")
     ours, base = medians(gc + ["--help"], [sys.executable, "-c", "pass"], repeat)
@@ -193,6 +219,7 @@ def main(argv=None) -> int:
     ours, base = medians(gc + OP_SMALL, [sys.executable, "-c", "import torch"], repeat)
     row("op start-up", ours, base, f"<= import torch + 0.15 s: {'met' if ours <= base + 0.15 else 'NOT met'} "
         f"({ours - base:+.2f} s)")
+    served_op_row(gc, repeat)
     ours, base = medians(gc + SEED, [sys.executable, str(HERE / "hand_written_check.py")], repeat)
     row("hand script", ours, base, "same work as a hand-written script, plus the table")
     row("symbolic 1e5", symbolic_100k(), None, "a few seconds")

@@ -49,17 +49,25 @@ def start(idle_timeout: float = typer.Option(30.0, "--idle-timeout", metavar="MI
 
 
 @server_app.command()
-def stop(as_json: bool = typer.Option(False, "--json", help="what was stopped, as JSON on stdout")) -> None:
+def stop(wait: float = typer.Option(10.0, "--wait", metavar="SECONDS", help="how long to wait for it to exit "
+                                    "(it takes no new caller at once; running workers finish first)"),
+         as_json: bool = typer.Option(False, "--json", help="what was stopped, as JSON on stdout")) -> None:
     """Stop this environment's server (running workers finish first).  No server: says so, exit 0."""
     from gradcheck_cli.suite import remote
 
-    answer = remote.stop()
+    if not math.isfinite(wait) or wait < 0:
+        raise fail(UserInputError(f"--wait must be >= 0 seconds, got {wait:g}"), as_json)
+    answer = remote.stop(wait)
     if as_json:
-        write_stdout(json.dumps({"stopped": answer is not None, "pid": (answer or {}).get("pid")}) + "\n")
+        write_stdout(json.dumps({"stopped": answer is not None, "pid": (answer or {}).get("pid"),
+                                 "exited": (answer or {}).get("exited", False)}) + "\n")
     elif answer is None:
         typer.echo("gradcheck server: none running for this environment")
-    else:
+    elif answer["exited"]:
         typer.echo(f"gradcheck server stopped (pid {answer['pid']})")
+    else:
+        typer.echo(f"gradcheck server stopping (pid {answer['pid']}): it takes no new caller and exits when its "
+                   f"{answer.get('workers_running', 0)} running worker(s) end")
 
 
 @server_app.command()

@@ -42,9 +42,13 @@ def recorded(x):
     _record()
     return torch.tanh(x) * x
 
+_SLEPT = []
+
 def sleeps(x):
     _record()
-    time.sleep(float(os.environ.get("GC_SLEEP", "60")))
+    if not _SLEPT:  # the first call only: a check calls the op many times
+        _SLEPT.append(True)
+        time.sleep(float(os.environ.get("GC_SLEEP", "60")))
     return torch.tanh(x) * x
 
 def segfault(x):
@@ -54,11 +58,12 @@ def segfault(x):
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped is not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
         return False
-    return True
 
 
 def _wait_gone(pid: int, seconds: float = 15.0) -> bool:
@@ -189,23 +194,43 @@ def test_a_server_worker_dies_with_a_caller_killed_by_sigkill(server, tmp_path):
     assert _alive(server.pid)
 
 
-def test_stop_lets_a_running_check_finish(tmp_path):
+def test_stop_lets_a_running_check_finish_and_a_new_server_start_meanwhile(tmp_path):
     folder, env, ops = _own_server_env(tmp_path)
     info = _start(env)
     record = tmp_path / "r.json"
     proc = subprocess.Popen(gradcheck_command() + ["op", f"{ops}:sleeps", "--at", "x=1", "--json"],
-                            env={**env, "GC_RECORD": str(record), "GC_SLEEP": "1.5"}, stdout=subprocess.PIPE,
+                            env={**env, "GC_RECORD": str(record), "GC_SLEEP": "4"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     _wait_for(record)
-    stopped = run_gradcheck(["server", "stop"], env=env)
-    assert stopped.returncode == 0 and f"pid {info['pid']}" in stopped.stdout
+    stopped = run_gradcheck(["server", "stop", "--wait", "0"], env=env)
+    assert stopped.returncode == 0 and f"stopping (pid {info['pid']})" in stopped.stdout
+    assert "1 running worker(s)" in stopped.stdout
+    status = run_gradcheck(["server", "status"], env=env)
+    assert status.returncode == 1 and "none running" in status.stdout  # it takes no new caller
+    new = _start(env)  # the stopping one let go of the environment's lock
+    assert new["pid"] != info["pid"] and new["started_now"] is True
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()
-    assert json.loads(record.read_text())["ppid"] == info["pid"]
-    assert _wait_gone(info["pid"]) and list(folder.glob("*.sock")) == []
-    status = run_gradcheck(["server", "status"], env=env)
-    assert status.returncode == 1 and "none running" in status.stdout
+    assert json.loads(record.read_text())["ppid"] == info["pid"] and _wait_gone(info["pid"])
+    assert _alive(new["pid"])
+    stopped = run_gradcheck(["server", "stop", "--json"], env=env)
+    assert json.loads(stopped.stdout) == {"stopped": True, "pid": new["pid"], "exited": True}
+    assert list(folder.glob("*.sock")) == []
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_malformed_request_leaves_the_server_up(server):
+    import socket
+
+    (path,) = server.folder.glob("*.sock")
+    for payload in (b"\x00\x00\x00\x03[1]", b"\x00\x00\x00\x02{}", b"\xff\xff\xff\xff", b"garbage"):
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(path))
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(10)
+            assert sock.recv(100) == b""  # no answer, the connection closed
+    assert run_gradcheck(["server", "status"], env=server.env).returncode == 0
 
 
 def test_another_environment_off_or_an_unsafe_folder_never_reaches_the_server(server, tmp_path):
@@ -248,23 +273,30 @@ def test_a_dead_server_is_passed_over_and_replaced(tmp_path):
 def test_two_starts_at_once_give_one_server():
     folder = _private_folder()
     env = clean_env(GRADCHECK_SERVER="on", GRADCHECK_SERVER_DIR=str(folder))
-    procs = [subprocess.Popen(gradcheck_command() + ["server", "start", "--json"], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE) for _ in range(2)]
+    procs = [subprocess.Popen(gradcheck_command() + ["server", "start", "--json", "--idle-timeout", "50000"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]  # past epoll's limit
     answers = []
     for proc in procs:
         out, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err.decode()
         answers.append(json.loads(out))
     assert answers[0]["pid"] == answers[1]["pid"] and sorted(a["started_now"] for a in answers) == [False, True]
+    time.sleep(0.5)
+    assert run_gradcheck(["server", "status"], env=env).returncode == 0
     run_gradcheck(["server", "stop"], env=env)
     assert _wait_gone(answers[0]["pid"])
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_an_idle_server_exits_by_itself(tmp_path):
-    folder = _private_folder()
-    env = clean_env(GRADCHECK_SERVER="on", GRADCHECK_SERVER_DIR=str(folder))
-    info = _start(env, "--idle-timeout", "0.02")  # 1.2 s
+def test_an_idle_server_exits_by_itself_counting_from_its_last_worker(tmp_path):
+    folder, env, ops = _own_server_env(tmp_path)
+    info = _start(env, "--idle-timeout", "0.04")  # 2.4 s
+    record = tmp_path / "r.json"
+    done = run_gradcheck(["op", f"{ops}:sleeps", "--at", "x=1"], env={**env, "GC_RECORD": str(record),
+                                                                          "GC_SLEEP": "3.5"})
+    assert done.returncode == 0 and json.loads(record.read_text())["ppid"] == info["pid"]
+    time.sleep(1.2)  # half its idle time
+    assert _alive(info["pid"]), "busy longer than its idle time, it exited as its last worker ended"
     assert _wait_gone(info["pid"], 20), "the idle server is still running"
     assert list(folder.glob("*.sock")) == []
     shutil.rmtree(folder, ignore_errors=True)
@@ -284,8 +316,9 @@ def test_a_suite_under_the_server_gives_the_report_it_gives_without(server, tmp_
     assert reports[0] == reports[1]
 
 
+@pytest.mark.parametrize("command, option", [("start", "--idle-timeout"), ("stop", "--wait")])
 @pytest.mark.parametrize("bad", ["-1", "nan"])
-def test_a_bad_idle_timeout_is_a_user_error(bad):
-    done = run_gradcheck(["server", "start", "--idle-timeout", bad],
+def test_a_bad_idle_timeout_or_wait_is_a_user_error(command, option, bad):
+    done = run_gradcheck(["server", command, option, bad],
                          env=clean_env(GRADCHECK_SERVER="on", GRADCHECK_SERVER_DIR="/nonexistent/gcs"))
-    assert done.returncode == 2 and "--idle-timeout" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and option in done.stderr and "Traceback" not in done.stderr

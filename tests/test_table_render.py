@@ -330,9 +330,9 @@ def test_the_plain_summary_table_is_exactly_what_rich_prints(seed):
     from gradcheck_cli.render.plain_table import table_text
 
     rng = random.Random(seed)
-    words = ["expr-001", "tab\there", "sigmoid(w*x+b)", "d/dx[3, 4]", "1.2e-07", "—", "naïve", "界面", "worst of 20 points; "
+    words = ["expr-001", "tab\there", "trail ", "sigmoid(w*x+b)", "d/dx[3, 4]", "1.2e-07", "—", "naïve", "界面", "worst of 20 points; "
              "masked_nan", "", "PASS", "FAIL", "a rather long check name that needs room", "x"]
-    short = [w for w in words if len(w) <= 10 and "\t" not in w]
+    short = [w for w in words if len(w) <= 10 and w == w.strip() and "\t" not in w]
     used = 0
     for attempt in range(20):
         pool = short if attempt % 2 else words  # short words: nothing wraps, the plain path applies

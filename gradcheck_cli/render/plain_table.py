@@ -43,8 +43,8 @@ def table_text(table, console) -> str | None:
                 or column.vertical != "top":
             return None
         cells = [_plain(c) for c in [column.header, *column.cells]]
-        if any(c is None or any(ch < " " or ch == "\x7f" for ch in c) for c in cells):
-            return None  # a line break, a tab or a control character: rich's own handling
+        if any(c is None or c != c.strip() or any(ch < " " or ch == "\x7f" for ch in c) for c in cells):
+            return None  # a line break, a tab, a control character or edge spaces: rich's own handling
         texts.append(cells)
     widths = []
     for column, cells in zip(columns, texts):

@@ -34,6 +34,10 @@ import time
 
 from gradcheck_cli.suite.wire import receive_message, send_message
 
+HANDLED = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}  # the server's own handlers, reset in a worker
+MAX_WAIT_S = 3600.0
+
+
 class Server:
     def __init__(self, listener: socket.socket, path: str, idle_s: float, info: dict):
         self.listener, self.path, self.idle_s, self.info = listener, path, idle_s, info
@@ -62,6 +66,7 @@ class Server:
                 timeout = max(0.0, self.last + self.idle_s - time.monotonic())
                 if timeout == 0.0:
                     break
+                timeout = min(timeout, MAX_WAIT_S)  # epoll takes at most 2**31 ms: wake up and look again
             for key, _ in self.selector.select(timeout):
                 if key.fileobj is self.listener:
                     self._accept()
@@ -70,8 +75,7 @@ class Server:
                         os.read(self.wake_r, 4096)
                     except OSError:
                         pass
-            self._reap()
-            if self.children:
+            if self._reap() or self.children:  # busy until now: the idle time starts now
                 self.last = time.monotonic()
         self.stop()
 
@@ -90,6 +94,9 @@ class Server:
         except (KeyError, ValueError):
             pass
         self.listener.close()
+        if self.lock is not None:  # a new server may start while this one's workers finish
+            os.close(self.lock)
+            self.lock = None
 
     def _accept(self) -> None:
         try:
@@ -104,16 +111,16 @@ class Server:
             if uid != os.getuid():
                 raise PermissionError(f"uid {uid}")
             request, fds = receive_message(conn, max_fds=4)
-            what = request.get("request")
+            what = request.get("request") if isinstance(request, dict) else None
             if what == "spawn" and len(fds) == 4 and not self.stopping:
                 self._spawn(conn, request, fds)
                 return
             if what == "status":
                 send_message(conn, self.status())
             elif what == "stop":
-                send_message(conn, {"stopping": True, "pid": os.getpid()})
+                send_message(conn, {"stopping": True, "pid": os.getpid(), "workers_running": len(self.children)})
                 self.stop()
-        except (OSError, ValueError, EOFError, struct.error):
+        except Exception:  # noqa: BLE001 -- whatever a caller sends, the server stays up for the others
             pass
         for fd in fds:
             os.close(fd)
@@ -125,9 +132,15 @@ class Server:
                 "rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
     def _spawn(self, conn: socket.socket, request: dict, fds: list) -> None:
-        pid = os.fork()
-        if pid == 0:
-            _child(self, conn, request, fds)  # never returns
+        # blocked across the fork: a SIGTERM meant for the server must not run its stop()
+        # in the child (the child resets the handlers, then unblocks)
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                _child(self, conn, request, fds)  # never returns
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
         for fd in fds:
             os.close(fd)
         self.served += 1
@@ -137,22 +150,43 @@ class Server:
         except OSError:
             pass
 
-    def _reap(self) -> None:
+    def _reap(self) -> bool:
+        """Reap ended workers, telling each one's caller its exit code; True if any ended."""
+        reaped = False
         while self.children:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
+                break
             conn = self.children.pop(pid, None)
             if conn is None:
                 continue
+            reaped = True
             try:
                 conn.sendall(struct.pack("!i", os.waitstatus_to_exitcode(status)))
             except OSError:
                 pass
             conn.close()
+        return reaped
+
+
+def take_limit(which, soft: int, hard: int) -> None:
+    """The caller's resource limit, as far as this process may lower its own: a hard limit
+    above ours cannot be raised, but the caller's soft limit still applies below it."""
+    if which is None:
+        return
+    def lower(a: int, b: int) -> int:
+        infinite = resource.RLIM_INFINITY
+        return b if a == infinite else a if b == infinite else min(a, b)
+
+    _, our_hard = resource.getrlimit(which)
+    hard = lower(hard, our_hard)
+    try:
+        resource.setrlimit(which, (lower(soft, hard), hard))
+    except (ValueError, OSError):
+        pass
 
 
 def _child(server: Server, conn: socket.socket, request: dict, fds: list) -> None:
@@ -161,8 +195,9 @@ def _child(server: Server, conn: socket.socket, request: dict, fds: list) -> Non
     code = 1
     try:
         signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+        for sig in HANDLED:
             signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
         server.selector.close()
         for sock in [server.listener, conn, *server.children.values()]:
             sock.close()
@@ -172,10 +207,7 @@ def _child(server: Server, conn: socket.socket, request: dict, fds: list) -> Non
         sys.path[:] = [str(p) for p in request.get("sys_path", sys.path)]
         os.umask(int(request.get("umask", 0o022)))
         for name, (soft, hard) in request.get("limits", {}).items():
-            try:
-                resource.setrlimit(getattr(resource, name), (soft, hard))
-            except (ValueError, OSError, AttributeError):
-                pass  # a limit above the server's own hard limit: the server's stays
+            take_limit(getattr(resource, name, None), soft, hard)
         from multiprocessing.connection import Connection
 
         from gradcheck_cli.suite.child import worker_main
@@ -190,10 +222,10 @@ def _child(server: Server, conn: socket.socket, request: dict, fds: list) -> Non
 
 
 def main(argv: list) -> None:
-    """python -m gradcheck_cli.suite.daemon PATH IDLE_S READY_FD INFO_JSON: preload, then
-    bind PATH (only once the imports are done: a caller that finds the socket finds a
-    ready server), write one byte to READY_FD, serve."""
-    path, idle_s, ready_fd, info = argv[0], float(argv[1]), int(argv[2]), json.loads(argv[3])
+    """The server process (remote.start runs it with argv PATH IDLE_S READY_FD INFO_JSON):
+    preload, then bind PATH (only once the imports are done: a caller that finds the socket
+    finds a ready server), write one byte to READY_FD, serve."""
+    path, idle_s, ready_fd, info = os.path.abspath(argv[0]), float(argv[1]), int(argv[2]), json.loads(argv[3])
     os.chdir("/")  # hold no directory busy; each job brings its own cwd
     import fcntl
     import importlib
@@ -221,10 +253,5 @@ def main(argv: list) -> None:
     server.lock = lock
     os.write(ready_fd, b"1")
     os.close(ready_fd)
-    server.serve()
-    os.close(lock)
+    server.serve()  # ends with stop(): the socket is gone and the lock let go
     os._exit(0)  # no interpreter shutdown with torch and SymPy loaded
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

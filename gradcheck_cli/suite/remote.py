@@ -2,12 +2,13 @@
 environment it serves, and starting, asking, stopping it.
 
 One server serves one environment, named by a fingerprint of what its preloaded modules
-would be in the caller: the Python executable, version and flags, where torch, numpy and SymPy
-are installed (and their files' times), every gradcheck_cli source file's time and size
-(an edited checkout is a new environment), and the environment variables read when torch
-loads (TORCH_*, OMP_*, MKL_*, PYTHON*, LD_*, CUDA_* ...).  Its socket is named by that
-fingerprint, so a caller never reaches a server of another environment: a stale one simply
-goes unused and ends after its idle time.
+would be in the caller: the Python executable, prefix (the venv), version, flags, -W and -X
+options; where torch, numpy and SymPy are installed (and their files' times); every
+gradcheck_cli source file's time and size (an edited checkout is a new environment); and
+the environment variables read once at start-up (TORCH_*, OMP_*, MKL_*, CUDA_*, PYTHON*,
+LD_*, LANG, LC_*, TZ ...).  The server runs with the caller's interpreter flags.  Its
+socket is named by that fingerprint, so a caller never reaches a server of another
+environment: a stale one simply goes unused and ends after its idle time.
 
 The directory is $GRADCHECK_SERVER_DIR, else $XDG_RUNTIME_DIR/gradcheck, else
 /tmp/gradcheck-UID; it must be the user's own and closed to others (0700), or it is not
@@ -29,7 +30,7 @@ from pathlib import Path
 from gradcheck_cli.errors import UserInputError
 
 ENV_PREFIXES = ("TORCH", "PYTORCH", "OMP_", "MKL_", "KMP_", "GOMP", "OPENBLAS", "CUDA", "NVIDIA", "LD_", "PYTHON",
-                "DNNL", "ONEDNN", "SYMPY", "NUMPY", "MPMATH")
+                "DNNL", "ONEDNN", "SYMPY", "NUMPY", "MPMATH", "LANG", "LC_", "TZ")  # read once, at start-up
 IDLE_MINUTES = 30.0
 START_TIMEOUT_S = 120.0
 LOCKED = 3  # a server's exit status when another one for its environment holds the lock (daemon.main)
@@ -49,7 +50,7 @@ def disabled() -> bool:
 
 def directory() -> Path:
     if os.environ.get("GRADCHECK_SERVER_DIR"):
-        return Path(os.environ["GRADCHECK_SERVER_DIR"])
+        return Path(os.environ["GRADCHECK_SERVER_DIR"]).absolute()
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
         return Path(runtime) / "gradcheck"
@@ -81,7 +82,8 @@ def fingerprint() -> str:
     import importlib.util
 
     h = hashlib.sha256()
-    h.update(repr((os.path.realpath(sys.executable), sys.version, sys.flags, os.getuid())).encode())
+    h.update(repr((os.path.realpath(sys.executable), sys.prefix, sys.version, sys.flags, sys.warnoptions,
+                   sys._xoptions, os.getuid())).encode())
     for name in ("torch", "numpy", "sympy"):
         spec = importlib.util.find_spec(name)
         origin = getattr(spec, "origin", None) or ""
@@ -247,7 +249,8 @@ def start(idle_minutes: float = IDLE_MINUTES) -> tuple[dict, bool]:
                  "from gradcheck_cli.suite.daemon import main; main(sys.argv[2:])")
     sys_path = [p if p else os.getcwd() for p in sys.path]
     with open(log, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-c", bootstrap, json.dumps(sys_path), str(path),
+        flags = getattr(subprocess, "_args_from_interpreter_flags", list)()  # -O, -X ..., -W ... (as multiprocessing)
+        proc = subprocess.Popen([sys.executable, *flags, "-c", bootstrap, json.dumps(sys_path), str(path),
                                  str(max(0.0, idle_minutes) * 60), str(ready_w), json.dumps(info)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                                 pass_fds=(ready_w,), start_new_session=True, close_fds=True)
@@ -273,11 +276,16 @@ def start(idle_minutes: float = IDLE_MINUTES) -> tuple[dict, bool]:
                 time.sleep(0.05)
         text = log.read_text(errors="replace").strip().splitlines()
         raise ServerError("the server did not start" + (f": {text[-1]}" if text else "") + f" (log: {log})")
-    return request(path, {"request": "status"}) or {"pid": proc.pid}, True
+    info = request(path, {"request": "status"})
+    if info is None:
+        raise ServerError(f"the server started but does not answer (log: {log})")
+    return info, True
 
 
-def stop(wait_s: float = 30.0) -> dict | None:
-    """Ask this environment's server to stop; wait until it is gone.  None: none running."""
+def stop(wait_s: float = 10.0) -> dict | None:
+    """Ask this environment's server to stop (it takes no new caller at once, and exits when
+    its running workers end); wait up to `wait_s` for it to be gone.  Its answer, with
+    "exited"; None: none running."""
     path = available()
     answer = request(path, {"request": "stop"}) if path is not None else None
     if answer is None:
@@ -285,10 +293,11 @@ def stop(wait_s: float = 30.0) -> dict | None:
     pid, deadline = int(answer["pid"]), time.monotonic() + wait_s
     while time.monotonic() < deadline and _alive(pid):
         time.sleep(0.02)
-    return answer
+    return {**answer, "exited": not _alive(pid)}
 
 
 def _alive(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie nobody has reaped yet does not)."""
     try:
         if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child (started by this process): reaped now
             return False
@@ -298,4 +307,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except (ProcessLookupError, PermissionError):
         return False
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True

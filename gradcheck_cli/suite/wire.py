@@ -5,6 +5,7 @@ resource limits a worker takes from its caller."""
 from __future__ import annotations
 
 import json
+import os
 import resource
 import socket
 import struct
@@ -25,15 +26,20 @@ def send_message(sock: socket.socket, payload: dict, fds: list | None = None) ->
 def receive_message(sock: socket.socket, max_fds: int = 0) -> tuple[dict, list]:
     """The other side of send_message: (payload, fds)."""
     data, fds, _flags, _addr = socket.recv_fds(sock, 65536, max_fds) if max_fds else (sock.recv(65536), [], 0, None)
-    if len(data) < 4:
-        data += _exactly(sock, 4 - len(data))
-    (size,) = struct.unpack("!I", data[:4])
-    if size > MAX_REQUEST:
-        raise ValueError(f"a message of {size} bytes")
-    body = data[4:]
-    if len(body) < size:
-        body += _exactly(sock, size - len(body))
-    return json.loads(body[:size].decode()), fds
+    try:
+        if len(data) < 4:
+            data += _exactly(sock, 4 - len(data))
+        (size,) = struct.unpack("!I", data[:4])
+        if size > MAX_REQUEST:
+            raise ValueError(f"a message of {size} bytes")
+        body = data[4:]
+        if len(body) < size:
+            body += _exactly(sock, size - len(body))
+        return json.loads(body[:size].decode()), fds
+    except BaseException:  # a broken message: the descriptors that came with it are closed, not leaked
+        for fd in fds:
+            os.close(fd)
+        raise
 
 
 def _exactly(sock: socket.socket, n: int) -> bytes:

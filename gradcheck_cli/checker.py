@@ -25,6 +25,7 @@ from gradcheck_cli.check_notes import TARGET
 from gradcheck_cli.loss_notes import bce_clamped
 from gradcheck_cli.report import CheckResult, Diagnostic, GradientResult, Report
 from gradcheck_cli.shared import SharedOptions, dedupe, validate_seed, validate_shared, worst_of_points
+from gradcheck_cli.tolerances import FD_SCHEMES
 from gradcheck_cli.values import Value, parse_value, parse_values
 
 LOSSES = ("none", "bce", "bce_logits", "mse")
@@ -45,9 +46,7 @@ class Options(SharedOptions):
     symbolic_budget: float | None = SYMBOLIC_BUDGET_S
 
     def validate(self) -> "Options":
-        from gradcheck_cli.engines.finite_diff import SCHEMES
-
-        validate_shared(self, cmp.DTYPES, SCHEMES)
+        validate_shared(self, cmp.DTYPES, FD_SCHEMES)
         return self
 
 

@@ -14,6 +14,7 @@ import typer
 
 from gradcheck_cli.cli_io import (TYPER_SETTINGS, JsonErrorGroup, check_detail, emit, exit_now, fail, prefetch_renderer,
                                   prepare_junit, progress, quiet_broken_pipe, stdout_to_stderr)
+from gradcheck_cli.cli_server import server_app
 from gradcheck_cli.errors import UserInputError
 from gradcheck_cli.output import write_stdout
 from gradcheck_cli.tolerances import describe as describe_tolerances
@@ -36,13 +37,7 @@ def _show_version(value: bool) -> None:
         raise typer.Exit(0)
 
 
-def _add_server_commands() -> None:
-    from gradcheck_cli.cli_server import server_app
-
-    app.add_typer(server_app, name="server")
-
-
-_add_server_commands()
+app.add_typer(server_app, name="server")
 
 
 @app.callback()

@@ -52,9 +52,7 @@ from gradcheck_cli.engines.fd_steps import (EPS, PROBE_POINTS, STENCILS, Plan, m
                                             single_scale)
 from gradcheck_cli.expr import ir
 from gradcheck_cli.expr.functions import FUNCTIONS
-from gradcheck_cli.tolerances import FD_SCHEMES
 
-SCHEMES = FD_SCHEMES
 BUDGET = 30_000_000  # element evaluations for one variable before sampling
 CHUNK = 4_000_000  # element evaluations per torch call
 MIN_SAMPLE = 16

@@ -35,7 +35,6 @@ from gradcheck_cli.tolerances import OP_MODES
 from gradcheck_cli.torch_state import preserved_state
 from gradcheck_cli.values import Value
 
-MODES = OP_MODES
 # op only: every floating input complex, held and differenced as its real view (..., 2) in
 # the real dtype of the same precision (runner.OpSpec.complex_inputs)
 COMPLEX_DTYPES = {"complex128": "float64", "complex64": "float32"}
@@ -54,8 +53,8 @@ class OpOptions(SharedOptions):
         from gradcheck_cli.op.jacobian import OP_SCHEMES
 
         validate_shared(self, tuple(OP_TOLERANCES) + tuple(COMPLEX_DTYPES), OP_SCHEMES)
-        if self.mode not in MODES:
-            raise UserInputError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode not in OP_MODES:
+            raise UserInputError(f"--mode must be one of {', '.join(OP_MODES)}, got {self.mode!r}")
         if probe_device:
             from gradcheck_cli.devices import require
 

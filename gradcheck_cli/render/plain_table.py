@@ -14,10 +14,11 @@ from __future__ import annotations
 def _plain(cell) -> str | None:
     """A cell's text when it has no layout of its own (a str, or a Text without justify
     or overflow settings), else None."""
+    from rich.text import Text
+
     if isinstance(cell, str):
         return cell
-    plain_text = type(cell).__name__ == "Text" and cell.justify is None and cell.overflow is None
-    if plain_text and not cell.end.strip("\n"):
+    if isinstance(cell, Text) and cell.justify is None and cell.overflow is None and not cell.end.strip("\n"):
         return cell.plain
     return None
 

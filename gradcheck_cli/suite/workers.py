@@ -7,8 +7,9 @@ hang CI, or change another check's verdict.  So:
 
 * checks run in worker processes forked from a server process that imported torch and
   SymPy once (multiprocessing's forkserver, or the persistent server of `gradcheck server
-  start` when one serves this environment: daemon.py, remote.py).  Never a fork of the parent: a process whose
-  OpenMP pool has run deadlocks a forked child, and the parent never imports user code.
+  start` when one serves this environment: daemon.py, remote.py).  Never a fork of the
+  parent: a process whose OpenMP pool has run deadlocks a forked child, and the parent
+  never imports user code.
   Forking a worker costs milliseconds, so one that died or misbehaved is replaced;
 * the parent waits on every worker's result pipe, output pipe and process sentinel, the
   running checks' deadlines, and a signal wake-up fd, all at once;

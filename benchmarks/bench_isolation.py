@@ -27,7 +27,9 @@ modules on every run, 0.09 s that no user of a regular install pays).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -88,7 +90,7 @@ def main() -> int:
             one = timed(cmd + ["run", path, "--jobs", "1"], args.repeat)
             two = timed(cmd + ["run", path, "--jobs", "2"], args.repeat)
             rows.append((label, base, one, two))
-        warm = {jobs: [warm_run(path, jobs) for _ in range(args.repeat)] for jobs in (1, 2) for path in (small,)}
+        warm = {jobs: [warm_run(small, jobs) for _ in range(args.repeat)] for jobs in (1, 2)}
         served = with_server(cmd, [(f"{n} checks", small), (f"{n} at size", large)], args.repeat)
     print(f"python {sys.version.split()[0]}; best of {args.repeat} (median)")
     print(f"{'suite':<16}{'in process (before)':>22}{'--jobs 1':>18}{'--jobs 2':>18}{'1 / before':>12}{'2 / 1':>8}")
@@ -115,25 +117,31 @@ def main() -> int:
     return 0
 
 
-def with_server(cmd: list, suites: list, repeat: int) -> list:
-    """(label, --jobs 1 times, --jobs 2 times) for each suite, run while a persistent
-    server serves this environment (started here in a private folder, stopped after);
-    at least 5 runs each: with the imports gone, a run is short and noise is larger."""
-    import shutil
-
+@contextlib.contextmanager
+def private_server(cmd: list):
+    """A persistent server (`gradcheck server start`) in a private folder for the block,
+    stopped after; yields the environment whose commands it serves."""
     folder = tempfile.mkdtemp(prefix="gcs", dir="/tmp")  # a socket's path holds 107 bytes
     env = {**os.environ, "GRADCHECK_SERVER": "on", "GRADCHECK_SERVER_DIR": folder}
     subprocess.run(cmd + ["server", "start"], env=env, check=True, capture_output=True)
     try:
-        rows = []
+        yield env
+    finally:
+        subprocess.run(cmd + ["server", "stop"], env=env, capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def with_server(cmd: list, suites: list, repeat: int) -> list:
+    """(label, --jobs 1 times, --jobs 2 times) for each suite, run while a persistent
+    server serves this environment; at least 5 runs each: with the imports gone, a run is
+    short and noise is larger."""
+    rows = []
+    with private_server(cmd) as env:
         for label, path in suites:  # --jobs 1 and 2 alternate, so a noisy moment hits both alike
             runs = [(timed(cmd + ["run", path, "--jobs", "1"], 1, env=env)[0],
                      timed(cmd + ["run", path, "--jobs", "2"], 1, env=env)[0]) for _ in range(max(repeat, 5))]
             rows.append((label, [one for one, _ in runs], [two for _, two in runs]))
-        return rows
-    finally:
-        subprocess.run(cmd + ["server", "stop"], env=env, capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
+    return rows
 
 
 def byte_compile() -> None:
@@ -157,8 +165,6 @@ print(time.perf_counter() - start)
 
 def warm_run(path: str, jobs: int) -> float:
     """Seconds of a suite run by a server that is already up (fresh workers, warm imports)."""
-    import subprocess
-
     done = subprocess.run([sys.executable, "-c", WARM, path, str(jobs)], capture_output=True, text=True, check=True)
     return float(done.stdout.strip().splitlines()[-1])
 

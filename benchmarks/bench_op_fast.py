@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 
 os.environ["GRADCHECK_SERVER"] = "off"  # cold timings: a persistent server running here must not serve them
+from run import gradcheck_cmd  # noqa: E402  (benchmarks/ is this script's folder)
 
 ROOT = Path(__file__).resolve().parent.parent
 OPS = ROOT / "samples" / "ops"
@@ -69,11 +69,6 @@ def in_process(sizes: list[int], repeat: int) -> None:
         tw, tc = (statistics.median(v) for v in zip(*theirs))
         print(f"{n:>9} {ow * 1e3:10.1f} ms {oc * 1e3:5.0f} ms {tw * 1e3:8.1f} ms {tc * 1e3:5.0f} ms {ow / tw:6.1f}x  "
               f"{report.checks[0].extra['calls']}", flush=True)
-
-
-def gradcheck_cmd() -> list[str]:
-    exe = shutil.which("gradcheck") or str(Path(sys.executable).with_name("gradcheck"))
-    return [exe] if Path(exe).exists() else [sys.executable, "-m", "gradcheck_cli"]
 
 
 def _ours(n: int, pipe: bool = False) -> tuple[float, float, float]:

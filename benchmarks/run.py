@@ -68,16 +68,10 @@ def medians(a: list[str], b: list[str], repeat: int, env_a=None) -> tuple[float,
 def served_op_row(gc: list[str], repeat: int) -> None:
     """The small op again while `gradcheck server` serves this environment (started here,
     in a private folder, and stopped after): torch is imported once, by the server."""
-    import tempfile
+    from bench_isolation import private_server  # main() put this folder on sys.path
 
-    folder = tempfile.mkdtemp(prefix="gcs", dir="/tmp")
-    env = {**os.environ, "GRADCHECK_SERVER": "on", "GRADCHECK_SERVER_DIR": folder}
-    subprocess.run(gc + ["server", "start"], env=env, check=True, capture_output=True)
-    try:
+    with private_server(gc) as env:
         ours, base = medians(gc + OP_SMALL, [sys.executable, "-c", "import torch"], repeat, env_a=env)
-    finally:
-        subprocess.run(gc + ["server", "stop"], env=env, capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
     row("op, server up", ours, base, f"none (opt-in `gradcheck server start`): {ours - base:+.2f} s against "
         "importing torch alone")
 

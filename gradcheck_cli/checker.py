@@ -219,7 +219,7 @@ def check_at(prep: Prepared, arrays: dict, opts: Options) -> CheckResult:
         if symbolic_error:
             diags.append(Diagnostic("symbolic_unavailable", symbolic_error + "; symbolic is null, the verdict "
                                     "rests on finite differences"))
-        shapes = fd_batch.node_shapes(prep.root, ref_arrays)
+        shapes = prep.node_shapes  # inferred once, in prepare
         scheme, why = finite_diff.resolve_scheme(opts.fd, prep.root, ref_arrays, shapes)
         if why:
             diags.append(Diagnostic("fd_fallback", why))

@@ -207,7 +207,7 @@ class ColumnsFD:
     exact: np.ndarray  # (C,) bool: differenced alone (every entry measured, none inferred)
 
 
-def column_groups(auto: np.ndarray, rng) -> tuple[np.ndarray, int]:
+def column_groups(auto: np.ndarray) -> tuple[np.ndarray, int]:
     """Groups of columns no sampled row touches twice (autograd's rows): (colours, count)."""
     r, c = np.nonzero(auto)  # nan is nonzero
     colors = greedy_colors(auto.shape[1], c, r, max(1, auto.shape[0]))
@@ -225,7 +225,7 @@ def columns_fd(batch: BatchedForward, x: np.ndarray, cols: np.ndarray, rows: np.
     eps_dtype = batch.effective_eps(eps_dtype)
     n_rows, n_cols = rows.size, cols.size
     if colors is None:
-        colors, n_groups = column_groups(auto, rng)
+        colors, n_groups = column_groups(auto)
     else:
         n_groups = int(colors.max()) + 1 if colors.size else 0
     coef = rng.uniform(1.0, 2.0, n_cols) * rng.choice(np.array([-1.0, 1.0]), n_cols)
@@ -305,8 +305,6 @@ def remainder_verdict(pt, w: str, layout, rows: np.ndarray, count: int, got: np.
     J u at those rows, must match autograd's rows . u (0 when they do not depend there).
     one_sided() gives the one-sided slopes along u at the rows (two more forward calls),
     asked for only when they disagree: at a kink the op has no single derivative there."""
-    from gradcheck_cli.report import Diagnostic
-
     tol = pt.tol
     allowed = tol["atol"] + tol["rtol"] * np.abs(expected) + tol["scale"] * terms + oc.FD_SAFETY * err
     with np.errstate(invalid="ignore"):
@@ -325,9 +323,8 @@ def remainder_verdict(pt, w: str, layout, rows: np.ndarray, count: int, got: np.
         return True
     good |= kinked
     i = int(np.flatnonzero(~good)[0])
-    pt.diags.append(Diagnostic("gradient_mismatch", (
+    pt.fail("gradient_mismatch", (
         f"d{layout.label(int(rows[i]))}/d{w} along the {count} elements not differenced one by one: "
         f"autograd {got[i]:.10g} vs finite differences {expected[i]:.10g} (allowed {allowed[i]:.3g}): the gradient "
-        "lands where the op does not depend, or misses where it does"), w))
-    pt.failed = True
+        "lands where the op does not depend, or misses where it does"), w)
     return False

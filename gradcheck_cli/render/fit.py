@@ -110,14 +110,16 @@ def fit(columns: list, rows: list, width: int):
     """The widest table of `rows` that fits `width` without cutting a cell, dropping the
     least important columns first; None when even the essential ones do not fit."""
     ranks = sorted({c.rank for c in columns if c.rank}, reverse=True)
+    sample = widest_rows(columns, rows)  # every column's widest row: measures as all the rows do
+    all_minimums = flex_minimums([c for c in columns if c.flex], rows)
     for frame in FRAMES:
         kept = list(columns)
         for drop in [None] + ranks:
             if drop is not None:
                 kept = [c for c in kept if c.rank != drop]
             flex = [c for c in kept if c.flex]
-            minimums = flex_minimums(flex, rows)
-            least = natural_width(build_table(kept, widest_rows(kept, rows), frame, minimums))
+            minimums = {c.key: all_minimums[c.key] for c in flex}
+            least = natural_width(build_table(kept, sample, frame, minimums))
             if least <= width:
                 budget = width - least + sum(minimums.values())
                 return build_table(kept, rows, frame, _share(flex, rows, budget, minimums))

@@ -97,7 +97,7 @@ def _symbolic_scale(g) -> float:
     return float(np.max(np.abs(np.nan_to_num(np.asarray(g.symbolic, dtype=float)))))
 
 
-def references_disagree(g, idx, scale=None) -> bool:
+def references_disagree(g, idx, scale) -> bool:
     """Symbolic and finite differences differ by more than the tolerance at this element
     (a 5% off finite difference next to a passing symbolic column is not silent).
     `scale`: a function of no arguments giving _symbolic_scale(g) (gradient_rows computes it once)."""
@@ -107,11 +107,11 @@ def references_disagree(g, idx, scale=None) -> bool:
     tol = g.tolerance or {}
     atol = tol.get("atol", 0.0)
     if tol.get("scale"):  # op tolerances: the largest entry's scale term bounds each entry's
-        atol += tol["scale"] * (scale() if scale is not None else _symbolic_scale(g))
+        atol += tol["scale"] * scale()
     return bool(references_differ(f, s, atol, tol.get("rtol", 0.0)))
 
 
-def row(g, idx, primary: str, label_suffix: str = "", scale=None) -> dict:
+def row(g, idx, primary: str, label_suffix: str, scale) -> dict:
     """One row's cells (str), keyed by column, plus 'failed' and 'flagged' (bool)."""
     a, s, f = value_at(g.autograd, idx), value_at(g.symbolic, idx), _fd_value(g, idx)
     ref = s if primary == "symbolic" else f

@@ -32,7 +32,7 @@ import struct
 import sys
 import time
 
-from gradcheck_cli.suite.wire import receive_message, send_message
+from gradcheck_cli.suite.wire import receive_message, send_int, send_message
 
 HANDLED = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}  # the server's own handlers, reset in a worker
 MAX_WAIT_S = 3600.0
@@ -146,7 +146,7 @@ class Server:
         self.served += 1
         self.children[pid] = conn
         try:
-            conn.sendall(struct.pack("!i", pid))
+            send_int(conn, pid)
         except OSError:
             pass
 
@@ -165,7 +165,7 @@ class Server:
                 continue
             reaped = True
             try:
-                conn.sendall(struct.pack("!i", os.waitstatus_to_exitcode(status)))
+                send_int(conn, os.waitstatus_to_exitcode(status))
             except OSError:
                 pass
             conn.close()

@@ -123,7 +123,7 @@ def _connect(path: Path, timeout: float = 5.0) -> socket.socket | None:
 def available() -> Path | None:
     """The socket of a server for this environment that callers may use now, else None.
     Cheap when there is none (no socket file: a stat); never raises."""
-    if disabled():
+    if disabled() or not directory().is_dir():  # no folder: no server, and no fingerprint to compute
         return None
     try:
         path = socket_path()
@@ -166,11 +166,12 @@ class RemoteProcess:
 
         if not wait([self._sock], timeout):
             return
+        from gradcheck_cli.suite.wire import receive_int
+
         self._sock.settimeout(1.0)
         try:
-            data = self._sock.recv(4)
-            self.exitcode = struct.unpack("!i", data)[0] if len(data) == 4 else None
-        except (OSError, struct.error):
+            self.exitcode = receive_int(self._sock)
+        except (OSError, EOFError):
             self.exitcode = None  # the server went: describe_exit says it ended without a status
         self._done = True
         self._sock.close()
@@ -188,10 +189,10 @@ class RemoteProcess:
             pass
 
 
-def _spawn(path: Path, ends: list, threads: int) -> RemoteProcess | None:
+def spawn(path: Path, ends: tuple, threads: int) -> RemoteProcess | None:
     """A worker from the server at `path` holding the four pipe ends `ends` (child.py's
     jobs, results, output, lifeline); None when the server is not there any more."""
-    from gradcheck_cli.suite.wire import client_limits, send_message
+    from gradcheck_cli.suite.wire import client_limits, receive_int, send_message
 
     sock = _connect(path)
     if sock is None:
@@ -203,29 +204,12 @@ def _spawn(path: Path, ends: list, threads: int) -> RemoteProcess | None:
                "sys_path": [p if p else cwd for p in sys.path]}
     try:
         send_message(sock, payload, [end.fileno() for end in ends])
-        data = sock.recv(4)
-        if len(data) < 4:
-            data += sock.recv(4 - len(data))
-        (pid,) = struct.unpack("!i", data)
-    except (OSError, struct.error):
+        pid = receive_int(sock)
+    except (OSError, EOFError):
         sock.close()
         return None
     sock.settimeout(None)
     return RemoteProcess(sock, pid)
-
-
-def spawn_worker(path: Path, threads: int) -> tuple | None:
-    """A worker from the server at `path` and the caller's ends of its pipes, in workers.Worker's
-    order: (process, jobs, results, output, lifeline); None when the server is not there any more."""
-    from multiprocessing import Pipe
-
-    jobs, results, output, lifeline = (Pipe(duplex=False) for _ in range(4))  # each (read end, write end)
-    theirs = [jobs[0], results[1], output[1], lifeline[0]]
-    mine = [jobs[1], results[0], output[0], lifeline[1]]
-    proc = _spawn(path, theirs, threads)
-    for end in theirs + (mine if proc is None else []):
-        end.close()
-    return None if proc is None else (proc, *mine)
 
 
 def status() -> dict | None:

@@ -42,6 +42,16 @@ def receive_message(sock: socket.socket, max_fds: int = 0) -> tuple[dict, list]:
         raise
 
 
+def send_int(sock: socket.socket, value: int) -> None:
+    """A pid or an exit code (signed, 4 bytes)."""
+    sock.sendall(struct.pack("!i", value))
+
+
+def receive_int(sock: socket.socket) -> int:
+    """The other side of send_int; EOFError when the connection closes first."""
+    return struct.unpack("!i", _exactly(sock, 4))[0]
+
+
 def _exactly(sock: socket.socket, n: int) -> bytes:
     chunks = []
     while n > 0:

@@ -133,26 +133,28 @@ class Worker:
 
 
 def _spawn(threads: int) -> Worker:
-    path = _persistent()
-    if path is not None:
-        from gradcheck_cli.suite import remote
-
-        got = remote.spawn_worker(path, threads)
-        if got is not None:
-            return Worker(*got)
-        _persistent(failed=True)
+    """A worker from the persistent server when one serves this environment (remote.py),
+    else from the run's own forkserver."""
     ctx = _context()
     jobs_r, jobs_w = ctx.Pipe(duplex=False)
     results_r, results_w = ctx.Pipe(duplex=False)
     out_r, out_w = ctx.Pipe(duplex=False)
     life_r, life_w = ctx.Pipe(duplex=False)
-    from gradcheck_cli.suite.child import worker_main
+    theirs = (jobs_r, results_w, out_w, life_r)
+    proc, path = None, _persistent()
+    if path is not None:
+        from gradcheck_cli.suite import remote
 
-    proc = ctx.Process(target=worker_main, args=(jobs_r, results_w, out_w, life_r, threads), daemon=True,
-                       name="gradcheck-worker")
-    with _main_module_hidden():
-        proc.start()
-    for end in (jobs_r, results_w, out_w, life_r):
+        proc = remote.spawn(path, theirs, threads)
+        if proc is None:
+            _persistent(failed=True)
+    if proc is None:
+        from gradcheck_cli.suite.child import worker_main
+
+        proc = ctx.Process(target=worker_main, args=(*theirs, threads), daemon=True, name="gradcheck-worker")
+        with _main_module_hidden():
+            proc.start()
+    for end in theirs:
         end.close()
     return Worker(proc, jobs_w, results_r, out_r, life_w)
 

@@ -23,10 +23,16 @@ class DeterminismOutcome:
     calls: int = 0
     usable: bool = True  # False: the op raised or misbehaved on its second forward; no graph is left
     # with keep_gradient: v^T J on the graph left (the second forward's) for the random
-    # grad_output v = direction (fast mode's first projection and its first dense grad_output)
+    # grad_output v = direction (fast mode's first projection and its first dense grad_output),
+    # the inputs' gradients end to end in --wrt order (flat_gradient)
     direction: Direction | None = None
-    gradient: dict | None = None
+    gradient: np.ndarray | None = None
     vjps: Any = None  # batched.VJPMany on the graph left, batching already checked by the repeat
+
+
+def flat_gradient(grads: dict, wrt: list) -> np.ndarray:
+    """The inputs' flat gradients end to end, in `wrt` order (the one input's, uncopied)."""
+    return np.concatenate([grads[w] for w in wrt]) if len(wrt) > 1 else grads[wrt[0]]
 
 
 def rounding_allowed(g: np.ndarray, tol: dict, dtype: str) -> np.ndarray:
@@ -102,7 +108,8 @@ def determinism(spec, arrays: dict, dtype: str, device: str, outs: list, tensors
             "nondeterministic", f"the forward gives different outputs on identical inputs (spread {forward_diff:.3g})"))
     ref = run(outs, tensors)  # the second graph's: the reference
     first = {w: _differing(g, ref[w]) for w, g in first.items()}  # the first run, kept where it differs
-    third = _repeat(res, outs, tensors, wrt, direction, ref, run)
+    plain_ref = flat_gradient(ref, wrt)
+    third = _repeat(res, outs, tensors, wrt, direction, ref, plain_ref, run)
     spreads = {}
     for w in wrt:
         g = ref[w]
@@ -123,7 +130,7 @@ def determinism(spec, arrays: dict, dtype: str, device: str, outs: list, tensors
                 "a non-deterministic reduction order, e.g. atomic adds)"), w))
     res.record = {"runs": 3, "max_spread": spreads, "forward_spread": forward_diff}
     if keep_gradient:
-        res.direction, res.gradient = direction, ref
+        res.direction, res.gradient = direction, plain_ref
     return res
 
 
@@ -156,7 +163,7 @@ def _compare(g: np.ndarray, third: np.ndarray, idx: np.ndarray, vals: np.ndarray
 
 
 def _repeat(res: DeterminismOutcome, outs: list, tensors: dict, wrt: list, direction: Direction, ref: dict,
-            run) -> dict:
+            plain_ref: np.ndarray, run) -> dict:
     """The second graph's backward again: as a batched call (a batch of one, as vmap over
     grad_outputs and is_grads_batched run it) where the backward runs under vmap, so the
     repeat also checks batching (res.vjps, for the later checks: batched_grad_mismatch when
@@ -166,7 +173,6 @@ def _repeat(res: DeterminismOutcome, outs: list, tensors: dict, wrt: list, direc
 
     vjps = VJPMany(outs, [tensors[w] for w in wrt])
     res.vjps = vjps
-    plain_ref = np.concatenate([ref[w] for w in wrt]) if len(wrt) > 1 else ref[wrt[0]]
     got = vjps.batched_one(direction.again())
     if got is not None:
         res.calls += 1
@@ -175,8 +181,7 @@ def _repeat(res: DeterminismOutcome, outs: list, tensors: dict, wrt: list, direc
             offsets = np.cumsum([0] + [ref[w].size for w in wrt])
             return {w: got[offsets[k]:offsets[k + 1]] for k, w in enumerate(wrt)}
     third = run(outs, tensors)
-    if got is not None and vjps.agrees(np.concatenate([third[w] for w in wrt]) if len(wrt) > 1 else third[wrt[0]],
-                                       plain_ref):
+    if got is not None and vjps.agrees(flat_gradient(third, wrt), plain_ref):
         vjps.settle(got, plain_ref, agreed=False)  # deterministic, so the batched call is what differs
     return third
 

@@ -168,8 +168,7 @@ def _first_gradient(pt, vjps: VJPMany, m: int, wrt: list) -> tuple[Direction, np
     there already: taken over, not kept twice), or a fresh one."""
     det = pt.determinism
     if det is not None and det.gradient is not None:
-        first = np.concatenate([det.gradient[w] for w in wrt]) if len(wrt) > 1 else det.gradient[wrt[0]]
-        direction, det.gradient = det.direction, None
+        direction, first, det.gradient = det.direction, det.gradient, None
         return direction, first
     direction = Direction(pt.rng, m, uniform=True)
     return direction, np.array(vjps.one(direction.draw(pt.rng)))

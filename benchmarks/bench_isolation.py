@@ -18,7 +18,8 @@ share alone: the same suites run again by a warm server (the imports already don
 
 The persistent server (`gradcheck server start`, suite/daemon.py) removes the imports
 from every run: the last rows time the CLI, a fresh process each, with one running (it
-is started before and stopped after, in a private folder).  Before timing, gradcheck_cli
+is started before and stopped after, in a private folder).  The whole command runs in a
+process forked from it (suite/forward.py, hosted.py), and so do its workers.  Before timing, gradcheck_cli
 is byte-compiled into its __pycache__ (what `pip install` does for a regular install;
 this machine sets PYTHONDONTWRITEBYTECODE=1, so an editable install would compile ~90
 modules on every run, 0.09 s that no user of a regular install pays).

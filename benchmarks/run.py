@@ -12,6 +12,7 @@ so):
   single check  the seed example, `gradcheck check`   vs `python -c "import torch, sympy"`
   op start-up   `gradcheck op torch:tanh --at x=randn(3) --mode full` vs `python -c "import torch"`
   op, server up the same with `gradcheck server start` run before (torch imported once, by the server)
+  check, server up  the seed example with the server up  vs `python -c "import torch, sympy"`
   hand script   the seed example, `gradcheck check`   vs a hand-written torch+sympy+numpy script
   symbolic 1e5  mean((x-mean(x))**2), x=randn(1e5)    (seconds; goal: a few)
   numdifftools  gradient of sum(sin(x)*exp(x)) n=200  gradcheck's FD engine vs numdifftools.Gradient
@@ -65,21 +66,24 @@ def medians(a: list[str], b: list[str], repeat: int, env_a=None) -> tuple[float,
     return statistics.median(ta), statistics.median(tb)
 
 
-def served_op_row(gc: list[str], repeat: int) -> None:
-    """The small op again while `gradcheck server` serves this environment (started here,
-    in a private folder, and stopped after): torch is imported once, by the server."""
+def served_rows(gc: list[str], repeat: int) -> None:
+    """The small op and the seed check again while `gradcheck server` serves this
+    environment (started here, in a private folder, and stopped after): torch and SymPy
+    are imported once, by the server, and the whole command runs in a process forked from it."""
     from bench_isolation import private_server  # main() put this folder on sys.path
 
     with private_server(gc) as env:
         ours, base = medians(gc + OP_SMALL, [sys.executable, "-c", "import torch"], repeat, env_a=env)
-    row("op, server up", ours, base, f"none (opt-in `gradcheck server start`): {ours - base:+.2f} s against "
-        "importing torch alone")
+        row("op, server up", ours, base, f"none (opt-in `gradcheck server start`): {ours - base:+.2f} s against "
+            "importing torch alone")
+        ours, base = medians(gc + SEED, [sys.executable, "-c", "import torch, sympy"], repeat, env_a=env)
+        row("check, server up", ours, base, f"none (opt-in): {ours - base:+.2f} s against importing torch, sympy")
 
 
 def row(name: str, ours: float, theirs: float | None, goal: str, unit: str = "s") -> None:
     ratio = f"{ours / theirs:6.2f}x" if theirs else "      "
     base = f"{theirs:8.3f} {unit}" if theirs else " " * 10
-    print(f"{name:<14} {ours:8.3f} {unit}  {base}  {ratio}   goal {goal}", flush=True)
+    print(f"{name:<16} {ours:8.3f} {unit}  {base}  {ratio}   goal {goal}", flush=True)
 
 
 def symbolic_100k() -> float:
@@ -181,17 +185,17 @@ def memory_row(repeat: int) -> dict:
 
 def print_memory(mem: dict) -> None:
     ours, inputs = mem["ours"], mem["inputs"]
-    print(f"{'memory':<14} {ours:8.0f} MiB  {mem['torch_fast']:6.0f} MiB   {ours / mem['torch_fast']:6.2f}x   goal "
+    print(f"{'memory':<16} {ours:8.0f} MiB  {mem['torch_fast']:6.0f} MiB   {ours / mem['torch_fast']:6.2f}x   goal "
           f"below torch.autograd.gradcheck(fast_mode=True) on the same op: "
           f"{'met' if ours <= mem['torch_fast'] else 'NOT met'}")
     for key, label in (("floor_same", "same malloc setting"), ("floor", "glibc default")):
         floor = mem[key]
         extra = f" (range {mem['floor_range'][0]:.0f}-{mem['floor_range'][1]:.0f})" if key == "floor" else ""
-        print(f"{'':<14} {ours:8.0f} MiB  {floor:6.0f} MiB   {ours / floor:6.2f}x   goal <= torch running the op "
+        print(f"{'':<16} {ours:8.0f} MiB  {floor:6.0f} MiB   {ours / floor:6.2f}x   goal <= torch running the op "
               f"itself (forward + 2 backwards, {label}{extra}) + 3x inputs = {floor + 3 * inputs:.0f} MiB: "
               f"{'met' if ours <= floor + 3 * inputs else 'NOT met'} (ours - floor = {ours - floor:+.0f} MiB, "
               f"{(ours - floor) / inputs:+.1f}x inputs)")
-    print(f"{'':<14} (bare `import torch, sympy, numpy`: {mem['import']:.0f} MiB; inputs {inputs:.0f} MiB)")
+    print(f"{'':<16} (bare `import torch, sympy, numpy`: {mem['import']:.0f} MiB; inputs {inputs:.0f} MiB)")
 
 
 def main(argv=None) -> int:
@@ -205,7 +209,7 @@ def main(argv=None) -> int:
 
     byte_compile()  # as a regular install has it (see bench_isolation.py)
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores; medians of {repeat} runs\n")
-    print(f"{'':<14} {'gradcheck':>10}  {'baseline':>10}  {'ratio':>7}")
+    print(f"{'':<16} {'gradcheck':>10}  {'baseline':>10}  {'ratio':>7}")
     ours, base = medians(gc + ["--help"], [sys.executable, "-c", "pass"], repeat)
     row("help", ours, base, "no torch/sympy import (tests/test_startup.py)")
     ours, base = medians(gc + SEED, [sys.executable, "-c", "import torch, sympy"], repeat)
@@ -213,7 +217,7 @@ def main(argv=None) -> int:
     ours, base = medians(gc + OP_SMALL, [sys.executable, "-c", "import torch"], repeat)
     row("op start-up", ours, base, f"<= import torch + 0.15 s: {'met' if ours <= base + 0.15 else 'NOT met'} "
         f"({ours - base:+.2f} s)")
-    served_op_row(gc, repeat)
+    served_rows(gc, repeat)
     ours, base = medians(gc + SEED, [sys.executable, str(HERE / "hand_written_check.py")], repeat)
     row("hand script", ours, base, "same work as a hand-written script, plus the table")
     row("symbolic 1e5", symbolic_100k(), None, "a few seconds")

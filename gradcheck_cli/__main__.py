@@ -1,5 +1,5 @@
 """python -m gradcheck_cli"""
 
-from gradcheck_cli.cli import main
+from gradcheck_cli.front import main
 
 main()

@@ -14,8 +14,9 @@ from gradcheck_cli.errors import UserInputError
 from gradcheck_cli.output import write_stdout
 
 server_app = typer.Typer(
-    help="A persistent worker server: torch and SymPy imported once, so every later `gradcheck op` and "
-         "`gradcheck run` in this environment skips their ~1.3 s import (opt-in; GRADCHECK_SERVER=off ignores it).",
+    help="A persistent server: torch, SymPy and gradcheck imported once, so every later `gradcheck check`, `op`, "
+         "`run` and `steps` in this environment runs in a process forked from it and skips their ~1.3 s import "
+         "(opt-in; GRADCHECK_SERVER=off ignores it).",
     cls=JsonErrorGroup,
     **TYPER_SETTINGS,
 )
@@ -26,7 +27,8 @@ def _describe(info: dict) -> str:
     idle = float(info.get("idle_timeout_s", 0))
     ends = f"exits after {idle / 60:g} min with nothing to do" if idle > 0 else "runs until `gradcheck server stop`"
     return (f"pid {info.get('pid')}, up {up:.0f} s, {info.get('served', 0)} workers started, "
-            f"{info.get('workers_running', 0)} running, peak {info.get('rss_mib', '?')} MiB; {ends}")
+            f"{info.get('workers_running', 0)} running, {info.get('commands', 0)} commands run, "
+            f"{info.get('commands_running', 0)} running, peak {info.get('rss_mib', '?')} MiB; {ends}")
 
 
 @server_app.command()
@@ -67,7 +69,8 @@ def stop(wait: float = typer.Option(10.0, "--wait", metavar="SECONDS", help="how
         typer.echo(f"gradcheck server stopped (pid {answer['pid']})")
     else:
         typer.echo(f"gradcheck server stopping (pid {answer['pid']}): it takes no new caller and exits when its "
-                   f"{answer.get('workers_running', 0)} running worker(s) end")
+                   f"{answer.get('workers_running', 0)} running worker(s) and {answer.get('commands_running', 0)} "
+                   "running command(s) end")
 
 
 @server_app.command()

@@ -1,7 +1,7 @@
 """Run the installed `gradcheck` console script in a subprocess, as a user or CI job does.
 
 A subprocess is the only honest way to see what a user sees: the real entry point
-(`gradcheck_cli.cli:main`), real pipes (not terminals), and whatever the interpreter
+(`gradcheck_cli.front:main`), real pipes (not terminals), and whatever the interpreter
 prints on its way out (a traceback, a BrokenPipeError during the final flush).
 """
 

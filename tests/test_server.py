@@ -16,7 +16,6 @@ import resource
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,91 +23,19 @@ from types import SimpleNamespace
 import pytest
 
 from cli_util import clean_env, gradcheck_command, run_gradcheck
-
-OPS = '''
-import json, os, resource, signal, time
-import torch
-
-def _record():
-    path = os.environ.get("GC_RECORD")
-    if path:
-        with open(path, "w") as f:
-            mask = os.umask(0)
-            os.umask(mask)
-            json.dump({"pid": os.getpid(), "ppid": os.getppid(), "cwd": os.getcwd(), "var": os.environ.get("GC_VAR"),
-                       "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0], "umask": mask}, f)
-
-def recorded(x):
-    _record()
-    return torch.tanh(x) * x
-
-_SLEPT = []
-
-def sleeps(x):
-    _record()
-    if not _SLEPT:  # the first call only: a check calls the op many times
-        _SLEPT.append(True)
-        time.sleep(float(os.environ.get("GC_SLEEP", "60")))
-    return torch.tanh(x) * x
-
-def segfault(x):
-    _record()
-    os.kill(os.getpid(), signal.SIGSEGV)
-'''
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie waiting to be reaped is not)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except FileNotFoundError:
-        return False
-
-
-def _wait_gone(pid: int, seconds: float = 15.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not _alive(pid)
-
-
-def _private_folder() -> Path:
-    return Path(tempfile.mkdtemp(prefix="gcs", dir="/tmp"))  # short: a socket's path holds 107 bytes
-
-
-def _own_server_env(tmp_path: Path) -> tuple[Path, dict, Path]:
-    """A private folder, an environment that uses servers there, and the ops file."""
-    folder = _private_folder()
-    ops = tmp_path / "ops.py"
-    ops.write_text(OPS)
-    return folder, clean_env(GRADCHECK_SERVER="on", GRADCHECK_SERVER_DIR=str(folder)), ops
-
-
-def _wait_for(record: Path) -> dict:
-    """What the op recorded, once it has run (it may still be running)."""
-    deadline = time.monotonic() + 60
-    while not record.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return json.loads(record.read_text())
-
-
-def _start(env: dict, *extra: str) -> dict:
-    started = run_gradcheck(["server", "start", "--json", *extra], env=env)
-    assert started.returncode == 0, started.stderr
-    return json.loads(started.stdout)
+from server_util import OPS, alive, own_server_env, private_folder, start, wait_for, wait_gone
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    folder = _private_folder()
+    folder = private_folder()
     ops = tmp_path_factory.mktemp("server_ops")
     (ops / "ops.py").write_text(OPS)
     env = clean_env(GRADCHECK_SERVER="on", GRADCHECK_SERVER_DIR=str(folder))
-    info = _start(env, "--idle-timeout", "10")
+    info = start(env, "--idle-timeout", "10")
     yield SimpleNamespace(env=env, pid=info["pid"], folder=folder, ops=ops / "ops.py")
     run_gradcheck(["server", "stop"], env=env)
-    _wait_gone(info["pid"])
+    wait_gone(info["pid"])
     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -168,7 +95,7 @@ def test_a_crash_in_a_server_worker_is_that_checks_failure_and_the_server_lives_
     (check,) = json.loads(done.stdout)["checks"]
     assert [d["code"] for d in check["diagnostics"]][0] == "worker_crashed"
     assert "SIGSEGV" in check["diagnostics"][0]["message"] and seen["ppid"] == server.pid
-    assert _alive(server.pid)
+    assert alive(server.pid)
     again, _ = _op(server, "recorded", tmp_path)
     assert again.returncode == 0
 
@@ -178,7 +105,7 @@ def test_a_timeout_kills_the_server_worker(server, tmp_path):
     assert done.returncode == 1
     (check,) = json.loads(done.stdout)["checks"]
     assert check["diagnostics"][0]["code"] == "timeout"
-    assert seen["ppid"] == server.pid and _wait_gone(seen["pid"])
+    assert seen["ppid"] == server.pid and wait_gone(seen["pid"])
 
 
 def test_a_server_worker_dies_with_a_caller_killed_by_sigkill(server, tmp_path):
@@ -186,33 +113,33 @@ def test_a_server_worker_dies_with_a_caller_killed_by_sigkill(server, tmp_path):
     env = {**server.env, "GC_RECORD": str(record)}
     proc = subprocess.Popen(gradcheck_command() + ["op", f"{server.ops}:sleeps", "--at", "x=1"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    worker = _wait_for(record)
+    worker = wait_for(record)
     assert worker["ppid"] == server.pid
     proc.kill()
     proc.wait(timeout=10)
-    assert _wait_gone(worker["pid"]), "the worker outlived its caller"
-    assert _alive(server.pid)
+    assert wait_gone(worker["pid"]), "the worker outlived its caller"
+    assert alive(server.pid)
 
 
 def test_stop_lets_a_running_check_finish_and_a_new_server_start_meanwhile(tmp_path):
-    folder, env, ops = _own_server_env(tmp_path)
-    info = _start(env)
+    folder, env, ops = own_server_env(tmp_path)
+    info = start(env)
     record = tmp_path / "r.json"
     proc = subprocess.Popen(gradcheck_command() + ["op", f"{ops}:sleeps", "--at", "x=1", "--json"],
                             env={**env, "GC_RECORD": str(record), "GC_SLEEP": "4"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
-    _wait_for(record)
+    wait_for(record)
     stopped = run_gradcheck(["server", "stop", "--wait", "0"], env=env)
     assert stopped.returncode == 0 and f"stopping (pid {info['pid']})" in stopped.stdout
     assert "1 running worker(s)" in stopped.stdout
     status = run_gradcheck(["server", "status"], env=env)
     assert status.returncode == 1 and "none running" in status.stdout  # it takes no new caller
-    new = _start(env)  # the stopping one let go of the environment's lock
+    new = start(env)  # the stopping one let go of the environment's lock
     assert new["pid"] != info["pid"] and new["started_now"] is True
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()
-    assert json.loads(record.read_text())["ppid"] == info["pid"] and _wait_gone(info["pid"])
-    assert _alive(new["pid"])
+    assert json.loads(record.read_text())["ppid"] == info["pid"] and wait_gone(info["pid"])
+    assert alive(new["pid"])
     stopped = run_gradcheck(["server", "stop", "--json"], env=env)
     assert json.loads(stopped.stdout) == {"stopped": True, "pid": new["pid"], "exited": True}
     assert list(folder.glob("*.sock")) == []
@@ -239,7 +166,7 @@ def test_another_environment_off_or_an_unsafe_folder_never_reaches_the_server(se
         done, seen = _op(server, "recorded", tmp_path, env=env)
         assert done.returncode == 0 and seen["ppid"] != server.pid
     assert run_gradcheck(["server", "status"], env=other).returncode == 1
-    open_folder = _private_folder()
+    open_folder = private_folder()
     try:
         os.chmod(open_folder, 0o777)
         env = {**server.env, "GRADCHECK_SERVER_DIR": str(open_folder)}
@@ -253,25 +180,25 @@ def test_another_environment_off_or_an_unsafe_folder_never_reaches_the_server(se
 
 
 def test_a_dead_server_is_passed_over_and_replaced(tmp_path):
-    folder, env, ops = _own_server_env(tmp_path)
-    first = _start(env)
-    assert _start(env)["pid"] == first["pid"]  # already running: the same one
+    folder, env, ops = own_server_env(tmp_path)
+    first = start(env)
+    assert start(env)["pid"] == first["pid"]  # already running: the same one
     os.kill(first["pid"], signal.SIGKILL)
-    assert _wait_gone(first["pid"])
+    assert wait_gone(first["pid"])
     assert list(folder.glob("*.sock")), "the dead server's socket should still be there for this test"
     record = tmp_path / "r.json"
     done = run_gradcheck(["op", f"{ops}:recorded", "--at", "x=randn(3)"], env={**env, "GC_RECORD": str(record)})
     assert done.returncode == 0, done.stderr
     assert json.loads(record.read_text())["ppid"] != first["pid"]
-    second = _start(env)
+    second = start(env)
     assert second["pid"] != first["pid"] and second["started_now"] is True
     run_gradcheck(["server", "stop"], env=env)
-    assert _wait_gone(second["pid"])
+    assert wait_gone(second["pid"])
     shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_two_starts_at_once_give_one_server():
-    folder = _private_folder()
+    folder = private_folder()
     env = clean_env(GRADCHECK_SERVER="on", GRADCHECK_SERVER_DIR=str(folder))
     procs = [subprocess.Popen(gradcheck_command() + ["server", "start", "--json", "--idle-timeout", "50000"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]  # past epoll's limit
@@ -284,20 +211,20 @@ def test_two_starts_at_once_give_one_server():
     time.sleep(0.5)
     assert run_gradcheck(["server", "status"], env=env).returncode == 0
     run_gradcheck(["server", "stop"], env=env)
-    assert _wait_gone(answers[0]["pid"])
+    assert wait_gone(answers[0]["pid"])
     shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_an_idle_server_exits_by_itself_counting_from_its_last_worker(tmp_path):
-    folder, env, ops = _own_server_env(tmp_path)
-    info = _start(env, "--idle-timeout", "0.04")  # 2.4 s
+    folder, env, ops = own_server_env(tmp_path)
+    info = start(env, "--idle-timeout", "0.04")  # 2.4 s
     record = tmp_path / "r.json"
     done = run_gradcheck(["op", f"{ops}:sleeps", "--at", "x=1"], env={**env, "GC_RECORD": str(record),
                                                                           "GC_SLEEP": "3.5"})
     assert done.returncode == 0 and json.loads(record.read_text())["ppid"] == info["pid"]
     time.sleep(1.2)  # half its idle time
-    assert _alive(info["pid"]), "busy longer than its idle time, it exited as its last worker ended"
-    assert _wait_gone(info["pid"], 20), "the idle server is still running"
+    assert alive(info["pid"]), "busy longer than its idle time, it exited as its last worker ended"
+    assert wait_gone(info["pid"], 20), "the idle server is still running"
     assert list(folder.glob("*.sock")) == []
     shutil.rmtree(folder, ignore_errors=True)
 

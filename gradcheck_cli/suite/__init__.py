@@ -7,6 +7,8 @@
     workers.py   the worker processes: isolation, timeouts, crashes, signals
     child.py     a worker process's side: one job after another
     server.py    the workers' server's own setup (it lets go of stdout/stderr, exits at once)
+    daemon.py    the persistent server (`gradcheck server`); remote.py, wire.py: its callers' side, its messages
+    forward.py   a whole command handed to the persistent server; hosted.py: the server's side of it
     runner.py    one check in this process (a worker's): Runner
     failures.py  the reports of checks that did not finish
     stream.py    the JUnit file kept up to date while checks run
@@ -14,10 +16,21 @@
 
 from __future__ import annotations
 
-from gradcheck_cli.suite.run import RunResult, run_paths, run_specs
-from gradcheck_cli.suite.runner import Runner
-from gradcheck_cli.suite.shard import parse_shard, select_shard, shard_of
-from gradcheck_cli.suite.spec import CheckSpec, discover, load, load_file, read_toml
+import importlib
 
-__all__ = ["CheckSpec", "RunResult", "Runner", "discover", "load", "load_file", "parse_shard", "read_toml",
-           "run_paths", "run_specs", "select_shard", "shard_of"]
+# what each public name is loaded from, on first use (PEP 562): `gradcheck` reaches
+# forward.py and remote.py through this package before deciding anything, and must not
+# pay for the runner's imports on its way
+_WHERE = {"RunResult": "run", "run_paths": "run", "run_specs": "run", "Runner": "runner", "parse_shard": "shard",
+          "select_shard": "shard", "shard_of": "shard", "CheckSpec": "spec", "discover": "spec", "load": "spec",
+          "load_file": "spec", "read_toml": "spec"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value

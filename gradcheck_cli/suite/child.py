@@ -11,7 +11,7 @@ import traceback
 from typing import Any
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -21,7 +21,7 @@ def _die_with_parent() -> None:
             pass
 
 
-def _watch_parent(lifeline) -> None:
+def watch_parent(lifeline) -> None:
     """Exit the moment the parent goes, even mid-check: `lifeline`'s other end is held by
     the parent alone, so it reads EOF when the parent dies (even by SIGKILL).  (The server
     cannot tell: every worker holds its alive-pipe, so PR_SET_PDEATHSIG alone is not enough.)"""
@@ -41,8 +41,8 @@ def worker_main(jobs, results, output, lifeline, threads: int) -> None:
     goes; answer each with (kind, payload, retire)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _die_with_parent()
-    _watch_parent(lifeline)
+    die_with_parent()
+    watch_parent(lifeline)
     os.dup2(output.fileno(), 1)  # what the op prints goes to the parent, which relays it to stderr
     os.dup2(output.fileno(), 2)
     output.close()

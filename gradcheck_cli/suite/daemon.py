@@ -1,23 +1,27 @@
-"""The persistent worker server (`gradcheck server start`): one process that imported
-torch, SymPy and the engines once and forks a worker for every `gradcheck op` / `gradcheck
-run` that asks, across invocations, so they skip the ~1.3 s of imports.  remote.py is the
-callers' side (where it lives, who may use it, how to ask); workers.py uses it when one is
-up for the caller's environment and falls back to its own forkserver when not.
+"""The persistent server (`gradcheck server start`): one process that imported torch, SymPy,
+the engines and the command line once and forks, across invocations, a worker for every
+`gradcheck op` / `gradcheck run` that asks, and a whole command for every `gradcheck check`,
+`op`, `run` or `steps` handed to it (forward.py, hosted.py), so they skip the ~1.3 s of
+imports.  remote.py is the callers' side (where it lives, who may use it, how to ask);
+workers.py uses it when one is up for the caller's environment and falls back to its own
+forkserver when not.
 
 The protocol, on a Unix socket only the user can reach (a 0700 directory, and the peer's
 uid checked): a connection sends one length-prefixed JSON request; "spawn" comes with the
-four pipe ends of a worker (child.py's jobs, results, output, lifeline) as SCM_RIGHTS.  The
-server forks, answers the child's pid, and when the child ends answers its exit code (as
+four pipe ends of a worker (child.py's jobs, results, output, lifeline) as SCM_RIGHTS, and
+"command" with the caller's stdin, stdout, stderr and a lifeline.  The server forks,
+answers the child's pid, and when the child ends answers its exit code (as
 multiprocessing's: -N for signal N) and closes the connection, so that connection is the
 caller's sentinel.  "status" answers a JSON object; "stop" stops accepting, lets running
-workers finish, and exits.
+workers and commands finish, and exits.
 
 A worker is exactly what workers.py gets from its own server: child.worker_main, with the
 caller's sys.path, umask and resource limits (its cwd and environment come with every job),
-dying with this server (PR_SET_PDEATHSIG) or the caller (the lifeline).  The server never
-runs user code itself, and never runs a torch op (a process whose OpenMP pool has run must
-not fork).  It ends after `idle_s` seconds with no worker and no request, on "stop", or
-on SIGTERM; it removes its socket when it goes.
+dying with this server (PR_SET_PDEATHSIG) or the caller (the lifeline).  A command is
+hosted.run_command, in the caller's place.  The server never runs user code itself, and
+never runs a torch op (a process whose OpenMP pool has run must not fork).  It ends after
+`idle_s` seconds with no child and no request, on "stop", or on SIGTERM; it removes its
+socket when it goes.
 """
 
 from __future__ import annotations
@@ -43,7 +47,9 @@ class Server:
         self.listener, self.path, self.idle_s, self.info = listener, path, idle_s, info
         self.inode = os.stat(path).st_ino
         self.children: dict = {}  # pid -> the connection that asked for it
-        self.served = 0
+        self.served = 0  # workers forked
+        self.commands: set = set()  # the pids of the running children that are whole commands (hosted.py)
+        self.commands_run = 0
         self.stopping = False
         self.last = time.monotonic()
         self.started = time.time()
@@ -112,13 +118,13 @@ class Server:
                 raise PermissionError(f"uid {uid}")
             request, fds = receive_message(conn, max_fds=4)
             what = request.get("request") if isinstance(request, dict) else None
-            if what == "spawn" and len(fds) == 4 and not self.stopping:
+            if what in ("spawn", "command") and len(fds) == 4 and not self.stopping:
                 self._spawn(conn, request, fds)
                 return
             if what == "status":
                 send_message(conn, self.status())
             elif what == "stop":
-                send_message(conn, {"stopping": True, "pid": os.getpid(), "workers_running": len(self.children)})
+                send_message(conn, {"stopping": True, "pid": os.getpid(), **self.running()})
                 self.stop()
         except Exception:  # noqa: BLE001 -- whatever a caller sends, the server stays up for the others
             pass
@@ -126,9 +132,13 @@ class Server:
             os.close(fd)
         conn.close()
 
+    def running(self) -> dict:
+        return {"workers_running": len(self.children) - len(self.commands), "commands_running": len(self.commands)}
+
     def status(self) -> dict:
         return {**self.info, "pid": os.getpid(), "started": self.started, "served": self.served,
-                "workers_running": len(self.children), "idle_timeout_s": self.idle_s,
+                "commands": self.commands_run,
+                **self.running(), "idle_timeout_s": self.idle_s,
                 "rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
     def _spawn(self, conn: socket.socket, request: dict, fds: list) -> None:
@@ -143,7 +153,11 @@ class Server:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
         for fd in fds:
             os.close(fd)
-        self.served += 1
+        if request["request"] == "command":
+            self.commands.add(pid)
+            self.commands_run += 1
+        else:
+            self.served += 1
         self.children[pid] = conn
         try:
             send_int(conn, pid)
@@ -161,6 +175,7 @@ class Server:
             if pid == 0:
                 break
             conn = self.children.pop(pid, None)
+            self.commands.discard(pid)
             if conn is None:
                 continue
             reaped = True
@@ -190,8 +205,9 @@ def take_limit(which, soft: int, hard: int) -> None:
 
 
 def _child(server: Server, conn: socket.socket, request: dict, fds: list) -> None:
-    """In the forked worker: drop the server's sockets and handlers, take on the caller's
-    sys.path, umask and limits, and be child.worker_main.  Always ends with os._exit."""
+    """In the forked process: drop the server's sockets and handlers, take on the caller's
+    sys.path, umask and limits, and be child.worker_main ("spawn") or the caller's whole
+    command (hosted.run_command).  Always ends with os._exit."""
     code = 1
     try:
         signal.set_wakeup_fd(-1)
@@ -208,6 +224,11 @@ def _child(server: Server, conn: socket.socket, request: dict, fds: list) -> Non
         os.umask(int(request.get("umask", 0o022)))
         for name, (soft, hard) in request.get("limits", {}).items():
             take_limit(getattr(resource, name, None), soft, hard)
+        if request["request"] == "command":
+            from gradcheck_cli.suite.hosted import run_command
+
+            code = run_command(request, fds)
+            return
         from multiprocessing.connection import Connection
 
         from gradcheck_cli.suite.child import worker_main
@@ -230,6 +251,7 @@ def main(argv: list) -> None:
     import fcntl
     import importlib
 
+    from gradcheck_cli.suite.hosted import COMMAND_PRELOAD
     from gradcheck_cli.suite.workers import PRELOAD
 
     lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -238,7 +260,7 @@ def main(argv: list) -> None:
     except OSError:
         sys.stderr.write("gradcheck server: another server for this environment holds the lock\n")
         sys.exit(3)  # remote.LOCKED
-    for name in PRELOAD:
+    for name in PRELOAD + COMMAND_PRELOAD:
         try:
             importlib.import_module(name)
         except ImportError:  # as multiprocessing's forkserver: a module this torch or SymPy lacks is skipped

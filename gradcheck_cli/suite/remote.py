@@ -3,10 +3,10 @@ environment it serves, and starting, asking, stopping it.
 
 One server serves one environment, named by a fingerprint of what its preloaded modules
 would be in the caller: the Python executable, prefix (the venv), version, flags, -W and -X
-options; where torch, numpy and SymPy are installed (and their files' times); every
+options; where torch, numpy, SymPy, typer and rich are installed (and their files' times); every
 gradcheck_cli source file's time and size (an edited checkout is a new environment); and
 the environment variables read once at start-up (TORCH_*, OMP_*, MKL_*, CUDA_*, PYTHON*,
-LD_*, LANG, LC_*, TZ ...).  The server runs with the caller's interpreter flags.  Its
+LD_*, LANG, LC_*, TZ, TYPER_* ...).  The server runs with the caller's interpreter flags.  Its
 socket is named by that fingerprint, so a caller never reaches a server of another
 environment: a stale one simply goes unused and ends after its idle time.
 
@@ -22,7 +22,6 @@ import json
 import os
 import socket
 import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,8 @@ from pathlib import Path
 from gradcheck_cli.errors import UserInputError
 
 ENV_PREFIXES = ("TORCH", "PYTORCH", "OMP_", "MKL_", "KMP_", "GOMP", "OPENBLAS", "CUDA", "NVIDIA", "LD_", "PYTHON",
-                "DNNL", "ONEDNN", "SYMPY", "NUMPY", "MPMATH", "LANG", "LC_", "TZ")  # read once, at start-up
+                "DNNL", "ONEDNN", "SYMPY", "NUMPY", "MPMATH", "LANG", "LC_", "TZ",
+                "TYPER", "_TYPER", "TERMINAL_WIDTH", "PYDANTIC")  # read once, at start-up (typer's at its import)
 IDLE_MINUTES = 30.0
 START_TIMEOUT_S = 120.0
 LOCKED = 3  # a server's exit status when another one for its environment holds the lock (daemon.main)
@@ -84,7 +84,7 @@ def fingerprint() -> str:
     h = hashlib.sha256()
     h.update(repr((os.path.realpath(sys.executable), sys.prefix, sys.version, sys.flags, sys.warnoptions,
                    sys._xoptions, os.getuid())).encode())
-    for name in ("torch", "numpy", "sympy"):
+    for name in ("torch", "numpy", "sympy", "typer", "rich"):
         spec = importlib.util.find_spec(name)
         origin = getattr(spec, "origin", None) or ""
         h.update(f"{name}:{origin}".encode())
@@ -105,11 +105,17 @@ def fingerprint() -> str:
     return _CACHE["fingerprint"]
 
 
+def known_fingerprint(value: str) -> None:
+    """This environment's fingerprint, already known (a command the server runs for a caller
+    who found it by that fingerprint): not computed again."""
+    _CACHE["fingerprint"] = value
+
+
 def socket_path(folder: Path | None = None) -> Path:
     return (folder or directory()) / f"server-{fingerprint()}.sock"
 
 
-def _connect(path: Path, timeout: float = 5.0) -> socket.socket | None:
+def connect(path: Path, timeout: float = 5.0) -> socket.socket | None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -139,7 +145,7 @@ def request(path: Path, payload: dict, timeout: float = 5.0) -> dict | None:
     """One status/stop request; None when no server answers there."""
     from gradcheck_cli.suite.wire import receive_message, send_message
 
-    sock = _connect(path, timeout)
+    sock = connect(path, timeout)
     if sock is None:
         return None
     with sock:
@@ -194,7 +200,7 @@ def spawn(path: Path, ends: tuple, threads: int) -> RemoteProcess | None:
     jobs, results, output, lifeline); None when the server is not there any more."""
     from gradcheck_cli.suite.wire import client_limits, receive_int, send_message
 
-    sock = _connect(path)
+    sock = connect(path)
     if sock is None:
         return None
     cwd = os.getcwd()
@@ -226,6 +232,8 @@ def start(idle_minutes: float = IDLE_MINUTES) -> tuple[dict, bool]:
     running = request(path, {"request": "status"}) if path.exists() else None
     if running is not None:
         return running, False
+    import subprocess
+
     info = {"fingerprint": fingerprint(), "python": sys.version.split()[0], "executable": sys.executable}
     log = folder / f"server-{fingerprint()}.log"
     ready_r, ready_w = os.pipe()

@@ -1,0 +1,96 @@
+"""A whole command run by the persistent server (the server's side; forward.py is the
+caller's): the forked process takes the caller's place -- its standard streams, argv, cwd,
+environment, sys.path, umask, limits and __main__ package -- and runs gradcheck_cli.cli.main
+as the caller would have.  It dies with the caller (the lifeline) or the server
+(PR_SET_PDEATHSIG).  Its workers come from the same server, as any caller's do."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import sys
+import types
+
+
+# what a command imports beyond the workers' PRELOAD: the server imports it once as well
+# (read nothing from the environment at import, or what they read is in the fingerprint)
+COMMAND_PRELOAD = ["gradcheck_cli.cli", "gradcheck_cli.render.table", "gradcheck_cli.render.summary",
+                   "gradcheck_cli.render.plain_table", "gradcheck_cli.render.json_out", "gradcheck_cli.render.steps",
+                   "gradcheck_cli.steps", "gradcheck_cli.suite.run", "gradcheck_cli.suite.stream",
+                   "gradcheck_cli.suite.failures", "gradcheck_cli.suite.remote", "tomllib", "pydantic",
+                   "pydantic.type_adapter", "pydantic.json_schema", "zoneinfo", "sysconfig", "shellingham",
+                   "multiprocessing.connection"]
+
+
+def run_command(request: dict, fds: list) -> int:
+    """Be the caller's command; its exit code (the process then ends with os._exit)."""
+    from multiprocessing.connection import Connection
+
+    from gradcheck_cli.suite import remote
+    from gradcheck_cli.suite.child import die_with_parent, watch_parent
+
+    stdin, stdout, stderr, lifeline = fds
+    for fd, std in ((stdin, 0), (stdout, 1), (stderr, 2)):
+        os.dup2(fd, std)  # inheritable: an op's subprocess writes where the caller's would
+        os.close(fd)
+    die_with_parent()
+    watch_parent(Connection(lifeline, writable=False))
+    try:
+        os.chdir(request["cwd"])
+    except OSError as exc:
+        os.write(2, f"gradcheck: error: the server cannot enter {request['cwd']!r} ({exc.strerror}); "
+                    "run with GRADCHECK_SERVER=off\n".encode(errors="replace"))
+        return 1
+    os.environ.clear()
+    os.environ.update(request["environ"])
+    _standard_streams()
+    sys.argv[:] = [str(a) for a in request["argv"]]
+    main = types.ModuleType("__main__")  # as the caller's: click names the program from it
+    main.__package__ = request.get("main_package")
+    sys.modules["__main__"] = main
+    if request.get("fingerprint"):
+        remote.known_fingerprint(str(request["fingerprint"]))  # the server's own: found by it
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    import gc
+
+    gc.freeze()  # the server's torch, SymPy and typer objects: out of the collector's way, as in a worker
+    from gradcheck_cli.cli import main as command
+
+    try:
+        command()
+    except SystemExit as done:
+        code = done.code
+    else:
+        code = 0
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        sys.stderr.write(f"{code}\n")
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    return code
+
+
+def _standard_streams() -> None:
+    """sys.stdin/stdout/stderr over the caller's descriptors, as Python would have made them
+    there (encoding and errors are the server's: the same LANG and PYTHONIOENCODING, part
+    of its fingerprint); stdout line-buffered on a terminal, stderr always."""
+    made = []
+    for fd, old, mode in ((0, sys.__stdin__, "r"), (1, sys.__stdout__, "w"), (2, sys.__stderr__, "w")):
+        raw = io.FileIO(fd, mode, closefd=False)
+        if mode == "r":
+            buffered = io.BufferedReader(raw)
+        else:
+            buffered = io.BufferedWriter(raw)
+        encoding = getattr(old, "encoding", None) or "utf-8"
+        errors = getattr(old, "errors", None) or ("backslashreplace" if fd == 2 else "strict")
+        line = fd == 2 or (fd == 1 and os.isatty(fd))
+        made.append(io.TextIOWrapper(buffered, encoding=encoding, errors=errors, line_buffering=line,
+                                     write_through=bool(getattr(old, "write_through", False))))
+    sys.stdin, sys.stdout, sys.stderr = made
+    sys.__stdin__, sys.__stdout__, sys.__stderr__ = made

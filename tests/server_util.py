@@ -1,0 +1,101 @@
+"""What the tests of the persistent server share: the ops they check (each records, in
+the file GC_RECORD names, the process it ran in), a private server folder, starting a
+server, and waiting for processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from cli_util import clean_env, run_gradcheck
+
+OPS = '''
+import json, os, resource, signal, time
+import torch
+
+def _record():
+    path = os.environ.get("GC_RECORD")
+    if path:
+        with open(path, "w") as f:
+            mask = os.umask(0)
+            os.umask(mask)
+            json.dump({"pid": os.getpid(), "ppid": os.getppid(), "cwd": os.getcwd(), "var": os.environ.get("GC_VAR"),
+                       "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0], "umask": mask}, f)
+
+def recorded(x):
+    _record()
+    return torch.tanh(x) * x
+
+_SLEPT = []
+
+def sleeps(x):
+    _record()
+    if not _SLEPT:  # the first call only: a check calls the op many times
+        _SLEPT.append(True)
+        time.sleep(float(os.environ.get("GC_SLEEP", "60")))
+    return torch.tanh(x) * x
+
+def segfault(x):
+    _record()
+    os.kill(os.getpid(), signal.SIGSEGV)
+'''
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped is not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_gone(pid: int, seconds: float = 15.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not alive(pid)
+
+
+def private_folder() -> Path:
+    return Path(tempfile.mkdtemp(prefix="gcs", dir="/tmp"))  # short: a socket's path holds 107 bytes
+
+
+def own_server_env(tmp_path: Path) -> tuple[Path, dict, Path]:
+    """A private folder, an environment that uses servers there, and the ops file."""
+    folder = private_folder()
+    ops = tmp_path / "ops.py"
+    ops.write_text(OPS)
+    return folder, clean_env(GRADCHECK_SERVER="on", GRADCHECK_SERVER_DIR=str(folder)), ops
+
+
+def wait_for(record: Path) -> dict:
+    """What the op recorded, once it has run (it may still be running)."""
+    deadline = time.monotonic() + 60
+    while not record.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return json.loads(record.read_text())
+
+
+def start(env: dict, *extra: str) -> dict:
+    started = run_gradcheck(["server", "start", "--json", *extra], env=env)
+    assert started.returncode == 0, started.stderr
+    return json.loads(started.stdout)
+
+
+def children_of(pid: int) -> list:
+    """The running processes whose parent is `pid`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    fields = stat.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != b"Z":
+                found.append(int(entry))
+    return found

@@ -1,0 +1,254 @@
+"""Whole commands run by the persistent server (suite/forward.py, suite/hosted.py): with
+`gradcheck server` up, `gradcheck check`, `op`, `run` and `steps` are handed to it and must
+be indistinguishable from running them here -- the same stdout, stderr and exit code, in a
+pipe and on a terminal, with the caller's cwd, environment and window -- except for the
+time they take.  Ctrl-C and SIGTERM reach the command, a caller killed with SIGKILL takes
+the command and its workers with it, and a server gone mid-command is said in one line.
+
+Every check runs twice, with the server and with GRADCHECK_SERVER=off, and the two are
+compared; the server's own count of the commands it ran proves which way each one went.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from cli_util import clean_env, gradcheck_command, run_gradcheck
+from server_util import OPS, alive, children_of, own_server_env, private_folder, start, wait_for, wait_gone
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED = ["check", "sigmoid(w*x+b)", "--loss", "bce", "--target", "0", "--at", "w=2", "--at", "b=1", "--at", "x=6.7",
+        "--wrt", "w,b", "--dtype", "float32"]
+OFF = {"GRADCHECK_SERVER": "off"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder = private_folder()
+    ops = tmp_path_factory.mktemp("hosted_ops")
+    (ops / "ops.py").write_text(OPS)
+    env = clean_env(GRADCHECK_SERVER="on", GRADCHECK_SERVER_DIR=str(folder))
+    info = start(env, "--idle-timeout", "10")
+    yield SimpleNamespace(env=env, pid=info["pid"], folder=folder, ops=ops / "ops.py")
+    run_gradcheck(["server", "stop"], env=env)
+    wait_gone(info["pid"])
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _commands_run(server) -> int:
+    done = run_gradcheck(["server", "status", "--json"], env=server.env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)["commands"]
+
+
+def _without_times(text: str) -> str:
+    """A JSON report without what differs from run to run (times, memory, the tool block)."""
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items()
+                    if k not in ("duration_s", "worker_peak_rss_mib", "tool", "meta")}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+    return json.dumps(strip(json.loads(text)), sort_keys=True)
+
+
+CASES = [
+    ("seed table", SEED, {}, 0),
+    ("seed table, COLUMNS=64", SEED, {"COLUMNS": "64"}, 0),
+    ("seed table, FORCE_COLOR", SEED, {"FORCE_COLOR": "1"}, 0),
+    ("seed JSON", SEED + ["--json"], {}, 0),
+    ("a syntax error", ["check", "sigmoid(w*x+"], {}, 2),
+    ("a syntax error, --json", ["check", "sigmoid(w*x+", "--json"], {}, 2),
+    ("an unknown option", ["check", "x**2", "--nope"], {}, 2),
+    ("a failing op", ["op", "samples/ops/buggy.py:SwishFlatKernel", "--at", "x=randn(3,4)", "--json"], {}, 1),
+    ("a failing suite, summary", ["run", "samples/specs_failing"], {}, 1),
+    ("a suite, --jobs 2, JSON", ["run", "samples/specs/seed.toml", "samples/specs/activations.toml", "--jobs", "2",
+                                 "--json"], {}, 0),
+    ("steps", ["steps", "sin(x)", "--at", "x=1"], {}, 0),
+    ("a command's help", ["op", "--help"], {}, 0),
+]
+
+
+@pytest.mark.parametrize("label, args, extra, code", CASES, ids=[c[0] for c in CASES])
+def test_a_command_run_by_the_server_prints_what_it_prints_without(server, label, args, extra, code):
+    before = _commands_run(server)
+    hosted = run_gradcheck(args, env={**server.env, **extra}, cwd=ROOT)
+    assert _commands_run(server) == before + 1, "the command was not run by the server"
+    here = run_gradcheck(args, env={**server.env, **extra, **OFF}, cwd=ROOT)
+    assert (hosted.returncode, here.returncode) == (code, code), hosted.stderr + here.stderr
+    if "--json" in args and hosted.stdout.strip():
+        assert _without_times(hosted.stdout) == _without_times(here.stdout)
+    else:
+        assert hosted.stdout == here.stdout
+    assert hosted.stderr == here.stderr
+    assert "Traceback" not in hosted.stderr
+
+
+def test_python_dash_m_names_itself_the_same_way(server):
+    args = [sys.executable, "-m", "gradcheck_cli", "check", "x", "--bogus"]
+    before = _commands_run(server)
+    hosted = subprocess.run(args, env=server.env, capture_output=True, text=True, timeout=120)
+    assert _commands_run(server) == before + 1
+    here = subprocess.run(args, env={**server.env, **OFF}, capture_output=True, text=True, timeout=120)
+    assert hosted.returncode == here.returncode == 2
+    assert "Usage: python -m gradcheck_cli check" in hosted.stderr and hosted.stderr == here.stderr
+
+
+def _on_a_terminal(args: list, env: dict, columns: int) -> tuple[int, bytes]:
+    """`gradcheck ARGS` with stdout on a pseudo-terminal `columns` wide: (exit code, what it showed)."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    proc = subprocess.Popen(gradcheck_command() + args, env=env, stdin=subprocess.DEVNULL, stdout=follower,
+                            stderr=subprocess.PIPE, cwd=ROOT)
+    os.close(follower)
+    shown = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the terminal's other side is closed
+            break
+        if not chunk:
+            break
+        shown.append(chunk)
+    os.close(leader)
+    proc.wait(timeout=120)
+    return proc.returncode, b"".join(shown)
+
+
+def test_a_terminal_stays_a_terminal_with_its_width_and_colour(server):
+    before = _commands_run(server)
+    code, hosted = _on_a_terminal(SEED, server.env, 96)
+    assert _commands_run(server) == before + 1
+    code_here, here = _on_a_terminal(SEED, {**server.env, **OFF}, 96)
+    assert code == code_here == 0
+    assert b"\x1b[" in hosted, "no colour on a terminal"
+    assert hosted == here
+    assert max(len(line) for line in _plain(hosted).splitlines()) <= 96
+
+
+def _plain(shown: bytes) -> str:
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", shown.decode("utf-8"))
+
+
+def test_the_command_runs_in_the_callers_directory_with_its_environment(server, tmp_path):
+    (tmp_path / "ops.py").write_text(OPS)
+    record = tmp_path / "r.json"
+    env = {**server.env, "GC_RECORD": str(record), "GC_VAR": "from-the-caller"}
+    before = _commands_run(server)
+    done = run_gradcheck(["op", "ops.py:recorded", "--at", "x=randn(3)"], env=env, cwd=tmp_path)  # a relative path
+    assert done.returncode == 0, done.stderr
+    assert _commands_run(server) == before + 1
+    seen = json.loads(record.read_text())
+    assert seen["ppid"] == server.pid and seen["cwd"] == str(tmp_path) and seen["var"] == "from-the-caller"
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_reach_the_command(server, tmp_path, sig, code):
+    record = tmp_path / "r.json"
+    env = {**server.env, "GC_RECORD": str(record), "GC_SLEEP": "120"}
+    proc = subprocess.Popen(gradcheck_command() + ["op", f"{server.ops}:sleeps", "--at", "x=1", "--json"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    worker = wait_for(record)
+    assert worker["ppid"] == server.pid
+    (command,) = [pid for pid in children_of(server.pid) if pid != worker["pid"]]
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err.decode()
+    report = json.loads(out)
+    assert report["interrupted"] is True and report["meta"]["interrupted"] == signal.Signals(sig).name
+    assert b"Traceback" not in err
+    assert wait_gone(worker["pid"]) and wait_gone(command)
+    assert alive(server.pid)
+
+
+def test_a_caller_killed_by_sigkill_takes_its_command_and_workers_along(server, tmp_path):
+    record = tmp_path / "r.json"
+    env = {**server.env, "GC_RECORD": str(record), "GC_SLEEP": "120"}
+    proc = subprocess.Popen(gradcheck_command() + ["op", f"{server.ops}:sleeps", "--at", "x=1"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = wait_for(record)
+    (command,) = [pid for pid in children_of(server.pid) if pid != worker["pid"]]
+    proc.kill()
+    proc.wait(timeout=10)
+    assert wait_gone(command), "the command outlived its caller"
+    assert wait_gone(worker["pid"]), "the worker outlived its caller"
+    assert alive(server.pid)
+
+
+def test_a_command_killed_by_a_signal_kills_its_caller_with_the_same(server, tmp_path):
+    record = tmp_path / "r.json"
+    env = {**server.env, "GC_RECORD": str(record), "GC_SLEEP": "120"}
+    proc = subprocess.Popen(gradcheck_command() + ["op", f"{server.ops}:sleeps", "--at", "x=1"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    worker = wait_for(record)
+    (command,) = [pid for pid in children_of(server.pid) if pid != worker["pid"]]
+    os.kill(command, signal.SIGKILL)  # what the kernel's OOM killer does
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert wait_gone(worker["pid"])
+
+
+def test_a_closed_stdout_runs_the_command_here(server):
+    before = _commands_run(server)
+    done = subprocess.run(gradcheck_command() + SEED, env=server.env, stdin=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, preexec_fn=lambda: os.close(1), timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    assert _commands_run(server) == before
+
+
+def test_a_server_gone_mid_command_is_said_in_one_line(tmp_path):
+    folder, env, ops = own_server_env(tmp_path)
+    info = start(env)
+    record = tmp_path / "r.json"
+    proc = subprocess.Popen(gradcheck_command() + ["op", f"{ops}:sleeps", "--at", "x=1"],
+                            env={**env, "GC_RECORD": str(record), "GC_SLEEP": "120"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    worker = wait_for(record)
+    (command,) = [pid for pid in children_of(info["pid"]) if pid != worker["pid"]]
+    os.kill(info["pid"], signal.SIGKILL)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert err.decode().strip().splitlines()[-1] == ("gradcheck: error: the gradcheck server ended while it ran "
+                                                     "this command")
+    assert b"Traceback" not in err
+    assert wait_gone(command) and wait_gone(worker["pid"])
+    after = run_gradcheck(SEED, env=env)  # its socket is left behind: passed over, the command runs here
+    assert after.returncode == 0, after.stderr
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_stopping_server_lets_a_running_command_finish_and_takes_no_new_one(tmp_path):
+    folder, env, ops = own_server_env(tmp_path)
+    info = start(env)
+    record = tmp_path / "r.json"
+    proc = subprocess.Popen(gradcheck_command() + ["op", f"{ops}:sleeps", "--at", "x=1", "--json"],
+                            env={**env, "GC_RECORD": str(record), "GC_SLEEP": "3"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for(record)
+    stopped = run_gradcheck(["server", "stop", "--wait", "0"], env=env)
+    assert "1 running worker(s) and 1 running command(s)" in stopped.stdout
+    started = time.monotonic()
+    after = run_gradcheck(SEED, env=env)  # runs here meanwhile
+    assert after.returncode == 0 and time.monotonic() - started < 60
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    assert json.loads(out)["passed"] is True
+    assert wait_gone(info["pid"])
+    shutil.rmtree(folder, ignore_errors=True)

@@ -23,7 +23,8 @@ def _record():
             mask = os.umask(0)
             os.umask(mask)
             json.dump({"pid": os.getpid(), "ppid": os.getppid(), "cwd": os.getcwd(), "var": os.environ.get("GC_VAR"),
-                       "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0], "umask": mask}, f)
+                       "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0], "umask": mask,
+                       "nice": os.getpriority(os.PRIO_PROCESS, 0), "cpus": sorted(os.sched_getaffinity(0))}, f)
 
 def recorded(x):
     _record()

@@ -252,3 +252,147 @@ def test_a_stopping_server_lets_a_running_command_finish_and_takes_no_new_one(tm
     assert json.loads(out)["passed"] is True
     assert wait_gone(info["pid"])
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def _limited_cgroup(tmp_name: str):
+    """A new cgroup under this process's own with a 64 GiB memory limit: (its folder, the
+    line that puts a process in it), or None where this machine does not let us make one."""
+    from gradcheck_cli.suite.cgroups import membership
+
+    groups = membership(os.getpid()) or {}
+    if "memory" in groups:  # cgroup v1
+        folder, limit = Path("/sys/fs/cgroup/memory") / groups["memory"].lstrip("/") / tmp_name, "memory.limit_in_bytes"
+    elif "" in groups and Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        folder, limit = Path("/sys/fs/cgroup") / groups[""].lstrip("/") / tmp_name, "memory.max"
+    else:
+        return None
+    try:
+        folder.mkdir()
+    except OSError:
+        return None
+    try:
+        (folder / limit).write_text(str(64 << 30))
+        return folder
+    except OSError:
+        folder.rmdir()
+        return None
+
+
+def test_a_caller_under_a_cgroup_limit_the_server_is_not_under_runs_everything_itself(server, tmp_path):
+    folder = _limited_cgroup(f"gradcheck-test-{os.getpid()}")
+    if folder is None:
+        pytest.skip("cannot make a cgroup with a memory limit here")
+    try:
+        record = tmp_path / "r.json"
+
+        def enter() -> None:
+            (folder / "cgroup.procs").write_text("0")
+
+        before = _commands_run(server)
+        done = subprocess.run(gradcheck_command() + ["op", f"{server.ops}:recorded", "--at", "x=randn(3)"],
+                              env={**server.env, "GC_RECORD": str(record)}, capture_output=True, timeout=120,
+                              preexec_fn=enter)
+        assert done.returncode == 0, done.stderr.decode()
+        assert _commands_run(server) == before, "the server took a command whose caller is under a limit it is not"
+        assert json.loads(record.read_text())["ppid"] != server.pid, "the worker came from the server"
+    finally:
+        for _ in range(50):
+            try:
+                folder.rmdir()
+                break
+            except OSError:  # its last process is still leaving
+                time.sleep(0.1)
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        return stat.read().rsplit(b")", 1)[1].split()[0].decode()
+
+
+def _sleeping_command(server, tmp_path, **popen) -> tuple:
+    """`gradcheck op` on an op that sleeps, handed to the server: (caller, worker pid, command pid)."""
+    record = tmp_path / "r.json"
+    env = {**server.env, "GC_RECORD": str(record), "GC_SLEEP": "120"}
+    proc = subprocess.Popen(gradcheck_command() + ["op", f"{server.ops}:sleeps", "--at", "x=1", "--json"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, **popen)
+    worker = wait_for(record)["pid"]
+    (command,) = [pid for pid in children_of(server.pid) if pid != worker]
+    return proc, worker, command
+
+
+def test_a_signal_the_caller_ignores_is_ignored_by_the_command_too(server, tmp_path):
+    proc, worker, command = _sleeping_command(server, tmp_path,
+                                              preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    with open(f"/proc/{command}/status") as status:
+        ignored = int(next(line for line in status if line.startswith("SigIgn:")).split()[1], 16)
+    assert ignored & (1 << (signal.SIGHUP - 1)), "nohup's SIGHUP is not ignored by the command"
+    proc.send_signal(signal.SIGHUP)  # `nohup gradcheck ... &`, then the terminal closes
+    time.sleep(1.0)
+    assert proc.poll() is None and alive(command), "SIGHUP ended a command started under nohup"
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 143 and wait_gone(command) and wait_gone(worker)
+
+
+def test_ctrl_z_stops_the_command_and_fg_continues_it(server, tmp_path):
+    proc, worker, command = _sleeping_command(server, tmp_path)
+    try:
+        proc.send_signal(signal.SIGTSTP)
+        deadline = time.monotonic() + 10
+        while _state(proc.pid) != "T" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _state(proc.pid) != "T":  # an orphaned process group: the kernel drops SIGTSTP
+            pytest.skip("this test's process group cannot be stopped by SIGTSTP")
+        deadline = time.monotonic() + 10
+        while _state(command) != "T" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _state(command) == "T", "the command runs on while its caller is stopped"
+        proc.send_signal(signal.SIGCONT)  # fg
+        deadline = time.monotonic() + 10
+        while _state(command) == "T" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _state(command) != "T", "the command stayed stopped after its caller continued"
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 143 and wait_gone(command) and wait_gone(worker)
+
+
+def _raises(exc):
+    def command():
+        raise exc
+    return command
+
+
+@pytest.mark.parametrize("command, code, shown, traceback", [
+    (lambda: None, 0, "", False),
+    (_raises(SystemExit(3)), 3, "", False),
+    (_raises(SystemExit("gradcheck: a message")), 1, "gradcheck: a message\n", False),
+    (_raises(RuntimeError("a bug of ours")), 1, "RuntimeError: a bug of ours", True),
+])
+def test_a_hosted_command_ends_as_the_interpreter_would_end_it(capsys, command, code, shown, traceback):
+    from gradcheck_cli.suite.hosted import exit_code_of
+
+    assert exit_code_of(command) == code
+    err = capsys.readouterr().err
+    assert shown in err and ("Traceback (most recent call last)" in err) is traceback
+
+
+def test_the_callers_niceness_and_cpus_hold_for_the_command_and_its_workers(server, tmp_path):
+    cpus = sorted(os.sched_getaffinity(0))[:1]
+    record = tmp_path / "r.json"
+
+    def modest() -> None:  # `nice -n 7 taskset -c N gradcheck ...`
+        os.nice(7)
+        os.sched_setaffinity(0, cpus)
+
+    before = _commands_run(server)
+    done = subprocess.run(gradcheck_command() + ["op", f"{server.ops}:recorded", "--at", "x=randn(2)"],
+                          env={**server.env, "GC_RECORD": str(record)}, capture_output=True, preexec_fn=modest,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    assert _commands_run(server) == before + 1
+    seen = json.loads(record.read_text())
+    assert seen["ppid"] == server.pid and seen["nice"] == os.getpriority(os.PRIO_PROCESS, 0) + 7
+    assert seen["cpus"] == cpus

@@ -36,9 +36,11 @@ import struct
 import sys
 import time
 
-from gradcheck_cli.suite.wire import receive_message, send_int, send_message
+from gradcheck_cli.suite.cgroups import caller_limited_apart
+from gradcheck_cli.suite.wire import receive_message, send_int, send_message, take_scheduling
 
 HANDLED = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}  # the server's own handlers, reset in a worker
+DELIVERED = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT}
 MAX_WAIT_S = 3600.0
 
 
@@ -76,11 +78,13 @@ class Server:
             for key, _ in self.selector.select(timeout):
                 if key.fileobj is self.listener:
                     self._accept()
-                else:
+                elif key.fileobj == self.wake_r:
                     try:
                         os.read(self.wake_r, 4096)
                     except OSError:
                         pass
+                else:
+                    self._deliver(key.fileobj, key.data)
             if self._reap() or self.children:  # busy until now: the idle time starts now
                 self.last = time.monotonic()
         self.stop()
@@ -113,12 +117,16 @@ class Server:
         conn.settimeout(5.0)  # a caller that connects and says nothing does not hold the server
         fds: list = []
         try:
-            uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
+            peer, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                               struct.calcsize("3i")))
             if uid != os.getuid():
                 raise PermissionError(f"uid {uid}")
             request, fds = receive_message(conn, max_fds=4)
             what = request.get("request") if isinstance(request, dict) else None
-            if what in ("spawn", "command") and len(fds) == 4 and not self.stopping:
+            # a caller under a cgroup limit this server is not under (cgroups.py) is declined:
+            # without an answer it runs the command, or starts its workers, itself
+            if what in ("spawn", "command") and len(fds) == 4 and not self.stopping \
+                    and caller_limited_apart(peer) is None:
                 self._spawn(conn, request, fds)
                 return
             if what == "status":
@@ -161,8 +169,26 @@ class Server:
         self.children[pid] = conn
         try:
             send_int(conn, pid)
-        except OSError:
+            self.selector.register(conn, selectors.EVENT_READ, pid)  # the caller's signals for it
+        except (OSError, ValueError):
             pass
+
+    def _deliver(self, conn: socket.socket, pid: int) -> None:
+        """A signal a caller asks for its command or worker (4 bytes, wire.send_int): sent
+        only while the child is not reaped, so never to a process that took over its pid."""
+        try:
+            data = conn.recv(4)
+        except OSError:
+            data = b""
+        if len(data) < 4:  # the caller went (the lifeline ends its child) or sent nonsense
+            self.selector.unregister(conn)
+            return
+        (sig,) = struct.unpack("!i", data)
+        if sig in DELIVERED and self.children.get(pid) is conn:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
 
     def _reap(self) -> bool:
         """Reap ended workers, telling each one's caller its exit code; True if any ended."""
@@ -179,6 +205,10 @@ class Server:
             if conn is None:
                 continue
             reaped = True
+            try:
+                self.selector.unregister(conn)
+            except (KeyError, ValueError):
+                pass
             try:
                 send_int(conn, os.waitstatus_to_exitcode(status))
             except OSError:
@@ -224,6 +254,7 @@ def _child(server: Server, conn: socket.socket, request: dict, fds: list) -> Non
         os.umask(int(request.get("umask", 0o022)))
         for name, (soft, hard) in request.get("limits", {}).items():
             take_limit(getattr(resource, name, None), soft, hard)
+        take_scheduling(request.get("scheduling", {}))
         if request["request"] == "command":
             from gradcheck_cli.suite.hosted import run_command
 

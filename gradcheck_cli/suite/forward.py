@@ -6,12 +6,16 @@ imported (~0.1 s instead of ~1.6 s for the seed check).
 The server forks a process that takes this one's place: its argv, cwd, environment,
 sys.path, umask and resource limits, and its very stdin, stdout and stderr (passed as file
 descriptors: a terminal stays a terminal, a pipe a pipe), and runs the command as
-`gradcheck_cli.cli.main` would here.  This process only waits: it passes on SIGINT (Ctrl-C),
-SIGTERM and SIGHUP, and ends with the command's exit status (a command killed by signal N
-kills this process with N).  If this process dies, the command dies too (a lifeline pipe).
+`gradcheck_cli.cli.main` would here, with the signals this process ignores ignored there
+too (nohup), and its niceness and CPUs.  This process only waits: it passes on SIGINT
+(Ctrl-C), SIGTERM and SIGHUP (through the server, which signals the command only while it
+has not ended), stops the command on Ctrl-Z and continues it with itself, and ends with
+the command's exit status (a command killed by signal N kills this process with N).  If
+this process dies, the command dies too (a lifeline pipe).
 
 Nothing is handed over (the command runs here, as without a server) when no server serves
-this environment, GRADCHECK_SERVER=off, a standard stream is closed, or the server declines.
+this environment, GRADCHECK_SERVER=off, a standard stream is closed, or the server declines
+(it is stopping, or this process is under a cgroup limit the server is not: cgroups.py).
 This module imports nothing heavy: it runs before anything else of gradcheck's.
 """
 
@@ -39,50 +43,62 @@ def hand_over(argv: list) -> int | None:
     try:
         for fd in (0, 1, 2):
             os.fstat(fd)
-    except OSError:  # a closed standard stream: the command here opens /dev/null in its place
+        cwd = os.getcwd()
+    except OSError:  # a closed standard stream, a removed directory: the command here copes
         return None
     sock = remote.connect(path)
     if sock is None:
         return None
-    from gradcheck_cli.suite.wire import client_limits, receive_int, send_message
+    from gradcheck_cli.suite.wire import client_limits, client_scheduling, receive_int, send_int, send_message
 
-    try:
-        cwd = os.getcwd()
-    except OSError:  # the caller's directory was removed: the command here says what that means
-        sock.close()
-        return None
-    main = sys.modules.get("__main__")
+    ignored = [int(sig) for sig in signal.valid_signals() if sig not in (signal.SIGKILL, signal.SIGSTOP)
+               and signal.getsignal(sig) == signal.SIG_IGN]  # nohup's SIGHUP, a script's SIGINT in `&`
     mask = os.umask(0)
     os.umask(mask)
     payload = {"request": "command", "argv": list(argv), "cwd": cwd, "environ": dict(os.environ), "umask": mask,
-               "limits": client_limits(), "sys_path": [p if p else cwd for p in sys.path],
-               "main_package": getattr(main, "__package__", None), "fingerprint": remote.fingerprint()}
+               "limits": client_limits(), "scheduling": client_scheduling(), "ignored_signals": ignored,
+               "sys_path": [p if p else cwd for p in sys.path], "fingerprint": remote.fingerprint(),
+               "main_package": getattr(sys.modules.get("__main__"), "__package__", None)}
     life_r, life_w = os.pipe()  # life_w stays open until this process exits: the command's lifeline
-    pending: list = []
-    pid: list = []
+    started: list = []  # [True] once the server answered the command's pid
+    pending: list = []  # signals that came before
 
-    def pass_on(signum, _frame) -> None:
-        if pid:
+    def deliver(signum: int) -> None:
+        if started:
             try:
-                os.kill(pid[0], signum)
-            except (ProcessLookupError, PermissionError):
+                send_int(sock, signum)  # the server signals the command while it is not reaped
+            except OSError:
                 pass
         else:
             pending.append(signum)
 
-    previous = {sig: signal.signal(sig, pass_on) for sig in FORWARDED_SIGNALS}
+    def pass_on(signum, _frame) -> None:
+        deliver(signum)
+
+    def pause(_signum, _frame) -> None:
+        """Ctrl-Z: the command stops, then this process; `fg` / `bg` continue both."""
+        deliver(signal.SIGSTOP)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)  # stopped here until continued
+        signal.signal(signal.SIGTSTP, pause)
+        deliver(signal.SIGCONT)
+
+    handlers = {sig: pass_on for sig in FORWARDED_SIGNALS}
+    handlers[signal.SIGTSTP] = pause
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items() if sig not in ignored}
     try:
         try:
             send_message(sock, payload, [0, 1, 2, life_r])
             sock.settimeout(None)
-            pid.append(receive_int(sock))
-        except (OSError, EOFError, ValueError):  # declined (stopping, or gone): the command runs here
+            receive_int(sock)  # the command's pid: it runs
+            started.append(True)
+        except (OSError, EOFError, ValueError):  # declined (stopping, gone, or a cgroup limit): it runs here
             os.close(life_w)
             return -pending[0] if pending else None  # unless Ctrl-C came meanwhile: as if killed by it
         finally:
             os.close(life_r)
         for signum in pending:
-            pass_on(signum, None)
+            deliver(signum)
         try:
             return receive_int(sock)
         except (OSError, EOFError):  # the server went, and the command with it (it dies with the server)

@@ -1,7 +1,7 @@
 """A whole command run by the persistent server (the server's side; forward.py is the
 caller's): the forked process takes the caller's place -- its standard streams, argv, cwd,
-environment, sys.path, umask, limits and __main__ package -- and runs gradcheck_cli.cli.main
-as the caller would have.  It dies with the caller (the lifeline) or the server
+environment, sys.path, umask, limits, niceness, CPUs, ignored signals and __main__ package
+-- and runs gradcheck_cli.cli.main as the caller would have (a traceback of ours included).  It dies with the caller (the lifeline) or the server
 (PR_SET_PDEATHSIG).  Its workers come from the same server, as any caller's do."""
 
 from __future__ import annotations
@@ -51,16 +51,31 @@ def run_command(request: dict, fds: list) -> int:
     sys.modules["__main__"] = main
     if request.get("fingerprint"):
         remote.known_fingerprint(str(request["fingerprint"]))  # the server's own: found by it
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    _signals_as_the_callers(set(request.get("ignored_signals", [])))
     import gc
 
     gc.freeze()  # the server's torch, SymPy and typer objects: out of the collector's way, as in a worker
     from gradcheck_cli.cli import main as command
 
+    return exit_code_of(command)
+
+
+def exit_code_of(command) -> int:
+    """Run `command` (cli.main) to its end, as the interpreter would at the top level: its
+    exit code; an exception of ours that escaped it printed with its traceback (exit 1); a
+    KeyboardInterrupt past its own handling kills this process with SIGINT."""
     try:
         command()
     except SystemExit as done:
         code = done.code
+    except KeyboardInterrupt:
+        _flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+        code = 130
+    except BaseException:  # noqa: BLE001 -- a bug of ours: the traceback a run here would print
+        sys.excepthook(*sys.exc_info())
+        code = 1
     else:
         code = 0
     if code is None:
@@ -68,23 +83,45 @@ def run_command(request: dict, fds: list) -> int:
     elif not isinstance(code, int):
         sys.stderr.write(f"{code}\n")
         code = 1
+    _flush()
+    return code
+
+
+def _flush() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):
             pass
-    return code
+
+
+def _signals_as_the_callers(ignored: set) -> None:
+    """Every signal handled as in the caller: ignored where it ignores it (nohup's SIGHUP;
+    Python's own SIGPIPE), else the default, and SIGINT as KeyboardInterrupt unless ignored
+    (not the server's settings, whoever started it)."""
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(sig, signal.SIG_IGN if sig in ignored else signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    if signal.SIGINT not in ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _standard_streams() -> None:
     """sys.stdin/stdout/stderr over the caller's descriptors, as Python would have made them
-    there (encoding and errors are the server's: the same LANG and PYTHONIOENCODING, part
-    of its fingerprint); stdout line-buffered on a terminal, stderr always."""
+    there (encoding, errors and unbuffered mode are the server's: the same LANG,
+    PYTHONIOENCODING and PYTHONUNBUFFERED, part of its fingerprint, and the same -u);
+    stdout line-buffered on a terminal, stderr always."""
     made = []
     for fd, old, mode in ((0, sys.__stdin__, "r"), (1, sys.__stdout__, "w"), (2, sys.__stderr__, "w")):
         raw = io.FileIO(fd, mode, closefd=False)
         if mode == "r":
             buffered = io.BufferedReader(raw)
+        elif isinstance(getattr(old, "buffer", None), io.FileIO):  # -u or PYTHONUNBUFFERED: no buffer
+            buffered = raw
         else:
             buffered = io.BufferedWriter(raw)
         encoding = getattr(old, "encoding", None) or "utf-8"

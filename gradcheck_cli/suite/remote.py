@@ -183,22 +183,22 @@ class RemoteProcess:
         self._sock.close()
 
     def kill(self) -> None:
+        """SIGKILL, sent by the server (daemon.Server._deliver) while the worker is not
+        reaped: never to a process that took over its pid."""
         if self._done:
             return
-        from multiprocessing.connection import wait
+        from gradcheck_cli.suite.wire import send_int
 
-        if wait([self._sock], 0):  # already ended (and perhaps reaped: its pid may be another's now)
-            return
         try:
-            os.kill(self.pid, 9)
-        except (ProcessLookupError, PermissionError):
+            send_int(self._sock, 9)
+        except OSError:  # the server went, and its workers with it (PR_SET_PDEATHSIG)
             pass
 
 
 def spawn(path: Path, ends: tuple, threads: int) -> RemoteProcess | None:
     """A worker from the server at `path` holding the four pipe ends `ends` (child.py's
     jobs, results, output, lifeline); None when the server is not there any more."""
-    from gradcheck_cli.suite.wire import client_limits, receive_int, send_message
+    from gradcheck_cli.suite.wire import client_limits, client_scheduling, receive_int, send_message
 
     sock = connect(path)
     if sock is None:
@@ -207,7 +207,7 @@ def spawn(path: Path, ends: tuple, threads: int) -> RemoteProcess | None:
     mask = os.umask(0)
     os.umask(mask)
     payload = {"request": "spawn", "threads": threads, "umask": mask, "limits": client_limits(),
-               "sys_path": [p if p else cwd for p in sys.path]}
+               "scheduling": client_scheduling(), "sys_path": [p if p else cwd for p in sys.path]}
     try:
         send_message(sock, payload, [end.fileno() for end in ends])
         pid = receive_int(sock)

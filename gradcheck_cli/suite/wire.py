@@ -1,6 +1,6 @@
 """The persistent server's wire format (daemon.py serves it, remote.py asks): one
 length-prefixed JSON message each way, file descriptors attached with SCM_RIGHTS; and the
-resource limits a worker takes from its caller."""
+resource limits, niceness and CPUs a worker or command takes from its caller."""
 
 from __future__ import annotations
 
@@ -66,3 +66,33 @@ def _exactly(sock: socket.socket, n: int) -> bytes:
 def client_limits() -> dict:
     """The resource limits a worker takes from its caller (a CI step's `ulimit -v` holds)."""
     return {name: list(resource.getrlimit(getattr(resource, name))) for name in LIMITS if hasattr(resource, name)}
+
+
+def client_scheduling() -> dict:
+    """The caller's niceness and CPUs, which a worker or command takes as well (`nice -n 19
+    gradcheck run ...`, `taskset -c 0-3 ...`)."""
+    found = {}
+    try:
+        found["nice"] = os.getpriority(os.PRIO_PROCESS, 0)
+    except (AttributeError, OSError):
+        pass
+    try:
+        found["cpus"] = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        pass
+    return found
+
+
+def take_scheduling(scheduling: dict) -> None:
+    """client_scheduling's values in this process, as far as it may (a niceness below the
+    server's needs a privilege: then the server's stays)."""
+    try:
+        if "nice" in scheduling and int(scheduling["nice"]) > os.getpriority(os.PRIO_PROCESS, 0):
+            os.setpriority(os.PRIO_PROCESS, 0, int(scheduling["nice"]))
+    except (AttributeError, OSError, ValueError):
+        pass
+    try:
+        if scheduling.get("cpus"):
+            os.sched_setaffinity(0, [int(c) for c in scheduling["cpus"]])
+    except (AttributeError, OSError, ValueError):
+        pass

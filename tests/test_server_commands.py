@@ -396,3 +396,20 @@ def test_the_callers_niceness_and_cpus_hold_for_the_command_and_its_workers(serv
     seen = json.loads(record.read_text())
     assert seen["ppid"] == server.pid and seen["nice"] == os.getpriority(os.PRIO_PROCESS, 0) + 7
     assert seen["cpus"] == cpus
+
+
+def test_a_caller_killed_while_its_command_is_stopped_takes_it_along(server, tmp_path):
+    proc, worker, command = _sleeping_command(server, tmp_path)
+    proc.send_signal(signal.SIGTSTP)
+    deadline = time.monotonic() + 10
+    while _state(command) != "T" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _state(command) != "T":
+        proc.kill()
+        proc.communicate(timeout=60)
+        pytest.skip("this test's process group cannot be stopped by SIGTSTP")
+    proc.kill()  # Ctrl-Z, then `kill -9 %1`
+    proc.communicate(timeout=60)
+    assert wait_gone(command), "a stopped command outlived its caller"
+    assert wait_gone(worker)
+    assert run_gradcheck(["server", "status", "--json"], env=server.env).returncode == 0

@@ -1,5 +1,5 @@
 """Whether a caller of the persistent server is held by a cgroup limit the server is not
-(a container's or a `systemd-run -p MemoryMax=...` scope's memory, CPU or process cap).
+(a container's or a `systemd-run -p MemoryMax=...` scope's memory or CPU cap).
 A command or worker forked by the server lives in the server's cgroup, so such a caller's
 limit would not hold there: the server declines it, and the caller runs the command, or
 starts its workers, itself (daemon.py).
@@ -16,9 +16,10 @@ from pathlib import Path
 
 ROOT = Path("/sys/fs/cgroup")
 UNLIMITED_V1 = 1 << 62  # cgroup v1 writes "no limit" as a page-rounded 2**63 - 1
-V2_FILES = ("memory.max", "memory.high", "pids.max", "cpu.max")
-V1_FILES = {"memory": ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes"), "pids": ("pids.max",),
-            "cpu": ("cpu.cfs_quota_us",)}
+# memory and CPU caps; not pids.max, which systemd sets on every session and app scope (a
+# command adds a few tasks): counting it would decline every caller in another terminal
+V2_FILES = ("memory.max", "memory.high", "cpu.max")
+V1_FILES = {"memory": ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes"), "cpu": ("cpu.cfs_quota_us",)}
 
 
 def membership(pid: int) -> dict | None:

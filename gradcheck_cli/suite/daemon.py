@@ -121,7 +121,8 @@ class Server:
                                                                struct.calcsize("3i")))
             if uid != os.getuid():
                 raise PermissionError(f"uid {uid}")
-            request, fds = receive_message(conn, max_fds=4)
+            request, fds = receive_message(conn, max_fds=4, deadline=time.monotonic() + 5.0)
+            conn.settimeout(5.0)
             what = request.get("request") if isinstance(request, dict) else None
             # a caller under a cgroup limit this server is not under (cgroups.py) is declined:
             # without an answer it runs the command, or starts its workers, itself
@@ -182,6 +183,11 @@ class Server:
             data = b""
         if len(data) < 4:  # the caller went (the lifeline ends its child) or sent nonsense
             self.selector.unregister(conn)
+            if self.children.get(pid) is conn:  # a child stopped by Ctrl-Z must run to see its lifeline end
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except OSError:
+                    pass
             return
         (sig,) = struct.unpack("!i", data)
         if sig in DELIVERED and self.children.get(pid) is conn:

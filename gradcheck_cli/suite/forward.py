@@ -21,6 +21,7 @@ This module imports nothing heavy: it runs before anything else of gradcheck's.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sys
@@ -58,7 +59,8 @@ def hand_over(argv: list) -> int | None:
     payload = {"request": "command", "argv": list(argv), "cwd": cwd, "environ": dict(os.environ), "umask": mask,
                "limits": client_limits(), "scheduling": client_scheduling(), "ignored_signals": ignored,
                "sys_path": [p if p else cwd for p in sys.path], "fingerprint": remote.fingerprint(),
-               "main_package": getattr(sys.modules.get("__main__"), "__package__", None)}
+               "main_package": getattr(sys.modules.get("__main__"), "__package__", None),
+               "unbuffered": not isinstance(getattr(sys.stdout, "buffer", None), io.BufferedWriter)}
     life_r, life_w = os.pipe()  # life_w stays open until this process exits: the command's lifeline
     started: list = []  # [True] once the server answered the command's pid
     pending: list = []  # signals that came before
@@ -94,7 +96,8 @@ def hand_over(argv: list) -> int | None:
             started.append(True)
         except (OSError, EOFError, ValueError):  # declined (stopping, gone, or a cgroup limit): it runs here
             os.close(life_w)
-            return -pending[0] if pending else None  # unless Ctrl-C came meanwhile: as if killed by it
+            stopping = [sig for sig in pending if sig in FORWARDED_SIGNALS]
+            return -stopping[0] if stopping else None  # unless Ctrl-C came meanwhile: as if killed by it
         finally:
             os.close(life_r)
         for signum in pending:

@@ -1,7 +1,8 @@
 """A whole command run by the persistent server (the server's side; forward.py is the
-caller's): the forked process takes the caller's place -- its standard streams, argv, cwd,
-environment, sys.path, umask, limits, niceness, CPUs, ignored signals and __main__ package
--- and runs gradcheck_cli.cli.main as the caller would have (a traceback of ours included).  It dies with the caller (the lifeline) or the server
+caller's): the forked process takes the caller's place -- its standard streams (buffered
+or not, as the caller's), argv, cwd, environment, sys.path, umask, limits, niceness, CPUs,
+ignored signals and __main__ package -- and runs gradcheck_cli.cli.main as the caller would
+have (a traceback of ours included).  It dies with the caller (the lifeline) or the server
 (PR_SET_PDEATHSIG).  Its workers come from the same server, as any caller's do."""
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def run_command(request: dict, fds: list) -> int:
         return 1
     os.environ.clear()
     os.environ.update(request["environ"])
-    _standard_streams()
+    _standard_streams(bool(request.get("unbuffered")))
     sys.argv[:] = [str(a) for a in request["argv"]]
     main = types.ModuleType("__main__")  # as the caller's: click names the program from it
     main.__package__ = request.get("main_package")
@@ -110,17 +111,17 @@ def _signals_as_the_callers(ignored: set) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def _standard_streams() -> None:
+def _standard_streams(unbuffered: bool) -> None:
     """sys.stdin/stdout/stderr over the caller's descriptors, as Python would have made them
-    there (encoding, errors and unbuffered mode are the server's: the same LANG,
-    PYTHONIOENCODING and PYTHONUNBUFFERED, part of its fingerprint, and the same -u);
-    stdout line-buffered on a terminal, stderr always."""
+    there (encoding and errors are the server's: the same LANG and PYTHONIOENCODING, part
+    of its fingerprint); unbuffered as the caller's (-u, PYTHONUNBUFFERED), else stdout
+    line-buffered on a terminal and stderr always."""
     made = []
     for fd, old, mode in ((0, sys.__stdin__, "r"), (1, sys.__stdout__, "w"), (2, sys.__stderr__, "w")):
         raw = io.FileIO(fd, mode, closefd=False)
         if mode == "r":
             buffered = io.BufferedReader(raw)
-        elif isinstance(getattr(old, "buffer", None), io.FileIO):  # -u or PYTHONUNBUFFERED: no buffer
+        elif unbuffered:  # the caller's -u or PYTHONUNBUFFERED: no buffer
             buffered = raw
         else:
             buffered = io.BufferedWriter(raw)
@@ -128,6 +129,6 @@ def _standard_streams() -> None:
         errors = getattr(old, "errors", None) or ("backslashreplace" if fd == 2 else "strict")
         line = fd == 2 or (fd == 1 and os.isatty(fd))
         made.append(io.TextIOWrapper(buffered, encoding=encoding, errors=errors, line_buffering=line,
-                                     write_through=bool(getattr(old, "write_through", False))))
+                                     write_through=unbuffered and mode == "w"))
     sys.stdin, sys.stdout, sys.stderr = made
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = made

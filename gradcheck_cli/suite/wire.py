@@ -9,6 +9,7 @@ import os
 import resource
 import socket
 import struct
+import time
 
 MAX_REQUEST = 1 << 20
 LIMITS = ("RLIMIT_AS", "RLIMIT_DATA", "RLIMIT_CPU", "RLIMIT_NOFILE", "RLIMIT_STACK", "RLIMIT_CORE", "RLIMIT_FSIZE")
@@ -23,18 +24,19 @@ def send_message(sock: socket.socket, payload: dict, fds: list | None = None) ->
         sock.sendall(framed[sent:])
 
 
-def receive_message(sock: socket.socket, max_fds: int = 0) -> tuple[dict, list]:
-    """The other side of send_message: (payload, fds)."""
+def receive_message(sock: socket.socket, max_fds: int = 0, deadline: float | None = None) -> tuple[dict, list]:
+    """The other side of send_message: (payload, fds); past `deadline` (time.monotonic()),
+    socket.timeout, however the sender trickles its bytes."""
     data, fds, _flags, _addr = socket.recv_fds(sock, 65536, max_fds) if max_fds else (sock.recv(65536), [], 0, None)
     try:
         if len(data) < 4:
-            data += _exactly(sock, 4 - len(data))
+            data += _exactly(sock, 4 - len(data), deadline)
         (size,) = struct.unpack("!I", data[:4])
         if size > MAX_REQUEST:
             raise ValueError(f"a message of {size} bytes")
         body = data[4:]
         if len(body) < size:
-            body += _exactly(sock, size - len(body))
+            body += _exactly(sock, size - len(body), deadline)
         return json.loads(body[:size].decode()), fds
     except BaseException:  # a broken message: the descriptors that came with it are closed, not leaked
         for fd in fds:
@@ -43,7 +45,7 @@ def receive_message(sock: socket.socket, max_fds: int = 0) -> tuple[dict, list]:
 
 
 def send_int(sock: socket.socket, value: int) -> None:
-    """A pid or an exit code (signed, 4 bytes)."""
+    """A pid, an exit code or a signal (signed, 4 bytes)."""
     sock.sendall(struct.pack("!i", value))
 
 
@@ -52,9 +54,14 @@ def receive_int(sock: socket.socket) -> int:
     return struct.unpack("!i", _exactly(sock, 4))[0]
 
 
-def _exactly(sock: socket.socket, n: int) -> bytes:
+def _exactly(sock: socket.socket, n: int, deadline: float | None = None) -> bytes:
     chunks = []
     while n > 0:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("the message took too long")
+            sock.settimeout(left)
         chunk = sock.recv(n)
         if not chunk:
             raise EOFError("the connection closed mid-message")

@@ -19,9 +19,12 @@ import types
 COMMAND_PRELOAD = ["gradcheck_cli.cli", "gradcheck_cli.render.table", "gradcheck_cli.render.summary",
                    "gradcheck_cli.render.plain_table", "gradcheck_cli.render.json_out", "gradcheck_cli.render.steps",
                    "gradcheck_cli.steps", "gradcheck_cli.suite.run", "gradcheck_cli.suite.stream",
-                   "gradcheck_cli.suite.failures", "gradcheck_cli.suite.remote", "tomllib", "pydantic",
-                   "pydantic.type_adapter", "pydantic.json_schema", "zoneinfo", "sysconfig", "shellingham",
-                   "multiprocessing.connection"]
+                   "gradcheck_cli.suite.failures", "gradcheck_cli.suite.remote", "gradcheck_cli.suite.wire",
+                   "tomllib", "pydantic", "pydantic.type_adapter", "pydantic.json_schema", "pydantic.fields",
+                   "pydantic.types", "pydantic._internal._validators", "pydantic.plugin._loader", "annotated_types",
+                   "typer._adapters", "typer._click.decorators", "rich.console", "rich.table", "rich.text",
+                   "rich._unicode_data", "rich._emoji_codes", "zoneinfo", "sysconfig", "shellingham", "resource",
+                   "multiprocessing.connection", "multiprocessing.forkserver"]
 
 
 def run_command(request: dict, fds: list) -> int:

@@ -8,7 +8,9 @@ prints on its way out (a traceback, a BrokenPipeError during the final flush).
 from __future__ import annotations
 
 import os
+import pty
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -62,3 +64,32 @@ def unsafe_characters(text: str) -> list[str]:
     characters (bidi overrides such as U+202E reorder what the reader sees)."""
     return [f"U+{ord(c):04X}" for c in text
             if c != "\n" and unicodedata.category(c) in ("Cc", "Cf")]
+
+
+def terminal_output(args: list[str], env: dict, columns: int | None = None,
+                    cwd: Path | str | None = None) -> tuple[int, bytes]:
+    """`gradcheck ARGS` with stdout on a pseudo-terminal (`columns` wide if given):
+    (exit code, what it showed)."""
+    leader, follower = pty.openpty()
+    try:
+        if columns is not None:
+            import fcntl
+            import termios
+
+            fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+        proc = subprocess.Popen(gradcheck_command() + args, stdout=follower, stderr=subprocess.DEVNULL,
+                                stdin=subprocess.DEVNULL, env=env, cwd=cwd)
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's other side is closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+        proc.wait(timeout=120)
+        return proc.returncode, b"".join(chunks)
+    finally:
+        os.close(leader)

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from cli_util import clean_env, run_gradcheck
 
@@ -100,3 +102,27 @@ def children_of(pid: int) -> list:
             if int(fields[1]) == pid and fields[0] != b"Z":
                 found.append(int(entry))
     return found
+
+
+def running_server(tmp_path_factory, label: str):
+    """A module's server (a fixture's body: yields it, stops it after), started in a
+    private folder with the ops file beside: .env .pid .folder .ops."""
+    folder = private_folder()
+    ops = tmp_path_factory.mktemp(label)
+    (ops / "ops.py").write_text(OPS)
+    env = clean_env(GRADCHECK_SERVER="on", GRADCHECK_SERVER_DIR=str(folder))
+    info = start(env, "--idle-timeout", "10")
+    yield SimpleNamespace(env=env, pid=info["pid"], folder=folder, ops=ops / "ops.py")
+    run_gradcheck(["server", "stop"], env=env)
+    wait_gone(info["pid"])
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def comparable(report: dict) -> dict:
+    """A JSON report without what differs from run to run (times, memory, the tool block)."""
+    if isinstance(report, dict):
+        return {k: comparable(v) for k, v in report.items()
+                if k not in ("duration_s", "worker_peak_rss_mib", "tool", "meta")}
+    if isinstance(report, list):
+        return [comparable(v) for v in report]
+    return report

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import pty
 import subprocess
 import sys
 import textwrap
@@ -25,7 +23,7 @@ import numpy as np
 import pytest
 
 import gradcheck_cli
-from cli_util import clean_env, gradcheck_command, run_gradcheck
+from cli_util import clean_env, run_gradcheck, terminal_output
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -598,33 +596,12 @@ def test_what_an_op_prints_stays_off_stdout_in_process(run_cli, strict_json, in_
     assert code == 0 and strict_json(out)["passed"] is True and "the op printed this" in err
 
 
-def _pty_output(args: list, env: dict) -> bytes:
-    master, slave = pty.openpty()
-    try:
-        proc = subprocess.Popen(gradcheck_command() + args, stdout=slave, stderr=subprocess.DEVNULL,
-                                stdin=subprocess.DEVNULL, env=env)
-        os.close(slave)
-        chunks = []
-        while True:
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            chunks.append(data)
-        proc.wait(timeout=60)
-        return b"".join(chunks)
-    finally:
-        os.close(master)
-
-
 def test_no_colour_when_piped_or_no_color():
     args = ["check", "x**2", "--at", "x=3"]
     piped = run_gradcheck(args)
     assert "\x1b" not in piped.stdout
-    assert b"\x1b[" in _pty_output(args, clean_env(TERM="xterm"))  # a terminal gets colour, so the test can fail
-    assert b"\x1b" not in _pty_output(args, clean_env(TERM="xterm", NO_COLOR="1"))
+    assert b"\x1b[" in terminal_output(args, clean_env(TERM="xterm"))[1]  # a terminal gets colour, so the test can fail
+    assert b"\x1b" not in terminal_output(args, clean_env(TERM="xterm", NO_COLOR="1"))[1]
 
 
 # ---- spec files --------------------------------------------------------------------------

@@ -18,25 +18,16 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from cli_util import clean_env, gradcheck_command, run_gradcheck
-from server_util import OPS, alive, own_server_env, private_folder, start, wait_for, wait_gone
+from server_util import alive, comparable, own_server_env, private_folder, running_server, start, wait_for, wait_gone
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    folder = private_folder()
-    ops = tmp_path_factory.mktemp("server_ops")
-    (ops / "ops.py").write_text(OPS)
-    env = clean_env(GRADCHECK_SERVER="on", GRADCHECK_SERVER_DIR=str(folder))
-    info = start(env, "--idle-timeout", "10")
-    yield SimpleNamespace(env=env, pid=info["pid"], folder=folder, ops=ops / "ops.py")
-    run_gradcheck(["server", "stop"], env=env)
-    wait_gone(info["pid"])
-    shutil.rmtree(folder, ignore_errors=True)
+    yield from running_server(tmp_path_factory, "server_ops")
 
 
 def _op(server, attr: str, tmp_path: Path, *extra: str, env: dict | None = None, **run) -> tuple:
@@ -45,18 +36,6 @@ def _op(server, attr: str, tmp_path: Path, *extra: str, env: dict | None = None,
     done = run_gradcheck(["op", f"{server.ops}:{attr}", "--at", "x=randn(3)", "--json", *extra], env=env,
                          cwd=tmp_path, **run)
     return done, (json.loads(record.read_text()) if record.exists() else None)
-
-
-def _comparable(report: dict) -> dict:
-    """A report without what differs from run to run (times, memory, the tool block)."""
-    def strip(value):
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items()
-                    if k not in ("duration_s", "worker_peak_rss_mib", "tool", "meta")}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
-    return strip(report)
 
 
 def test_a_check_runs_in_a_worker_of_the_server_with_the_callers_context(server, tmp_path):
@@ -69,7 +48,7 @@ def test_a_check_runs_in_a_worker_of_the_server_with_the_callers_context(server,
     assert after["served"] > before["served"] and after["running"] is True
     alone, seen_alone = _op(server, "recorded", tmp_path, env={**server.env, "GRADCHECK_SERVER": "off"})
     assert seen_alone["ppid"] != server.pid
-    assert _comparable(json.loads(done.stdout)) == _comparable(json.loads(alone.stdout))
+    assert comparable(json.loads(done.stdout)) == comparable(json.loads(alone.stdout))
 
 
 def test_the_callers_umask_and_resource_limits_hold_in_the_worker(server, tmp_path):
@@ -239,7 +218,7 @@ def test_a_suite_under_the_server_gives_the_report_it_gives_without(server, tmp_
     for mode in ("on", "off"):
         done = run_gradcheck(["run", str(spec), "--jobs", "2", "--json"], env={**server.env, "GRADCHECK_SERVER": mode})
         assert done.returncode == 0, done.stderr
-        reports.append(_comparable(json.loads(done.stdout)))
+        reports.append(comparable(json.loads(done.stdout)))
     assert reports[0] == reports[1]
 
 

@@ -11,24 +11,19 @@ compared; the server's own count of the commands it ran proves which way each on
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import pty
 import shutil
 import signal
-import struct
 import subprocess
 import sys
-import termios
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from cli_util import clean_env, gradcheck_command, run_gradcheck
-from server_util import OPS, alive, children_of, own_server_env, private_folder, start, wait_for, wait_gone
+from cli_util import gradcheck_command, run_gradcheck, terminal_output
+from server_util import OPS, alive, children_of, comparable, own_server_env, running_server, start, wait_for, wait_gone
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ["check", "sigmoid(w*x+b)", "--loss", "bce", "--target", "0", "--at", "w=2", "--at", "b=1", "--at", "x=6.7",
@@ -38,33 +33,13 @@ OFF = {"GRADCHECK_SERVER": "off"}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    folder = private_folder()
-    ops = tmp_path_factory.mktemp("hosted_ops")
-    (ops / "ops.py").write_text(OPS)
-    env = clean_env(GRADCHECK_SERVER="on", GRADCHECK_SERVER_DIR=str(folder))
-    info = start(env, "--idle-timeout", "10")
-    yield SimpleNamespace(env=env, pid=info["pid"], folder=folder, ops=ops / "ops.py")
-    run_gradcheck(["server", "stop"], env=env)
-    wait_gone(info["pid"])
-    shutil.rmtree(folder, ignore_errors=True)
+    yield from running_server(tmp_path_factory, "hosted_ops")
 
 
 def _commands_run(server) -> int:
     done = run_gradcheck(["server", "status", "--json"], env=server.env)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)["commands"]
-
-
-def _without_times(text: str) -> str:
-    """A JSON report without what differs from run to run (times, memory, the tool block)."""
-    def strip(value):
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items()
-                    if k not in ("duration_s", "worker_peak_rss_mib", "tool", "meta")}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
-    return json.dumps(strip(json.loads(text)), sort_keys=True)
 
 
 CASES = [
@@ -92,7 +67,7 @@ def test_a_command_run_by_the_server_prints_what_it_prints_without(server, label
     here = run_gradcheck(args, env={**server.env, **extra, **OFF}, cwd=ROOT)
     assert (hosted.returncode, here.returncode) == (code, code), hosted.stderr + here.stderr
     if "--json" in args and hosted.stdout.strip():
-        assert _without_times(hosted.stdout) == _without_times(here.stdout)
+        assert comparable(json.loads(hosted.stdout)) == comparable(json.loads(here.stdout))
     else:
         assert hosted.stdout == here.stdout
     assert hosted.stderr == here.stderr
@@ -109,32 +84,11 @@ def test_python_dash_m_names_itself_the_same_way(server):
     assert "Usage: python -m gradcheck_cli check" in hosted.stderr and hosted.stderr == here.stderr
 
 
-def _on_a_terminal(args: list, env: dict, columns: int) -> tuple[int, bytes]:
-    """`gradcheck ARGS` with stdout on a pseudo-terminal `columns` wide: (exit code, what it showed)."""
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
-    proc = subprocess.Popen(gradcheck_command() + args, env=env, stdin=subprocess.DEVNULL, stdout=follower,
-                            stderr=subprocess.PIPE, cwd=ROOT)
-    os.close(follower)
-    shown = []
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # EIO: the terminal's other side is closed
-            break
-        if not chunk:
-            break
-        shown.append(chunk)
-    os.close(leader)
-    proc.wait(timeout=120)
-    return proc.returncode, b"".join(shown)
-
-
 def test_a_terminal_stays_a_terminal_with_its_width_and_colour(server):
     before = _commands_run(server)
-    code, hosted = _on_a_terminal(SEED, server.env, 96)
+    code, hosted = terminal_output(SEED, server.env, 96, ROOT)
     assert _commands_run(server) == before + 1
-    code_here, here = _on_a_terminal(SEED, {**server.env, **OFF}, 96)
+    code_here, here = terminal_output(SEED, {**server.env, **OFF}, 96, ROOT)
     assert code == code_here == 0
     assert b"\x1b[" in hosted, "no colour on a terminal"
     assert hosted == here
@@ -159,50 +113,46 @@ def test_the_command_runs_in_the_callers_directory_with_its_environment(server, 
     assert seen["ppid"] == server.pid and seen["cwd"] == str(tmp_path) and seen["var"] == "from-the-caller"
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_ctrl_c_and_sigterm_reach_the_command(server, tmp_path, sig, code):
+def _sleeping_command(server, tmp_path, launcher: tuple = (), **popen) -> tuple:
+    """`gradcheck op` on an op that sleeps, handed to the server: (caller, worker pid, command pid)."""
     record = tmp_path / "r.json"
     env = {**server.env, "GC_RECORD": str(record), "GC_SLEEP": "120"}
-    proc = subprocess.Popen(gradcheck_command() + ["op", f"{server.ops}:sleeps", "--at", "x=1", "--json"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    worker = wait_for(record)
-    assert worker["ppid"] == server.pid
-    (command,) = [pid for pid in children_of(server.pid) if pid != worker["pid"]]
+    proc = subprocess.Popen([*launcher, *gradcheck_command(), "op", f"{server.ops}:sleeps", "--at", "x=1", "--json"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, **popen)
+    seen = wait_for(record)
+    assert seen["ppid"] == server.pid, "the worker was not forked by the server"
+    (command,) = [pid for pid in children_of(server.pid) if pid != seen["pid"]]
+    return proc, seen["pid"], command
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_reach_the_command(server, tmp_path, sig, code):
+    proc, worker, command = _sleeping_command(server, tmp_path)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err.decode()
     report = json.loads(out)
     assert report["interrupted"] is True and report["meta"]["interrupted"] == signal.Signals(sig).name
     assert b"Traceback" not in err
-    assert wait_gone(worker["pid"]) and wait_gone(command)
+    assert wait_gone(worker) and wait_gone(command)
     assert alive(server.pid)
 
 
 def test_a_caller_killed_by_sigkill_takes_its_command_and_workers_along(server, tmp_path):
-    record = tmp_path / "r.json"
-    env = {**server.env, "GC_RECORD": str(record), "GC_SLEEP": "120"}
-    proc = subprocess.Popen(gradcheck_command() + ["op", f"{server.ops}:sleeps", "--at", "x=1"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    worker = wait_for(record)
-    (command,) = [pid for pid in children_of(server.pid) if pid != worker["pid"]]
+    proc, worker, command = _sleeping_command(server, tmp_path)
     proc.kill()
-    proc.wait(timeout=10)
+    proc.communicate(timeout=10)
     assert wait_gone(command), "the command outlived its caller"
-    assert wait_gone(worker["pid"]), "the worker outlived its caller"
+    assert wait_gone(worker), "the worker outlived its caller"
     assert alive(server.pid)
 
 
 def test_a_command_killed_by_a_signal_kills_its_caller_with_the_same(server, tmp_path):
-    record = tmp_path / "r.json"
-    env = {**server.env, "GC_RECORD": str(record), "GC_SLEEP": "120"}
-    proc = subprocess.Popen(gradcheck_command() + ["op", f"{server.ops}:sleeps", "--at", "x=1"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    worker = wait_for(record)
-    (command,) = [pid for pid in children_of(server.pid) if pid != worker["pid"]]
+    proc, worker, command = _sleeping_command(server, tmp_path)
     os.kill(command, signal.SIGKILL)  # what the kernel's OOM killer does
-    proc.wait(timeout=30)
+    proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    assert wait_gone(worker["pid"])
+    assert wait_gone(worker)
 
 
 def test_a_closed_stdout_runs_the_command_here(server):
@@ -309,17 +259,6 @@ def _state(pid: int) -> str:
         return stat.read().rsplit(b")", 1)[1].split()[0].decode()
 
 
-def _sleeping_command(server, tmp_path, **popen) -> tuple:
-    """`gradcheck op` on an op that sleeps, handed to the server: (caller, worker pid, command pid)."""
-    record = tmp_path / "r.json"
-    env = {**server.env, "GC_RECORD": str(record), "GC_SLEEP": "120"}
-    proc = subprocess.Popen(gradcheck_command() + ["op", f"{server.ops}:sleeps", "--at", "x=1", "--json"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, **popen)
-    worker = wait_for(record)["pid"]
-    (command,) = [pid for pid in children_of(server.pid) if pid != worker]
-    return proc, worker, command
-
-
 def test_a_signal_the_caller_ignores_is_ignored_by_the_command_too(server, tmp_path):
     proc, worker, command = _sleeping_command(server, tmp_path,
                                               preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
@@ -334,27 +273,43 @@ def test_a_signal_the_caller_ignores_is_ignored_by_the_command_too(server, tmp_p
     assert proc.returncode == 143 and wait_gone(command) and wait_gone(worker)
 
 
+# a shell's job control in miniature: a session of its own in which the caller is a process
+# group apart from its parent, as a shell's job is (the kernel drops SIGTSTP sent to an
+# orphaned group, which a test runner's child may well be in)
+JOB_CONTROL = """
+import os, subprocess, sys
+os.setsid()
+child = subprocess.Popen(sys.argv[1:], preexec_fn=lambda: os.setpgid(0, 0))
+print(child.pid, flush=True)
+code = child.wait()
+sys.exit(128 - code if code < 0 else code)
+"""
+
+
+def _stoppable_command(server, tmp_path) -> tuple:
+    """_sleeping_command run as a shell's job: (launcher, caller pid, worker pid, command pid)."""
+    proc, worker, command = _sleeping_command(server, tmp_path, launcher=(sys.executable, "-c", JOB_CONTROL))
+    return proc, int(proc.stdout.readline()), worker, command
+
+
+def _wait_state(pid: int, stopped: bool) -> bool:
+    deadline = time.monotonic() + 10
+    while (_state(pid) == "T") is not stopped and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return (_state(pid) == "T") is stopped
+
+
 def test_ctrl_z_stops_the_command_and_fg_continues_it(server, tmp_path):
-    proc, worker, command = _sleeping_command(server, tmp_path)
+    proc, caller, worker, command = _stoppable_command(server, tmp_path)
     try:
-        proc.send_signal(signal.SIGTSTP)
-        deadline = time.monotonic() + 10
-        while _state(proc.pid) != "T" and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _state(proc.pid) != "T":  # an orphaned process group: the kernel drops SIGTSTP
-            pytest.skip("this test's process group cannot be stopped by SIGTSTP")
-        deadline = time.monotonic() + 10
-        while _state(command) != "T" and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _state(command) == "T", "the command runs on while its caller is stopped"
-        proc.send_signal(signal.SIGCONT)  # fg
-        deadline = time.monotonic() + 10
-        while _state(command) == "T" and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _state(command) != "T", "the command stayed stopped after its caller continued"
+        os.kill(caller, signal.SIGTSTP)
+        assert _wait_state(caller, stopped=True), "the caller did not stop on SIGTSTP"
+        assert _wait_state(command, stopped=True), "the command runs on while its caller is stopped"
+        os.kill(caller, signal.SIGCONT)  # fg
+        assert _wait_state(command, stopped=False), "the command stayed stopped after its caller continued"
     finally:
-        proc.send_signal(signal.SIGCONT)
-        proc.send_signal(signal.SIGTERM)
+        os.kill(caller, signal.SIGCONT)
+        os.kill(caller, signal.SIGTERM)
         proc.communicate(timeout=60)
     assert proc.returncode == 143 and wait_gone(command) and wait_gone(worker)
 
@@ -399,16 +354,10 @@ def test_the_callers_niceness_and_cpus_hold_for_the_command_and_its_workers(serv
 
 
 def test_a_caller_killed_while_its_command_is_stopped_takes_it_along(server, tmp_path):
-    proc, worker, command = _sleeping_command(server, tmp_path)
-    proc.send_signal(signal.SIGTSTP)
-    deadline = time.monotonic() + 10
-    while _state(command) != "T" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if _state(command) != "T":
-        proc.kill()
-        proc.communicate(timeout=60)
-        pytest.skip("this test's process group cannot be stopped by SIGTSTP")
-    proc.kill()  # Ctrl-Z, then `kill -9 %1`
+    proc, caller, worker, command = _stoppable_command(server, tmp_path)
+    os.kill(caller, signal.SIGTSTP)
+    assert _wait_state(command, stopped=True)
+    os.kill(caller, signal.SIGKILL)  # Ctrl-Z, then `kill -9 %1`
     proc.communicate(timeout=60)
     assert wait_gone(command), "a stopped command outlived its caller"
     assert wait_gone(worker)

@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from gradcheck_cli.errors import UserInputError
-from gradcheck_cli.output import write_stdout
+from gradcheck_cli.output import exit_status, flush_std, write_stdout
 
 # what every typer app of ours is built with (the main one in cli.py, `server` in cli_server.py)
 TYPER_SETTINGS = dict(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -244,11 +244,7 @@ def exit_now(code) -> None:
     import atexit
     import threading
 
-    if code is None:
-        code = 0
-    elif not isinstance(code, int):
-        sys.stderr.write(f"{code}\n")
-        code = 1
+    code = exit_status(code)
     for thread in threading.enumerate():
         if thread is not threading.current_thread() and not thread.daemon:
             thread.join()
@@ -256,10 +252,6 @@ def exit_now(code) -> None:
     if run_exitfuncs is None:  # not CPython: the normal way
         return
     run_exitfuncs()
-    try:
-        for stream in (sys.stdout, sys.stderr):
-            if stream is not None:
-                stream.flush()
-    except (OSError, ValueError):
+    if not flush_std():
         return
     os._exit(code & 0xFF)

@@ -100,3 +100,27 @@ def ensure_std_streams() -> None:
         sys.stdout = open(1, "w", encoding="utf-8", closefd=False)
     if sys.stderr is None:
         sys.stderr = open(2, "w", encoding="utf-8", closefd=False)
+
+
+def exit_status(code) -> int:
+    """A SystemExit's code as the interpreter turns it into an exit status: None is 0, a
+    message is written to stderr and is 1."""
+    if code is None:
+        return 0
+    if not isinstance(code, int):
+        sys.stderr.write(f"{code}\n")
+        return 1
+    return code
+
+
+def flush_std() -> bool:
+    """Flush sys.stdout and sys.stderr (each, whatever the other does); False when one of
+    them cannot be."""
+    flushed = True
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (AttributeError, OSError, ValueError):
+            flushed = False
+    return flushed

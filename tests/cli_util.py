@@ -66,10 +66,12 @@ def unsafe_characters(text: str) -> list[str]:
             if c != "\n" and unicodedata.category(c) in ("Cc", "Cf")]
 
 
-def terminal_output(args: list[str], env: dict, columns: int | None = None,
-                    cwd: Path | str | None = None) -> tuple[int, bytes]:
-    """`gradcheck ARGS` with stdout on a pseudo-terminal (`columns` wide if given):
-    (exit code, what it showed)."""
+def terminal_output(args: list[str], env: dict, columns: int | None = None, cwd: Path | str | None = None,
+                    timeout: float = 120) -> tuple[int, bytes, bytes]:
+    """`gradcheck ARGS` with stdout on a pseudo-terminal (`columns` wide if given), as a
+    user's shell gives it: (exit code, what it showed, its stderr)."""
+    import tempfile
+
     leader, follower = pty.openpty()
     try:
         if columns is not None:
@@ -77,19 +79,24 @@ def terminal_output(args: list[str], env: dict, columns: int | None = None,
             import termios
 
             fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
-        proc = subprocess.Popen(gradcheck_command() + args, stdout=follower, stderr=subprocess.DEVNULL,
-                                stdin=subprocess.DEVNULL, env=env, cwd=cwd)
-        os.close(follower)
-        chunks = []
-        while True:
-            try:
-                data = os.read(leader, 65536)
-            except OSError:  # EIO: the terminal's other side is closed
-                break
-            if not data:
-                break
-            chunks.append(data)
-        proc.wait(timeout=120)
-        return proc.returncode, b"".join(chunks)
+        with tempfile.TemporaryFile() as err:  # a file, not a pipe: a long stderr cannot stall the run
+            proc = subprocess.Popen(gradcheck_command() + args, stdout=follower, stderr=err,
+                                    stdin=subprocess.DEVNULL, env=env, cwd=cwd)
+            os.close(follower)
+            follower = None
+            chunks = []
+            while True:
+                try:
+                    data = os.read(leader, 65536)
+                except OSError:  # EIO: the terminal's other side is closed
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            proc.wait(timeout=timeout)
+            err.seek(0)
+            return proc.returncode, b"".join(chunks), err.read()
     finally:
         os.close(leader)
+        if follower is not None:
+            os.close(follower)

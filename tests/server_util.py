@@ -5,7 +5,6 @@ server, and waiting for processes."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from cli_util import clean_env, run_gradcheck
+from proc_util import wait_gone
 
 OPS = '''
 import json, os, resource, signal, time
@@ -47,22 +47,6 @@ def segfault(x):
 '''
 
 
-def alive(pid: int) -> bool:
-    """Running (a zombie waiting to be reaped is not)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except FileNotFoundError:
-        return False
-
-
-def wait_gone(pid: int, seconds: float = 15.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not alive(pid)
-
-
 def private_folder() -> Path:
     return Path(tempfile.mkdtemp(prefix="gcs", dir="/tmp"))  # short: a socket's path holds 107 bytes
 
@@ -89,30 +73,12 @@ def start(env: dict, *extra: str) -> dict:
     return json.loads(started.stdout)
 
 
-def children_of(pid: int) -> list:
-    """The running processes whose parent is `pid`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as stat:
-                    fields = stat.read().rsplit(b")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != b"Z":
-                found.append(int(entry))
-    return found
-
-
 def running_server(tmp_path_factory, label: str):
     """A module's server (a fixture's body: yields it, stops it after), started in a
     private folder with the ops file beside: .env .pid .folder .ops."""
-    folder = private_folder()
-    ops = tmp_path_factory.mktemp(label)
-    (ops / "ops.py").write_text(OPS)
-    env = clean_env(GRADCHECK_SERVER="on", GRADCHECK_SERVER_DIR=str(folder))
+    folder, env, ops = own_server_env(tmp_path_factory.mktemp(label))
     info = start(env, "--idle-timeout", "10")
-    yield SimpleNamespace(env=env, pid=info["pid"], folder=folder, ops=ops / "ops.py")
+    yield SimpleNamespace(env=env, pid=info["pid"], folder=folder, ops=ops)
     run_gradcheck(["server", "stop"], env=env)
     wait_gone(info["pid"])
     shutil.rmtree(folder, ignore_errors=True)

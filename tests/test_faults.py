@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from cli_util import clean_env, gradcheck_command, run_gradcheck
+from proc_util import alive, running_where
 
 FAULTY_OPS = '''
 import ctypes, os, sys, threading, time
@@ -121,23 +122,7 @@ def suite_of_20(bad: str) -> list[tuple[str, str]]:
     return checks
 
 
-def running_where(test) -> list:
-    """Pids of running processes whose (parent pid, process group) pass `test`; zombies
-    waiting for a parent that does not reap them (as in some containers) are dead."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z" and test(int(fields[1]), int(fields[2])):
-                found.append(int(entry))
-    return found
-
-
-def workers_alive() -> list:
+def workersalive() -> list:
     """Worker processes still running: children of the workers' server (which lives as long
     as this test session), zombies aside."""
     from multiprocessing import forkserver
@@ -152,7 +137,7 @@ def run_suite(run_cli, strict_json, folder: Path, checks, *extra) -> tuple[int, 
     (folder / "suite.toml").write_text(spec_text(checks))
     junit = folder / "junit.xml"
     code, out, err = run_cli("run", str(folder / "suite.toml"), "--json", "--junit", str(junit), *extra)
-    assert workers_alive() == [], "a worker outlived the run"
+    assert workersalive() == [], "a worker outlived the run"
     return code, strict_json(out), err, ET.parse(junit).getroot()
 
 
@@ -198,7 +183,7 @@ def test_an_op_that_exits_or_crashes_fails_its_check_with_a_report(run_cli, stri
     assert error is not None and case.find("failure") is None
     assert error.get("type") == (fragment.split(":")[0] if code == "op_error" else code)
     assert "Traceback" not in err
-    assert workers_alive() == []
+    assert workersalive() == []
 
 
 def test_an_op_that_exits_at_import_fails_its_check(run_cli, strict_json, ops_dir):
@@ -319,18 +304,6 @@ def test_system_exit_in_the_python_api_is_a_failed_check(ops_dir):
 
 # ---- signals -------------------------------------------------------------------------------
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is not running
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _running_in_group(pgid: int) -> list:
     """Processes of process group `pgid` that are still running."""
     return running_where(lambda ppid, group: group == pgid)
@@ -372,7 +345,7 @@ def test_a_signal_writes_the_partial_report_and_leaves_nothing_running(ops_dir, 
     cases = junit_cases(ET.parse(junit).getroot())
     assert {"quick-1", "quick-2"} <= set(cases) and cases["(run interrupted)"].find("error") is not None
     workers = [int(p) for p in pids.read_text().split()]
-    assert not any(_alive(p) for p in workers), "a worker survived its parent"
+    assert not any(alive(p) for p in workers), "a worker survived its parent"
     deadline = time.monotonic() + 10
     while _running_in_group(proc.pid) and time.monotonic() < deadline:  # the server exits after its workers
         time.sleep(0.1)
@@ -392,7 +365,7 @@ def test_a_signal_during_gradcheck_op_writes_an_interrupted_report(ops_dir, tmp_
     report = json.loads(out)
     assert report["interrupted"] is True and report["checks"] == [] and report["meta"]["checks_not_run"] == 1
     assert junit_cases(ET.parse(junit).getroot())["(run interrupted)"].find("error") is not None
-    assert not _alive(int(pids.read_text().split()[0]))
+    assert not alive(int(pids.read_text().split()[0]))
 
 
 def test_workers_die_with_a_parent_killed_by_sigkill(ops_dir, tmp_path):
@@ -403,9 +376,9 @@ def test_workers_die_with_a_parent_killed_by_sigkill(ops_dir, tmp_path):
     proc.kill()
     proc.wait(timeout=10)
     deadline = time.monotonic() + 10
-    while _alive(worker) and time.monotonic() < deadline:
+    while alive(worker) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _alive(worker), "the worker outlived a parent killed with SIGKILL"
+    assert not alive(worker), "the worker outlived a parent killed with SIGKILL"
     while _running_in_group(proc.pid) and time.monotonic() < deadline:  # the server follows its workers
         time.sleep(0.1)
     assert _running_in_group(proc.pid) == []

@@ -17,7 +17,7 @@ import warnings
 import pytest
 from typer.testing import CliRunner
 
-from cli_util import clean_env, gradcheck_command, run_gradcheck
+from cli_util import clean_env, gradcheck_command, run_gradcheck, terminal_output
 from gradcheck_cli.cli import app
 from schema_util import validate_json_text
 
@@ -26,28 +26,10 @@ SMALL = ["check", "sin(x)*y", "--at", "x=0.5", "--at", "y=2"]
 
 
 def run_in_pty(args: list[str], env: dict, timeout: float = 120) -> tuple[int, str, str]:
-    """Run with stdout on a pseudo-terminal (what a user's shell gives it); stderr piped."""
-    pty = pytest.importorskip("pty")
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(gradcheck_command() + args, stdin=subprocess.DEVNULL, stdout=slave,
-                            stderr=subprocess.PIPE, env=env)
-    os.close(slave)
-    chunks = []
-    try:
-        while True:
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not data:
-                break
-            chunks.append(data)
-        returncode = proc.wait(timeout=timeout)
-        stderr = proc.stderr.read().decode("utf-8", errors="replace")
-    finally:
-        os.close(master)
-        proc.stderr.close()
-    return returncode, b"".join(chunks).decode("utf-8", errors="replace"), stderr
+    """Run with stdout on a pseudo-terminal (what a user's shell gives it): (exit code,
+    stdout, stderr) as text."""
+    returncode, shown, err = terminal_output(args, env, timeout=timeout)
+    return returncode, shown.decode("utf-8", errors="replace"), err.decode("utf-8", errors="replace")
 
 
 # -- colour -------------------------------------------------------------------------------

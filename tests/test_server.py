@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from cli_util import clean_env, gradcheck_command, run_gradcheck
-from server_util import alive, comparable, own_server_env, private_folder, running_server, start, wait_for, wait_gone
+from proc_util import alive, wait_gone
+from server_util import comparable, own_server_env, private_folder, running_server, start, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from cli_util import gradcheck_command, run_gradcheck, terminal_output
-from server_util import OPS, alive, children_of, comparable, own_server_env, running_server, start, wait_for, wait_gone
+from proc_util import alive, children_of, state, wait_gone
+from server_util import OPS, comparable, own_server_env, running_server, start, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ["check", "sigmoid(w*x+b)", "--loss", "bce", "--target", "0", "--at", "w=2", "--at", "b=1", "--at", "x=6.7",
@@ -86,9 +87,9 @@ def test_python_dash_m_names_itself_the_same_way(server):
 
 def test_a_terminal_stays_a_terminal_with_its_width_and_colour(server):
     before = _commands_run(server)
-    code, hosted = terminal_output(SEED, server.env, 96, ROOT)
+    code, hosted, _ = terminal_output(SEED, server.env, 96, ROOT)
     assert _commands_run(server) == before + 1
-    code_here, here = terminal_output(SEED, {**server.env, **OFF}, 96, ROOT)
+    code_here, here, _ = terminal_output(SEED, {**server.env, **OFF}, 96, ROOT)
     assert code == code_here == 0
     assert b"\x1b[" in hosted, "no colour on a terminal"
     assert hosted == here
@@ -254,11 +255,6 @@ def test_a_caller_under_a_cgroup_limit_the_server_is_not_under_runs_everything_i
                 time.sleep(0.1)
 
 
-def _state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat", "rb") as stat:
-        return stat.read().rsplit(b")", 1)[1].split()[0].decode()
-
-
 def test_a_signal_the_caller_ignores_is_ignored_by_the_command_too(server, tmp_path):
     proc, worker, command = _sleeping_command(server, tmp_path,
                                               preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
@@ -294,9 +290,9 @@ def _stoppable_command(server, tmp_path) -> tuple:
 
 def _wait_state(pid: int, stopped: bool) -> bool:
     deadline = time.monotonic() + 10
-    while (_state(pid) == "T") is not stopped and time.monotonic() < deadline:
+    while (state(pid) == "T") is not stopped and time.monotonic() < deadline:
         time.sleep(0.05)
-    return (_state(pid) == "T") is stopped
+    return (state(pid) == "T") is stopped
 
 
 def test_ctrl_z_stops_the_command_and_fg_continues_it(server, tmp_path):

@@ -91,9 +91,10 @@ def limit_apart(theirs: dict, ours: dict, root: Path = ROOT) -> str | None:
     return None
 
 
-def caller_limited_apart(pid: int) -> str | None:
-    """A limit on the caller `pid` that this process is not under, else None (see the doc)."""
-    theirs, ours = membership(pid), membership(os.getpid())
+def caller_limited_apart(pid: int, ours: dict | None = None) -> str | None:
+    """A limit on the caller `pid` that this process (in the groups `ours`, read here when
+    not given) is not under, else None (see the doc)."""
+    theirs, ours = membership(pid), ours if ours is not None else membership(os.getpid())
     if not theirs or not ours or theirs == ours:
         return None
     return limit_apart(theirs, ours)

@@ -36,8 +36,8 @@ import struct
 import sys
 import time
 
-from gradcheck_cli.suite.cgroups import caller_limited_apart
-from gradcheck_cli.suite.wire import receive_message, send_int, send_message, take_scheduling
+from gradcheck_cli.suite.cgroups import caller_limited_apart, membership
+from gradcheck_cli.suite.wire import receive_message, send_int, send_message, take_context
 
 HANDLED = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}  # the server's own handlers, reset in a worker
 DELIVERED = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT}
@@ -56,6 +56,7 @@ class Server:
         self.last = time.monotonic()
         self.started = time.time()
         self.selector = selectors.DefaultSelector()
+        self.cgroups = membership(os.getpid()) or {}  # the groups this server runs in (cgroups.py)
         self.lock: int | None = None  # the fd holding this environment's lock: a worker closes it
         self.wake_r, self.wake_w = os.pipe()
         for fd in (self.wake_r, self.wake_w):
@@ -127,7 +128,7 @@ class Server:
             # a caller under a cgroup limit this server is not under (cgroups.py) is declined:
             # without an answer it runs the command, or starts its workers, itself
             if what in ("spawn", "command") and len(fds) == 4 and not self.stopping \
-                    and caller_limited_apart(peer) is None:
+                    and caller_limited_apart(peer, self.cgroups) is None:
                 self._spawn(conn, request, fds)
                 return
             if what == "status":
@@ -223,26 +224,9 @@ class Server:
         return reaped
 
 
-def take_limit(which, soft: int, hard: int) -> None:
-    """The caller's resource limit, as far as this process may lower its own: a hard limit
-    above ours cannot be raised, but the caller's soft limit still applies below it."""
-    if which is None:
-        return
-    def lower(a: int, b: int) -> int:
-        infinite = resource.RLIM_INFINITY
-        return b if a == infinite else a if b == infinite else min(a, b)
-
-    _, our_hard = resource.getrlimit(which)
-    hard = lower(hard, our_hard)
-    try:
-        resource.setrlimit(which, (lower(soft, hard), hard))
-    except (ValueError, OSError):
-        pass
-
-
 def _child(server: Server, conn: socket.socket, request: dict, fds: list) -> None:
     """In the forked process: drop the server's sockets and handlers, take on the caller's
-    sys.path, umask and limits, and be child.worker_main ("spawn") or the caller's whole
+    sys.path, umask, limits and scheduling (wire.take_context), and be child.worker_main ("spawn") or the caller's whole
     command (hosted.run_command).  Always ends with os._exit."""
     code = 1
     try:
@@ -256,11 +240,7 @@ def _child(server: Server, conn: socket.socket, request: dict, fds: list) -> Non
         for fd in (server.wake_r, server.wake_w, server.lock):
             if fd is not None:
                 os.close(fd)
-        sys.path[:] = [str(p) for p in request.get("sys_path", sys.path)]
-        os.umask(int(request.get("umask", 0o022)))
-        for name, (soft, hard) in request.get("limits", {}).items():
-            take_limit(getattr(resource, name, None), soft, hard)
-        take_scheduling(request.get("scheduling", {}))
+        take_context(request)
         if request["request"] == "command":
             from gradcheck_cli.suite.hosted import run_command
 
@@ -289,6 +269,7 @@ def main(argv: list) -> None:
     import importlib
 
     from gradcheck_cli.suite.hosted import COMMAND_PRELOAD
+    from gradcheck_cli.suite.remote import LOCKED
     from gradcheck_cli.suite.workers import PRELOAD
 
     lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -296,7 +277,7 @@ def main(argv: list) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         sys.stderr.write("gradcheck server: another server for this environment holds the lock\n")
-        sys.exit(3)  # remote.LOCKED
+        sys.exit(LOCKED)
     for name in PRELOAD + COMMAND_PRELOAD:
         try:
             importlib.import_module(name)

@@ -50,15 +50,12 @@ def hand_over(argv: list) -> int | None:
     sock = remote.connect(path)
     if sock is None:
         return None
-    from gradcheck_cli.suite.wire import client_limits, client_scheduling, receive_int, send_int, send_message
+    from gradcheck_cli.suite.wire import caller_context, receive_int, send_int, send_message
 
     ignored = [int(sig) for sig in signal.valid_signals() if sig not in (signal.SIGKILL, signal.SIGSTOP)
                and signal.getsignal(sig) == signal.SIG_IGN]  # nohup's SIGHUP, a script's SIGINT in `&`
-    mask = os.umask(0)
-    os.umask(mask)
-    payload = {"request": "command", "argv": list(argv), "cwd": cwd, "environ": dict(os.environ), "umask": mask,
-               "limits": client_limits(), "scheduling": client_scheduling(), "ignored_signals": ignored,
-               "sys_path": [p if p else cwd for p in sys.path], "fingerprint": remote.fingerprint(),
+    payload = {"request": "command", "argv": list(argv), "cwd": cwd, "environ": dict(os.environ),
+               **caller_context(cwd), "ignored_signals": ignored, "fingerprint": remote.fingerprint(),
                "main_package": getattr(sys.modules.get("__main__"), "__package__", None),
                "unbuffered": not isinstance(getattr(sys.stdout, "buffer", None), io.BufferedWriter)}
     life_r, life_w = os.pipe()  # life_w stays open until this process exits: the command's lifeline
@@ -115,11 +112,9 @@ def hand_over(argv: list) -> int | None:
 
 def exit_like(status: int) -> None:
     """End this process as the command ended: its exit code, or killed by the same signal."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (AttributeError, OSError, ValueError):
-            pass
+    from gradcheck_cli.output import flush_std
+
+    flush_std()
     if status < 0:
         try:
             signal.signal(-status, signal.SIG_DFL)

@@ -68,35 +68,23 @@ def exit_code_of(command) -> int:
     """Run `command` (cli.main) to its end, as the interpreter would at the top level: its
     exit code; an exception of ours that escaped it printed with its traceback (exit 1); a
     KeyboardInterrupt past its own handling kills this process with SIGINT."""
+    from gradcheck_cli.output import exit_status, flush_std
+
     try:
         command()
     except SystemExit as done:
-        code = done.code
+        code = exit_status(done.code)
     except KeyboardInterrupt:
-        _flush()
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
-        code = 130
+        from gradcheck_cli.suite.forward import exit_like
+
+        exit_like(-signal.SIGINT)
     except BaseException:  # noqa: BLE001 -- a bug of ours: the traceback a run here would print
         sys.excepthook(*sys.exc_info())
         code = 1
     else:
         code = 0
-    if code is None:
-        code = 0
-    elif not isinstance(code, int):
-        sys.stderr.write(f"{code}\n")
-        code = 1
-    _flush()
+    flush_std()
     return code
-
-
-def _flush() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
 
 
 def _signals_as_the_callers(ignored: set) -> None:

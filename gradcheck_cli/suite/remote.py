@@ -17,10 +17,7 @@ used.  GRADCHECK_SERVER=off: never use a server (the run starts its own, as with
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import socket
 import struct
 import sys
 import time
@@ -79,6 +76,7 @@ def fingerprint() -> str:
     """16 hex digits naming this environment (see the module's doc)."""
     if "fingerprint" in _CACHE:
         return _CACHE["fingerprint"]
+    import hashlib
     import importlib.util
 
     h = hashlib.sha256()
@@ -115,7 +113,9 @@ def socket_path(folder: Path | None = None) -> Path:
     return (folder or directory()) / f"server-{fingerprint()}.sock"
 
 
-def connect(path: Path, timeout: float = 5.0) -> socket.socket | None:
+def connect(path: Path, timeout: float = 5.0) -> "socket.socket | None":
+    import socket
+
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -160,7 +160,7 @@ class RemoteProcess:
     """A worker forked by the server, as workers.py sees a multiprocessing Process:
     `sentinel` (readable when it ended), `exitcode`, join(), kill()."""
 
-    def __init__(self, sock: socket.socket, pid: int):
+    def __init__(self, sock, pid: int):  # sock: the connected socket.socket
         self._sock, self.pid, self.exitcode = sock, pid, None
         self.sentinel = sock.fileno()
         self._done = False
@@ -198,16 +198,12 @@ class RemoteProcess:
 def spawn(path: Path, ends: tuple, threads: int) -> RemoteProcess | None:
     """A worker from the server at `path` holding the four pipe ends `ends` (child.py's
     jobs, results, output, lifeline); None when the server is not there any more."""
-    from gradcheck_cli.suite.wire import client_limits, client_scheduling, receive_int, send_message
+    from gradcheck_cli.suite.wire import caller_context, receive_int, send_message
 
     sock = connect(path)
     if sock is None:
         return None
-    cwd = os.getcwd()
-    mask = os.umask(0)
-    os.umask(mask)
-    payload = {"request": "spawn", "threads": threads, "umask": mask, "limits": client_limits(),
-               "scheduling": client_scheduling(), "sys_path": [p if p else cwd for p in sys.path]}
+    payload = {"request": "spawn", "threads": threads, **caller_context(os.getcwd())}
     try:
         send_message(sock, payload, [end.fileno() for end in ends])
         pid = receive_int(sock)
@@ -220,7 +216,12 @@ def spawn(path: Path, ends: tuple, threads: int) -> RemoteProcess | None:
 
 def status() -> dict | None:
     path = available()
-    return request(path, {"request": "status"}) if path is not None else None
+    return status_at(path) if path is not None else None
+
+
+def status_at(path: Path) -> dict | None:
+    """The status of the server at `path`; None when none answers there."""
+    return request(path, {"request": "status"}) if path.exists() else None
 
 
 def start(idle_minutes: float = IDLE_MINUTES) -> tuple[dict, bool]:
@@ -229,17 +230,20 @@ def start(idle_minutes: float = IDLE_MINUTES) -> tuple[dict, bool]:
         raise ServerError("GRADCHECK_SERVER is off in this environment: a server would never be used")
     folder = safe_directory(create=True)
     path = socket_path(folder)
-    running = request(path, {"request": "status"}) if path.exists() else None
+    running = status_at(path)
     if running is not None:
         return running, False
+    import json
     import subprocess
+
+    from gradcheck_cli.suite.wire import absolute_sys_path
 
     info = {"fingerprint": fingerprint(), "python": sys.version.split()[0], "executable": sys.executable}
     log = folder / f"server-{fingerprint()}.log"
     ready_r, ready_w = os.pipe()
     bootstrap = ("import sys, json; sys.path[:] = json.loads(sys.argv[1]); "
                  "from gradcheck_cli.suite.daemon import main; main(sys.argv[2:])")
-    sys_path = [p if p else os.getcwd() for p in sys.path]
+    sys_path = absolute_sys_path(os.getcwd())
     with open(log, "wb") as err:
         flags = getattr(subprocess, "_args_from_interpreter_flags", list)()  # -O, -X ..., -W ... (as multiprocessing)
         proc = subprocess.Popen([sys.executable, *flags, "-c", bootstrap, json.dumps(sys_path), str(path),
@@ -262,13 +266,13 @@ def start(idle_minutes: float = IDLE_MINUTES) -> tuple[dict, bool]:
         if code == LOCKED:  # another `server start` won the race: its server is the one
             deadline = time.monotonic() + START_TIMEOUT_S
             while time.monotonic() < deadline:
-                running = request(path, {"request": "status"}) if path.exists() else None
+                running = status_at(path)
                 if running is not None:
                     return running, False
                 time.sleep(0.05)
         text = log.read_text(errors="replace").strip().splitlines()
         raise ServerError("the server did not start" + (f": {text[-1]}" if text else "") + f" (log: {log})")
-    info = request(path, {"request": "status"})
+    info = status_at(path)
     if info is None:
         raise ServerError(f"the server started but does not answer (log: {log})")
     return info, True

@@ -1,6 +1,7 @@
 """The persistent server's wire format (daemon.py serves it, remote.py asks): one
-length-prefixed JSON message each way, file descriptors attached with SCM_RIGHTS; and the
-resource limits, niceness and CPUs a worker or command takes from its caller."""
+length-prefixed JSON message each way, file descriptors attached with SCM_RIGHTS; and what a
+worker or command takes from its caller (caller_context / take_context): umask, resource
+limits, niceness and CPUs, sys.path."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import resource
 import socket
 import struct
+import sys
 import time
 
 MAX_REQUEST = 1 << 20
@@ -103,3 +105,43 @@ def take_scheduling(scheduling: dict) -> None:
             os.sched_setaffinity(0, [int(c) for c in scheduling["cpus"]])
     except (AttributeError, OSError, ValueError):
         pass
+
+
+def take_limit(which, soft: int, hard: int) -> None:
+    """The caller's resource limit, as far as this process may lower its own: a hard limit
+    above ours cannot be raised, but the caller's soft limit still applies below it."""
+    if which is None:
+        return
+    def lower(a: int, b: int) -> int:
+        infinite = resource.RLIM_INFINITY
+        return b if a == infinite else a if b == infinite else min(a, b)
+
+    _, our_hard = resource.getrlimit(which)
+    hard = lower(hard, our_hard)
+    try:
+        resource.setrlimit(which, (lower(soft, hard), hard))
+    except (ValueError, OSError):
+        pass
+
+
+def absolute_sys_path(cwd: str) -> list:
+    """sys.path with its '' (the current folder) spelled out: what another process needs."""
+    return [p if p else cwd for p in sys.path]
+
+
+def caller_context(cwd: str) -> dict:
+    """What a worker or command takes from its caller (take_context): umask, resource limits,
+    niceness and CPUs, sys.path."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return {"umask": mask, "limits": client_limits(), "scheduling": client_scheduling(),
+            "sys_path": absolute_sys_path(cwd)}
+
+
+def take_context(request: dict) -> None:
+    """caller_context's values, in the forked worker or command."""
+    sys.path[:] = [str(p) for p in request.get("sys_path", sys.path)]
+    os.umask(int(request.get("umask", 0o022)))
+    for name, (soft, hard) in request.get("limits", {}).items():
+        take_limit(getattr(resource, name, None), soft, hard)
+    take_scheduling(request.get("scheduling", {}))

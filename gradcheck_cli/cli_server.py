@@ -38,9 +38,9 @@ def start(idle_timeout: float = typer.Option(30.0, "--idle-timeout", metavar="MI
     """Start this environment's server (imports torch and SymPy, then waits for callers)."""
     from gradcheck_cli.suite import remote
 
+    if not math.isfinite(idle_timeout) or idle_timeout < 0:
+        raise fail(UserInputError(f"--idle-timeout must be >= 0 minutes, got {idle_timeout:g}"), as_json)
     try:
-        if not math.isfinite(idle_timeout) or idle_timeout < 0:
-            raise UserInputError(f"--idle-timeout must be >= 0 minutes, got {idle_timeout:g}")
         info, started = remote.start(idle_timeout)
     except UserInputError as err:
         raise fail(err, as_json) from None
@@ -84,12 +84,13 @@ def status(as_json: bool = typer.Option(False, "--json", help="the status as JSO
         pass
     except UserInputError as err:
         raise fail(err, as_json) from None
-    info = None if remote.disabled() else remote.status()
+    off = remote.disabled()
+    info = None if off else remote.status()
     if as_json:
         write_stdout(json.dumps({"running": info is not None, **(info or {}),
-                                 "socket": str(remote.socket_path()), "disabled": remote.disabled()}) + "\n")
+                                 "socket": str(remote.socket_path()), "disabled": off}) + "\n")
     elif info is None:
-        why = " (GRADCHECK_SERVER is off)" if remote.disabled() else ""
+        why = " (GRADCHECK_SERVER is off)" if off else ""
         typer.echo(f"gradcheck server: none running for this environment{why}")
     else:
         typer.echo(f"gradcheck server: running, {_describe(info)}")

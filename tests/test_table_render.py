@@ -282,13 +282,14 @@ def test_piped_output_honours_the_environment(env, width, coloured):
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_fit_measures_a_few_rows_as_wide_as_all_of_them(seed):
+def test_fit_measures_a_few_rows_as_wide_as_all_of_them(seed, monkeypatch):
     """fit() measures only each column's widest row (render/fit.widest_rows): the table it
     picks must be the one measuring every row would pick, at every width."""
     import random
 
     from rich.text import Text
 
+    import gradcheck_cli.render.fit as fit_module
     from gradcheck_cli.render.fit import FRAMES, Column, build_table, fit, natural_width, widest_rows
 
     rng = random.Random(seed)
@@ -301,15 +302,10 @@ def test_fit_measures_a_few_rows_as_wide_as_all_of_them(seed):
         assert natural_width(build_table(columns, widest_rows(columns, rows), frame)) == \
             natural_width(build_table(columns, rows, frame))
     for width in (20, 40, 60, 80, 120):
-        got, full = fit(columns, rows, width), None
-        # the reference: fit's own search, measuring every row
-        import gradcheck_cli.render.fit as fit_module
-        original = fit_module.widest_rows
-        fit_module.widest_rows = lambda cols, rs: rs
-        try:
+        got = fit(columns, rows, width)
+        with monkeypatch.context() as patched:  # the reference: fit's own search, measuring every row
+            patched.setattr(fit_module, "widest_rows", lambda cols, rs: rs)
             full = fit(columns, rows, width)
-        finally:
-            fit_module.widest_rows = original
         assert (got is None) == (full is None)
         if got is not None:
             assert [c.header for c in got.columns] == [c.header for c in full.columns]

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich.cells import cell_len  # only the text renderers (table, summary) import this module
+
 FRAMES = ("heavy", "plain")  # tried in this order: rich's heavy box, then a light one
 MAX_WORD = 24  # a flex column is never made narrower than its longest word, up to this
 
@@ -70,8 +72,6 @@ def widest_rows(columns: list, rows: list) -> list:
 
 
 def _cell_width(cell) -> int:
-    from rich.cells import cell_len
-
     text = cell.plain if hasattr(cell, "plain") else str(cell)
     return max((cell_len(line) for line in text.split("\n")), default=0)
 

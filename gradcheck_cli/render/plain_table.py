@@ -10,12 +10,12 @@ prints it.  tests/test_table_render.py compares the two on random tables.
 
 from __future__ import annotations
 
+from rich.text import Text  # only the renderers import this module, and they use rich
+
 
 def _plain(cell) -> str | None:
     """A cell's text when it has no layout of its own (a str, or a Text without justify
     or overflow settings), else None."""
-    from rich.text import Text
-
     if isinstance(cell, str):
         return cell
     if isinstance(cell, Text) and cell.justify is None and cell.overflow is None and not cell.end.strip("\n"):

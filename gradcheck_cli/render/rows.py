@@ -9,7 +9,6 @@ first (or, when none fails, its worst one), and a line with the counts.
 
 from __future__ import annotations
 
-import functools
 
 import numpy as np
 
@@ -100,14 +99,14 @@ def _symbolic_scale(g) -> float:
 def references_disagree(g, idx, scale) -> bool:
     """Symbolic and finite differences differ by more than the tolerance at this element
     (a 5% off finite difference next to a passing symbolic column is not silent).
-    `scale`: a function of no arguments giving _symbolic_scale(g) (gradient_rows computes it once)."""
+    `scale`: _symbolic_scale(g), which gradient_rows computes once (0 where unused)."""
     s, f = value_at(g.symbolic, idx), _fd_value(g, idx)
     if s is None or f is None or isinstance(f, str):
         return False
     tol = g.tolerance or {}
     atol = tol.get("atol", 0.0)
     if tol.get("scale"):  # op tolerances: the largest entry's scale term bounds each entry's
-        atol += tol["scale"] * scale()
+        atol += tol["scale"] * scale
     return bool(references_differ(f, s, atol, tol.get("rtol", 0.0)))
 
 
@@ -135,7 +134,7 @@ def gradient_rows(g, primary: str) -> list:
     out = []
     # the worst is named among several failing rows, and always in a gradient too large to show whole
     name_worst = _count(g) > MAX_ROWS or (not g.passed and len(indices) > 1)
-    scale = functools.cache(lambda: _symbolic_scale(g))  # once per gradient, and only where a row needs it
+    scale = _symbolic_scale(g) if (g.tolerance or {}).get("scale") and g.symbolic is not None else 0.0
     for idx in indices:
         out.append(row(g, idx, primary, " (worst)" if name_worst and tuple(idx) == worst else "", scale))
     return out

@@ -76,6 +76,11 @@ def _items(at: Any) -> list[tuple[str, Any]]:
     return list(at)
 
 
+def max_numel_of(prep) -> int:
+    """The largest node of a prepared expression (elements): its finite-difference batches' cap."""
+    return max(math.prod(s) for s in prep.node_shapes.values())
+
+
 def prepare(expr: str, at: Any = None, *, wrt: Iterable[str] | None = None, loss: str = "none",
             target: Any = None, seed: int = 0, name: str | None = None) -> Prepared:
     """Parse the expression, read the values and settle what to differentiate."""
@@ -219,14 +224,14 @@ def check_at(prep: Prepared, arrays: dict, opts: Options) -> CheckResult:
         if symbolic_error:
             diags.append(Diagnostic("symbolic_unavailable", symbolic_error + "; symbolic is null, the verdict "
                                     "rests on finite differences"))
-        shapes = prep.node_shapes  # inferred once, in prepare
-        scheme, why = finite_diff.resolve_scheme(opts.fd, prep.root, ref_arrays, shapes)
+        scheme, why = finite_diff.resolve_scheme(opts.fd, prep.root, ref_arrays, prep.node_shapes)
         if why:
             diags.append(Diagnostic("fd_fallback", why))
-        max_numel = max(math.prod(s) for s in prep.node_shapes.values())
+        max_numel = max_numel_of(prep)
         tol = cmp.tolerance(opts.dtype, opts.atol, opts.rtol)
         # one batch (the point, f0, its kinks) for every variable differenced
-        batch = fd_batch.Batch(prep.root, ref_arrays, out_shape, max_numel, scheme == "complex", shapes=shapes)
+        batch = fd_batch.Batch(prep.root, ref_arrays, out_shape, max_numel, scheme == "complex",
+                               shapes=prep.node_shapes)  # shapes inferred once, in prepare
         fd_results = {w: fd_screen.jacobian_for_check(
             prep.root, ref_arrays, w, out_shape, requested=opts.fd, scheme=scheme, eps=opts.eps, max_numel=max_numel,
             seed=opts.seed, tol=tol, autograd=None if "detach" in prep.calls else auto.gradients[w], batch=batch)

@@ -127,8 +127,8 @@ def step_curves(expr: str, at: Any = None, *, wrt: Iterable[str] | None = None, 
     """Finite-difference error against step size for each variable (see the module doc).
     Raises UserInputError on input that cannot be used, as `check` does; `on_ready()` is
     called once the input is valid, before the engines run (as check_expression's)."""
-    from gradcheck_cli.checker import TARGET, prepare
-    from gradcheck_cli.engines import finite_diff
+    from gradcheck_cli.checker import TARGET, max_numel_of, prepare
+    from gradcheck_cli.engines import fd_batch, finite_diff
 
     if fd not in STEP_SCHEMES:
         raise UserInputError(f"--fd for steps must be one of {', '.join(STEP_SCHEMES)} (one scheme per chart), "
@@ -145,7 +145,8 @@ def step_curves(expr: str, at: Any = None, *, wrt: Iterable[str] | None = None, 
     out_shape = tuple(prep.node_shapes[id(prep.root)])
     exact, reference, notes = _exact_jacobians(prep, arrays, out_shape)
     grid = relative_grid()
-    max_numel = max(math.prod(s) for s in prep.node_shapes.values())
+    max_numel = max_numel_of(prep)
+    batch = fd_batch.Batch(prep.root, arrays, out_shape, max_numel, fd == "complex", shapes=prep.node_shapes)
     curves = []
     for w in prep.wrt:
         jac = np.asarray(exact[w], dtype=np.float64).reshape(math.prod(out_shape), -1)
@@ -160,7 +161,7 @@ def step_curves(expr: str, at: Any = None, *, wrt: Iterable[str] | None = None, 
             error = np.abs(fd_values - jac[o, j])
         # the step check would take for this element (differencing it alone gives the same numbers)
         chosen = finite_diff.jacobian(prep.root, arrays, w, out_shape, scheme=fd, max_numel=max_numel,
-                                      elements=np.array([j]))
+                                      elements=np.array([j]), batch=batch)
         curves.append(Curve(
             w, _unravel(j, x.shape), _unravel(o, out_shape), x0, float(jac[o, j]), grid, taken, fd_values, error,
             float(chosen.entry_steps[o, j]), float(chosen.jacobian[o, j]), float(chosen.error[o, j])))
@@ -205,7 +206,8 @@ def _exact_jacobians(prep, arrays: dict, out_shape: tuple) -> tuple[dict, str, l
     """The exact Jacobians (SymPy, evaluated in float64); when SymPy cannot, the most
     accurate finite differences, said so in a note."""
     from gradcheck_cli.budget import OutOfTime, time_budget
-    from gradcheck_cli.engines import finite_diff, symbolic
+    from gradcheck_cli.checker import max_numel_of
+    from gradcheck_cli.engines import fd_batch, finite_diff, symbolic
 
     n_out = math.prod(out_shape)
     for w in prep.wrt:
@@ -219,10 +221,12 @@ def _exact_jacobians(prep, arrays: dict, out_shape: tuple) -> tuple[dict, str, l
     except (OutOfTime, RecursionError, ValueError, TypeError, AttributeError, ZeroDivisionError,
             OverflowError) as exc:
         why = "it ran out of time" if isinstance(exc, OutOfTime) else f"{type(exc).__name__}: {exc}"
-    scheme, _ = finite_diff.resolve_scheme("auto", prep.root, arrays)  # a kink at the point: not complex
-    max_numel = max(math.prod(s) for s in prep.node_shapes.values())
-    jacs = {w: finite_diff.jacobian(prep.root, arrays, w, out_shape, scheme=scheme, max_numel=max_numel).jacobian
-            for w in prep.wrt}
+    # a kink at the point: not complex
+    scheme, _ = finite_diff.resolve_scheme("auto", prep.root, arrays, prep.node_shapes)
+    max_numel = max_numel_of(prep)
+    batch = fd_batch.Batch(prep.root, arrays, out_shape, max_numel, scheme == "complex", shapes=prep.node_shapes)
+    jacs = {w: finite_diff.jacobian(prep.root, arrays, w, out_shape, scheme=scheme, max_numel=max_numel,
+                                    batch=batch).jacobian for w in prep.wrt}
     note = (f"SymPy could not differentiate the expression ({why}); errors are measured against {scheme} "
             "finite differences instead, so the curve's floor is that reference's own error")
     return jacs, scheme, [note]

@@ -1,7 +1,7 @@
 """Complex-safe forms of functions whose torch form has no analytic complex version, for
-complex-step differences (functions.py's `complex_torch`; torch_structured.reduce for the
-versions over a dim).  logsumexp and norm are also the one real form of those reductions
-(torch_eval.Reducer and torch_structured.reduce call them for real tensors too).
+complex-step differences (functions.py's `complex_torch` for erf and atan2).  logsumexp and
+norm are the one form of those reductions, real and complex alike (torch_eval.Reducer and
+torch_structured.reduce call them).
 
 The complex step evaluates f(x + ih) with h ~ 1e-20 and reads f'(x) = Im f(x + ih) / h.
 That needs f's analytic continuation near the real point, and nothing else: a form that

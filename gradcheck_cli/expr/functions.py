@@ -6,7 +6,8 @@ function has kinks, and whether it is real-analytic (so complex-step differences
 The local derivative is written next to each row, as micrograd writes it next to each op.
 
 Complex steps go through torch's own complex forms, or through `complex_torch` where torch
-has none (expr/complex_forms.py: erf, atan2, logsumexp, norm).  A function that is
+has none (expr/complex_forms.py: erf, atan2; logsumexp and norm are complex-safe in their one
+form, the Reducer's).  A function that is
 analytic except at a kink (norm at the zero vector, atan2 at the origin) is `analytic`
 with `kinks`: at a point on its kink, finite differences fall back to richardson
 (finite_diff.kinks_at).
@@ -282,13 +283,11 @@ _ROWS = [
     _row("norm", 1, "reduction", "norm(x[, dim])", "x / norm(x) (the 2-norm); torch takes 0 at x = 0",
          lambda t, ctx, x: ctx.norm(x), lambda sp, f, x: x**2, reducer="sum",
          post=_norm_post_sympy, kinks=_norm_kink, kink_text="norm has a kink where every element is 0",
-         complex_torch=lambda t, ctx, x: CF.norm(t, x, ctx.dims(x), ctx.batched),  # sqrt(sum x^2): no conjugate
          params=DIM, axis="norm", shape=rules.reduce,
          index_form="norm(x, d)[..., 0, ...] = sqrt(sum_k x[..., k, ...]^2)",
          vjp=('{G} * {0} / norm({0}, {dim})',)),
     _row("logsumexp", 1, "reduction", "logsumexp(x[, dim])", "softmax(x)",
          lambda t, ctx, x: ctx.logsumexp(x), lambda sp, f, x: x, reducer="logsumexp",
-         complex_torch=lambda t, ctx, x: CF.logsumexp(t, x, ctx.dims(x), ctx.batched),  # the max of the real parts
          params=DIM, axis="logsumexp", shape=rules.reduce,
          index_form="logsumexp(x, d)[..., 0, ...] = log sum_k exp(x[..., k, ...])",
          vjp=('{G} * softmax({0}, {dim})',)),

@@ -125,7 +125,7 @@ def _check_target(target, at, kw, *, wrt, reference, mode, dtype, fd, eps, atol,
     call = build_call(loaded, at, list(kw or []), seed=seed, complex_=complex_, device=opts.device,
                       dtype=opts.real.dtype)
     names = tuple(call.values)
-    chosen = choose_wrt(tuple(call.values), wrt, call.default_wrt, call.given)
+    chosen = choose_wrt(names, wrt, call.default_wrt, call.given)
     spec = OpSpec(call.fn, label, tuple(call.slots), call.kwargs, names, chosen,
                   complex_inputs=frozenset(k for k, v in call.values.items() if v.complex),
                   keyword_inputs=frozenset(call.keyword_inputs), given=call.given, target=loaded,

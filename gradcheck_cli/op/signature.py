@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, Callable
+from typing import Callable
 
 from gradcheck_cli.errors import UserInputError
 
